@@ -1,0 +1,210 @@
+//! Wire types to domain types and back. Bad input becomes `InvalidArgument` naming the field;
+//! nothing past this module sees a proto type.
+
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+use tonic::metadata::MetadataMap;
+
+use crate::{
+    oauth::CallbackParams,
+    proto,
+    vault::{
+        AccessToken, AccessTokenRequest, AuthorizationCompleted, AuthorizationStarted, BeginAuthorization,
+        ConnectionInfo, TenantId, VaultError,
+    },
+};
+
+/// Longest provider name and redirect URI accepted.
+const MAX_PROVIDER_LEN: usize = 64;
+const MAX_REDIRECT_URI_LEN: usize = 2048;
+/// The largest `min_valid_for` that makes sense: a token is never valid for longer than a day.
+const MAX_MIN_VALID_FOR: Duration = Duration::from_secs(24 * 3600);
+
+fn provider(name: String) -> Result<String, VaultError> {
+    if name.len() > MAX_PROVIDER_LEN {
+        return Err(VaultError::invalid("provider", "is too long"));
+    }
+    Ok(name)
+}
+
+fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: t.nanosecond() as i32,
+    }
+}
+
+impl TryFrom<proto::BeginAuthorizationRequest> for BeginAuthorization {
+    type Error = VaultError;
+
+    fn try_from(req: proto::BeginAuthorizationRequest) -> Result<Self, Self::Error> {
+        if req.redirect_uri.len() > MAX_REDIRECT_URI_LEN {
+            return Err(VaultError::invalid("redirect_uri", "is too long"));
+        }
+        Ok(Self {
+            tenant_id: TenantId::parse(&req.tenant_id, "tenant_id")?,
+            provider: provider(req.provider)?,
+            scopes: req.scopes,
+            redirect_uri: req.redirect_uri,
+        })
+    }
+}
+
+impl From<AuthorizationStarted> for proto::BeginAuthorizationResponse {
+    fn from(s: AuthorizationStarted) -> Self {
+        Self {
+            authorization_url: s.authorization_url,
+            state: s.state,
+            expires_at: Some(timestamp(s.expires_at)),
+            provider: s.provider,
+            redirect_uri: s.redirect_uri,
+            scopes: s.scopes,
+        }
+    }
+}
+
+/// Either the callback's parameters one by one, or its whole URL; never both.
+pub fn callback(req: proto::CompleteAuthorizationRequest) -> Result<CallbackParams, VaultError> {
+    let parsed = if req.callback_url.is_empty() {
+        CallbackParams::from_fields(&req.state, &req.code, &req.error, &req.error_description)
+    } else {
+        if !(req.state.is_empty() && req.code.is_empty() && req.error.is_empty() && req.error_description.is_empty()) {
+            return Err(VaultError::invalid(
+                "callback_url",
+                "must not be combined with state, code, error or error_description",
+            ));
+        }
+        CallbackParams::from_url(&req.callback_url)
+    };
+    parsed.map_err(|e| VaultError::invalid(e.field, e.problem))
+}
+
+impl From<AuthorizationCompleted> for proto::CompleteAuthorizationResponse {
+    fn from(c: AuthorizationCompleted) -> Self {
+        Self {
+            tenant_id: c.tenant_id,
+            provider: c.provider,
+            scopes: c.scopes,
+            access_token_expires_at: Some(timestamp(c.access_token_expires_at)),
+            refresh_token_issued: c.refresh_token_issued,
+        }
+    }
+}
+
+impl TryFrom<proto::GetAccessTokenRequest> for AccessTokenRequest {
+    type Error = VaultError;
+
+    fn try_from(req: proto::GetAccessTokenRequest) -> Result<Self, Self::Error> {
+        let min_valid_for = req
+            .min_valid_for
+            .map(|d| {
+                Duration::try_from(d)
+                    .ok()
+                    .filter(|d| *d <= MAX_MIN_VALID_FOR)
+                    .ok_or_else(|| VaultError::invalid("min_valid_for", "must be between 0 and 24 hours"))
+            })
+            .transpose()?;
+        Ok(Self {
+            tenant_id: TenantId::parse(&req.tenant_id, "tenant_id")?,
+            provider: provider(req.provider)?,
+            min_valid_for,
+        })
+    }
+}
+
+impl From<AccessToken> for proto::GetAccessTokenResponse {
+    fn from(t: AccessToken) -> Self {
+        use secrecy::ExposeSecret;
+        Self {
+            access_token: t.token.expose_secret().to_owned(),
+            token_type: t.token_type,
+            expires_at: Some(timestamp(t.expires_at)),
+            scopes: t.scopes.to_vec(),
+        }
+    }
+}
+
+pub fn connection_request(req: proto::GetConnectionRequest) -> Result<(TenantId, String), VaultError> {
+    Ok((TenantId::parse(&req.tenant_id, "tenant_id")?, provider(req.provider)?))
+}
+
+impl From<ConnectionInfo> for proto::GetConnectionResponse {
+    fn from(c: ConnectionInfo) -> Self {
+        let status = if c.active {
+            proto::ConnectionStatus::Active
+        } else {
+            proto::ConnectionStatus::ReauthorizationRequired
+        };
+        Self {
+            tenant_id: c.tenant_id,
+            provider: c.provider,
+            status: status.into(),
+            status_reason: c.status_reason.unwrap_or_default(),
+            status_changed_at: Some(timestamp(c.status_changed_at)),
+            scopes: c.scopes,
+            access_token_expires_at: Some(timestamp(c.access_token_expires_at)),
+            has_refresh_token: c.has_refresh_token,
+            authorized_at: Some(timestamp(c.authorized_at)),
+            refreshed_at: c.refreshed_at.map(timestamp),
+        }
+    }
+}
+
+/// The caller's deadline from the `grpc-timeout` header (gRPC over HTTP/2 spec: 1-8 digits and
+/// a unit H, M, S, m, u or n), a little early so that our DEADLINE_EXCEEDED reaches the caller
+/// before its own timer fires.
+pub fn deadline(metadata: &MetadataMap, now: Instant) -> Option<Instant> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    };
+    let slack = (timeout / 20).min(Duration::from_millis(50));
+    now.checked_add(timeout - slack)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let now = Instant::now();
+        let mut m = MetadataMap::new();
+        assert_eq!(deadline(&m, now), None);
+        m.insert("grpc-timeout", "200m".parse().unwrap());
+        assert_eq!(deadline(&m, now), Some(now + Duration::from_millis(190)));
+        m.insert("grpc-timeout", "2S".parse().unwrap());
+        assert_eq!(deadline(&m, now), Some(now + Duration::from_millis(1950)));
+        m.insert("grpc-timeout", "xS".parse().unwrap());
+        assert_eq!(deadline(&m, now), None);
+    }
+
+    #[test]
+    fn callback_fields_and_url_are_exclusive() {
+        let err = callback(proto::CompleteAuthorizationRequest {
+            state: "s".into(),
+            callback_url: "https://x/cb?state=s&code=c".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            VaultError::InvalidArgument {
+                field: "callback_url",
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,466 @@
+//! Typed settings, loaded once at start-up from embedded defaults, an optional TOML file and
+//! `TOKEN_VAULT_`-prefixed environment variables (later sources win), then validated. Any error
+//! names the setting at fault and stops start-up.
+//!
+//! Environment variables use `__` between levels: `TOKEN_VAULT_DATABASE__URL`,
+//! `TOKEN_VAULT_PROVIDERS__UNDERSTORY__CLIENT_SECRET`.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    providers::{Env, Format, Toml},
+    Figment,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+use crate::oauth::{AuthMethod, ProviderConfig};
+
+/// The defaults every deployment starts from; see `config/` for annotated examples.
+const DEFAULTS: &str = include_str!("../config/defaults.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: `{field}` {problem}")]
+    Invalid { field: String, problem: String },
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Real keys required; nothing is generated.
+    Production,
+    /// Generates and keeps a local keyring when none is configured, and says so loudly.
+    Development,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when standard output is not a terminal (containers), text otherwise.
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub mode: Mode,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub encryption: EncryptionSettings,
+    pub vault: VaultSettings,
+    pub refresh: RefreshSettings,
+    pub log: LogSettings,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Where the gRPC server listens; port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+    /// How long in-flight calls may finish after SIGTERM before the process exits.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// Create the database named in `url` if it does not exist (development convenience).
+    pub create_if_missing: bool,
+    /// Run pending migrations when `serve` starts.
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionSettings {
+    /// The keyring inline: `id:base64,id:base64` (newest last). Prefer `keyring_file`.
+    pub keyring: Option<SecretString>,
+    /// A file holding the keyring, one `id:base64` per line (e.g. a Kubernetes secret mount).
+    pub keyring_file: Option<PathBuf>,
+    /// The key that seals new values; defaults to the last key listed.
+    pub active_key: Option<String>,
+    /// Development mode only: where a generated keyring is kept between runs.
+    pub development_keyring_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSettings {
+    /// The provider used when a request leaves `provider` empty; may be omitted when exactly
+    /// one provider is configured.
+    pub default_provider: Option<String>,
+    /// How long a state from BeginAuthorization stays usable.
+    #[serde(with = "humantime_serde")]
+    pub state_ttl: Duration,
+    /// The least remaining validity of a returned token when the caller does not ask.
+    #[serde(with = "humantime_serde")]
+    pub default_min_valid_for: Duration,
+    /// The margin never exceeds this fraction of a token's lifetime, so a fresh token is never
+    /// refreshed at once (each refresh kills the access tokens callers hold).
+    pub max_margin_fraction: f64,
+    /// How many decrypted access tokens each replica keeps in memory.
+    pub cache_max_entries: u64,
+    /// How long a cached token is trusted before the database is read again. Bounds how long
+    /// a replica can hand out a token that another replica's refresh has replaced.
+    #[serde(with = "humantime_serde")]
+    pub cache_max_age: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshSettings {
+    /// How long the refresh exclusion lasts once taken. Must exceed the provider's whole retry
+    /// budget, so that no other replica can start a refresh while one may still be in flight.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often a replica that waits on another replica's refresh looks again.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Token-endpoint attempts per refresh for transient failures (1 = no retry).
+    pub max_attempts: u32,
+    /// First backoff between attempts; doubled each time, with full jitter.
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    /// The longest pause between attempts to store a received refresh token.
+    #[serde(with = "humantime_serde")]
+    pub store_retry_max_backoff: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive, e.g. `info` or `token_vault=debug,info`. `RUST_LOG` wins.
+    pub level: String,
+}
+
+/// A provider as written in configuration, before presets and validation.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// Fills in endpoints, audience, scopes and auth method for a known provider (`understory`).
+    pub preset: Option<String>,
+    pub authorization_endpoint: Option<Url>,
+    pub token_endpoint: Option<Url>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<SecretString>,
+    /// A file holding the client secret (trailing whitespace ignored); wins over `client_secret`.
+    pub client_secret_file: Option<PathBuf>,
+    pub auth_method: Option<AuthMethod>,
+    pub audience: Option<String>,
+    /// The authorization parameter that carries `audience`: `audience` (Hydra) or `resource`
+    /// (RFC 8707).
+    pub audience_parameter: Option<String>,
+    /// Further authorization-request parameters, such as `prompt = "consent"`.
+    #[serde(default)]
+    pub extra_authorization_params: BTreeMap<String, String>,
+    pub default_scopes: Option<Vec<String>>,
+    /// The scope that asks for a refresh token (`offline` at Hydra, `offline_access` in OIDC);
+    /// always added to the requested scopes.
+    pub offline_scope: Option<String>,
+    #[serde(default)]
+    pub redirect_uris: Vec<Url>,
+    pub pkce: Option<bool>,
+    pub user_agent: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub request_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    /// The lifetime assumed for an access token whose response carries no `expires_in`.
+    #[serde(default, with = "humantime_serde")]
+    pub assumed_token_lifetime: Option<Duration>,
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (if given), then the environment.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let mut figment = Self::defaults();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(invalid("--config", format!("file {} does not exist", file.display())));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        Self::from_figment(figment.merge(Env::prefixed("TOKEN_VAULT_").split("__").ignore(&["config"])))
+    }
+
+    /// The embedded defaults, for callers that layer their own sources on top (tests).
+    pub fn defaults() -> Figment {
+        Figment::new().merge(Toml::string(DEFAULTS))
+    }
+
+    /// Extracts and validates settings from any layering of sources.
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.database.url.expose_secret().is_empty() {
+            return Err(invalid("database.url", "must be set"));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if !(0.0..=0.9).contains(&self.vault.max_margin_fraction) {
+            return Err(invalid("vault.max_margin_fraction", "must be between 0 and 0.9"));
+        }
+        if self.vault.state_ttl.is_zero() {
+            return Err(invalid("vault.state_ttl", "must be positive"));
+        }
+        if self.refresh.max_attempts == 0 {
+            return Err(invalid("refresh.max_attempts", "must be at least 1"));
+        }
+        if self.providers.is_empty() {
+            return Err(invalid("providers", "configure at least one provider"));
+        }
+        if let Some(default) = &self.vault.default_provider {
+            if !self.providers.contains_key(default) {
+                return Err(invalid(
+                    "vault.default_provider",
+                    format!("names no configured provider ({default})"),
+                ));
+            }
+        }
+        for (name, provider) in &self.providers {
+            let provider = provider.resolve(name)?;
+            // Timeouts are ordered: the whole retry budget of one refresh (every attempt at its
+            // full timeout plus the longest backoffs) must end before the exclusion lapses, or a
+            // second replica could refresh while the first is still waiting for an answer.
+            let budget = self.refresh_budget(&provider);
+            if budget >= self.refresh.lease_ttl {
+                return Err(invalid(
+                    "refresh.lease_ttl",
+                    format!(
+                        "is {:?}, but a refresh for provider {name} may take up to {budget:?} \
+                         ({} attempts of request_timeout {:?} plus backoff); raise lease_ttl or lower the others",
+                        self.refresh.lease_ttl, self.refresh.max_attempts, provider.request_timeout
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The longest one refresh can keep calling a provider, plus a safety margin for clock
+    /// drift between the database and this process.
+    pub fn refresh_budget(&self, provider: &ProviderConfig) -> Duration {
+        let attempts = self.refresh.max_attempts;
+        let backoff: Duration = (0..attempts.saturating_sub(1))
+            .map(|i| self.refresh.backoff.saturating_mul(1 << i.min(16)))
+            .sum();
+        provider.request_timeout.saturating_mul(attempts) + backoff + Duration::from_secs(2)
+    }
+
+    /// Every provider, resolved and validated.
+    pub fn resolved_providers(&self) -> Result<BTreeMap<String, ProviderConfig>, ConfigError> {
+        self.providers
+            .iter()
+            .map(|(name, p)| Ok((name.clone(), p.resolve(name)?)))
+            .collect()
+    }
+
+    /// The name of the default provider: the configured one, or the only one.
+    pub fn default_provider(&self) -> Option<String> {
+        self.vault.default_provider.clone().or_else(|| {
+            (self.providers.len() == 1)
+                .then(|| self.providers.keys().next().cloned())
+                .flatten()
+        })
+    }
+}
+
+/// Understory's authorization server (Ory Hydra), as its integration guide describes it.
+fn understory_preset() -> ProviderSettings {
+    ProviderSettings {
+        authorization_endpoint: Url::parse("https://api.auth.understory.io/oauth2/auth").ok(),
+        token_endpoint: Url::parse("https://api.auth.understory.io/oauth2/token").ok(),
+        auth_method: Some(AuthMethod::ClientSecretPost),
+        audience: Some("https://api.understory.io".into()),
+        audience_parameter: Some("audience".into()),
+        offline_scope: Some("offline".into()),
+        default_scopes: Some(vec!["offline".into()]),
+        ..Default::default()
+    }
+}
+
+impl ProviderSettings {
+    /// Applies the preset (explicit settings win) and checks every field.
+    pub fn resolve(&self, name: &str) -> Result<ProviderConfig, ConfigError> {
+        let field = |f: &str| format!("providers.{name}.{f}");
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                format!("providers.{name}"),
+                "provider names use 1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'",
+            ));
+        }
+        let preset = match self.preset.as_deref() {
+            None => ProviderSettings::default(),
+            Some("understory") => understory_preset(),
+            Some(other) => {
+                return Err(invalid(
+                    field("preset"),
+                    format!("unknown preset {other:?} (known: understory)"),
+                ))
+            }
+        };
+        let authorization_endpoint = self
+            .authorization_endpoint
+            .clone()
+            .or(preset.authorization_endpoint)
+            .ok_or_else(|| invalid(field("authorization_endpoint"), "must be set"))?;
+        let token_endpoint = self
+            .token_endpoint
+            .clone()
+            .or(preset.token_endpoint)
+            .ok_or_else(|| invalid(field("token_endpoint"), "must be set"))?;
+        for (f, url) in [
+            ("authorization_endpoint", &authorization_endpoint),
+            ("token_endpoint", &token_endpoint),
+        ] {
+            if !matches!(url.scheme(), "https" | "http") {
+                return Err(invalid(field(f), "must be an http(s) URL"));
+            }
+        }
+        let client_id = self
+            .client_id
+            .clone()
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| invalid(field("client_id"), "must be set"))?;
+        let client_secret = match (&self.client_secret_file, &self.client_secret) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(
+                        field("client_secret_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                SecretString::from(text.trim_end().to_owned())
+            }
+            (None, Some(secret)) => secret.clone(),
+            (None, None) => return Err(invalid(field("client_secret"), "must be set (or client_secret_file)")),
+        };
+        if client_secret.expose_secret().is_empty() {
+            return Err(invalid(field("client_secret"), "must not be empty"));
+        }
+        let redirect_uris = self.redirect_uris.clone();
+        if redirect_uris.is_empty() {
+            return Err(invalid(field("redirect_uris"), "register at least one redirect URI"));
+        }
+        let default_scopes = self
+            .default_scopes
+            .clone()
+            .or(preset.default_scopes)
+            .unwrap_or_default();
+        let offline_scope = self
+            .offline_scope
+            .clone()
+            .or(preset.offline_scope)
+            .filter(|s| !s.is_empty());
+        for scope in default_scopes.iter().chain(offline_scope.iter()) {
+            if !crate::oauth::is_valid_scope(scope) {
+                return Err(invalid(
+                    field("default_scopes"),
+                    format!("{scope:?} is not a valid scope token"),
+                ));
+            }
+        }
+        let request_timeout = self.request_timeout.unwrap_or(Duration::from_secs(10));
+        if request_timeout.is_zero() {
+            return Err(invalid(field("request_timeout"), "must be positive"));
+        }
+        Ok(ProviderConfig {
+            name: name.to_owned(),
+            authorization_endpoint,
+            token_endpoint,
+            client_id,
+            client_secret,
+            auth_method: self
+                .auth_method
+                .or(preset.auth_method)
+                .unwrap_or(AuthMethod::ClientSecretBasic),
+            audience: self.audience.clone().or(preset.audience).filter(|a| !a.is_empty()),
+            audience_parameter: self
+                .audience_parameter
+                .clone()
+                .or(preset.audience_parameter)
+                .unwrap_or_else(|| "audience".into()),
+            extra_authorization_params: self.extra_authorization_params.clone(),
+            default_scopes,
+            offline_scope,
+            redirect_uris,
+            pkce: self.pkce.unwrap_or(true),
+            user_agent: self
+                .user_agent
+                .clone()
+                .unwrap_or_else(|| format!("token-vault/{}", env!("CARGO_PKG_VERSION"))),
+            request_timeout,
+            connect_timeout: self
+                .connect_timeout
+                .unwrap_or(Duration::from_secs(5))
+                .min(request_timeout),
+            assumed_token_lifetime: self.assumed_token_lifetime.unwrap_or(Duration::from_secs(3600)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_understory_preset_fills_in_the_guide() {
+        let p = ProviderSettings {
+            preset: Some("understory".into()),
+            client_id: Some("id".into()),
+            client_secret: Some(SecretString::from("s")),
+            redirect_uris: vec![Url::parse("https://example.com/cb").unwrap()],
+            ..Default::default()
+        }
+        .resolve("understory")
+        .unwrap();
+        assert_eq!(p.token_endpoint.as_str(), "https://api.auth.understory.io/oauth2/token");
+        assert_eq!(p.audience.as_deref(), Some("https://api.understory.io"));
+        assert_eq!(p.auth_method, AuthMethod::ClientSecretPost);
+        assert_eq!(p.offline_scope.as_deref(), Some("offline"));
+        assert!(p.pkce);
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        let err = ProviderSettings {
+            preset: Some("understory".into()),
+            client_secret: Some(SecretString::from("s")),
+            ..Default::default()
+        }
+        .resolve("understory")
+        .unwrap_err();
+        assert!(err.to_string().contains("providers.understory.client_id"), "{err}");
+    }
+}

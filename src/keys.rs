@@ -1,0 +1,76 @@
+//! Where the keyring comes from: a file or the environment in production; in development, a
+//! keyring generated once and kept on disk, announced loudly.
+
+use std::path::Path;
+
+use secrecy::ExposeSecret;
+
+use crate::{
+    config::{EncryptionSettings, Mode},
+    crypto::{Keyring, KeyringError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeySourceError {
+    #[error("configuration: `encryption.keyring_file` (or `encryption.keyring`) must be set in production mode; generate a key with `token-vault keys generate`")]
+    Missing,
+    #[error("configuration: `encryption`: {0}")]
+    Keyring(#[from] KeyringError),
+    #[error("cannot write the development keyring {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub fn load_keyring(settings: &EncryptionSettings, mode: Mode) -> Result<Keyring, KeySourceError> {
+    let active = settings.active_key.as_deref();
+    if let Some(path) = &settings.keyring_file {
+        return Ok(Keyring::load_file(path, active)?);
+    }
+    if let Some(inline) = &settings.keyring {
+        return Ok(Keyring::parse(inline.expose_secret(), active)?);
+    }
+    match mode {
+        Mode::Production => Err(KeySourceError::Missing),
+        Mode::Development => development_keyring(&settings.development_keyring_file),
+    }
+}
+
+fn development_keyring(path: &Path) -> Result<Keyring, KeySourceError> {
+    if path.exists() {
+        tracing::warn!(path = %path.display(), "DEVELOPMENT MODE: using the locally generated keyring; never use it in production");
+        return Ok(Keyring::load_file(path, None)?);
+    }
+    let (ring, text) = Keyring::generate("dev-1");
+    let write_error = |source| KeySourceError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(write_error)?;
+    }
+    write_private(path, text.as_bytes()).map_err(write_error)?;
+    tracing::warn!(
+        path = %path.display(),
+        "DEVELOPMENT MODE: GENERATED A NEW ENCRYPTION KEYRING and saved it; tokens stored with it are lost if the file is deleted. Never use it in production"
+    );
+    Ok(ring)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}

@@ -1,0 +1,28 @@
+//! token-vault: the one place that holds an OAuth 2.0 client secret and every customer's
+//! tokens, and hands out valid access tokens over gRPC, refreshing each connection exactly once
+//! across all replicas.
+//!
+//! A request flows top to bottom: `api` (gRPC adapters) -> `vault` (the flows) -> `oauth`
+//! (the provider), `store` (Postgres) and `crypto` (sealing at rest). `startup` wires them;
+//! `config` and `telemetry` serve all.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod crypto;
+pub mod keys;
+pub mod oauth;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod vault;
+
+/// Code generated from `proto/tokenvault/v1/token_vault.proto`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("tokenvault.v1");
+
+    /// The encoded descriptors, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tokenvault_descriptor");
+}

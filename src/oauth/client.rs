@@ -1,0 +1,249 @@
+//! The token endpoint client: one `reqwest::Client` per provider, built once with timeouts,
+//! no redirects (a redirected POST would carry the client secret elsewhere) and bounded
+//! answers.
+
+use std::{sync::Arc, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::form_urlencoded::byte_serialize;
+
+use super::{
+    error::{TokenError, TransientCause},
+    AuthMethod, PkceVerifier, ProviderConfig,
+};
+
+/// The largest token-endpoint answer read; real ones are a few KiB at most.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// A successful token response (RFC 6749 §5.1).
+pub struct TokenResponse {
+    pub access_token: SecretString,
+    pub token_type: String,
+    pub expires_in: Option<Duration>,
+    pub refresh_token: Option<SecretString>,
+    pub scope: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("access_token", &"[redacted]")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+pub struct ProviderClient {
+    config: Arc<ProviderConfig>,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for ProviderClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderClient").field("config", &self.config).finish()
+    }
+}
+
+/// reqwest is built without a bundled TLS crypto provider; ring is installed once per process.
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Fails only if another provider is already installed, which serves just as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+impl ProviderClient {
+    pub fn new(config: ProviderConfig) -> Result<Self, reqwest::Error> {
+        install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .user_agent(config.user_agent.clone())
+            .timeout(config.request_timeout)
+            .connect_timeout(config.connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self {
+            config: Arc::new(config),
+            http,
+        })
+    }
+
+    pub fn config(&self) -> &ProviderConfig {
+        &self.config
+    }
+
+    /// Exchanges an authorization code (RFC 6749 §4.1.3, RFC 7636 §4.5).
+    pub async fn exchange_code(
+        &self,
+        code: &SecretString,
+        redirect_uri: &str,
+        verifier: Option<&PkceVerifier>,
+    ) -> Result<TokenResponse, TokenError> {
+        let mut form: Vec<(&str, &str)> = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code.expose_secret()),
+            ("redirect_uri", redirect_uri),
+        ];
+        if let Some(v) = verifier {
+            form.push(("code_verifier", v.secret().expose_secret()));
+        }
+        self.token_request(form).await
+    }
+
+    /// Refreshes (RFC 6749 §6). One attempt: retrying is the caller's decision, because only it
+    /// knows whether its refresh exclusion still holds.
+    pub async fn refresh(&self, refresh_token: &SecretString) -> Result<TokenResponse, TokenError> {
+        self.token_request(vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose_secret()),
+        ])
+        .await
+    }
+
+    async fn token_request(&self, mut form: Vec<(&str, &str)>) -> Result<TokenResponse, TokenError> {
+        let config = &*self.config;
+        let mut request = self
+            .http
+            .post(config.token_endpoint.clone())
+            .header("accept", "application/json");
+        match config.auth_method {
+            AuthMethod::ClientSecretPost => {
+                form.push(("client_id", &config.client_id));
+                form.push(("client_secret", config.client_secret.expose_secret()));
+            }
+            AuthMethod::ClientSecretBasic => {
+                // RFC 6749 §2.3.1: both parts are form-urlencoded before Basic encoding.
+                let id: String = byte_serialize(config.client_id.as_bytes()).collect();
+                let secret: String = byte_serialize(config.client_secret.expose_secret().as_bytes()).collect();
+                request = request.basic_auth(id, Some(secret));
+            }
+        }
+        let response = request.form(&form).send().await.map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = read_limited(response).await?;
+        if !(200..300).contains(&status) {
+            return Err(TokenError::from_error_response(status, &body, retry_after));
+        }
+        parse_token_response(&body)
+    }
+}
+
+fn transport_error(e: reqwest::Error) -> TokenError {
+    let cause = if e.is_timeout() {
+        TransientCause::Timeout
+    } else {
+        TransientCause::Connection
+    };
+    TokenError::Transient {
+        cause,
+        retry_after: None,
+        http_status: None,
+    }
+}
+
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, TokenError> {
+    if response
+        .content_length()
+        .is_some_and(|n| n as usize > MAX_RESPONSE_BYTES)
+    {
+        return Err(TokenError::Protocol("token endpoint answer is too large".into()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(TokenError::Protocol("token endpoint answer is too large".into()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[derive(Deserialize)]
+struct RawTokenResponse {
+    access_token: Option<String>,
+    token_type: Option<String>,
+    expires_in: Option<serde_json::Value>,
+    refresh_token: Option<String>,
+    scope: Option<String>,
+}
+
+/// Parses a 2xx answer. Lenient where real providers differ (a string `expires_in`, a missing
+/// `token_type`), strict where it matters (an access token must be there).
+pub(crate) fn parse_token_response(body: &[u8]) -> Result<TokenResponse, TokenError> {
+    let raw: RawTokenResponse =
+        serde_json::from_slice(body).map_err(|_| TokenError::Protocol("token response is not a JSON object".into()))?;
+    let access_token = raw
+        .access_token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| TokenError::Protocol("token response has no access_token".into()))?;
+    let expires_in = match raw.expires_in {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<u64>().ok(),
+        Some(_) => None,
+    }
+    .map(Duration::from_secs);
+    let token_type = raw
+        .token_type
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "bearer".into());
+    if token_type.len() > 64 {
+        return Err(TokenError::Protocol("token_type is too long".into()));
+    }
+    Ok(TokenResponse {
+        access_token: SecretString::from(access_token),
+        token_type,
+        expires_in,
+        refresh_token: raw.refresh_token.filter(|t| !t.is_empty()).map(SecretString::from),
+        scope: raw
+            .scope
+            .map(|s| s.split_ascii_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .filter(|s| !s.is_empty()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn understorys_answer_parses() {
+        let r = parse_token_response(
+            br#"{"access_token":"at","expires_in":3599,"refresh_token":"ory_rt_x","scope":"offline marketing.read","token_type":"bearer"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.expires_in, Some(Duration::from_secs(3599)));
+        assert_eq!(
+            r.scope.as_deref(),
+            Some(&["offline".to_string(), "marketing.read".to_string()][..])
+        );
+        assert!(!format!("{r:?}").contains("ory_rt_x"));
+    }
+
+    #[test]
+    fn malformed_answers_are_protocol_errors() {
+        for body in [
+            &b"[]"[..],
+            b"{}",
+            b"{\"access_token\":\"\"}",
+            b"\xff",
+            b"{\"access_token\":5}",
+        ] {
+            assert!(matches!(parse_token_response(body), Err(TokenError::Protocol(_))));
+        }
+        let r = parse_token_response(br#"{"access_token":"a","expires_in":"60"}"#).unwrap();
+        assert_eq!(r.expires_in, Some(Duration::from_secs(60)));
+        assert_eq!(r.token_type, "bearer");
+    }
+}

@@ -1,0 +1,220 @@
+//! Builds the application from settings (keyring, database, providers, vault, gRPC services)
+//! and runs it until told to stop. Tests build it on port 0 and talk to it over the network.
+
+use std::{collections::BTreeMap, future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::{server::HealthReporter, ServingStatus};
+
+use crate::{
+    api::TokenVaultService,
+    config::Settings,
+    keys::load_keyring,
+    oauth::ProviderClient,
+    proto::{self, token_vault_server::TokenVaultServer},
+    store::{PoolOptions, Store},
+    vault::Vault,
+};
+
+/// The service name health checks ask about, besides the server-wide "".
+pub const SERVICE_NAME: &str = "tokenvault.v1.TokenVault";
+/// How often the health reporter checks the database.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// How often expired pending authorizations are deleted, and how long they are kept after
+/// expiry (so that a late callback still gets INVALID_STATE from a row, not a guess).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+const KEEP_EXPIRED_STATES: Duration = Duration::from_secs(24 * 3600);
+
+pub struct Application {
+    listener: TcpListener,
+    vault: Vault,
+    settings: Settings,
+    /// Fired once serving has stopped; ends refresh-store retries and background tasks.
+    stop_background: CancellationToken,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let keyring = load_keyring(&settings.encryption, settings.mode)?;
+        let providers = settings
+            .resolved_providers()?
+            .into_iter()
+            .map(|(name, config)| {
+                let client = ProviderClient::new(config)
+                    .with_context(|| format!("building the HTTP client of provider {name}"))?;
+                Ok((name, client))
+            })
+            .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+
+        if settings.database.create_if_missing {
+            Store::create_database_if_missing(&settings.database.url)
+                .await
+                .context("creating the database")?;
+        }
+        let store = Store::connect_lazy(
+            &settings.database.url,
+            &PoolOptions {
+                max_connections: settings.database.max_connections,
+                acquire_timeout: settings.database.acquire_timeout,
+            },
+        )
+        .context("configuring the database pool (database.url)")?;
+        if settings.database.migrate_on_start {
+            store.migrate().await.context("running database migrations")?;
+        }
+
+        let listener = TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.server.listen))?;
+        let stop_background = CancellationToken::new();
+        let vault = Vault::new(&settings, store, keyring, providers, stop_background.clone());
+        Ok(Self {
+            listener,
+            vault,
+            settings,
+            stop_background,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// Serves until `stop` completes, then lets in-flight calls finish (up to the configured
+    /// grace period) before ending background work.
+    pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let background = self.stop_background.clone();
+        tokio::spawn(report_health(self.vault.clone(), reporter.clone(), background.clone()));
+        tokio::spawn(sweep_expired_states(self.vault.clone(), background.clone()));
+
+        let addr = self.local_addr();
+        tracing::info!(%addr, mode = ?self.settings.mode, "token-vault serving gRPC");
+        let grace = self.settings.server.shutdown_grace;
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            stop.await;
+            tracing::info!("shutting down: no new calls; finishing those in flight");
+            let _ = stopping_tx.send(());
+        };
+        let server = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(TokenVaultServer::new(TokenVaultService::new(self.vault.clone())))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
+        tokio::pin!(server);
+        // Graceful shutdown waits for in-flight calls; past the grace period they are cut off.
+        let result = tokio::select! {
+            r = &mut server => r.map_err(anyhow::Error::from),
+            _ = async { let _ = stopping_rx.await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(?grace, "calls still in flight after the grace period; stopping anyway");
+                Ok(())
+            }
+        };
+        reporter.set_service_status("", ServingStatus::NotServing).await;
+        background.cancel();
+        result
+    }
+}
+
+/// SERVING only while the database answers: a replica that can't reach Postgres can't hand
+/// out tokens safely, and Kubernetes should route around it.
+async fn report_health(vault: Vault, reporter: HealthReporter, stop: CancellationToken) {
+    let mut last = None;
+    loop {
+        let ok = vault.store().ping().await.is_ok();
+        if last != Some(ok) {
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status(SERVICE_NAME, status).await;
+            if ok {
+                tracing::info!("database reachable: SERVING");
+            } else {
+                tracing::warn!("database unreachable: NOT_SERVING");
+            }
+            last = Some(ok);
+        }
+        let pause = if ok {
+            HEALTH_INTERVAL
+        } else {
+            Duration::from_millis(500)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+async fn sweep_expired_states(vault: Vault, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            _ = stop.cancelled() => return,
+        }
+        match vault.store().pending().delete_expired(KEEP_EXPIRED_STATES).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "deleted expired pending authorizations"),
+            Err(e) => tracing::warn!(error = %e, "could not delete expired pending authorizations"),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+/// Asks the vault at `addr` whether it is SERVING (for `token-vault healthcheck`).
+pub async fn probe_health(addr: &str) -> anyhow::Result<bool> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())
+        .context("--addr is not a valid URI")?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2));
+    let mut client = HealthClient::new(endpoint.connect().await.context("connecting")?);
+    let answer = client
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .context("health check")?
+        .into_inner();
+    Ok(answer.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+}

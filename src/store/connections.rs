@@ -1,0 +1,350 @@
+//! Connections and their refresh-token history, with the refresh exclusion (a lease) and the
+//! fenced writes that keep a lapsed holder from overwriting newer tokens.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::StoreError;
+
+pub struct Connections<'a> {
+    pool: &'a PgPool,
+}
+
+/// A connection as stored; token columns are sealed.
+#[derive(Debug, Clone)]
+pub struct ConnectionRow {
+    pub id: i64,
+    pub tenant_id: String,
+    pub provider: String,
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub status_changed_at: OffsetDateTime,
+    pub scopes: Vec<String>,
+    pub generation: i64,
+    pub token_type: String,
+    pub access_token: Vec<u8>,
+    pub access_token_issued_at: OffsetDateTime,
+    pub access_token_expires_at: OffsetDateTime,
+    pub authorized_at: OffsetDateTime,
+    pub refreshed_at: Option<OffsetDateTime>,
+}
+
+impl ConnectionRow {
+    pub fn is_active(&self) -> bool {
+        self.status == STATUS_ACTIVE
+    }
+}
+
+const STATUS_ACTIVE: &str = "active";
+
+/// The refresh token to use, with the generation its associated data is bound to.
+pub struct CurrentRefreshToken {
+    pub generation: i64,
+    pub token: Vec<u8>,
+}
+
+/// One row of a connection's refresh-token history (for tests and operators; sealed).
+#[derive(Debug)]
+pub struct RefreshTokenHistoryRow {
+    pub generation: i64,
+    pub token: Vec<u8>,
+    pub source: String,
+    pub issued_at: OffsetDateTime,
+    pub superseded_at: Option<OffsetDateTime>,
+}
+
+/// Tokens to write at generation `generation`, sealed for it.
+pub struct NewTokens {
+    pub generation: i64,
+    pub scopes: Vec<String>,
+    pub token_type: String,
+    pub access_token: Vec<u8>,
+    pub access_token_issued_at: OffsetDateTime,
+    pub access_token_expires_at: OffsetDateTime,
+    /// `None` when the provider sent no new refresh token: the current one stays current.
+    pub refresh_token: Option<Vec<u8>>,
+}
+
+impl<'a> Connections<'a> {
+    pub(super) fn new(pool: &'a PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The hot path's one query.
+    pub async fn find(&self, tenant_id: &str, provider: &str) -> Result<Option<ConnectionRow>, StoreError> {
+        let row = sqlx::query_as!(
+            ConnectionRow,
+            r#"SELECT id, tenant_id, provider, status, status_reason, status_changed_at, scopes, generation,
+                      token_type, access_token, access_token_issued_at, access_token_expires_at,
+                      authorized_at, refreshed_at
+                 FROM connections WHERE tenant_id = $1 AND provider = $2"#,
+            tenant_id,
+            provider,
+        )
+        .fetch_optional(self.pool)
+        .await?;
+        Ok(row)
+    }
+
+    pub async fn current_refresh_token(&self, connection_id: i64) -> Result<Option<CurrentRefreshToken>, StoreError> {
+        let row = sqlx::query_as!(
+            CurrentRefreshToken,
+            "SELECT generation, token FROM refresh_tokens WHERE connection_id = $1 AND superseded_at IS NULL",
+            connection_id,
+        )
+        .fetch_optional(self.pool)
+        .await?;
+        Ok(row)
+    }
+
+    pub async fn refresh_token_history(&self, connection_id: i64) -> Result<Vec<RefreshTokenHistoryRow>, StoreError> {
+        let rows = sqlx::query_as!(
+            RefreshTokenHistoryRow,
+            r#"SELECT generation, token, source, issued_at, superseded_at
+                 FROM refresh_tokens WHERE connection_id = $1 ORDER BY generation"#,
+            connection_id,
+        )
+        .fetch_all(self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// Stores the tokens of a completed authorization: creates the connection, or replaces the
+    /// grant of an existing one (its old refresh tokens are kept, marked superseded). `seal`
+    /// receives the generation the tokens will be written at, since their associated data
+    /// binds it. Returns the connection's id.
+    pub async fn store_authorization<E>(
+        &self,
+        tenant_id: &str,
+        provider: &str,
+        seal: impl Fn(i64) -> Result<NewTokens, E>,
+    ) -> Result<Result<i64, E>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        loop {
+            let existing = sqlx::query!(
+                "SELECT id, generation FROM connections WHERE tenant_id = $1 AND provider = $2 FOR UPDATE",
+                tenant_id,
+                provider,
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            let (id, tokens) = match existing {
+                Some(row) => {
+                    let tokens = match seal(row.generation + 1) {
+                        Ok(t) => t,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    sqlx::query!(
+                        r#"UPDATE connections
+                              SET status = 'active', status_reason = NULL, status_changed_at = now(),
+                                  scopes = $2, generation = $3, token_type = $4, access_token = $5,
+                                  access_token_issued_at = $6, access_token_expires_at = $7,
+                                  authorized_at = now(), refreshed_at = NULL,
+                                  refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
+                            WHERE id = $1"#,
+                        row.id,
+                        &tokens.scopes,
+                        tokens.generation,
+                        tokens.token_type,
+                        tokens.access_token,
+                        tokens.access_token_issued_at,
+                        tokens.access_token_expires_at,
+                    )
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query!(
+                        "UPDATE refresh_tokens SET superseded_at = now() WHERE connection_id = $1 AND superseded_at IS NULL",
+                        row.id,
+                    )
+                    .execute(&mut *tx)
+                    .await?;
+                    (row.id, tokens)
+                }
+                None => {
+                    let tokens = match seal(1) {
+                        Ok(t) => t,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    let inserted = sqlx::query_scalar!(
+                        r#"INSERT INTO connections
+                               (tenant_id, provider, status, scopes, generation, token_type, access_token,
+                                access_token_issued_at, access_token_expires_at, authorized_at)
+                           VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, now())
+                           ON CONFLICT (tenant_id, provider) DO NOTHING
+                           RETURNING id"#,
+                        tenant_id,
+                        provider,
+                        &tokens.scopes,
+                        tokens.generation,
+                        tokens.token_type,
+                        tokens.access_token,
+                        tokens.access_token_issued_at,
+                        tokens.access_token_expires_at,
+                    )
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    match inserted {
+                        Some(id) => (id, tokens),
+                        // A concurrent authorization of the same new tenant committed first; its
+                        // row is visible now, so go round and replace it under its row lock.
+                        None => continue,
+                    }
+                }
+            };
+            if let Some(refresh_token) = &tokens.refresh_token {
+                sqlx::query!(
+                    r#"INSERT INTO refresh_tokens (connection_id, generation, token, source)
+                       VALUES ($1, $2, $3, 'authorization_code')"#,
+                    id,
+                    tokens.generation,
+                    refresh_token,
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            return Ok(Ok(id));
+        }
+    }
+
+    /// Takes the refresh exclusion for `holder` if the connection is still at `generation`,
+    /// still active, and nobody holds an unexpired lease. The lease is compared with the
+    /// database's clock only, so replicas' clocks don't matter.
+    pub async fn try_acquire_lease(
+        &self,
+        connection_id: i64,
+        generation: i64,
+        holder: Uuid,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let ttl_secs = ttl.as_secs_f64();
+        let done = sqlx::query!(
+            r#"UPDATE connections
+                  SET refresh_lease_holder = $3, refresh_lease_until = now() + make_interval(secs => $4)
+                WHERE id = $1 AND generation = $2 AND status = 'active'
+                  AND (refresh_lease_until IS NULL OR refresh_lease_until <= now())"#,
+            connection_id,
+            generation,
+            holder,
+            ttl_secs,
+        )
+        .execute(self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives the lease up early (after a failed refresh), if `holder` still has it.
+    pub async fn release_lease(&self, connection_id: i64, holder: Uuid) -> Result<(), StoreError> {
+        sqlx::query!(
+            r#"UPDATE connections SET refresh_lease_holder = NULL, refresh_lease_until = NULL
+                WHERE id = $1 AND refresh_lease_holder = $2"#,
+            connection_id,
+            holder,
+        )
+        .execute(self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Writes refreshed tokens, fenced on the generation they were refreshed from: if anything
+    /// changed the tokens since, nothing is written and `Fenced` says so. The new refresh token
+    /// (if any) supersedes the old one in the same transaction, and the lease is released.
+    pub async fn store_refresh(
+        &self,
+        connection_id: i64,
+        from_generation: i64,
+        tokens: &NewTokens,
+    ) -> Result<(), StoreError> {
+        debug_assert_eq!(tokens.generation, from_generation + 1);
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query!(
+            r#"UPDATE connections
+                  SET generation = $3, scopes = $4, token_type = $5, access_token = $6,
+                      access_token_issued_at = $7, access_token_expires_at = $8, refreshed_at = now(),
+                      refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
+                WHERE id = $1 AND generation = $2"#,
+            connection_id,
+            from_generation,
+            tokens.generation,
+            &tokens.scopes,
+            tokens.token_type,
+            tokens.access_token,
+            tokens.access_token_issued_at,
+            tokens.access_token_expires_at,
+        )
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Err(StoreError::Fenced);
+        }
+        if let Some(refresh_token) = &tokens.refresh_token {
+            sqlx::query!(
+                "UPDATE refresh_tokens SET superseded_at = now() WHERE connection_id = $1 AND superseded_at IS NULL",
+                connection_id,
+            )
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query!(
+                r#"INSERT INTO refresh_tokens (connection_id, generation, token, source)
+                   VALUES ($1, $2, $3, 'refresh')"#,
+                connection_id,
+                tokens.generation,
+                refresh_token,
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Marks the connection dead after a genuine rejection, fenced on the generation whose
+    /// refresh token was rejected. Returns false if the generation moved (a lost race).
+    pub async fn mark_reauthorization_required(
+        &self,
+        connection_id: i64,
+        generation: i64,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query!(
+            r#"UPDATE connections
+                  SET status = 'reauthorization_required', status_reason = $3, status_changed_at = now(),
+                      refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
+                WHERE id = $1 AND generation = $2"#,
+            connection_id,
+            generation,
+            reason,
+        )
+        .execute(self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+impl Connections<'_> {
+    /// Extends `holder`'s lease while it still holds a refreshed token it has not managed to
+    /// store, so that no other replica starts a refresh with the old (now used) refresh token.
+    pub async fn extend_lease(
+        &self,
+        connection_id: i64,
+        generation: i64,
+        holder: Uuid,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let ttl_secs = ttl.as_secs_f64();
+        let done = sqlx::query!(
+            r#"UPDATE connections SET refresh_lease_until = now() + make_interval(secs => $4)
+                WHERE id = $1 AND generation = $2 AND refresh_lease_holder = $3"#,
+            connection_id,
+            generation,
+            holder,
+            ttl_secs,
+        )
+        .execute(self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

@@ -1,0 +1,77 @@
+//! GetAccessToken's decision (cache, database, or refresh) and GetConnection.
+
+use std::time::Instant;
+
+use time::OffsetDateTime;
+
+use super::{cache::CacheKey, tokens, AccessToken, AccessTokenRequest, ConnectionInfo, TenantId, Vault, VaultError};
+use crate::store::ConnectionRow;
+
+impl Vault {
+    /// Returns a token valid for the requested margin: from this replica's cache, else from the
+    /// database, else by a refresh (coalesced in-process, excluded across replicas). A caller
+    /// whose `deadline` passes while waiting gets `DeadlineExceeded`; the refresh goes on.
+    pub async fn get_access_token(
+        &self,
+        req: AccessTokenRequest,
+        deadline: Option<Instant>,
+    ) -> Result<AccessToken, VaultError> {
+        let client = self.provider(&req.provider)?;
+        let provider = &client.config().name;
+        let margin = req.min_valid_for.unwrap_or(self.inner.settings.default_min_valid_for);
+        let fraction = self.inner.settings.max_margin_fraction;
+        let key = CacheKey::new(provider, req.tenant_id.as_str());
+
+        if let Some(token) = self.inner.cache.get(&key) {
+            if token.is_valid_for(margin, fraction, OffsetDateTime::now_utc()) {
+                return Ok(token);
+            }
+        }
+
+        let row = self.active_connection(&req.tenant_id, provider).await?;
+        let token = tokens::open_access_token(&self.inner.keyring, &row)?;
+        self.inner.cache.put(key.clone(), token.clone());
+        if token.is_valid_for(margin, fraction, OffsetDateTime::now_utc()) {
+            return Ok(token);
+        }
+        self.inner.refresher.refresh(key, client.clone(), row, deadline).await
+    }
+
+    async fn active_connection(&self, tenant_id: &TenantId, provider: &str) -> Result<ConnectionRow, VaultError> {
+        let row = self
+            .inner
+            .store
+            .connections()
+            .find(tenant_id.as_str(), provider)
+            .await?
+            .ok_or(VaultError::ConnectionNotFound)?;
+        if !row.is_active() {
+            return Err(VaultError::ReauthorizationRequired {
+                reason: row.status_reason.unwrap_or_else(|| "unknown".into()),
+            });
+        }
+        Ok(row)
+    }
+
+    pub async fn get_connection(&self, tenant_id: &TenantId, provider: &str) -> Result<ConnectionInfo, VaultError> {
+        let provider = &self.provider(provider)?.config().name;
+        let connections = self.inner.store.connections();
+        let row = connections
+            .find(tenant_id.as_str(), provider)
+            .await?
+            .ok_or(VaultError::ConnectionNotFound)?;
+        let has_refresh_token = connections.current_refresh_token(row.id).await?.is_some();
+        Ok(ConnectionInfo {
+            active: row.is_active(),
+            tenant_id: row.tenant_id,
+            provider: row.provider,
+            status_reason: row.status_reason,
+            status_changed_at: row.status_changed_at,
+            scopes: row.scopes,
+            access_token_expires_at: row.access_token_expires_at,
+            has_refresh_token,
+            authorized_at: row.authorized_at,
+            refreshed_at: row.refreshed_at,
+        })
+    }
+}

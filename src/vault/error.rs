@@ -1,0 +1,61 @@
+//! The vault's one error type: every way a flow can end other than success, in the caller's
+//! terms. The API layer maps each variant to a gRPC status and a stable reason in one place.
+
+use std::time::Duration;
+
+/// Cloneable, because one refresh's outcome is handed to every caller waiting on it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum VaultError {
+    #[error("{field}: {description}")]
+    InvalidArgument { field: &'static str, description: String },
+    #[error("the state is unknown, expired or already used")]
+    InvalidState,
+    #[error("the authorization was denied: {error}")]
+    AuthorizationDenied { error: String, description: Option<String> },
+    #[error("the provider rejected the authorization code")]
+    InvalidGrant,
+    #[error("no connection for this tenant and provider")]
+    ConnectionNotFound,
+    #[error("the connection needs a new authorization ({reason})")]
+    ReauthorizationRequired { reason: String },
+    #[error("the provider is unavailable")]
+    ProviderUnavailable { retry_after: Option<Duration> },
+    #[error("the provider rejected the vault's client credentials for provider {provider}")]
+    ProviderRejectedClient { provider: String },
+    #[error("the provider answered something unusable")]
+    ProviderProtocol,
+    #[error("the vault's database is unavailable")]
+    StoreUnavailable,
+    #[error("the deadline passed while waiting for a refresh")]
+    DeadlineExceeded,
+    #[error("the vault is shutting down")]
+    ShuttingDown,
+    /// Unexpected. The message is for the log (it never holds a secret); callers see an id.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl VaultError {
+    pub fn invalid(field: &'static str, description: impl Into<String>) -> Self {
+        VaultError::InvalidArgument {
+            field,
+            description: description.into(),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for VaultError {
+    fn from(e: crate::store::StoreError) -> Self {
+        if e.is_unavailable() {
+            VaultError::StoreUnavailable
+        } else {
+            VaultError::Internal(e.to_string())
+        }
+    }
+}
+
+impl From<crate::crypto::SealError> for VaultError {
+    fn from(e: crate::crypto::SealError) -> Self {
+        VaultError::Internal(format!("stored value could not be opened: {e}"))
+    }
+}

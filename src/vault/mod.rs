@@ -1,0 +1,108 @@
+//! The flows: begin and complete an authorization, hand out access tokens, refresh them.
+//! No SQL and no HTTP here: those belong to `store` and `oauth`; this module decides.
+
+mod access;
+mod authorize;
+mod cache;
+mod error;
+mod refresh;
+mod tokens;
+mod types;
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use tokio_util::sync::CancellationToken;
+
+pub use error::VaultError;
+pub use refresh::RefreshMetrics;
+pub use types::*;
+
+use crate::{
+    config::{RefreshSettings, Settings, VaultSettings},
+    crypto::Keyring,
+    oauth::ProviderClient,
+    store::Store,
+};
+
+/// The vault: shared by every gRPC call, cheap to clone.
+#[derive(Clone)]
+pub struct Vault {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    keyring: Arc<Keyring>,
+    providers: BTreeMap<String, ProviderClient>,
+    default_provider: Option<String>,
+    settings: VaultSettings,
+    cache: cache::TokenCache,
+    refresher: refresh::Refresher,
+}
+
+impl Vault {
+    pub fn new(
+        settings: &Settings,
+        store: Store,
+        keyring: Keyring,
+        providers: BTreeMap<String, ProviderClient>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let keyring = Arc::new(keyring);
+        let cache = cache::TokenCache::new(settings.vault.cache_max_entries, settings.vault.cache_max_age);
+        let refresher = refresh::Refresher::new(
+            store.clone(),
+            keyring.clone(),
+            cache.clone(),
+            refresh_policy(&settings.refresh),
+            shutdown,
+        );
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                keyring,
+                providers,
+                default_provider: settings.default_provider(),
+                settings: settings.vault.clone(),
+                cache,
+                refresher,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn refresh_metrics(&self) -> &RefreshMetrics {
+        self.inner.refresher.metrics()
+    }
+
+    /// The provider a request names, or the default for an empty name.
+    fn provider(&self, name: &str) -> Result<&ProviderClient, VaultError> {
+        let name = if name.is_empty() {
+            self.inner.default_provider.as_deref().ok_or_else(|| {
+                VaultError::invalid(
+                    "provider",
+                    "is required: several providers are configured and none is the default",
+                )
+            })?
+        } else {
+            name
+        };
+        self.inner
+            .providers
+            .get(name)
+            .ok_or_else(|| VaultError::invalid("provider", "names no configured provider"))
+    }
+}
+
+fn refresh_policy(refresh: &RefreshSettings) -> refresh::RefreshPolicy {
+    refresh::RefreshPolicy {
+        lease_ttl: refresh.lease_ttl,
+        poll_interval: refresh.poll_interval,
+        max_attempts: refresh.max_attempts,
+        backoff: refresh.backoff,
+        store_retry_max_backoff: refresh.store_retry_max_backoff,
+    }
+}

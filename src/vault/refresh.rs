@@ -1,0 +1,428 @@
+//! Refreshing a connection: at most one refresh per connection at a time across every
+//! replica, and a received refresh token is never thrown away.
+//!
+//! How the exclusion works, and why this design:
+//!
+//! * **In-process coalescing.** Callers in one process that need the same connection refreshed
+//!   share one spawned refresh task. The task is detached from its callers, so a caller whose
+//!   deadline passes leaves without cancelling the refresh the others wait on.
+//! * **A lease in Postgres, with a fencing generation.** The task takes the exclusion by a
+//!   guarded `UPDATE … SET refresh_lease_until = now() + ttl WHERE generation = $read AND the
+//!   lease is free`. A lease, unlike a row lock or an advisory lock, survives the loss of the
+//!   database connection: if the vault's connection is killed between the provider's answer and
+//!   the commit, no other replica may start a refresh with the old (now used) refresh token,
+//!   which Hydra would answer by revoking the customer's whole grant. It also lapses by itself
+//!   if the holder dies, so a killed replica blocks refreshes for at most `lease_ttl`.
+//! * **Timeouts are ordered.** Configuration refuses a `lease_ttl` that is not longer than the
+//!   provider's whole retry budget (every attempt at its full timeout plus backoff), and the
+//!   task never starts an attempt that could outlive its lease.
+//! * **Fenced writes.** The refreshed tokens are written with `WHERE generation = $read`; a
+//!   holder whose lease lapsed can never overwrite newer tokens.
+//! * **Re-read after taking the exclusion**, and after `invalid_grant`: if the generation
+//!   moved, someone else refreshed; their token is used and nothing is marked dead.
+//! * **Never drop a received refresh token.** If the commit fails, the task keeps retrying it
+//!   with backoff (extending its lease whenever the database answers) until the process is
+//!   told to stop.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use futures::{
+    future::{BoxFuture, Shared},
+    FutureExt,
+};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{authorize::provider_error, cache::CacheKey, cache::TokenCache, tokens, AccessToken, VaultError};
+use crate::{
+    crypto::Keyring,
+    oauth::{ProviderClient, TokenError},
+    store::{ConnectionRow, Store, StoreError},
+};
+
+/// Time kept free at the end of a lease: no provider attempt may start unless it (at its full
+/// timeout) ends this long before the lease does.
+const LEASE_SAFETY: Duration = Duration::from_secs(1);
+/// How many times one refresh task goes round after finding the connection changed under it.
+const MAX_ROUNDS: usize = 8;
+
+pub(super) struct RefreshPolicy {
+    pub lease_ttl: Duration,
+    pub poll_interval: Duration,
+    pub max_attempts: u32,
+    pub backoff: Duration,
+    pub store_retry_max_backoff: Duration,
+}
+
+/// Counters of what refreshes did; exported as metrics and read by tests.
+#[derive(Debug, Default)]
+pub struct RefreshMetrics {
+    /// Token-endpoint requests made for refreshes.
+    pub provider_requests: AtomicU64,
+    pub succeeded: AtomicU64,
+    /// Refreshes that found another holder's token and used it.
+    pub adopted: AtomicU64,
+    pub failed: AtomicU64,
+    pub marked_reauthorization_required: AtomicU64,
+    /// Failed attempts to store a received token (each retried).
+    pub unsaved_rotation_retries: AtomicU64,
+    /// Rounds spent waiting for another replica's lease.
+    pub lease_waits: AtomicU64,
+}
+
+type SharedRefresh = Shared<BoxFuture<'static, Result<AccessToken, VaultError>>>;
+
+#[derive(Clone)]
+pub(super) struct Refresher {
+    inner: Arc<RefresherInner>,
+}
+
+struct RefresherInner {
+    store: Store,
+    keyring: Arc<Keyring>,
+    cache: TokenCache,
+    policy: RefreshPolicy,
+    /// This process's identity as a lease holder.
+    holder: Uuid,
+    /// Fired when the process must stop: the only thing that ends a store retry loop.
+    shutdown: CancellationToken,
+    inflight: Mutex<HashMap<CacheKey, (u64, SharedRefresh)>>,
+    next_task_id: AtomicU64,
+    metrics: RefreshMetrics,
+}
+
+/// How one round under the lease ended.
+enum Round {
+    Done(AccessToken),
+    /// The connection changed under us: read it again and decide again.
+    Again,
+}
+
+impl Refresher {
+    pub fn new(
+        store: Store,
+        keyring: Arc<Keyring>,
+        cache: TokenCache,
+        policy: RefreshPolicy,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            inner: Arc::new(RefresherInner {
+                store,
+                keyring,
+                cache,
+                policy,
+                holder: Uuid::new_v4(),
+                shutdown,
+                inflight: Mutex::new(HashMap::new()),
+                next_task_id: AtomicU64::new(0),
+                metrics: RefreshMetrics::default(),
+            }),
+        }
+    }
+
+    pub fn metrics(&self) -> &RefreshMetrics {
+        &self.inner.metrics
+    }
+
+    /// Joins the refresh in flight for `key`, or starts one from `row`; waits for it until
+    /// `deadline`.
+    pub async fn refresh(
+        &self,
+        key: CacheKey,
+        client: ProviderClient,
+        row: ConnectionRow,
+        deadline: Option<Instant>,
+    ) -> Result<AccessToken, VaultError> {
+        let shared = {
+            let mut inflight = self.inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            match inflight.get(&key) {
+                Some((_, running)) => running.clone(),
+                None => {
+                    let id = self.inner.next_task_id.fetch_add(1, Ordering::Relaxed);
+                    let inner = self.inner.clone();
+                    let task_key = key.clone();
+                    let task = tokio::spawn(async move {
+                        let result = inner.run(&task_key, &client, row).await;
+                        let mut inflight = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
+                        if inflight.get(&task_key).is_some_and(|(running, _)| *running == id) {
+                            inflight.remove(&task_key);
+                        }
+                        result
+                    });
+                    let shared = async move {
+                        task.await
+                            .unwrap_or_else(|e| Err(VaultError::Internal(format!("the refresh task failed: {e}"))))
+                    }
+                    .boxed()
+                    .shared();
+                    inflight.insert(key, (id, shared.clone()));
+                    shared
+                }
+            }
+        };
+        match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), shared)
+                .await
+                .unwrap_or(Err(VaultError::DeadlineExceeded)),
+            None => shared.await,
+        }
+    }
+}
+
+impl RefresherInner {
+    async fn run(
+        &self,
+        key: &CacheKey,
+        client: &ProviderClient,
+        mut row: ConnectionRow,
+    ) -> Result<AccessToken, VaultError> {
+        let result = async {
+            for _ in 0..MAX_ROUNDS {
+                match self.acquire(&mut row).await? {
+                    Some(theirs) => {
+                        self.metrics.adopted.fetch_add(1, Ordering::Relaxed);
+                        return Ok(theirs);
+                    }
+                    None => match self.refresh_under_lease(key, client, &row).await? {
+                        Round::Done(token) => return Ok(token),
+                        Round::Again => row = self.reread(&row).await?,
+                    },
+                }
+            }
+            Err(VaultError::Internal(
+                "the connection kept changing during a refresh; giving up this round".into(),
+            ))
+        }
+        .await;
+        match &result {
+            Ok(token) => self.cache.put(key.clone(), token.clone()),
+            Err(_) => {
+                self.metrics.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    async fn reread(&self, row: &ConnectionRow) -> Result<ConnectionRow, VaultError> {
+        let fresh = self
+            .store
+            .connections()
+            .find(&row.tenant_id, &row.provider)
+            .await?
+            .ok_or(VaultError::ConnectionNotFound)?;
+        if !fresh.is_active() {
+            return Err(VaultError::ReauthorizationRequired {
+                reason: fresh.status_reason.unwrap_or_else(|| "unknown".into()),
+            });
+        }
+        Ok(fresh)
+    }
+
+    /// Takes the lease (`None`), or returns the token someone else refreshed meanwhile.
+    async fn acquire(&self, row: &mut ConnectionRow) -> Result<Option<AccessToken>, VaultError> {
+        loop {
+            if self.shutdown.is_cancelled() {
+                return Err(VaultError::ShuttingDown);
+            }
+            let taken = self
+                .store
+                .connections()
+                .try_acquire_lease(row.id, row.generation, self.holder, self.policy.lease_ttl)
+                .await?;
+            if taken {
+                return Ok(None);
+            }
+            let fresh = self.reread(row).await?;
+            if fresh.generation != row.generation {
+                // Someone else refreshed. Their token is used as long as it has not expired,
+                // even if it is shorter-lived than the margin asks: refreshing again would kill
+                // it for whoever already holds it.
+                let token = tokens::open_access_token(&self.keyring, &fresh)?;
+                if token.expires_at > OffsetDateTime::now_utc() {
+                    return Ok(Some(token));
+                }
+                *row = fresh;
+                continue;
+            }
+            *row = fresh;
+            self.metrics.lease_waits.fetch_add(1, Ordering::Relaxed);
+            let pause = jitter(self.policy.poll_interval);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.shutdown.cancelled() => return Err(VaultError::ShuttingDown),
+            }
+        }
+    }
+
+    /// One refresh while holding the lease on `row.generation`.
+    async fn refresh_under_lease(
+        &self,
+        key: &CacheKey,
+        client: &ProviderClient,
+        row: &ConnectionRow,
+    ) -> Result<Round, VaultError> {
+        let lease_taken = Instant::now();
+        let provider = client.config();
+        let connections = self.store.connections();
+        let Some(current) = connections.current_refresh_token(row.id).await? else {
+            tracing::warn!(tenant_id = %row.tenant_id, provider = %row.provider, "the access token expired and no refresh token is held");
+            return self.mark_dead(key, row, "no_refresh_token").await;
+        };
+        let refresh_token = match tokens::open_refresh_token(
+            &self.keyring,
+            &row.tenant_id,
+            &row.provider,
+            current.generation,
+            &current.token,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                self.release(row).await;
+                return Err(e);
+            }
+        };
+
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let sent_at = OffsetDateTime::now_utc();
+            self.metrics.provider_requests.fetch_add(1, Ordering::Relaxed);
+            let error = match client.refresh(&refresh_token).await {
+                Ok(response) => {
+                    let (new_tokens, token) = tokens::seal_token_response(
+                        &self.keyring,
+                        provider,
+                        &row.tenant_id,
+                        row.generation + 1,
+                        &response,
+                        sent_at,
+                        &row.scopes,
+                    )?;
+                    return self.store_refreshed(row, &new_tokens, token).await;
+                }
+                Err(e) => e,
+            };
+            match error {
+                TokenError::Transient {
+                    cause,
+                    retry_after,
+                    http_status,
+                } => {
+                    let backoff = retry_after
+                        .unwrap_or_else(|| jitter(self.policy.backoff.saturating_mul(1 << (attempt - 1).min(16))));
+                    let next_attempt_ends = lease_taken.elapsed() + backoff + provider.request_timeout + LEASE_SAFETY;
+                    if attempt < self.policy.max_attempts && next_attempt_ends < self.policy.lease_ttl {
+                        tracing::info!(tenant_id = %row.tenant_id, provider = %row.provider, ?cause, ?http_status, attempt, "refresh attempt failed transiently; retrying");
+                        tokio::time::sleep(backoff).await;
+                        continue;
+                    }
+                    tracing::warn!(tenant_id = %row.tenant_id, provider = %row.provider, ?cause, ?http_status, attempt, "refresh failed transiently; the connection stays active");
+                    self.release(row).await;
+                    return Err(VaultError::ProviderUnavailable {
+                        retry_after: Some(retry_after.unwrap_or(self.policy.backoff)),
+                    });
+                }
+                TokenError::InvalidGrant(err) => {
+                    // A moved generation means another holder won a race: not a dead grant.
+                    let fresh = self.reread(row).await?;
+                    if fresh.generation != row.generation {
+                        tracing::info!(tenant_id = %row.tenant_id, provider = %row.provider, "invalid_grant after another holder refreshed; using its token");
+                        return Ok(Round::Again);
+                    }
+                    tracing::warn!(tenant_id = %row.tenant_id, provider = %row.provider, description = ?err.description, "the provider rejected the refresh token; the connection needs a new authorization");
+                    return self.mark_dead(key, row, "invalid_grant").await;
+                }
+                other => {
+                    self.release(row).await;
+                    return Err(provider_error(other, provider, &row.tenant_id));
+                }
+            }
+        }
+    }
+
+    /// Commits the refreshed tokens, retrying until it works or the process stops: the
+    /// provider has already retired the old refresh token, so this one is the only one left.
+    async fn store_refreshed(
+        &self,
+        row: &ConnectionRow,
+        new_tokens: &crate::store::NewTokens,
+        token: AccessToken,
+    ) -> Result<Round, VaultError> {
+        let connections = self.store.connections();
+        let mut pause = Duration::from_millis(50);
+        let mut failures = 0u64;
+        loop {
+            match connections.store_refresh(row.id, row.generation, new_tokens).await {
+                Ok(()) => {
+                    self.metrics.succeeded.fetch_add(1, Ordering::Relaxed);
+                    if failures > 0 {
+                        tracing::warn!(tenant_id = %row.tenant_id, provider = %row.provider, failures, "the refreshed token was stored after retries");
+                    } else {
+                        tracing::info!(tenant_id = %row.tenant_id, provider = %row.provider, generation = new_tokens.generation, "refreshed");
+                    }
+                    return Ok(Round::Done(token));
+                }
+                Err(StoreError::Fenced) => {
+                    tracing::error!(tenant_id = %row.tenant_id, provider = %row.provider, "the connection changed while refreshing (re-authorized, or this replica's lease lapsed); the tokens this refresh received are discarded");
+                    return Ok(Round::Again);
+                }
+                Err(e) => {
+                    failures += 1;
+                    self.metrics.unsaved_rotation_retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(tenant_id = %row.tenant_id, provider = %row.provider, failures, error = %e, "a refreshed token could not be stored; retrying (it must not be lost)");
+                    // Keep the exclusion alive whenever the database answers, so no other
+                    // replica refreshes with the refresh token the provider has just retired.
+                    let _ = connections
+                        .extend_lease(row.id, row.generation, self.holder, self.policy.lease_ttl)
+                        .await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(jitter(pause)) => {}
+                        _ = self.shutdown.cancelled() => {
+                            tracing::error!(tenant_id = %row.tenant_id, provider = %row.provider, "stopping with a refreshed token NOT stored: this connection will likely need a new authorization");
+                            return Err(VaultError::ShuttingDown);
+                        }
+                    }
+                    pause = (pause * 2).min(self.policy.store_retry_max_backoff);
+                }
+            }
+        }
+    }
+
+    async fn mark_dead(&self, key: &CacheKey, row: &ConnectionRow, reason: &str) -> Result<Round, VaultError> {
+        if !self
+            .store
+            .connections()
+            .mark_reauthorization_required(row.id, row.generation, reason)
+            .await?
+        {
+            return Ok(Round::Again);
+        }
+        self.cache.remove(key);
+        self.metrics
+            .marked_reauthorization_required
+            .fetch_add(1, Ordering::Relaxed);
+        Err(VaultError::ReauthorizationRequired { reason: reason.into() })
+    }
+
+    async fn release(&self, row: &ConnectionRow) {
+        if let Err(e) = self.store.connections().release_lease(row.id, self.holder).await {
+            tracing::warn!(tenant_id = %row.tenant_id, error = %e, "could not release the refresh lease; it will lapse by itself");
+        }
+    }
+}
+
+/// A random duration between half and all of `d` ("equal jitter"), so that replicas and
+/// retries spread out.
+fn jitter(d: Duration) -> Duration {
+    let half = d / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}

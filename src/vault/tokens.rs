@@ -1,0 +1,77 @@
+//! Sealing and opening a connection's tokens with the associated data of their row.
+
+use secrecy::SecretString;
+use time::OffsetDateTime;
+
+use super::{AccessToken, VaultError};
+use crate::{
+    crypto::{Aad, Keyring, Purpose},
+    oauth::{ProviderConfig, TokenResponse},
+    store::{ConnectionRow, NewTokens},
+};
+
+/// Opens a row's access token.
+pub(super) fn open_access_token(keyring: &Keyring, row: &ConnectionRow) -> Result<AccessToken, VaultError> {
+    let aad = Aad::for_generation(Purpose::AccessToken, &row.tenant_id, &row.provider, row.generation);
+    Ok(AccessToken {
+        token: keyring.open_str(&aad, &row.access_token)?,
+        token_type: row.token_type.clone(),
+        issued_at: row.access_token_issued_at,
+        expires_at: row.access_token_expires_at,
+        scopes: row.scopes.clone().into(),
+        generation: row.generation,
+    })
+}
+
+pub(super) fn open_refresh_token(
+    keyring: &Keyring,
+    tenant_id: &str,
+    provider: &str,
+    generation: i64,
+    sealed: &[u8],
+) -> Result<SecretString, VaultError> {
+    let aad = Aad::for_generation(Purpose::RefreshToken, tenant_id, provider, generation);
+    Ok(keyring.open_str(&aad, sealed)?)
+}
+
+/// Seals a token response for writing at `generation`. `sent_at` is when the request left, so
+/// the computed expiry errs early, never late. `fallback_scopes` stand in when the provider
+/// does not say which scopes it granted (RFC 6749 §5.1: it then granted those requested).
+pub(super) fn seal_token_response(
+    keyring: &Keyring,
+    provider: &ProviderConfig,
+    tenant_id: &str,
+    generation: i64,
+    response: &TokenResponse,
+    sent_at: OffsetDateTime,
+    fallback_scopes: &[String],
+) -> Result<(NewTokens, AccessToken), VaultError> {
+    let lifetime = response.expires_in.unwrap_or(provider.assumed_token_lifetime);
+    let expires_at = sent_at + lifetime;
+    let aad = |purpose| Aad::for_generation(purpose, tenant_id, &provider.name, generation);
+    let access_token = keyring.seal_str(&aad(Purpose::AccessToken), &response.access_token)?;
+    let refresh_token = response
+        .refresh_token
+        .as_ref()
+        .map(|rt| keyring.seal_str(&aad(Purpose::RefreshToken), rt))
+        .transpose()?;
+    let scopes = response.scope.clone().unwrap_or_else(|| fallback_scopes.to_vec());
+    let token = AccessToken {
+        token: response.access_token.clone(),
+        token_type: response.token_type.clone(),
+        issued_at: sent_at,
+        expires_at,
+        scopes: scopes.clone().into(),
+        generation,
+    };
+    let new = NewTokens {
+        generation,
+        scopes,
+        token_type: response.token_type.clone(),
+        access_token,
+        access_token_issued_at: sent_at,
+        access_token_expires_at: expires_at,
+        refresh_token,
+    };
+    Ok((new, token))
+}

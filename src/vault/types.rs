@@ -1,0 +1,148 @@
+//! The flows' inputs and outputs, free of any wire format.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use time::OffsetDateTime;
+
+use super::VaultError;
+
+/// The longest tenant id accepted.
+pub const MAX_TENANT_ID_LEN: usize = 255;
+/// The most scopes one request may name.
+pub const MAX_SCOPES: usize = 50;
+
+/// A caller's id for a customer: 1 to 255 characters, no control characters. Opaque otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TenantId(String);
+
+impl TenantId {
+    pub fn parse(id: &str, field: &'static str) -> Result<Self, VaultError> {
+        if id.is_empty() {
+            return Err(VaultError::invalid(field, "is required"));
+        }
+        if id.len() > MAX_TENANT_ID_LEN {
+            return Err(VaultError::invalid(
+                field,
+                format!("is longer than {MAX_TENANT_ID_LEN} bytes"),
+            ));
+        }
+        if id.chars().any(char::is_control) {
+            return Err(VaultError::invalid(field, "contains control characters"));
+        }
+        Ok(Self(id.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+pub struct BeginAuthorization {
+    pub tenant_id: TenantId,
+    /// Empty means the default provider.
+    pub provider: String,
+    pub scopes: Vec<String>,
+    pub redirect_uri: String,
+}
+
+#[derive(Debug)]
+pub struct AuthorizationStarted {
+    pub authorization_url: String,
+    pub state: String,
+    pub expires_at: OffsetDateTime,
+    pub provider: String,
+    pub redirect_uri: String,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct AuthorizationCompleted {
+    pub tenant_id: String,
+    pub provider: String,
+    pub scopes: Vec<String>,
+    pub access_token_expires_at: OffsetDateTime,
+    pub refresh_token_issued: bool,
+}
+
+pub struct AccessTokenRequest {
+    pub tenant_id: TenantId,
+    pub provider: String,
+    pub min_valid_for: Option<Duration>,
+}
+
+/// An access token handed to a caller.
+#[derive(Clone, Debug)]
+pub struct AccessToken {
+    pub token: SecretString,
+    pub token_type: String,
+    pub issued_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub scopes: std::sync::Arc<[String]>,
+    /// The connection generation the token belongs to.
+    pub generation: i64,
+}
+
+impl AccessToken {
+    /// Whether the token stays valid for `margin` from `now`, with the margin capped at
+    /// `max_fraction` of the token's lifetime, so a fresh token is never deemed expired.
+    pub fn is_valid_for(&self, margin: Duration, max_fraction: f64, now: OffsetDateTime) -> bool {
+        let lifetime = (self.expires_at - self.issued_at).max(time::Duration::ZERO);
+        let cap = lifetime * max_fraction;
+        let margin = time::Duration::try_from(margin).unwrap_or(time::Duration::MAX).min(cap);
+        self.expires_at - now >= margin && self.expires_at > now
+    }
+}
+
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    pub tenant_id: String,
+    pub provider: String,
+    pub active: bool,
+    pub status_reason: Option<String>,
+    pub status_changed_at: OffsetDateTime,
+    pub scopes: Vec<String>,
+    pub access_token_expires_at: OffsetDateTime,
+    pub has_refresh_token: bool,
+    pub authorized_at: OffsetDateTime,
+    pub refreshed_at: Option<OffsetDateTime>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(lifetime_secs: i64) -> AccessToken {
+        let issued_at = OffsetDateTime::UNIX_EPOCH;
+        AccessToken {
+            token: SecretString::from("t"),
+            token_type: "bearer".into(),
+            issued_at,
+            expires_at: issued_at + time::Duration::seconds(lifetime_secs),
+            scopes: Vec::new().into(),
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn the_margin_never_makes_a_fresh_token_look_expired() {
+        let t = token(10);
+        let at = |s: i64| OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(s);
+        // A 60 s margin on a 10 s token is capped at half its life.
+        assert!(t.is_valid_for(Duration::from_secs(60), 0.5, at(0)));
+        assert!(t.is_valid_for(Duration::from_secs(60), 0.5, at(5)));
+        assert!(!t.is_valid_for(Duration::from_secs(60), 0.5, at(6)));
+        let hour = token(3599);
+        assert!(hour.is_valid_for(Duration::from_secs(60), 0.5, at(3539)));
+        assert!(!hour.is_valid_for(Duration::from_secs(60), 0.5, at(3540)));
+        assert!(!hour.is_valid_for(Duration::ZERO, 0.5, at(3599)));
+    }
+
+    #[test]
+    fn tenant_ids_are_checked() {
+        assert!(TenantId::parse("acme-42", "tenant_id").is_ok());
+        assert!(TenantId::parse("", "tenant_id").is_err());
+        assert!(TenantId::parse(&"x".repeat(256), "tenant_id").is_err());
+        assert!(TenantId::parse("a\u{0}b", "tenant_id").is_err());
+    }
+}

@@ -1,0 +1,285 @@
+//! Test plumbing: a database per test, the real server on port 0, the generated client, and
+//! the scripted provider.
+
+use std::time::Duration;
+
+use figment::providers::{Format, Toml};
+use sqlx::{Connection, PgConnection, PgPool};
+use token_vault::{
+    config::Settings,
+    proto::{self, token_vault_client::TokenVaultClient},
+    startup::Application,
+};
+use tonic::{transport::Channel, Code, Status};
+use tonic_types::StatusExt;
+
+use crate::provider::{ClientAuth, ScriptedProvider};
+
+pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const REDIRECT_URI: &str = "https://app.example/oauth/callback";
+
+/// A database created for one test and dropped when the test ends, pass or fail.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let admin_url = std::env::var("TEST_DATABASE_ADMIN_URL").unwrap_or_else(|_| ADMIN_URL.into());
+        let name = format!("tv_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .expect("Postgres must answer on 127.0.0.1:5432");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let base = admin_url.rsplit_once('/').unwrap().0;
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin_url = std::env::var("TEST_DATABASE_ADMIN_URL").unwrap_or_else(|_| ADMIN_URL.into());
+        // Drop runs inside the test's runtime; a separate thread with its own runtime can block.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// What a test may change before the app starts.
+pub struct TestOptions {
+    pub auth: ClientAuth,
+    pub pkce: bool,
+    pub access_ttl: u64,
+    /// Extra TOML merged over the generated settings.
+    pub extra_toml: String,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        Self {
+            auth: ClientAuth::Post,
+            pkce: true,
+            access_ttl: 3600,
+            extra_toml: String::new(),
+        }
+    }
+}
+
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub client: TokenVaultClient<Channel>,
+    pub provider: ScriptedProvider,
+    pub pool: PgPool,
+    pub client_secret: String,
+    /// Dropping the sender stops the server.
+    _stop: tokio::sync::oneshot::Sender<()>,
+    // Last: dropped after the pool and server are gone.
+    _db: TestDb,
+}
+
+/// The settings file a test vault runs with, pointing at `provider_uri` and `database_url`.
+pub fn settings_toml(provider_uri: &str, database_url: &str, client_secret: &str, opts: &TestOptions) -> String {
+    let auth_method = match opts.auth {
+        ClientAuth::Post => "client_secret_post",
+        ClientAuth::Basic => "client_secret_basic",
+    };
+    let (_, keyring) = token_vault::crypto::Keyring::generate("test-key");
+    format!(
+        r#"
+mode = "production"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "2s"
+[database]
+url = "{database_url}"
+max_connections = 10
+[encryption]
+keyring = "{keyring}"
+[log]
+format = "text"
+level = "warn"
+[refresh]
+lease_ttl = "10s"
+poll_interval = "10ms"
+max_attempts = 3
+backoff = "50ms"
+store_retry_max_backoff = "200ms"
+[providers.understory]
+preset = "understory"
+authorization_endpoint = "{provider_uri}/oauth2/auth"
+token_endpoint = "{provider_uri}/oauth2/token"
+client_id = "test-client"
+client_secret = "{client_secret}"
+auth_method = "{auth_method}"
+default_scopes = ["booking.read"]
+redirect_uris = ["{REDIRECT_URI}"]
+user_agent = "Acme/VaultTests"
+pkce = {pkce}
+request_timeout = "1s"
+"#,
+        keyring = keyring.trim(),
+        pkce = opts.pkce,
+    )
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(TestOptions::default()).await
+}
+
+pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
+    let db = TestDb::create().await;
+    let client_secret = format!("secret_{}", uuid::Uuid::new_v4().simple());
+    let provider = ScriptedProvider::start("test-client", &client_secret, opts.auth).await;
+    provider.set_access_ttl(opts.access_ttl);
+    let toml = settings_toml(&provider.uri(), &db.url, &client_secret, &opts);
+    let settings = Settings::from_figment(
+        Settings::defaults()
+            .merge(Toml::string(&toml))
+            .merge(Toml::string(&opts.extra_toml)),
+    )
+    .expect("test settings are valid");
+    let app = Application::build(settings).await.expect("the app builds");
+    let addr = app.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async move {
+        let _ = stop_rx.await;
+    }));
+    let client = connect(addr).await;
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    TestApp {
+        addr,
+        client,
+        provider,
+        pool,
+        client_secret,
+        _stop: stop_tx,
+        _db: db,
+    }
+}
+
+pub async fn connect(addr: std::net::SocketAddr) -> TokenVaultClient<Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    for _ in 0..100 {
+        if let Ok(channel) = endpoint.connect().await {
+            return TokenVaultClient::new(channel);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the server at {addr} never answered");
+}
+
+impl TestApp {
+    pub async fn begin(&self, tenant: &str) -> proto::BeginAuthorizationResponse {
+        self.client
+            .clone()
+            .begin_authorization(proto::BeginAuthorizationRequest {
+                tenant_id: tenant.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("BeginAuthorization succeeds")
+            .into_inner()
+    }
+
+    /// Begin, consent at the provider, complete: the whole flow for one tenant.
+    pub async fn connect_tenant(&self, tenant: &str) -> proto::CompleteAuthorizationResponse {
+        let begun = self.begin(tenant).await;
+        let code = self.provider.consent(&begun.authorization_url);
+        self.client
+            .clone()
+            .complete_authorization(proto::CompleteAuthorizationRequest {
+                state: begun.state,
+                code,
+                ..Default::default()
+            })
+            .await
+            .expect("CompleteAuthorization succeeds")
+            .into_inner()
+    }
+
+    pub async fn get_token(&self, tenant: &str) -> Result<proto::GetAccessTokenResponse, Status> {
+        self.client
+            .clone()
+            .get_access_token(proto::GetAccessTokenRequest {
+                tenant_id: tenant.into(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+}
+
+/// Asserts the status code and the stable ErrorInfo reason; returns the ErrorInfo metadata.
+pub fn assert_reason(status: &Status, code: Code, reason: &str) -> std::collections::HashMap<String, String> {
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    let details = status.get_error_details();
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, "tokenvault");
+    assert_eq!(info.reason, reason, "unexpected reason in {status:?}");
+    info.metadata.clone()
+}
+
+/// Asserts INVALID_ARGUMENT naming `field` in a BadRequest detail.
+pub fn assert_bad_field(status: &Status, field: &str) {
+    assert_reason(status, Code::InvalidArgument, "INVALID_REQUEST_FIELD");
+    let details = status.get_error_details();
+    let bad = details
+        .bad_request()
+        .unwrap_or_else(|| panic!("no BadRequest in {status:?}"));
+    assert!(
+        bad.field_violations.iter().any(|v| v.field == field),
+        "expected a violation of {field}, got {:?}",
+        bad.field_violations
+    );
+}
+
+/// Every value in every table of the database as text, for scanning for secrets. Byte columns
+/// are rendered in Postgres' escape format, where printable ASCII stands as itself, so a
+/// plaintext token in a BYTEA column would be found too.
+pub async fn dump_all_tables(pool: &PgPool) -> String {
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SET bytea_output = 'escape'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT quote_ident(table_name) FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let mut out = String::new();
+    for table in tables {
+        let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM {table} t"))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        for row in rows {
+            out.push_str(&row);
+            out.push('\n');
+        }
+    }
+    out
+}

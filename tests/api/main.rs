@@ -1,0 +1,12 @@
+//! The integration suite: the real server on a random port, the generated gRPC client, a real
+//! Postgres database per test, and a scripted authorization server over HTTP.
+
+// In tests an unwrap is an assertion.
+#![allow(clippy::unwrap_used)]
+
+mod authorization;
+mod errors;
+mod helpers;
+mod provider;
+mod refresh;
+mod service;

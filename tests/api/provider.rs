@@ -1,0 +1,326 @@
+//! A scripted authorization server that behaves like Ory Hydra at the token endpoint: it
+//! rotates the refresh token on every refresh, answers a reused refresh token with
+//! `invalid_grant` and revokes the whole chain, checks client authentication and PKCE, counts
+//! every request, and can be made slow or failing on demand.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use base64::{engine::general_purpose::STANDARD, engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use sha2::{Digest, Sha256};
+use wiremock::{matchers::method, matchers::path, Mock, MockServer, Request, Respond, ResponseTemplate};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    Post,
+    Basic,
+}
+
+/// What the next token request gets instead of the normal answer.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// An HTTP status with a JSON body.
+    Answer(u16, &'static str),
+    /// The normal answer, processed at once but sent after a delay.
+    Slow(Duration),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub token_requests: usize,
+    pub code_exchanges: usize,
+    pub refresh_requests: usize,
+    /// Refresh requests that presented an already used refresh token.
+    pub reuse_detected: usize,
+    pub refreshes_ok: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub form: HashMap<String, String>,
+    pub authorization: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+struct CodeGrant {
+    redirect_uri: String,
+    challenge: Option<String>,
+    used: bool,
+    chain: u64,
+}
+
+struct RefreshState {
+    chain: u64,
+    used: bool,
+}
+
+pub struct ProviderState {
+    pub client_id: String,
+    pub client_secret: String,
+    pub auth: ClientAuth,
+    /// `expires_in` of issued access tokens.
+    pub access_ttl: u64,
+    pub issue_refresh_tokens: bool,
+    pub faults: VecDeque<Fault>,
+    pub stats: Stats,
+    pub requests: Vec<RecordedRequest>,
+    pub issued_access_tokens: Vec<String>,
+    pub issued_refresh_tokens: Vec<String>,
+    codes: HashMap<String, CodeGrant>,
+    refresh_tokens: HashMap<String, RefreshState>,
+    revoked_chains: HashSet<u64>,
+    next_chain: u64,
+    /// The refresh token each chain handed out last.
+    chain_latest: HashMap<u64, String>,
+}
+
+#[derive(Clone)]
+pub struct ScriptedProvider {
+    pub server: Arc<MockServer>,
+    pub state: Arc<Mutex<ProviderState>>,
+}
+
+struct Responder(Arc<Mutex<ProviderState>>);
+
+fn json(status: u16, body: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_raw(body.as_bytes().to_vec(), "application/json")
+}
+
+fn oauth_error(status: u16, error: &str, description: &str) -> ResponseTemplate {
+    json(
+        status,
+        &serde_json::json!({"error": error, "error_description": description}).to_string(),
+    )
+}
+
+impl Respond for Responder {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let mut st = self.0.lock().unwrap();
+        st.respond(request)
+    }
+}
+
+impl ProviderState {
+    fn respond(&mut self, request: &Request) -> ResponseTemplate {
+        let form: HashMap<String, String> = url::form_urlencoded::parse(&request.body).into_owned().collect();
+        let header = |name: &str| {
+            request
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        self.requests.push(RecordedRequest {
+            form: form.clone(),
+            authorization: header("authorization"),
+            user_agent: header("user-agent"),
+        });
+        self.stats.token_requests += 1;
+        let grant_type = form.get("grant_type").cloned().unwrap_or_default();
+        match grant_type.as_str() {
+            "authorization_code" => self.stats.code_exchanges += 1,
+            "refresh_token" => self.stats.refresh_requests += 1,
+            _ => {}
+        }
+        let mut delay = None;
+        match self.faults.pop_front() {
+            Some(Fault::Answer(status, body)) => return json(status, body),
+            Some(Fault::Slow(d)) => delay = Some(d),
+            None => {}
+        }
+        if let Some(rejection) = self.check_client(&form, header("authorization")) {
+            return rejection;
+        }
+        let answer = match grant_type.as_str() {
+            "authorization_code" => self.exchange(&form),
+            "refresh_token" => self.refresh(&form),
+            _ => oauth_error(400, "unsupported_grant_type", "unknown grant type"),
+        };
+        match delay {
+            Some(d) => answer.set_delay(d),
+            None => answer,
+        }
+    }
+
+    fn check_client(&self, form: &HashMap<String, String>, authorization: Option<String>) -> Option<ResponseTemplate> {
+        let ok = match self.auth {
+            ClientAuth::Post => {
+                authorization.is_none()
+                    && form.get("client_id") == Some(&self.client_id)
+                    && form.get("client_secret") == Some(&self.client_secret)
+            }
+            ClientAuth::Basic => {
+                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let expected = format!(
+                    "Basic {}",
+                    STANDARD.encode(format!("{}:{}", enc(&self.client_id), enc(&self.client_secret)))
+                );
+                !form.contains_key("client_secret") && authorization.as_deref() == Some(expected.as_str())
+            }
+        };
+        (!ok).then(|| oauth_error(401, "invalid_client", "Client authentication failed."))
+    }
+
+    fn exchange(&mut self, form: &HashMap<String, String>) -> ResponseTemplate {
+        let code = form.get("code").cloned().unwrap_or_default();
+        let Some(grant) = self.codes.get_mut(&code) else {
+            return oauth_error(
+                400,
+                "invalid_grant",
+                "The authorization code is malformed or not valid.",
+            );
+        };
+        if form.get("redirect_uri") != Some(&grant.redirect_uri) {
+            return oauth_error(400, "invalid_grant", "The redirect_uri does not match.");
+        }
+        if grant.used {
+            // Hydra: a reused code revokes what it issued.
+            let chain = grant.chain;
+            self.revoked_chains.insert(chain);
+            return oauth_error(400, "invalid_grant", "The authorization code has already been used.");
+        }
+        if let Some(challenge) = &grant.challenge {
+            let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+            let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+            if &computed != challenge {
+                return oauth_error(400, "invalid_grant", "The PKCE code verifier does not match.");
+            }
+        }
+        grant.used = true;
+        let chain = grant.chain;
+        self.issue(chain)
+    }
+
+    fn refresh(&mut self, form: &HashMap<String, String>) -> ResponseTemplate {
+        let presented = form.get("refresh_token").cloned().unwrap_or_default();
+        let Some(rt) = self.refresh_tokens.get_mut(&presented) else {
+            return oauth_error(400, "invalid_grant", "The refresh token is malformed or not valid.");
+        };
+        let chain = rt.chain;
+        if rt.used {
+            self.stats.reuse_detected += 1;
+            self.revoked_chains.insert(chain);
+            return oauth_error(400, "invalid_grant", "The refresh token was already used.");
+        }
+        if self.revoked_chains.contains(&chain) {
+            return oauth_error(400, "invalid_grant", "The refresh token is malformed or not valid.");
+        }
+        rt.used = true;
+        self.stats.refreshes_ok += 1;
+        self.issue(chain)
+    }
+
+    fn issue(&mut self, chain: u64) -> ResponseTemplate {
+        let access = format!("at_{}", uuid::Uuid::new_v4().simple());
+        self.issued_access_tokens.push(access.clone());
+        let mut body = serde_json::json!({
+            "access_token": access,
+            "expires_in": self.access_ttl,
+            "scope": "offline booking.read",
+            "token_type": "bearer",
+        });
+        if self.issue_refresh_tokens {
+            let refresh = format!("ory_rt_{}", uuid::Uuid::new_v4().simple());
+            self.refresh_tokens
+                .insert(refresh.clone(), RefreshState { chain, used: false });
+            self.issued_refresh_tokens.push(refresh.clone());
+            self.chain_latest.insert(chain, refresh.clone());
+            body["refresh_token"] = refresh.into();
+        }
+        json(200, &body.to_string())
+    }
+}
+
+impl ScriptedProvider {
+    pub async fn start(client_id: &str, client_secret: &str, auth: ClientAuth) -> Self {
+        let server = MockServer::start().await;
+        let state = Arc::new(Mutex::new(ProviderState {
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            auth,
+            access_ttl: 3600,
+            issue_refresh_tokens: true,
+            faults: VecDeque::new(),
+            stats: Stats::default(),
+            requests: Vec::new(),
+            issued_access_tokens: Vec::new(),
+            issued_refresh_tokens: Vec::new(),
+            codes: HashMap::new(),
+            refresh_tokens: HashMap::new(),
+            revoked_chains: HashSet::new(),
+            next_chain: 0,
+            chain_latest: HashMap::new(),
+        }));
+        Mock::given(method("POST"))
+            .and(path("/oauth2/token"))
+            .respond_with(Responder(state.clone()))
+            .mount(&server)
+            .await;
+        Self {
+            server: Arc::new(server),
+            state,
+        }
+    }
+
+    pub fn uri(&self) -> String {
+        self.server.uri()
+    }
+
+    /// What the authorization endpoint would do after the customer consents: issue a code
+    /// bound to the redirect URI and PKCE challenge of the authorization URL.
+    pub fn consent(&self, authorization_url: &str) -> String {
+        let url = url::Url::parse(authorization_url).unwrap();
+        let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
+        let mut st = self.state.lock().unwrap();
+        st.next_chain += 1;
+        let chain = st.next_chain;
+        let code = format!("code_{}", uuid::Uuid::new_v4().simple());
+        st.codes.insert(
+            code.clone(),
+            CodeGrant {
+                redirect_uri: q["redirect_uri"].clone(),
+                challenge: q.get("code_challenge").cloned(),
+                used: false,
+                chain,
+            },
+        );
+        code
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.state.lock().unwrap().stats.clone()
+    }
+
+    pub fn push_fault(&self, fault: Fault) {
+        self.state.lock().unwrap().faults.push_back(fault);
+    }
+
+    pub fn set_access_ttl(&self, secs: u64) {
+        self.state.lock().unwrap().access_ttl = secs;
+    }
+
+    /// Revokes every token of every chain, as a customer revoking consent would.
+    pub fn revoke_all(&self) {
+        let mut st = self.state.lock().unwrap();
+        let chains: Vec<u64> = (1..=st.next_chain).collect();
+        st.revoked_chains.extend(chains);
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Every token string the server ever issued, for scanning logs and tables.
+    pub fn issued_secrets(&self) -> Vec<String> {
+        let st = self.state.lock().unwrap();
+        st.issued_access_tokens
+            .iter()
+            .chain(st.issued_refresh_tokens.iter())
+            .chain(st.codes.keys())
+            .cloned()
+            .collect()
+    }
+}
