@@ -21,6 +21,8 @@ pub fn init(settings: &LogSettings) {
             .with(fmt::layer().json().flatten_event(true).with_current_span(false))
             .try_init()
     } else {
-        registry.with(fmt::layer().with_ansi(std::io::stdout().is_terminal())).try_init()
+        registry
+            .with(fmt::layer().with_ansi(std::io::stdout().is_terminal()))
+            .try_init()
     };
 }
