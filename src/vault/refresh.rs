@@ -229,36 +229,51 @@ impl RefresherInner {
 
     /// Takes the lease (`None`), or returns the token someone else refreshed meanwhile.
     async fn acquire(&self, row: &mut ConnectionRow) -> Result<Option<AccessToken>, VaultError> {
+        // A database blip while waiting is ridden out for up to a lease's lifetime: the callers
+        // are bounded by their own deadlines, and answering all of them UNAVAILABLE because a
+        // restart took a second helps nobody.
+        let give_up_at = Instant::now() + self.policy.lease_ttl;
         loop {
             if self.shutdown.is_cancelled() {
                 return Err(VaultError::ShuttingDown);
             }
-            let taken = self
-                .store
-                .connections()
-                .try_acquire_lease(row.id, row.generation, self.holder, self.policy.lease_ttl)
-                .await?;
-            if taken {
-                return Ok(None);
-            }
-            let fresh = self.reread(row).await?;
-            if fresh.generation != row.generation {
-                // Someone else refreshed. Their token is used as long as it has not expired,
-                // even if it is shorter-lived than the margin asks: refreshing again would kill
-                // it for whoever already holds it.
-                let token = tokens::open_access_token(&self.keyring, &fresh)?;
-                if token.expires_at > OffsetDateTime::now_utc() {
-                    return Ok(Some(token));
-                }
-                *row = fresh;
-                continue;
-            }
-            *row = fresh;
-            self.metrics.lease_waits.fetch_add(1, Ordering::Relaxed);
+            match self.try_acquire(row).await {
+                Ok(Some(outcome)) => return Ok(outcome),
+                Ok(None) => self.metrics.lease_waits.fetch_add(1, Ordering::Relaxed),
+                Err(VaultError::StoreUnavailable) if Instant::now() < give_up_at => 0,
+                Err(e) => return Err(e),
+            };
             let pause = jitter(self.policy.poll_interval);
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = self.shutdown.cancelled() => return Err(VaultError::ShuttingDown),
+            }
+        }
+    }
+
+    /// One look: `Some(None)` when the lease is ours, `Some(Some(token))` when someone else
+    /// refreshed meanwhile, `None` when another holder is still at it.
+    async fn try_acquire(&self, row: &mut ConnectionRow) -> Result<Option<Option<AccessToken>>, VaultError> {
+        let connections = self.store.connections();
+        loop {
+            if connections
+                .try_acquire_lease(row.id, row.generation, self.holder, self.policy.lease_ttl)
+                .await?
+            {
+                return Ok(Some(None));
+            }
+            let fresh = self.reread(row).await?;
+            let moved = fresh.generation != row.generation;
+            *row = fresh;
+            if !moved {
+                return Ok(None);
+            }
+            // Someone else refreshed. Their token is used as long as it has not expired, even
+            // if it is shorter-lived than the margin asks: refreshing again would kill it for
+            // whoever already holds it. An expired one is refreshed from the new generation.
+            let token = tokens::open_access_token(&self.keyring, row)?;
+            if token.expires_at > OffsetDateTime::now_utc() {
+                return Ok(Some(Some(token)));
             }
         }
     }

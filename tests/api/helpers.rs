@@ -9,11 +9,15 @@ use token_vault::{
     config::Settings,
     proto::{self, token_vault_client::TokenVaultClient},
     startup::Application,
+    vault::Vault,
 };
 use tonic::{transport::Channel, Code, Status};
 use tonic_types::StatusExt;
 
-use crate::provider::{ClientAuth, ScriptedProvider};
+use crate::{
+    faulty_proxy::FaultyProxy,
+    provider::{ClientAuth, ScriptedProvider},
+};
 
 pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const REDIRECT_URI: &str = "https://app.example/oauth/callback";
@@ -72,6 +76,8 @@ pub struct TestOptions {
     pub access_ttl: u64,
     /// Extra TOML merged over the generated settings.
     pub extra_toml: String,
+    /// Route token requests through a proxy that can reset connections.
+    pub faulty_proxy: bool,
 }
 
 impl Default for TestOptions {
@@ -81,6 +87,7 @@ impl Default for TestOptions {
             pkce: true,
             access_ttl: 3600,
             extra_toml: String::new(),
+            faulty_proxy: false,
         }
     }
 }
@@ -91,6 +98,8 @@ pub struct TestApp {
     pub provider: ScriptedProvider,
     pub pool: PgPool,
     pub client_secret: String,
+    pub vault: Vault,
+    pub proxy: Option<FaultyProxy>,
     /// Dropping the sender stops the server.
     _stop: tokio::sync::oneshot::Sender<()>,
     // Last: dropped after the pool and server are gone.
@@ -152,14 +161,30 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
     let provider = ScriptedProvider::start("test-client", &client_secret, opts.auth).await;
     provider.set_access_ttl(opts.access_ttl);
     let toml = settings_toml(&provider.uri(), &db.url, &client_secret, &opts);
+    let proxy = if opts.faulty_proxy {
+        Some(FaultyProxy::start(*provider.server.address()).await)
+    } else {
+        None
+    };
+    let proxy_toml = proxy
+        .as_ref()
+        .map(|p| {
+            format!(
+                "[providers.understory]\ntoken_endpoint = \"http://{}/oauth2/token\"\n",
+                p.addr
+            )
+        })
+        .unwrap_or_default();
     let settings = Settings::from_figment(
         Settings::defaults()
             .merge(Toml::string(&toml))
+            .merge(Toml::string(&proxy_toml))
             .merge(Toml::string(&opts.extra_toml)),
     )
     .expect("test settings are valid");
     let app = Application::build(settings).await.expect("the app builds");
     let addr = app.local_addr();
+    let vault = app.vault().clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until(async move {
         let _ = stop_rx.await;
@@ -172,6 +197,8 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         provider,
         pool,
         client_secret,
+        vault,
+        proxy,
         _stop: stop_tx,
         _db: db,
     }
@@ -189,6 +216,10 @@ pub async fn connect(addr: std::net::SocketAddr) -> TokenVaultClient<Channel> {
 }
 
 impl TestApp {
+    pub fn database_name(&self) -> String {
+        self._db.name.clone()
+    }
+
     pub async fn begin(&self, tenant: &str) -> proto::BeginAuthorizationResponse {
         self.client
             .clone()

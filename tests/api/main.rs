@@ -6,7 +6,12 @@
 
 mod authorization;
 mod errors;
+mod faulty_proxy;
 mod helpers;
+mod private_postgres;
 mod provider;
 mod refresh;
+mod reliability;
+mod replicas;
+mod report;
 mod service;

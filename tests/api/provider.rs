@@ -24,8 +24,10 @@ pub enum ClientAuth {
 pub enum Fault {
     /// An HTTP status with a JSON body.
     Answer(u16, &'static str),
-    /// The normal answer, processed at once but sent after a delay.
+    /// The normal answer, processed at once (tokens rotate) but sent after a delay.
     Slow(Duration),
+    /// A hung server: nothing is processed, and a 503 comes only after the delay.
+    Hang(Duration),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -43,6 +45,7 @@ pub struct RecordedRequest {
     pub form: HashMap<String, String>,
     pub authorization: Option<String>,
     pub user_agent: Option<String>,
+    pub received_at: std::time::Instant,
 }
 
 struct CodeGrant {
@@ -117,6 +120,7 @@ impl ProviderState {
             form: form.clone(),
             authorization: header("authorization"),
             user_agent: header("user-agent"),
+            received_at: std::time::Instant::now(),
         });
         self.stats.token_requests += 1;
         let grant_type = form.get("grant_type").cloned().unwrap_or_default();
@@ -129,6 +133,7 @@ impl ProviderState {
         match self.faults.pop_front() {
             Some(Fault::Answer(status, body)) => return json(status, body),
             Some(Fault::Slow(d)) => delay = Some(d),
+            Some(Fault::Hang(d)) => return json(503, "{}").set_delay(d),
             None => {}
         }
         if let Some(rejection) = self.check_client(&form, header("authorization")) {
