@@ -63,6 +63,7 @@ pub struct Settings {
     pub vault: VaultSettings,
     pub refresh: RefreshSettings,
     pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
 }
@@ -152,6 +153,21 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// An `EnvFilter` directive, e.g. `info` or `token_vault=debug,info`. `RUST_LOG` wins.
     pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// An OTLP/gRPC collector, e.g. `http://otel-collector:4317`; unset exports nothing.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` on every span and metric.
+    pub service_name: String,
+    /// How often metrics are exported.
+    #[serde(with = "humantime_serde")]
+    pub metrics_interval: Duration,
+    /// How often the connection counts (by status) are read from the database.
+    #[serde(with = "humantime_serde")]
+    pub connection_count_interval: Duration,
 }
 
 /// A provider as written in configuration, before presets and validation.

@@ -12,6 +12,7 @@ pub mod api;
 pub mod config;
 pub mod crypto;
 pub mod keys;
+pub mod metrics;
 pub mod oauth;
 pub mod startup;
 pub mod store;

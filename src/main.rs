@@ -79,7 +79,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }),
         Command::Migrate => {
             let settings = Settings::load(cli.config.as_deref())?;
-            telemetry::init(&settings.log);
+            let _telemetry = telemetry::init(&settings.log, &settings.telemetry)?;
             if settings.database.create_if_missing {
                 store::Store::create_database_if_missing(&settings.database.url).await?;
             }
@@ -96,7 +96,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Serve => {
             let settings = Settings::load(cli.config.as_deref())?;
-            telemetry::init(&settings.log);
+            // Dropped after the server stops, flushing buffered spans and metrics.
+            let _telemetry = telemetry::init(&settings.log, &settings.telemetry)?;
             let app = startup::Application::build(settings).await?;
             app.run_until(startup::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)

@@ -1,7 +1,13 @@
 //! Builds the application from settings (keyring, database, providers, vault, gRPC services)
 //! and runs it until told to stop. Tests build it on port 0 and talk to it over the network.
 
-use std::{collections::BTreeMap, future::Future, net::SocketAddr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -103,6 +109,14 @@ impl Application {
         let background = self.stop_background.clone();
         tokio::spawn(report_health(self.vault.clone(), reporter.clone(), background.clone()));
         tokio::spawn(sweep_expired_states(self.vault.clone(), background.clone()));
+        let connection_counts = Arc::new(Mutex::new(Vec::new()));
+        let _observers = crate::metrics::observe(self.vault.clone(), connection_counts.clone());
+        tokio::spawn(count_connections(
+            self.vault.clone(),
+            connection_counts,
+            self.settings.telemetry.connection_count_interval,
+            background.clone(),
+        ));
 
         let addr = self.local_addr();
         tracing::info!(%addr, mode = ?self.settings.mode, "token-vault serving gRPC");
@@ -114,6 +128,7 @@ impl Application {
             let _ = stopping_tx.send(());
         };
         let server = tonic::transport::Server::builder()
+            .trace_fn(crate::telemetry::rpc_span)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -162,6 +177,25 @@ async fn report_health(vault: Vault, reporter: HealthReporter, stop: Cancellatio
         };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Keeps the `tokenvault.connections` gauge's numbers fresh without a query per export.
+async fn count_connections(
+    vault: Vault,
+    counts: Arc<Mutex<Vec<(String, i64)>>>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        match vault.store().connections().count_by_status().await {
+            Ok(fresh) => *counts.lock().unwrap_or_else(|p| p.into_inner()) = fresh,
+            Err(e) => tracing::debug!(error = %e, "could not count connections"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
     }

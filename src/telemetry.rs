@@ -1,28 +1,175 @@
-//! Logging: `tracing` with JSON lines in containers and readable text at a terminal.
+//! Logs, traces and metrics. Logs go to standard output through `tracing` (JSON lines in
+//! containers, readable text at a terminal). When `telemetry.otlp_endpoint` is set, spans and
+//! metrics are also exported over OTLP/gRPC; the returned guard flushes them on exit.
+//!
+//! Span names and attributes follow the OpenTelemetry semantic conventions: one server span
+//! per RPC (`rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`) continuing the
+//! caller's W3C trace context, with child spans for the provider call and database work.
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
+use opentelemetry::{propagation::Extractor, trace::TracerProvider as _, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::{metrics::SdkMeterProvider, trace::SdkTracerProvider, Resource};
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{filter::Targets, fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
 
-use crate::config::{LogFormat, LogSettings};
+use crate::config::{LogFormat, LogSettings, TelemetrySettings};
 
-/// Installs the global subscriber. `RUST_LOG`, when set, wins over the configured level.
-pub fn init(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
-    let json = match settings.format {
+/// Keeps the exporters alive; dropping it flushes what is buffered.
+#[must_use = "dropping the guard stops telemetry export"]
+pub struct TelemetryGuard {
+    tracer_provider: Option<SdkTracerProvider>,
+    meter_provider: Option<SdkMeterProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.tracer_provider.take() {
+            let _ = provider.force_flush();
+            let _ = provider.shutdown();
+        }
+        if let Some(provider) = self.meter_provider.take() {
+            let _ = provider.force_flush();
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("telemetry: cannot build the OTLP exporter for {what}: {message}")]
+pub struct TelemetryError {
+    what: &'static str,
+    message: String,
+}
+
+/// Installs the global subscriber (and, with an OTLP endpoint, the global tracer and meter
+/// providers and the W3C propagator). Must run inside a Tokio runtime when exporting.
+/// `RUST_LOG`, when set, wins over the configured log level; it does not filter exported spans.
+pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let json = match log.format {
         LogFormat::Json => true,
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    let registry = tracing_subscriber::registry().with(filter);
-    // `try_init`: tests and embedders may have installed a subscriber already.
-    let _ = if json {
-        registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(false))
-            .try_init()
+    let fmt_layer = if json {
+        fmt::layer().json().flatten_event(true).with_current_span(false).boxed()
     } else {
-        registry
-            .with(fmt::layer().with_ansi(std::io::stdout().is_terminal()))
-            .try_init()
+        fmt::layer().with_ansi(std::io::stdout().is_terminal()).boxed()
     };
+
+    let mut guard = TelemetryGuard {
+        tracer_provider: None,
+        meter_provider: None,
+    };
+    let otel_layer = match &telemetry.otlp_endpoint {
+        None => None,
+        Some(endpoint) => {
+            let resource = Resource::builder()
+                .with_service_name(telemetry.service_name.clone())
+                .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+                .build();
+            let spans = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .build()
+                .map_err(|e| TelemetryError {
+                    what: "traces",
+                    message: e.to_string(),
+                })?;
+            let tracer_provider = SdkTracerProvider::builder()
+                .with_batch_exporter(spans)
+                .with_resource(resource.clone())
+                .build();
+            let metrics = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .build()
+                .map_err(|e| TelemetryError {
+                    what: "metrics",
+                    message: e.to_string(),
+                })?;
+            let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(metrics)
+                .with_interval(telemetry.metrics_interval)
+                .build();
+            let meter_provider = SdkMeterProvider::builder()
+                .with_reader(reader)
+                .with_resource(resource)
+                .build();
+            opentelemetry::global::set_tracer_provider(tracer_provider.clone());
+            opentelemetry::global::set_meter_provider(meter_provider.clone());
+            opentelemetry::global::set_text_map_propagator(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            );
+            let tracer = tracer_provider.tracer("token-vault");
+            guard.tracer_provider = Some(tracer_provider);
+            guard.meter_provider = Some(meter_provider);
+            // Exported spans are this crate's own, at info and above, whatever the log level.
+            let spans_filter = Targets::new().with_target("token_vault", tracing::Level::INFO);
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(spans_filter),
+            )
+        }
+    };
+
+    // `try_init`: tests and embedders may have installed a subscriber already.
+    let _ = tracing_subscriber::registry()
+        .with(fmt_layer.with_filter(filter))
+        .with(otel_layer)
+        .try_init();
+    Ok(guard)
+}
+
+/// The server span of one gRPC call, named `<service>/<method>` and continuing the caller's
+/// trace (W3C `traceparent` in the request metadata). The handler records the status code.
+pub fn rpc_span(request: &http::Request<()>) -> Span {
+    let path = request.uri().path().trim_start_matches('/');
+    let (service, method) = path.split_once('/').unwrap_or((path, ""));
+    let span = tracing::info_span!(
+        target: "token_vault::rpc",
+        "rpc",
+        otel.name = path,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// Records a call's gRPC status code on the current RPC span.
+pub fn record_status(code: tonic::Code) {
+    let span = Span::current();
+    span.record("rpc.grpc.status_code", code as i32);
+    if !matches!(
+        code,
+        tonic::Code::Ok
+            | tonic::Code::NotFound
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::InvalidArgument
+            | tonic::Code::DeadlineExceeded
+    ) {
+        // Server-side errors mark the span failed; caller mistakes and expected outcomes do not.
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
 }

@@ -105,7 +105,46 @@ impl ProviderClient {
         .await
     }
 
-    async fn token_request(&self, mut form: Vec<(&str, &str)>) -> Result<TokenResponse, TokenError> {
+    #[tracing::instrument(
+        name = "oauth.token_request",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            otel.name = "POST token endpoint",
+            provider = %self.config.name,
+            grant_type = form.first().map(|(_, v)| *v).unwrap_or_default(),
+            http.request.method = "POST",
+            server.address = self.config.token_endpoint.host_str().unwrap_or_default(),
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        )
+    )]
+    async fn token_request(&self, form: Vec<(&str, &str)>) -> Result<TokenResponse, TokenError> {
+        let grant_type = form.first().map(|(_, v)| v.to_string()).unwrap_or_default();
+        let started = std::time::Instant::now();
+        let result = self.send_token_request(form).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(TokenError::InvalidGrant(_)) => "invalid_grant",
+            Err(TokenError::ClientRejected(_)) => "client_rejected",
+            Err(TokenError::Transient { .. }) => "unavailable",
+            Err(TokenError::Protocol(_)) => "protocol_error",
+        };
+        if outcome != "ok" {
+            tracing::Span::current().record("error.type", outcome);
+        }
+        crate::metrics::get().provider_request_duration.record(
+            started.elapsed().as_secs_f64(),
+            &[
+                crate::metrics::kv("provider", self.config.name.clone()),
+                crate::metrics::kv("grant_type", grant_type),
+                crate::metrics::kv("outcome", outcome),
+            ],
+        );
+        result
+    }
+
+    async fn send_token_request(&self, mut form: Vec<(&str, &str)>) -> Result<TokenResponse, TokenError> {
         let config = &*self.config;
         let mut request = self
             .http
@@ -125,6 +164,7 @@ impl ProviderClient {
         }
         let response = request.form(&form).send().await.map_err(transport_error)?;
         let status = response.status().as_u16();
+        tracing::Span::current().record("http.response.status_code", i64::from(status));
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)

@@ -74,6 +74,7 @@ impl<'a> Connections<'a> {
     }
 
     /// The hot path's one query.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "SELECT connections", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "connections"))]
     pub async fn find(&self, tenant_id: &str, provider: &str) -> Result<Option<ConnectionRow>, StoreError> {
         let row = sqlx::query_as!(
             ConnectionRow,
@@ -89,6 +90,7 @@ impl<'a> Connections<'a> {
         Ok(row)
     }
 
+    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "SELECT refresh_tokens", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "refresh_tokens"))]
     pub async fn current_refresh_token(&self, connection_id: i64) -> Result<Option<CurrentRefreshToken>, StoreError> {
         let row = sqlx::query_as!(
             CurrentRefreshToken,
@@ -116,6 +118,7 @@ impl<'a> Connections<'a> {
     /// grant of an existing one (its old refresh tokens are kept, marked superseded). `seal`
     /// receives the generation the tokens will be written at, since their associated data
     /// binds it. Returns the connection's id.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPSERT connections", db.system.name = "postgresql", db.operation.name = "UPSERT", db.collection.name = "connections"))]
     pub async fn store_authorization<E>(
         &self,
         tenant_id: &str,
@@ -213,6 +216,7 @@ impl<'a> Connections<'a> {
     /// Takes the refresh exclusion for `holder` if the connection is still at `generation`,
     /// still active, and nobody holds an unexpired lease. The lease is compared with the
     /// database's clock only, so replicas' clocks don't matter.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPDATE connections", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "connections"))]
     pub async fn try_acquire_lease(
         &self,
         connection_id: i64,
@@ -237,6 +241,7 @@ impl<'a> Connections<'a> {
     }
 
     /// Gives the lease up early (after a failed refresh), if `holder` still has it.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPDATE connections", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "connections"))]
     pub async fn release_lease(&self, connection_id: i64, holder: Uuid) -> Result<(), StoreError> {
         sqlx::query!(
             r#"UPDATE connections SET refresh_lease_holder = NULL, refresh_lease_until = NULL
@@ -252,6 +257,7 @@ impl<'a> Connections<'a> {
     /// Writes refreshed tokens, fenced on the generation they were refreshed from: if anything
     /// changed the tokens since, nothing is written and `Fenced` says so. The new refresh token
     /// (if any) supersedes the old one in the same transaction, and the lease is released.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPDATE connections", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "connections"))]
     pub async fn store_refresh(
         &self,
         connection_id: i64,
@@ -303,6 +309,7 @@ impl<'a> Connections<'a> {
 
     /// Marks the connection dead after a genuine rejection, fenced on the generation whose
     /// refresh token was rejected. Returns false if the generation moved (a lost race).
+    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPDATE connections", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "connections"))]
     pub async fn mark_reauthorization_required(
         &self,
         connection_id: i64,
@@ -325,8 +332,17 @@ impl<'a> Connections<'a> {
 }
 
 impl Connections<'_> {
+    /// How many connections there are in each status (for the `tokenvault.connections` gauge).
+    pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query!(r#"SELECT status, count(*) AS "count!" FROM connections GROUP BY status"#)
+            .fetch_all(self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.status, r.count)).collect())
+    }
+
     /// Extends `holder`'s lease while it still holds a refreshed token it has not managed to
     /// store, so that no other replica starts a refresh with the old (now used) refresh token.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPDATE connections", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "connections"))]
     pub async fn extend_lease(
         &self,
         connection_id: i64,

@@ -34,6 +34,7 @@ impl<'a> PendingAuthorizations<'a> {
         Self { pool }
     }
 
+    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "INSERT pending_authorizations", db.system.name = "postgresql", db.operation.name = "INSERT", db.collection.name = "pending_authorizations"))]
     pub async fn insert(&self, new: NewPendingAuthorization<'_>) -> Result<(), StoreError> {
         sqlx::query!(
             r#"INSERT INTO pending_authorizations
@@ -54,6 +55,7 @@ impl<'a> PendingAuthorizations<'a> {
 
     /// Marks the state used and returns it, if it exists, is unused and has not expired. One
     /// statement, so two concurrent callbacks with the same state can't both succeed.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPDATE pending_authorizations", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "pending_authorizations"))]
     pub async fn consume(&self, state_hash: &[u8]) -> Result<Option<PendingAuthorization>, StoreError> {
         let row = sqlx::query_as!(
             PendingAuthorization,

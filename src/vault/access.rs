@@ -4,7 +4,9 @@ use std::time::Instant;
 
 use time::OffsetDateTime;
 
-use super::{cache::CacheKey, tokens, AccessToken, AccessTokenRequest, ConnectionInfo, TenantId, Vault, VaultError};
+use super::{
+    cache::CacheKey, tokens, AccessToken, AccessTokenRequest, ConnectionInfo, TenantId, TokenSource, Vault, VaultError,
+};
 use crate::store::ConnectionRow;
 
 impl Vault {
@@ -15,7 +17,7 @@ impl Vault {
         &self,
         req: AccessTokenRequest,
         deadline: Option<Instant>,
-    ) -> Result<AccessToken, VaultError> {
+    ) -> Result<(AccessToken, TokenSource), VaultError> {
         let client = self.provider(&req.provider)?;
         let provider = &client.config().name;
         let margin = req.min_valid_for.unwrap_or(self.inner.settings.default_min_valid_for);
@@ -24,7 +26,7 @@ impl Vault {
 
         if let Some(token) = self.inner.cache.get(&key) {
             if token.is_valid_for(margin, fraction, OffsetDateTime::now_utc()) {
-                return Ok(token);
+                return Ok((token, TokenSource::Cache));
             }
         }
 
@@ -32,9 +34,10 @@ impl Vault {
         let token = tokens::open_access_token(&self.inner.keyring, &row)?;
         self.inner.cache.put(key.clone(), token.clone());
         if token.is_valid_for(margin, fraction, OffsetDateTime::now_utc()) {
-            return Ok(token);
+            return Ok((token, TokenSource::Database));
         }
-        self.inner.refresher.refresh(key, client.clone(), row, deadline).await
+        let token = self.inner.refresher.refresh(key, client.clone(), row, deadline).await?;
+        Ok((token, TokenSource::Refresh))
     }
 
     async fn active_connection(&self, tenant_id: &TenantId, provider: &str) -> Result<ConnectionRow, VaultError> {

@@ -36,6 +36,25 @@ pub enum VaultError {
 }
 
 impl VaultError {
+    /// The stable reason code (`google.rpc.ErrorInfo.reason`), documented in the proto.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VaultError::InvalidArgument { .. } => "INVALID_REQUEST_FIELD",
+            VaultError::InvalidState => "INVALID_STATE",
+            VaultError::AuthorizationDenied { .. } => "AUTHORIZATION_DENIED",
+            VaultError::InvalidGrant => "INVALID_GRANT",
+            VaultError::ConnectionNotFound => "CONNECTION_NOT_FOUND",
+            VaultError::ReauthorizationRequired { .. } => "REAUTHORIZATION_REQUIRED",
+            VaultError::ProviderUnavailable { .. } => "PROVIDER_UNAVAILABLE",
+            VaultError::ProviderRejectedClient { .. } => "PROVIDER_REJECTED_CLIENT",
+            VaultError::ProviderProtocol => "PROVIDER_PROTOCOL_ERROR",
+            VaultError::StoreUnavailable => "STORE_UNAVAILABLE",
+            VaultError::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            VaultError::ShuttingDown => "SHUTTING_DOWN",
+            VaultError::Internal(_) => "INTERNAL_ERROR",
+        }
+    }
+
     pub fn invalid(field: &'static str, description: impl Into<String>) -> Self {
         VaultError::InvalidArgument {
             field,

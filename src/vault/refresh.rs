@@ -39,6 +39,7 @@ use futures::{
 };
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{authorize::provider_error, cache::CacheKey, cache::TokenCache, tokens, AccessToken, VaultError};
@@ -150,14 +151,25 @@ impl Refresher {
                     let id = self.inner.next_task_id.fetch_add(1, Ordering::Relaxed);
                     let inner = self.inner.clone();
                     let task_key = key.clone();
-                    let task = tokio::spawn(async move {
-                        let result = inner.run(&task_key, &client, row).await;
-                        let mut inflight = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
-                        if inflight.get(&task_key).is_some_and(|(running, _)| *running == id) {
-                            inflight.remove(&task_key);
+                    // The task outlives its first caller, but its span still descends from
+                    // that caller's RPC span, so the provider call shows up in its trace.
+                    let span = tracing::info_span!(
+                        "vault.refresh",
+                        otel.name = "refresh",
+                        tenant_id = %row.tenant_id,
+                        provider = %row.provider,
+                    );
+                    let task = tokio::spawn(
+                        async move {
+                            let result = inner.run(&task_key, &client, row).await;
+                            let mut inflight = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
+                            if inflight.get(&task_key).is_some_and(|(running, _)| *running == id) {
+                                inflight.remove(&task_key);
+                            }
+                            result
                         }
-                        result
-                    });
+                        .instrument(span),
+                    );
                     let shared = async move {
                         task.await
                             .unwrap_or_else(|e| Err(VaultError::Internal(format!("the refresh task failed: {e}"))))
@@ -233,13 +245,24 @@ impl RefresherInner {
         // are bounded by their own deadlines, and answering all of them UNAVAILABLE because a
         // restart took a second helps nobody.
         let give_up_at = Instant::now() + self.policy.lease_ttl;
+        let mut waiting_since = None;
         loop {
             if self.shutdown.is_cancelled() {
                 return Err(VaultError::ShuttingDown);
             }
             match self.try_acquire(row).await {
-                Ok(Some(outcome)) => return Ok(outcome),
-                Ok(None) => self.metrics.lease_waits.fetch_add(1, Ordering::Relaxed),
+                Ok(Some(outcome)) => {
+                    if let Some(since) = waiting_since {
+                        crate::metrics::get()
+                            .lease_wait_duration
+                            .record(Instant::elapsed(&since).as_secs_f64(), &[]);
+                    }
+                    return Ok(outcome);
+                }
+                Ok(None) => {
+                    waiting_since.get_or_insert_with(Instant::now);
+                    self.metrics.lease_waits.fetch_add(1, Ordering::Relaxed)
+                }
                 Err(VaultError::StoreUnavailable) if Instant::now() < give_up_at => 0,
                 Err(e) => return Err(e),
             };

@@ -94,6 +94,27 @@ impl AccessToken {
     }
 }
 
+/// Where GetAccessToken found the token it returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// This replica's memory.
+    Cache,
+    /// The database, still valid.
+    Database,
+    /// A refresh (this replica's, or another's it waited for).
+    Refresh,
+}
+
+impl TokenSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenSource::Cache => "cache",
+            TokenSource::Database => "database",
+            TokenSource::Refresh => "refresh",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ConnectionInfo {
     pub tenant_id: String,

@@ -15,3 +15,4 @@ mod reliability;
 mod replicas;
 mod report;
 mod service;
+mod telemetry;

@@ -1,0 +1,121 @@
+//! The vault's metrics, as OpenTelemetry instruments named and measured per the semantic
+//! conventions (`tokenvault.*`, durations in seconds). Without an exporter configured they are
+//! no-ops. See the README for the list.
+
+use std::sync::OnceLock;
+
+use opentelemetry::{
+    metrics::{Counter, Histogram, Meter},
+    KeyValue,
+};
+
+pub struct Metrics {
+    /// GetAccessToken calls by `outcome` (`ok` or the error reason) and `source` (`cache`,
+    /// `database`, `refresh`; empty on errors before a source was reached).
+    pub access_token_requests: Counter<u64>,
+    /// Token-endpoint requests by `provider`, `grant_type` and `outcome`.
+    pub provider_request_duration: Histogram<f64>,
+    /// How long a refresh waited for another replica's lease.
+    pub lease_wait_duration: Histogram<f64>,
+}
+
+pub fn meter() -> Meter {
+    opentelemetry::global::meter("token-vault")
+}
+
+/// The instruments, created from the global meter provider on first use: telemetry must be
+/// initialised before the first call is served, which `main` does.
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let meter = meter();
+        Metrics {
+            access_token_requests: meter
+                .u64_counter("tokenvault.access_token.requests")
+                .with_unit("{request}")
+                .with_description("GetAccessToken calls, by outcome and by where the token came from")
+                .build(),
+            provider_request_duration: meter
+                .f64_histogram("tokenvault.provider.request.duration")
+                .with_unit("s")
+                .with_description("Duration of token-endpoint requests")
+                .with_boundaries(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+                .build(),
+            lease_wait_duration: meter
+                .f64_histogram("tokenvault.refresh.lease_wait.duration")
+                .with_unit("s")
+                .with_description("Time a refresh waited on another replica's refresh exclusion")
+                .with_boundaries(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ])
+                .build(),
+        }
+    })
+}
+
+pub fn kv(key: &'static str, value: impl Into<opentelemetry::Value>) -> KeyValue {
+    KeyValue::new(key, value)
+}
+
+/// Registers the instruments whose values are read when exported: the refresh counters kept by
+/// the vault, and the connection counts kept fresh by `startup`. The returned handles keep the
+/// callbacks registered.
+pub fn observe(
+    vault: crate::vault::Vault,
+    connection_counts: std::sync::Arc<std::sync::Mutex<Vec<(String, i64)>>>,
+) -> Vec<Box<dyn std::any::Any + Send + Sync>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let meter = meter();
+    let refreshes = {
+        let vault = vault.clone();
+        meter
+            .u64_observable_counter("tokenvault.refreshes")
+            .with_unit("{refresh}")
+            .with_description(
+                "Refreshes by outcome: succeeded, adopted (another replica's), failed, reauthorization_required",
+            )
+            .with_callback(move |o| {
+                let m = vault.refresh_metrics();
+                o.observe(m.succeeded.load(Relaxed), &[kv("outcome", "succeeded")]);
+                o.observe(m.adopted.load(Relaxed), &[kv("outcome", "adopted")]);
+                o.observe(m.failed.load(Relaxed), &[kv("outcome", "failed")]);
+                o.observe(
+                    m.marked_reauthorization_required.load(Relaxed),
+                    &[kv("outcome", "reauthorization_required")],
+                );
+            })
+            .build()
+    };
+    let attempts = {
+        let vault = vault.clone();
+        meter
+            .u64_observable_counter("tokenvault.refresh.provider_requests")
+            .with_unit("{request}")
+            .with_description("Token-endpoint requests made for refreshes, retries included")
+            .with_callback(move |o| o.observe(vault.refresh_metrics().provider_requests.load(Relaxed), &[]))
+            .build()
+    };
+    let unsaved = meter
+        .u64_observable_counter("tokenvault.refresh.unsaved_rotation_retries")
+        .with_unit("{retry}")
+        .with_description("Failed attempts to store a refreshed token (each is retried until it lands)")
+        .with_callback(move |o| o.observe(vault.refresh_metrics().unsaved_rotation_retries.load(Relaxed), &[]))
+        .build();
+    let connections = meter
+        .i64_observable_gauge("tokenvault.connections")
+        .with_unit("{connection}")
+        .with_description("Connections by status")
+        .with_callback(move |o| {
+            let counts = connection_counts.lock().unwrap_or_else(|p| p.into_inner());
+            for (status, count) in counts.iter() {
+                o.observe(*count, &[kv("status", status.clone())]);
+            }
+        })
+        .build();
+    vec![
+        Box::new(refreshes),
+        Box::new(attempts),
+        Box::new(unsaved),
+        Box::new(connections),
+    ]
+}

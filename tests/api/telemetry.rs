@@ -1,0 +1,226 @@
+//! Traces and metrics reach an OTLP receiver (run in-process here) with the expected names and
+//! attributes, continue the caller's W3C trace context, and carry no secret.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use opentelemetry_proto::tonic::{
+    collector::{
+        metrics::v1::{
+            metrics_service_server::{MetricsService, MetricsServiceServer},
+            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        },
+        trace::v1::{
+            trace_service_server::{TraceService, TraceServiceServer},
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+        },
+    },
+    common::v1::{any_value::Value, KeyValue},
+    trace::v1::{span::SpanKind, Span},
+};
+use token_vault::{
+    config::{LogFormat, LogSettings, TelemetrySettings},
+    proto,
+};
+use tonic::{Request, Response, Status};
+
+use crate::helpers::{spawn_app_with, TestOptions};
+
+#[derive(Clone, Default)]
+struct Receiver {
+    traces: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.traces.lock().unwrap().push(request.into_inner());
+        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Receiver {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.metrics.lock().unwrap().push(request.into_inner());
+        Ok(Response::new(ExportMetricsServiceResponse { partial_success: None }))
+    }
+}
+
+fn attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref()?.value.as_ref())
+}
+
+fn attr_str<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    match attr(attributes, key)? {
+        Value::StringValue(s) => Some(s),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_and_metrics_arrive_named_by_convention_and_without_secrets() {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp_addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver.clone()))
+            .add_service(MetricsServiceServer::new(receiver.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let guard = token_vault::telemetry::init(
+        &LogSettings {
+            format: LogFormat::Text,
+            level: "warn".into(),
+        },
+        &TelemetrySettings {
+            otlp_endpoint: Some(format!("http://{otlp_addr}")),
+            service_name: "token-vault-test".into(),
+            metrics_interval: Duration::from_millis(200),
+            connection_count_interval: Duration::from_millis(100),
+        },
+    )
+    .unwrap();
+
+    let app = spawn_app_with(TestOptions {
+        access_ttl: 2,
+        extra_toml: "[telemetry]\nconnection_count_interval = \"100ms\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    app.connect_tenant("acme").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A caller with a W3C trace context: the vault's span continues that trace.
+    let mut request = Request::new(proto::GetAccessTokenRequest {
+        tenant_id: "acme".into(),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            .parse()
+            .unwrap(),
+    );
+    app.client.clone().get_access_token(request).await.unwrap();
+    app.get_token("acme").await.unwrap();
+    assert!(app.get_token("nobody").await.is_err());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::spawn_blocking(move || drop(guard)).await.unwrap();
+
+    let traces = receiver.traces.lock().unwrap().clone();
+    let spans: Vec<Span> = traces
+        .iter()
+        .flat_map(|t| &t.resource_spans)
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| s.spans.clone())
+        .collect();
+    let services: HashSet<_> = traces
+        .iter()
+        .flat_map(|t| &t.resource_spans)
+        .filter_map(|r| attr_str(&r.resource.as_ref()?.attributes, "service.name").map(str::to_owned))
+        .collect();
+    assert_eq!(services, HashSet::from(["token-vault-test".to_string()]));
+
+    let rpc: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name == "tokenvault.v1.TokenVault/GetAccessToken")
+        .collect();
+    assert_eq!(rpc.len(), 3, "one server span per GetAccessToken call");
+    for span in &rpc {
+        assert_eq!(span.kind, SpanKind::Server as i32);
+        assert_eq!(attr_str(&span.attributes, "rpc.system"), Some("grpc"));
+        assert_eq!(
+            attr_str(&span.attributes, "rpc.service"),
+            Some("tokenvault.v1.TokenVault")
+        );
+        assert_eq!(attr_str(&span.attributes, "rpc.method"), Some("GetAccessToken"));
+        assert!(attr(&span.attributes, "rpc.grpc.status_code").is_some());
+    }
+    let codes: HashSet<i64> = rpc
+        .iter()
+        .filter_map(|s| match attr(&s.attributes, "rpc.grpc.status_code") {
+            Some(Value::IntValue(c)) => Some(*c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(codes, HashSet::from([0, 5]), "OK twice and NOT_FOUND once");
+
+    let continued = rpc
+        .iter()
+        .find(|s| hex(&s.trace_id) == "0af7651916cd43dd8448eb211c80319c")
+        .expect("the call carrying traceparent continued its trace");
+    assert_eq!(hex(&continued.parent_span_id), "b7ad6b7169203331");
+
+    // The refresh it caused is a child of that call, and the token request a child of it.
+    let refresh = spans
+        .iter()
+        .find(|s| s.name == "refresh" && s.parent_span_id == continued.span_id)
+        .expect("a refresh span under the RPC span");
+    let token_request = spans
+        .iter()
+        .find(|s| s.name == "POST token endpoint" && s.parent_span_id == refresh.span_id)
+        .expect("a provider span under the refresh span");
+    assert_eq!(token_request.kind, SpanKind::Client as i32);
+    assert_eq!(attr_str(&token_request.attributes, "grant_type"), Some("refresh_token"));
+    assert!(
+        matches!(
+            attr(&token_request.attributes, "http.response.status_code"),
+            Some(Value::IntValue(200))
+        ),
+        "{:?}",
+        token_request.attributes
+    );
+    let db = spans
+        .iter()
+        .filter(|s| s.trace_id == continued.trace_id && s.name.ends_with(" connections"))
+        .count();
+    assert!(db >= 2, "database work of the refresh shows in the same trace");
+    assert!(spans
+        .iter()
+        .any(|s| attr_str(&s.attributes, "db.system.name") == Some("postgresql")));
+
+    let metrics = receiver.metrics.lock().unwrap().clone();
+    let names: HashSet<String> = metrics
+        .iter()
+        .flat_map(|m| &m.resource_metrics)
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| s.metrics.iter().map(|m| m.name.clone()))
+        .collect();
+    for expected in [
+        "tokenvault.access_token.requests",
+        "tokenvault.provider.request.duration",
+        "tokenvault.refreshes",
+        "tokenvault.refresh.provider_requests",
+        "tokenvault.refresh.unsaved_rotation_retries",
+        "tokenvault.connections",
+    ] {
+        assert!(names.contains(expected), "metric {expected} missing from {names:?}");
+    }
+
+    let everything = format!("{traces:?}{metrics:?}");
+    assert!(everything.contains("acme"), "the export is readable");
+    for secret in app.provider.issued_secrets().iter().chain([&app.client_secret]) {
+        assert!(
+            !everything.contains(secret.as_str()),
+            "a secret reached the telemetry export"
+        );
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
