@@ -1,0 +1,231 @@
+{{/*
+Shared helpers for the token-vault chart: names, labels, the image reference, the settings.toml
+the vault reads, and the pod pieces (volumes, mounts, environment) that the Deployment and the
+migration Job must agree on.
+*/}}
+
+{{/* Where things are mounted inside the container. Fixed: settings.toml refers to them. */}}
+{{- define "token-vault.configDir" -}}/etc/token-vault/config{{- end -}}
+{{- define "token-vault.configFile" -}}{{ include "token-vault.configDir" . }}/settings.toml{{- end -}}
+{{- define "token-vault.keyringDir" -}}/etc/token-vault/keyring{{- end -}}
+{{- define "token-vault.providersDir" -}}/etc/token-vault/providers{{- end -}}
+
+{{- define "token-vault.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The release's full name, 63 characters at most (a DNS label); suffixes below stay within it. */}}
+{{- define "token-vault.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "token-vault.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "token-vault.labels" -}}
+helm.sh/chart: {{ include "token-vault.chart" . }}
+app.kubernetes.io/name: {{ include "token-vault.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Selector labels of the serving pods. The component label keeps the migration Job's pods out of
+the Service, the PodDisruptionBudget, the NetworkPolicy and the spread constraints.
+*/}}
+{{- define "token-vault.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "token-vault.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: server
+{{- end -}}
+
+{{- define "token-vault.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "token-vault.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The migration Job runs before the release's own ServiceAccount exists on a first install, so it
+gets a hook-scoped one (same annotations) when the chart creates accounts, and otherwise uses the
+account the operator named.
+*/}}
+{{- define "token-vault.migrationServiceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- printf "%s-migrate" (include "token-vault.fullname" .) -}}
+{{- else -}}
+{{- include "token-vault.serviceAccountName" . -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "token-vault.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Cross-field checks the JSON schema cannot express. Included by the Deployment, so that every
+render (install, upgrade, template, lint) runs them.
+*/}}
+{{- define "token-vault.validate" -}}
+{{- $names := list -}}
+{{- range .Values.providers -}}
+{{- if has .name $names -}}
+{{- fail (printf "providers: the name %q appears twice" .name) -}}
+{{- end -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- with dig "vault" "default_provider" "" .Values.settings -}}
+{{- if not (has . $names) -}}
+{{- fail (printf "settings.vault.default_provider: %q names no entry of providers" .) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) -}}
+{{- fail "autoscaling.maxReplicas must be at least autoscaling.minReplicas" -}}
+{{- end -}}
+{{- if and .Values.serviceMonitor.enabled (not .Values.metrics.enabled) -}}
+{{- fail "serviceMonitor.enabled requires metrics.enabled (the port the ServiceMonitor scrapes)" -}}
+{{- end -}}
+{{- if and .Values.metrics.enabled (eq (int .Values.metrics.port) (int .Values.grpc.port)) -}}
+{{- fail "metrics.port must differ from grpc.port" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* One TOML value: strings (JSON string escapes are valid TOML), integers, floats, booleans. */}}
+{{- define "token-vault.tomlScalar" -}}
+{{- if eq .type "int" -}}{{ .value | int64 }}
+{{- else if eq .type "float" -}}{{ .value | float64 }}
+{{- else if eq .type "bool" -}}{{ .value }}
+{{- else if eq .type "list" -}}{{ .value | toJson }}
+{{- else -}}{{ .value | toString | toJson }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+settings.toml: what the chart decides (mode, listener, where secret files are mounted), then the
+operator's `settings`, then one table per provider. Helm's toToml is not used because it writes
+every number as a float, which the vault's integer settings reject.
+*/}}
+{{- define "token-vault.settingsToml" -}}
+{{- $types := dict "max_connections" "int" "cache_max_entries" "int" "max_attempts" "int" "max_margin_fraction" "float" "create_if_missing" "bool" -}}
+{{- $host := .Values.grpc.host -}}
+{{- if contains ":" $host }}{{ $host = printf "[%s]" $host }}{{ end -}}
+# Rendered by the token-vault Helm chart; edit the chart's values, not this file.
+# Layered over the binary's built-in defaults; TOKEN_VAULT_* variables override it.
+mode = "production"
+
+[server]
+listen = {{ printf "%s:%d" $host (int .Values.grpc.port) | toJson }}
+{{- range $k, $v := .Values.settings.server }}
+{{ $k }} = {{ include "token-vault.tomlScalar" (dict "value" $v "type" (get $types $k)) }}
+{{- end }}
+
+[database]
+# url comes from the environment (TOKEN_VAULT_DATABASE__URL, from secrets.database).
+{{- range $k, $v := .Values.settings.database }}
+{{ $k }} = {{ include "token-vault.tomlScalar" (dict "value" $v "type" (get $types $k)) }}
+{{- end }}
+
+[encryption]
+keyring_file = {{ printf "%s/keyring" (include "token-vault.keyringDir" .) | toJson }}
+{{- range $k, $v := .Values.settings.encryption }}
+{{ $k }} = {{ include "token-vault.tomlScalar" (dict "value" $v "type" (get $types $k)) }}
+{{- end }}
+{{- range $section := list "vault" "refresh" "log" "telemetry" }}
+{{- with get $.Values.settings $section }}
+
+[{{ $section }}]
+{{- range $k, $v := . }}
+{{ $k }} = {{ include "token-vault.tomlScalar" (dict "value" $v "type" (get $types $k)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $providersDir := include "token-vault.providersDir" . }}
+{{- $providerTypes := dict "pkce" "bool" "default_scopes" "list" "redirect_uris" "list" }}
+{{- range .Values.providers }}
+
+[providers.{{ .name }}]
+client_secret_file = {{ printf "%s/%s/client-secret" $providersDir .name | toJson }}
+{{- range $k, $v := omit . "name" "client_secret" "extra_authorization_params" }}
+{{ $k }} = {{ include "token-vault.tomlScalar" (dict "value" $v "type" (get $providerTypes $k)) }}
+{{- end }}
+{{- with .extra_authorization_params }}
+extra_authorization_params = { {{- $first := true }}{{ range $k, $v := . }}{{ if not $first }},{{ end }} {{ $k | toJson }} = {{ $v | toString | toJson }}{{ $first = false }}{{ end }} }
+{{- end }}
+{{- end }}
+{{ end -}}
+
+{{/* Volumes shared by the Deployment and the migration Job. `keyring` is for serving pods only. */}}
+{{- define "token-vault.volumes" -}}
+- name: settings
+  configMap:
+    name: {{ .configMap }}
+    items:
+      - key: settings.toml
+        path: settings.toml
+{{- if .keyring }}
+- name: keyring
+  secret:
+    secretName: {{ .root.Values.secrets.keyring.existingSecret }}
+    # 0440: readable by the pod's fsGroup (the vault's group), nobody else.
+    defaultMode: 288
+    items:
+      - key: {{ .root.Values.secrets.keyring.key }}
+        path: keyring
+{{- end }}
+- name: provider-secrets
+  projected:
+    defaultMode: 288
+    sources:
+{{- range .root.Values.providers }}
+      - secret:
+          name: {{ .client_secret.existingSecret }}
+          items:
+            - key: {{ .client_secret.key | default "client-secret" }}
+              path: {{ .name }}/client-secret
+{{- end }}
+{{- end -}}
+
+{{- define "token-vault.volumeMounts" -}}
+- name: settings
+  mountPath: {{ include "token-vault.configDir" .root }}
+  readOnly: true
+{{- if .keyring }}
+- name: keyring
+  mountPath: {{ include "token-vault.keyringDir" .root }}
+  readOnly: true
+{{- end }}
+- name: provider-secrets
+  mountPath: {{ include "token-vault.providersDir" .root }}
+  readOnly: true
+{{- end -}}
+
+{{/* Environment shared by the Deployment and the migration Job. */}}
+{{- define "token-vault.env" -}}
+- name: TOKEN_VAULT_CONFIG
+  value: {{ include "token-vault.configFile" . }}
+- name: TOKEN_VAULT_DATABASE__URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.database.existingSecret }}
+      key: {{ .Values.secrets.database.key }}
+{{- end -}}
