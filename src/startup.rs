@@ -11,8 +11,8 @@ use std::{
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
@@ -133,7 +133,9 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(TokenVaultServer::new(TokenVaultService::new(self.vault.clone())))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
+            // serve_with_incoming ignores the builder's TCP settings: without TCP_NODELAY every
+            // small answer waits on Nagle's algorithm and the peer's delayed ACK (~40 ms).
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener).with_nodelay(Some(true)), signal);
         tokio::pin!(server);
         // Graceful shutdown waits for in-flight calls; past the grace period they are cut off.
         let result = tokio::select! {

@@ -94,7 +94,8 @@ impl<'a> Connections<'a> {
     pub async fn current_refresh_token(&self, connection_id: i64) -> Result<Option<CurrentRefreshToken>, StoreError> {
         let row = sqlx::query_as!(
             CurrentRefreshToken,
-            "SELECT generation, token FROM refresh_tokens WHERE connection_id = $1 AND superseded_at IS NULL",
+            r#"SELECT generation, token FROM refresh_tokens WHERE connection_id = $1 AND superseded_at IS NULL
+                ORDER BY generation DESC LIMIT 1"#,
             connection_id,
         )
         .fetch_optional(self.pool)
@@ -214,8 +215,10 @@ impl<'a> Connections<'a> {
     }
 
     /// Takes the refresh exclusion for `holder` if the connection is still at `generation`,
-    /// still active, and nobody holds an unexpired lease. The lease is compared with the
-    /// database's clock only, so replicas' clocks don't matter.
+    /// still active, and nobody holds an unexpired lease; in the same round trip reads the
+    /// refresh token to use. `None`: not taken. `Some(None)`: taken, but no refresh token is
+    /// held. The lease is compared with the database's clock only, so replicas' clocks don't
+    /// matter.
     #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPDATE connections", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "connections"))]
     pub async fn try_acquire_lease(
         &self,
@@ -223,21 +226,32 @@ impl<'a> Connections<'a> {
         generation: i64,
         holder: Uuid,
         ttl: Duration,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Option<CurrentRefreshToken>>, StoreError> {
         let ttl_secs = ttl.as_secs_f64();
-        let done = sqlx::query!(
-            r#"UPDATE connections
-                  SET refresh_lease_holder = $3, refresh_lease_until = now() + make_interval(secs => $4)
-                WHERE id = $1 AND generation = $2 AND status = 'active'
-                  AND (refresh_lease_until IS NULL OR refresh_lease_until <= now())"#,
+        let row = sqlx::query!(
+            r#"WITH lease AS (
+                   UPDATE connections
+                      SET refresh_lease_holder = $3, refresh_lease_until = now() + make_interval(secs => $4)
+                    WHERE id = $1 AND generation = $2 AND status = 'active'
+                      AND (refresh_lease_until IS NULL OR refresh_lease_until <= now())
+                RETURNING id)
+               SELECT current.generation AS "generation?", current.token AS "token?"
+                 FROM lease
+                 LEFT JOIN LATERAL (
+                      SELECT generation, token FROM refresh_tokens
+                       WHERE connection_id = lease.id AND superseded_at IS NULL
+                       ORDER BY generation DESC LIMIT 1) current ON true"#,
             connection_id,
             generation,
             holder,
             ttl_secs,
         )
-        .execute(self.pool)
+        .fetch_optional(self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(row.map(|r| match (r.generation, r.token) {
+            (Some(generation), Some(token)) => Some(CurrentRefreshToken { generation, token }),
+            _ => None,
+        }))
     }
 
     /// Gives the lease up early (after a failed refresh), if `holder` still has it.
@@ -256,7 +270,8 @@ impl<'a> Connections<'a> {
 
     /// Writes refreshed tokens, fenced on the generation they were refreshed from: if anything
     /// changed the tokens since, nothing is written and `Fenced` says so. The new refresh token
-    /// (if any) supersedes the old one in the same transaction, and the lease is released.
+    /// (if any) supersedes the old one and the lease is released, all in one statement: one
+    /// round trip and one commit on the refresh path.
     #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPDATE connections", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "connections"))]
     pub async fn store_refresh(
         &self,
@@ -265,13 +280,24 @@ impl<'a> Connections<'a> {
         tokens: &NewTokens,
     ) -> Result<(), StoreError> {
         debug_assert_eq!(tokens.generation, from_generation + 1);
-        let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query!(
-            r#"UPDATE connections
-                  SET generation = $3, scopes = $4, token_type = $5, access_token = $6,
-                      access_token_issued_at = $7, access_token_expires_at = $8, refreshed_at = now(),
-                      refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
-                WHERE id = $1 AND generation = $2"#,
+        // The statements of one WITH share a snapshot: the supersede below cannot see the row
+        // inserted beside it, so only older tokens are marked superseded.
+        let updated = sqlx::query_scalar!(
+            r#"WITH updated AS (
+                   UPDATE connections
+                      SET generation = $3, scopes = $4, token_type = $5, access_token = $6,
+                          access_token_issued_at = $7, access_token_expires_at = $8, refreshed_at = now(),
+                          refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
+                    WHERE id = $1 AND generation = $2
+                RETURNING id, generation),
+               superseded AS (
+                   UPDATE refresh_tokens SET superseded_at = now()
+                    WHERE connection_id = $1 AND superseded_at IS NULL
+                      AND $9::bytea IS NOT NULL AND EXISTS (SELECT 1 FROM updated)),
+               inserted AS (
+                   INSERT INTO refresh_tokens (connection_id, generation, token, source)
+                   SELECT id, generation, $9, 'refresh' FROM updated WHERE $9::bytea IS NOT NULL)
+               SELECT count(*) AS "updated!" FROM updated"#,
             connection_id,
             from_generation,
             tokens.generation,
@@ -280,30 +306,13 @@ impl<'a> Connections<'a> {
             tokens.access_token,
             tokens.access_token_issued_at,
             tokens.access_token_expires_at,
+            tokens.refresh_token.as_deref(),
         )
-        .execute(&mut *tx)
+        .fetch_one(self.pool)
         .await?;
-        if updated.rows_affected() != 1 {
+        if updated != 1 {
             return Err(StoreError::Fenced);
         }
-        if let Some(refresh_token) = &tokens.refresh_token {
-            sqlx::query!(
-                "UPDATE refresh_tokens SET superseded_at = now() WHERE connection_id = $1 AND superseded_at IS NULL",
-                connection_id,
-            )
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query!(
-                r#"INSERT INTO refresh_tokens (connection_id, generation, token, source)
-                   VALUES ($1, $2, $3, 'refresh')"#,
-                connection_id,
-                tokens.generation,
-                refresh_token,
-            )
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
         Ok(())
     }
 

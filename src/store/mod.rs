@@ -76,6 +76,10 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
+            // No ping before every query: it doubles the round trips of every call. A
+            // connection that died (a database restart) fails its next query, is discarded, and
+            // that one call answers UNAVAILABLE; refresh commits and waits retry on their own.
+            .test_before_acquire(false)
             .connect_lazy_with(connect);
         Ok(Self { pool })
     }

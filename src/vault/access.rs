@@ -28,6 +28,9 @@ impl Vault {
             if token.is_valid_for(margin, fraction, OffsetDateTime::now_utc()) {
                 return Ok((token, TokenSource::Cache));
             }
+            if let Some(refreshed) = self.inner.refresher.join(&key, deadline).await {
+                return refreshed.map(|token| (token, TokenSource::Refresh));
+            }
         }
 
         let row = self.active_connection(&req.tenant_id, provider).await?;

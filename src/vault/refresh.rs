@@ -46,7 +46,7 @@ use super::{authorize::provider_error, cache::CacheKey, cache::TokenCache, token
 use crate::{
     crypto::Keyring,
     oauth::{ProviderClient, TokenError},
-    store::{ConnectionRow, Store, StoreError},
+    store::{ConnectionRow, CurrentRefreshToken, Store, StoreError},
 };
 
 /// Time kept free at the end of a lease: no provider attempt may start unless it (at its full
@@ -98,6 +98,14 @@ struct RefresherInner {
     inflight: Mutex<HashMap<CacheKey, (u64, SharedRefresh)>>,
     next_task_id: AtomicU64,
     metrics: RefreshMetrics,
+}
+
+/// What trying to take the exclusion found.
+enum Acquired {
+    /// The lease is ours; the refresh token to present (none if the connection has none).
+    Lease(Option<CurrentRefreshToken>),
+    /// Another holder refreshed meanwhile: its token, still valid.
+    Theirs(AccessToken),
 }
 
 /// How one round under the lease ended.
@@ -181,12 +189,27 @@ impl Refresher {
                 }
             }
         };
-        match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline.into(), shared)
-                .await
-                .unwrap_or(Err(VaultError::DeadlineExceeded)),
-            None => shared.await,
-        }
+        wait(shared, deadline).await
+    }
+
+    /// Joins the refresh in flight for `key`, if there is one. Callers holding a stale cached
+    /// token ask this first, so a stampede waits on the refresh instead of queueing for the
+    /// database one read each.
+    pub async fn join(&self, key: &CacheKey, deadline: Option<Instant>) -> Option<Result<AccessToken, VaultError>> {
+        let running = {
+            let inflight = self.inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            inflight.get(key).map(|(_, running)| running.clone())?
+        };
+        Some(wait(running, deadline).await)
+    }
+}
+
+async fn wait(refresh: SharedRefresh, deadline: Option<Instant>) -> Result<AccessToken, VaultError> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), refresh)
+            .await
+            .unwrap_or(Err(VaultError::DeadlineExceeded)),
+        None => refresh.await,
     }
 }
 
@@ -200,11 +223,11 @@ impl RefresherInner {
         let result = async {
             for _ in 0..MAX_ROUNDS {
                 match self.acquire(&mut row).await? {
-                    Some(theirs) => {
+                    Acquired::Theirs(token) => {
                         self.metrics.adopted.fetch_add(1, Ordering::Relaxed);
-                        return Ok(theirs);
+                        return Ok(token);
                     }
-                    None => match self.refresh_under_lease(key, client, &row).await? {
+                    Acquired::Lease(current) => match self.refresh_under_lease(key, client, &row, current).await? {
                         Round::Done(token) => return Ok(token),
                         Round::Again => row = self.reread(&row).await?,
                     },
@@ -239,8 +262,9 @@ impl RefresherInner {
         Ok(fresh)
     }
 
-    /// Takes the lease (`None`), or returns the token someone else refreshed meanwhile.
-    async fn acquire(&self, row: &mut ConnectionRow) -> Result<Option<AccessToken>, VaultError> {
+    /// Takes the lease (with the refresh token to use), or returns the token someone else
+    /// refreshed meanwhile.
+    async fn acquire(&self, row: &mut ConnectionRow) -> Result<Acquired, VaultError> {
         // A database blip while waiting is ridden out for up to a lease's lifetime: the callers
         // are bounded by their own deadlines, and answering all of them UNAVAILABLE because a
         // restart took a second helps nobody.
@@ -274,16 +298,15 @@ impl RefresherInner {
         }
     }
 
-    /// One look: `Some(None)` when the lease is ours, `Some(Some(token))` when someone else
-    /// refreshed meanwhile, `None` when another holder is still at it.
-    async fn try_acquire(&self, row: &mut ConnectionRow) -> Result<Option<Option<AccessToken>>, VaultError> {
+    /// One look; `None` while another holder is still at it.
+    async fn try_acquire(&self, row: &mut ConnectionRow) -> Result<Option<Acquired>, VaultError> {
         let connections = self.store.connections();
         loop {
-            if connections
+            if let Some(current) = connections
                 .try_acquire_lease(row.id, row.generation, self.holder, self.policy.lease_ttl)
                 .await?
             {
-                return Ok(Some(None));
+                return Ok(Some(Acquired::Lease(current)));
             }
             let fresh = self.reread(row).await?;
             let moved = fresh.generation != row.generation;
@@ -296,22 +319,23 @@ impl RefresherInner {
             // whoever already holds it. An expired one is refreshed from the new generation.
             let token = tokens::open_access_token(&self.keyring, row)?;
             if token.expires_at > OffsetDateTime::now_utc() {
-                return Ok(Some(Some(token)));
+                return Ok(Some(Acquired::Theirs(token)));
             }
         }
     }
 
-    /// One refresh while holding the lease on `row.generation`.
+    /// One refresh while holding the lease on `row.generation`, with the refresh token read
+    /// when the lease was taken.
     async fn refresh_under_lease(
         &self,
         key: &CacheKey,
         client: &ProviderClient,
         row: &ConnectionRow,
+        current: Option<CurrentRefreshToken>,
     ) -> Result<Round, VaultError> {
         let lease_taken = Instant::now();
         let provider = client.config();
-        let connections = self.store.connections();
-        let Some(current) = connections.current_refresh_token(row.id).await? else {
+        let Some(current) = current else {
             tracing::warn!(tenant_id = %row.tenant_id, provider = %row.provider, "the access token expired and no refresh token is held");
             return self.mark_dead(key, row, "no_refresh_token").await;
         };

@@ -1,0 +1,96 @@
+//! The floors every vault figure is divided by, served from the same proto with the same tonic
+//! server settings: a server that answers GetAccessToken with a constant, and one that answers
+//! it with one indexed SELECT of a stored (sealed) token row through sqlx.
+
+use base64::{engine::general_purpose::STANDARD, Engine};
+use sqlx::PgPool;
+use token_vault::proto::{self, token_vault_server::TokenVault, token_vault_server::TokenVaultServer};
+use tonic::{Request, Response, Status};
+
+enum Floor {
+    Constant(proto::GetAccessTokenResponse),
+    Database(PgPool),
+}
+
+#[tonic::async_trait]
+impl TokenVault for Floor {
+    async fn begin_authorization(
+        &self,
+        _: Request<proto::BeginAuthorizationRequest>,
+    ) -> Result<Response<proto::BeginAuthorizationResponse>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
+
+    async fn complete_authorization(
+        &self,
+        _: Request<proto::CompleteAuthorizationRequest>,
+    ) -> Result<Response<proto::CompleteAuthorizationResponse>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
+
+    async fn get_connection(
+        &self,
+        _: Request<proto::GetConnectionRequest>,
+    ) -> Result<Response<proto::GetConnectionResponse>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
+
+    async fn get_access_token(
+        &self,
+        request: Request<proto::GetAccessTokenRequest>,
+    ) -> Result<Response<proto::GetAccessTokenResponse>, Status> {
+        match self {
+            Floor::Constant(answer) => Ok(Response::new(answer.clone())),
+            Floor::Database(pool) => {
+                let tenant = request.into_inner().tenant_id;
+                let row: Option<(Vec<u8>, time::OffsetDateTime)> = sqlx::query_as(
+                    "SELECT access_token, access_token_expires_at FROM connections WHERE tenant_id = $1 AND provider = $2",
+                )
+                .bind(&tenant)
+                .bind("understory")
+                .fetch_optional(pool)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+                let (sealed, expires) = row.ok_or_else(|| Status::not_found("no row"))?;
+                Ok(Response::new(proto::GetAccessTokenResponse {
+                    access_token: STANDARD.encode(sealed),
+                    token_type: "bearer".into(),
+                    expires_at: Some(prost_types::Timestamp {
+                        seconds: expires.unix_timestamp(),
+                        nanos: 0,
+                    }),
+                    scopes: vec!["offline".into(), "booking.read".into()],
+                }))
+            }
+        }
+    }
+}
+
+/// Serves a floor on `listen` until the process is killed. `database_url` picks the database
+/// floor; without it the constant floor.
+pub async fn serve(listen: std::net::SocketAddr, database_url: Option<String>, max_connections: u32) {
+    let floor = match database_url {
+        Some(url) => Floor::Database(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(max_connections)
+                .connect(&url)
+                .await
+                .expect("the floor's database answers"),
+        ),
+        None => Floor::Constant(proto::GetAccessTokenResponse {
+            // The size of a real Hydra access token (a JWT of ~900 bytes).
+            access_token: "x".repeat(900),
+            token_type: "bearer".into(),
+            expires_at: Some(prost_types::Timestamp {
+                seconds: 4_102_444_800,
+                nanos: 0,
+            }),
+            scopes: vec!["offline".into(), "booking.read".into()],
+        }),
+    };
+    tonic::transport::Server::builder()
+        .add_service(TokenVaultServer::new(floor))
+        .serve(listen)
+        .await
+        .expect("the floor serves");
+}

@@ -1,0 +1,162 @@
+//! The load client: N HTTP/2 connections, M requests in flight spread over them, a warm-up,
+//! then a fixed measuring window. Every answer's gRPC status is checked; latencies are kept
+//! whole (microseconds) so percentiles are exact.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use token_vault::proto::{self, token_vault_client::TokenVaultClient};
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Clone, Copy)]
+pub struct LoadShape {
+    pub connections: usize,
+    pub in_flight: usize,
+    pub warm_up: Duration,
+    pub measure: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LoadResult {
+    pub requests: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub seconds: f64,
+    pub latencies_us: Vec<u32>,
+}
+
+impl LoadResult {
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+
+    pub fn max_ms(&self) -> f64 {
+        self.latencies_us
+            .last()
+            .map(|v| f64::from(*v) / 1000.0)
+            .unwrap_or(f64::NAN)
+    }
+}
+
+pub async fn channels(addr: std::net::SocketAddr, n: usize) -> Vec<TokenVaultClient<Channel>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("valid URI")
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .expect("the server answers");
+        out.push(TokenVaultClient::new(channel));
+    }
+    out
+}
+
+/// Drives `GetAccessToken` for tenants chosen by `tenant(worker, i)` at the given shape.
+pub async fn run(
+    addr: std::net::SocketAddr,
+    shape: LoadShape,
+    tenant: Arc<dyn Fn(usize, u64) -> String + Send + Sync>,
+) -> LoadResult {
+    let clients = channels(addr, shape.connections).await;
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..shape.in_flight {
+        let mut client = clients[w % clients.len()].clone();
+        let (measuring, stop, tenant) = (measuring.clone(), stop.clone(), tenant.clone());
+        workers.push(tokio::spawn(async move {
+            let mut result = LoadResult::default();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let request = proto::GetAccessTokenRequest {
+                    tenant_id: tenant(w, i),
+                    ..Default::default()
+                };
+                i += 1;
+                let started = Instant::now();
+                let answer = client.get_access_token(request).await;
+                let took = started.elapsed();
+                if !measuring.load(Ordering::Relaxed) {
+                    continue;
+                }
+                match answer {
+                    Ok(_) => {
+                        result.requests += 1;
+                        result
+                            .latencies_us
+                            .push(took.as_micros().min(u128::from(u32::MAX)) as u32);
+                    }
+                    Err(status) => {
+                        result.errors += 1;
+                        result
+                            .first_error
+                            .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+                    }
+                }
+            }
+            result
+        }));
+    }
+    tokio::time::sleep(shape.warm_up).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(shape.measure).await;
+    measuring.store(false, Ordering::Relaxed);
+    let seconds = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut total = LoadResult {
+        seconds,
+        ..Default::default()
+    };
+    for w in workers {
+        let r = w.await.expect("a load worker panicked");
+        total.requests += r.requests;
+        total.errors += r.errors;
+        if total.first_error.is_none() {
+            total.first_error = r.first_error;
+        }
+        total.latencies_us.extend(r.latencies_us);
+    }
+    total.latencies_us.sort_unstable();
+    total
+}
+
+/// `n` one-shot concurrent calls for one tenant; returns each call's latency and status.
+pub async fn burst(
+    clients: &[TokenVaultClient<Channel>],
+    tenant: &str,
+    n: usize,
+) -> Vec<(Duration, Result<String, tonic::Code>)> {
+    let calls = (0..n).map(|i| {
+        let mut client = clients[i % clients.len()].clone();
+        let tenant = tenant.to_owned();
+        async move {
+            let started = Instant::now();
+            let answer = client
+                .get_access_token(proto::GetAccessTokenRequest {
+                    tenant_id: tenant,
+                    ..Default::default()
+                })
+                .await;
+            (
+                started.elapsed(),
+                answer.map(|r| r.into_inner().access_token).map_err(|s| s.code()),
+            )
+        }
+    });
+    futures::future::join_all(calls).await
+}

@@ -1,0 +1,442 @@
+//! The performance harness: runs every scenario against the real vault process and against
+//! floors measured in the same run on the same machine with the same load client, and prints
+//! (and, in full mode, writes to docs/performance.md) a table of ratios.
+//!
+//! `scripts/bench` runs it in full; `scripts/bench --short` runs it briefly, in the dev
+//! profile, to check that the harness works (CI does this; its numbers mean nothing).
+//!
+//! Subcommands (as arguments after `--`): `all [--short]`, and `floor --listen ADDR
+//! [--database-url URL]`, which the harness uses to run each floor in a process of its own.
+
+// A harness step that fails is a failed run: unwrap says so at the spot.
+#![allow(clippy::unwrap_used)]
+
+mod floors;
+mod load;
+mod provider;
+mod report;
+mod seed;
+
+use std::{
+    process::Stdio,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use load::{LoadResult, LoadShape};
+use provider::BenchProvider;
+use report::Report;
+use sqlx::{Connection, PgConnection, PgPool};
+use token_vault::{crypto::Keyring, proto};
+
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const PROVIDER_DELAY: Duration = Duration::from_millis(50);
+
+/// How big and how long: the full run, or the harness check CI runs.
+#[derive(Clone, Copy)]
+struct Plan {
+    short: bool,
+    shape: LoadShape,
+    rounds: usize,
+    cold_tenants: u64,
+    cache_entries: u64,
+    refresh_samples: usize,
+    stampede_callers: usize,
+}
+
+impl Plan {
+    fn new(short: bool) -> Self {
+        let shape = LoadShape {
+            connections: 4,
+            in_flight: 64,
+            warm_up: Duration::from_secs(if short { 1 } else { 3 }),
+            measure: Duration::from_secs(if short { 1 } else { 10 }),
+        };
+        Self {
+            short,
+            shape,
+            rounds: if short { 1 } else { 2 },
+            cold_tenants: if short { 20_000 } else { 1_000_000 },
+            cache_entries: if short { 5_000 } else { 100_000 },
+            refresh_samples: if short { 20 } else { 200 },
+            stampede_callers: 1_000,
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    match args.first().map(String::as_str) {
+        Some("floor") => {
+            let value = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
+            let listen = value("--listen").expect("--listen").parse().expect("an address");
+            runtime.block_on(floors::serve(listen, value("--database-url"), 20));
+        }
+        Some("all") | None => {
+            let short = args.iter().any(|a| a == "--short");
+            runtime.block_on(all(Plan::new(short)));
+        }
+        Some(other) => panic!("unknown subcommand {other}: use `all [--short]` or `floor`"),
+    }
+}
+
+/// A child process killed when dropped.
+struct Proc {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Resident memory, from /proc.
+    fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    }
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+async fn wait_serving(addr: std::net::SocketAddr) -> Duration {
+    let started = Instant::now();
+    loop {
+        if token_vault::startup::probe_health(&format!("http://{addr}"))
+            .await
+            .unwrap_or(false)
+        {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{addr} never became SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn wait_listening(addr: std::net::SocketAddr) {
+    for _ in 0..1000 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{addr} never listened");
+}
+
+struct Bench {
+    plan: Plan,
+    dir: std::path::PathBuf,
+    database_url: String,
+    database: String,
+    keyring_text: String,
+    provider: BenchProvider,
+}
+
+impl Bench {
+    /// Starts the vault binary; returns it once SERVING, with the time that took.
+    async fn vault(&self) -> (Proc, Duration) {
+        let addr = free_addr();
+        let config = self.dir.join("vault.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"mode = "production"
+[server]
+listen = "{addr}"
+[database]
+url = "{db}"
+[encryption]
+keyring = "{keys}"
+[vault]
+cache_max_entries = {cache}
+[log]
+format = "text"
+level = "warn"
+[providers.understory]
+preset = "understory"
+authorization_endpoint = "{p}/oauth2/auth"
+token_endpoint = "{p}/oauth2/token"
+client_id = "bench"
+client_secret = "bench-secret"
+redirect_uris = ["https://bench.example/callback"]
+"#,
+                db = self.database_url,
+                keys = self.keyring_text.trim(),
+                cache = self.plan.cache_entries,
+                p = self.provider.server.uri(),
+            ),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_token-vault"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the vault starts");
+        wait_serving(addr).await;
+        (Proc { child, addr }, started.elapsed())
+    }
+
+    async fn floor(&self, database: bool) -> Proc {
+        let addr = free_addr();
+        let mut command = tokio::process::Command::new(std::env::current_exe().unwrap());
+        command.args(["floor", "--listen", &addr.to_string()]);
+        if database {
+            command.args(["--database-url", &self.database_url]);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the floor starts");
+        wait_listening(addr).await;
+        Proc { child, addr }
+    }
+
+    async fn connect_tenants(&self, vault: &Proc, tenants: &[String]) {
+        let clients = load::channels(vault.addr, 4).await;
+        for chunk in tenants.chunks(50) {
+            let flows = chunk.iter().enumerate().map(|(i, tenant)| {
+                let mut client = clients[i % clients.len()].clone();
+                let tenant = tenant.clone();
+                async move {
+                    let begun = client
+                        .begin_authorization(proto::BeginAuthorizationRequest {
+                            tenant_id: tenant,
+                            ..Default::default()
+                        })
+                        .await
+                        .expect("begin")
+                        .into_inner();
+                    client
+                        .complete_authorization(proto::CompleteAuthorizationRequest {
+                            state: begun.state,
+                            code: "bench-code".into(),
+                            ..Default::default()
+                        })
+                        .await
+                        .expect("complete");
+                }
+            });
+            futures::future::join_all(flows).await;
+        }
+    }
+
+    /// Runs the vault and its floor alternately, `rounds` times each; keeps each one's best.
+    async fn compare(
+        &self,
+        vault: &Proc,
+        floor: &Proc,
+        tenant: Arc<dyn Fn(usize, u64) -> String + Send + Sync>,
+    ) -> (LoadResult, LoadResult) {
+        let mut best_vault: Option<LoadResult> = None;
+        let mut best_floor: Option<LoadResult> = None;
+        for _ in 0..self.plan.rounds {
+            let f = load::run(floor.addr, self.plan.shape, tenant.clone()).await;
+            let v = load::run(vault.addr, self.plan.shape, tenant.clone()).await;
+            for (best, r) in [(&mut best_floor, f), (&mut best_vault, v)] {
+                assert_eq!(r.errors, 0, "every call must succeed: {:?}", r.first_error);
+                if best.as_ref().is_none_or(|b| r.rps() > b.rps()) {
+                    *best = Some(r);
+                }
+            }
+        }
+        (best_vault.unwrap(), best_floor.unwrap())
+    }
+}
+
+async fn all(plan: Plan) {
+    let started = Instant::now();
+    let database = format!("tv_bench_{}", std::process::id());
+    let mut admin = PgConnection::connect(ADMIN_URL).await.expect("Postgres answers");
+    sqlx::query(&format!("CREATE DATABASE {database}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let database_url = format!("{}/{database}", ADMIN_URL.rsplit_once('/').expect("a database URL").0);
+    let pool = PgPool::connect(&database_url).await.unwrap();
+    token_vault::store::Store::from_pool(pool.clone())
+        .migrate()
+        .await
+        .unwrap();
+    let (keyring, keyring_text) = Keyring::generate("bench");
+    let dir = std::env::temp_dir().join(format!("token-vault-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bench = Bench {
+        plan,
+        dir,
+        database_url,
+        database: database.clone(),
+        keyring_text: keyring_text.to_string(),
+        provider: BenchProvider::start(PROVIDER_DELAY).await,
+    };
+    let mut report = Report::new(plan.short);
+
+    // Start-up on an empty database: the baseline for the scale scenario.
+    let (vault, startup_empty) = bench.vault().await;
+
+    // Hot path: 100 connected tenants, all cached after the warm-up.
+    let hot: Vec<String> = (0..100).map(|i| format!("hot-{i:03}")).collect();
+    bench.connect_tenants(&vault, &hot).await;
+    let hot = Arc::new(hot);
+    let pick_hot = {
+        let hot = hot.clone();
+        Arc::new(move |w: usize, i: u64| hot[(w + i as usize * 7) % hot.len()].clone())
+    };
+    let grpc_floor = bench.floor(false).await;
+    let (v, f) = bench.compare(&vault, &grpc_floor, pick_hot.clone()).await;
+    report.ratio_row(
+        "hot path: token valid and cached",
+        &v,
+        &f,
+        "gRPC floor",
+        0.90,
+        Some(1.2),
+    );
+    report.h2load(&vault, &grpc_floor, &hot[0], plan).await;
+    drop(grpc_floor);
+
+    // Cold cache: tenants seeded straight into Postgres, picked uniformly at random.
+    let seeding = Instant::now();
+    seed::connections(&pool, &keyring, plan.cold_tenants).await;
+    let seeded_in = seeding.elapsed();
+    let cold = plan.cold_tenants;
+    let pick_cold = Arc::new(move |_: usize, _: u64| seed::tenant(rand::random_range(0..cold)));
+    let db_floor = bench.floor(true).await;
+    let (v, f) = bench.compare(&vault, &db_floor, pick_cold).await;
+    report.ratio_row(
+        &format!("cold cache: valid in Postgres only ({cold} tenants, uniform)"),
+        &v,
+        &f,
+        "database floor",
+        0.85,
+        None,
+    );
+    drop(db_floor);
+
+    // Refresh, one caller at a time: the vault's own time over the provider's delay.
+    bench.provider.set_expires_in(2);
+    let expiring: Vec<String> = (0..plan.refresh_samples).map(|i| format!("refresh-{i:04}")).collect();
+    bench.connect_tenants(&vault, &expiring).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let clients = load::channels(vault.addr, 1).await;
+    let before = bench.provider.refreshes();
+    let mut overhead_us = Vec::new();
+    for tenant in &expiring {
+        let (took, answer) = load::burst(&clients, tenant, 1).await.remove(0);
+        answer.expect("the refresh succeeds");
+        overhead_us.push(took.saturating_sub(PROVIDER_DELAY).as_micros() as u32);
+    }
+    assert_eq!(
+        bench.provider.refreshes() - before,
+        expiring.len() as u64,
+        "one refresh per call"
+    );
+    overhead_us.sort_unstable();
+    // The floor: the same token request sent straight to the provider by this process.
+    let direct = bench.provider.direct_latencies(plan.refresh_samples).await;
+    report.refresh_row(&overhead_us, &direct, PROVIDER_DELAY);
+
+    // Stampede: 1,000 concurrent callers on one expired tenant.
+    bench.connect_tenants(&vault, &["stampede".to_string()]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let clients = load::channels(vault.addr, 8).await;
+    let before = bench.provider.refreshes();
+    let answers = load::burst(&clients, "stampede", plan.stampede_callers).await;
+    let refreshes = bench.provider.refreshes() - before;
+    report.stampede_row(&answers, refreshes, PROVIDER_DELAY);
+    bench.provider.set_expires_in(3600);
+
+    // Scale: start-up with every seeded connection stored, and memory per cached token.
+    drop(vault);
+    let (vault, startup_full) = bench.vault().await;
+    let rss_start = vault.rss_bytes();
+    let warm = |count: u64| {
+        let vault_addr = vault.addr;
+        async move {
+            let shape = LoadShape {
+                connections: 4,
+                in_flight: 64,
+                warm_up: Duration::ZERO,
+                measure: Duration::from_millis(1),
+            };
+            // Each distinct tenant once, 64 at a time.
+            let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let clients = load::channels(vault_addr, shape.connections).await;
+            let workers = (0..shape.in_flight).map(|w| {
+                let mut client = clients[w % clients.len()].clone();
+                let next = next.clone();
+                async move {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= count {
+                            return;
+                        }
+                        client
+                            .get_access_token(proto::GetAccessTokenRequest {
+                                tenant_id: seed::tenant(i),
+                                ..Default::default()
+                            })
+                            .await
+                            .expect("a seeded tenant's token");
+                    }
+                }
+            });
+            futures::future::join_all(workers).await;
+        }
+    };
+    warm(plan.cache_entries).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_full_cache = vault.rss_bytes();
+    warm((plan.cache_entries * 2).min(plan.cold_tenants)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_double = vault.rss_bytes();
+    report.scale_row(
+        plan.cold_tenants,
+        startup_empty,
+        startup_full,
+        plan.cache_entries,
+        rss_start,
+        rss_full_cache,
+        rss_double,
+    );
+    drop(vault);
+
+    report.crypto_rows();
+    report.note(format!(
+        "seeded {cold} connections in {:.1} s; whole run {:.0} s",
+        seeded_in.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    ));
+    report.finish();
+
+    pool.close().await;
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", bench.database))
+        .execute(&mut admin)
+        .await;
+    let _ = std::fs::remove_dir_all(&bench.dir);
+    let _ = database;
+}

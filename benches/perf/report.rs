@@ -1,0 +1,340 @@
+//! The results table: each scenario's vault figure, its floor from the same run, the ratio and
+//! the target. Printed always; written to docs/performance.md by a full run.
+
+use std::{fmt::Write as _, path::Path, process::Command, time::Duration};
+
+use prost::Message as _;
+use token_vault::proto;
+
+use crate::{load::LoadResult, Plan, Proc};
+
+pub struct Row {
+    pub scenario: String,
+    pub vault: String,
+    pub floor: String,
+    pub ratio: String,
+    pub target: String,
+    pub met: Option<bool>,
+}
+
+pub struct Report {
+    short: bool,
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+fn ms(v: f64) -> String {
+    format!("{v:.2} ms")
+}
+
+impl Report {
+    pub fn new(short: bool) -> Self {
+        Self {
+            short,
+            rows: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn note(&mut self, note: String) {
+        self.notes.push(note);
+    }
+
+    fn push(&mut self, row: Row) {
+        println!(
+            "{:<60} vault {:<32} floor {:<32} ratio {:<16} target {:<28} {}",
+            row.scenario,
+            row.vault,
+            row.floor,
+            row.ratio,
+            row.target,
+            match row.met {
+                Some(true) => "met",
+                Some(false) => "MISSED",
+                None => "-",
+            }
+        );
+        self.rows.push(row);
+    }
+
+    /// Throughput against a floor (higher is better), and optionally p99 against the floor's.
+    pub fn ratio_row(
+        &mut self,
+        scenario: &str,
+        vault: &LoadResult,
+        floor: &LoadResult,
+        floor_name: &str,
+        min_ratio: f64,
+        max_p99_ratio: Option<f64>,
+    ) {
+        let ratio = vault.rps() / floor.rps();
+        let p99_ratio = vault.percentile_ms(0.99) / floor.percentile_ms(0.99);
+        let mut met = ratio >= min_ratio;
+        let mut target = format!(">= {min_ratio:.2} x {floor_name} req/s");
+        let mut ratio_text = format!("{ratio:.3} x req/s");
+        if let Some(max) = max_p99_ratio {
+            met &= p99_ratio <= max;
+            target.push_str(&format!("; p99 <= {max:.1} x"));
+            ratio_text.push_str(&format!("; p99 {p99_ratio:.2} x"));
+        }
+        let describe = |r: &LoadResult| {
+            format!(
+                "{:.0} req/s, p50 {} p90 {} p99 {} max {}",
+                r.rps(),
+                ms(r.percentile_ms(0.5)),
+                ms(r.percentile_ms(0.9)),
+                ms(r.percentile_ms(0.99)),
+                ms(r.max_ms())
+            )
+        };
+        self.push(Row {
+            scenario: scenario.into(),
+            vault: describe(vault),
+            floor: describe(floor),
+            ratio: ratio_text,
+            target,
+            met: Some(met),
+        });
+    }
+
+    /// `latency_over_delay_us`: each vault call's latency minus the configured delay;
+    /// `direct_us`: the same token request sent straight to the provider.
+    pub fn refresh_row(&mut self, latency_over_delay_us: &[u32], direct_us: &[u32], delay: Duration) {
+        let at = |v: &[u32], p: f64| f64::from(v[((v.len() - 1) as f64 * p).round() as usize]) / 1000.0;
+        let direct_over_delay = at(direct_us, 0.5) - delay.as_secs_f64() * 1000.0;
+        let vault_median = at(latency_over_delay_us, 0.5);
+        // The vault's own time: what it adds beyond what a direct request costs.
+        let own = vault_median - direct_over_delay;
+        self.push(Row {
+            scenario: format!(
+                "refresh: token expired, one caller ({} samples)",
+                latency_over_delay_us.len()
+            ),
+            vault: format!(
+                "latency over the {} ms delay: median {} p90 {} max {}",
+                delay.as_millis(),
+                ms(vault_median),
+                ms(at(latency_over_delay_us, 0.9)),
+                ms(at(latency_over_delay_us, 1.0))
+            ),
+            floor: format!("direct token request over the delay: median {}", ms(direct_over_delay)),
+            ratio: format!("vault's own time: median {}", ms(own)),
+            target: "median <= 2 ms".into(),
+            met: Some(own <= 2.0),
+        });
+    }
+
+    pub fn stampede_row(
+        &mut self,
+        answers: &[(Duration, Result<String, tonic::Code>)],
+        refreshes: u64,
+        delay: Duration,
+    ) {
+        let errors = answers.iter().filter(|(_, r)| r.is_err()).count();
+        let tokens: std::collections::HashSet<_> = answers.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
+        let slowest = answers.iter().map(|(d, _)| *d).max().unwrap_or_default();
+        let budget = delay + Duration::from_millis(25);
+        self.push(Row {
+            scenario: format!("stampede: {} concurrent callers, one expired tenant", answers.len()),
+            vault: format!(
+                "{refreshes} provider request(s); {} distinct token(s); {errors} errors; slowest {}",
+                tokens.len(),
+                ms(slowest.as_secs_f64() * 1000.0)
+            ),
+            floor: "provider delay 50 ms".into(),
+            ratio: "-".into(),
+            target: "1 request; all within delay + 25 ms".into(),
+            met: Some(refreshes == 1 && errors == 0 && tokens.len() == 1 && slowest <= budget),
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn scale_row(
+        &mut self,
+        stored: u64,
+        startup_empty: Duration,
+        startup_full: Duration,
+        cache_entries: u64,
+        rss_start: u64,
+        rss_full_cache: u64,
+        rss_double: u64,
+    ) {
+        let per_100k = (rss_full_cache.saturating_sub(rss_start)) as f64 * 100_000.0 / cache_entries as f64;
+        let mib = |b: f64| format!("{:.1} MiB", b / 1048576.0);
+        let bounded = rss_double as f64 <= rss_full_cache as f64 * 1.15;
+        let startup_ok =
+            startup_full <= Duration::from_secs(1) && startup_full <= startup_empty + Duration::from_millis(250);
+        self.push(Row {
+            scenario: format!("scale: {stored} stored connections"),
+            vault: format!(
+                "start-up to SERVING {} ms; RSS +{} per 100k cached tokens; {} after {cache_entries} tokens, {} after twice as many",
+                startup_full.as_millis(),
+                mib(per_100k),
+                mib(rss_full_cache as f64),
+                mib(rss_double as f64),
+            ),
+            floor: format!("start-up on an empty database {} ms", startup_empty.as_millis()),
+            ratio: format!("{:.2} x start-up", startup_full.as_secs_f64() / startup_empty.as_secs_f64()),
+            target: "<= 1 s, not growing; memory bounded by the cache".into(),
+            met: Some(startup_ok && bounded),
+        });
+    }
+
+    /// The cross-check with an independent load generator, when it is installed.
+    pub async fn h2load(&mut self, vault: &Proc, floor: &Proc, tenant: &str, plan: Plan) {
+        if Command::new("h2load").arg("--version").output().is_err() {
+            self.note("h2load cross-check skipped: h2load is not installed (apt-get install nghttp2-client)".into());
+            return;
+        }
+        let request = proto::GetAccessTokenRequest {
+            tenant_id: tenant.into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(request.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&request);
+        let path = std::env::temp_dir().join(format!("token-vault-bench-frame-{}", std::process::id()));
+        std::fs::write(&path, frame).unwrap();
+        let seconds = plan.shape.measure.as_secs().max(1).to_string();
+        let run = |addr: std::net::SocketAddr| {
+            let out = Command::new("h2load")
+                .args(["-c", "4", "-m", "16", "-D", &seconds, "--warm-up-time=1"])
+                .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+                .arg("-d")
+                .arg(&path)
+                .arg(format!("http://{addr}/tokenvault.v1.TokenVault/GetAccessToken"))
+                .output()
+                .expect("h2load runs");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let rps = text
+                .lines()
+                .find(|l| l.starts_with("finished in"))
+                .and_then(|l| l.split(", ").nth(1))
+                .and_then(|s| s.trim_end_matches(" req/s").parse::<f64>().ok());
+            let failed = text
+                .lines()
+                .find(|l| l.starts_with("requests:"))
+                .map(|l| l.contains(" 0 failed, 0 errored"))
+                .unwrap_or(false);
+            (rps, failed)
+        };
+        let (f, f_clean) = run(floor.addr);
+        let (v, v_clean) = run(vault.addr);
+        let _ = std::fs::remove_file(&path);
+        match (v, f) {
+            (Some(v), Some(f)) => self.push(Row {
+                scenario: "hot path, cross-checked with h2load (HTTP status only)".into(),
+                vault: format!("{v:.0} req/s"),
+                floor: format!("{f:.0} req/s"),
+                ratio: format!("{:.3} x req/s", v / f),
+                target: ">= 0.90 x gRPC floor req/s".into(),
+                met: Some(v / f >= 0.90 && v_clean && f_clean),
+            }),
+            _ => self.note("h2load cross-check: could not read h2load's output".into()),
+        }
+    }
+
+    /// Criterion's figures for sealing and opening, if `cargo bench --bench crypto` ran first.
+    pub fn crypto_rows(&mut self) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion");
+        for (id, what) in [("seal_access_token", "seal"), ("open_access_token", "open")] {
+            let file = root.join(id).join("new/estimates.json");
+            let estimate = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v["mean"]["point_estimate"].as_f64());
+            match estimate {
+                Some(ns) => self.push(Row {
+                    scenario: format!("crypto: {what} a 900-byte access token (criterion mean)"),
+                    vault: format!("{:.2} µs", ns / 1000.0),
+                    floor: "-".into(),
+                    ratio: "-".into(),
+                    target: "reported".into(),
+                    met: None,
+                }),
+                None => self.note(format!(
+                    "crypto: no criterion estimate at {} (run `cargo bench --bench crypto`)",
+                    file.display()
+                )),
+            }
+        }
+    }
+
+    pub fn finish(self) {
+        let mut md = String::new();
+        let machine = machine();
+        let _ = writeln!(md, "# Performance\n");
+        let _ = writeln!(
+            md,
+            "Generated by `./scripts/bench` (full run) on {} — {machine}.\n\n\
+             Every figure is measured in the same run as its floor, with the same load client \
+             (`benches/perf`: 4 HTTP/2 connections, 64 requests in flight, warm-up then a fixed window, \
+             every gRPC status checked; best of 2 alternating rounds), on the same machine. The vault runs \
+             as its release binary in its own process; each floor is a process serving the same proto with \
+             the same tonic settings: the gRPC floor answers GetAccessToken with a constant, the database \
+             floor with one indexed SELECT (tenant, provider) of a sealed token row through sqlx. Ratios, \
+             not absolute numbers, are what to compare across machines.\n",
+            time::OffsetDateTime::now_utc().date()
+        );
+        let _ = writeln!(
+            md,
+            "| scenario | vault | floor | ratio | target | met? |\n|---|---|---|---|---|---|"
+        );
+        for r in &self.rows {
+            let met = match r.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "-",
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {met} |",
+                r.scenario, r.vault, r.floor, r.ratio, r.target
+            );
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(md, "\nNotes:\n");
+            for n in &self.notes {
+                let _ = writeln!(md, "- {n}");
+            }
+        }
+        for n in &self.notes {
+            println!("note: {n}");
+        }
+        let out = if self.short {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/performance-short.md")
+        } else {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/performance.md")
+        };
+        std::fs::write(&out, md).expect("writing the report");
+        println!("wrote {}", out.display());
+        let failures = self.rows.iter().filter(|r| r.met == Some(false)).count();
+        println!(
+            "perf: {} scenarios, {} met, {failures} missed",
+            self.rows.len(),
+            self.rows.len() - failures
+        );
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    format!("{cpu}, {cores} cores, {:.0} GiB", mem as f64 / 1048576.0)
+}
