@@ -268,6 +268,30 @@ redirect_uris = ["https://bench.example/callback"]
     }
 }
 
+/// Latencies (µs, sorted) of a durable one-row UPDATE commit through sqlx: the database's own
+/// floor under the refresh path, which must commit twice (the lease, then the new tokens).
+async fn commit_latencies(pool: &PgPool, n: usize) -> Vec<u32> {
+    sqlx::query("CREATE TABLE IF NOT EXISTS bench_commit (id int PRIMARY KEY, n bigint)")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO bench_commit VALUES (1, 0) ON CONFLICT DO NOTHING")
+        .execute(pool)
+        .await
+        .unwrap();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        sqlx::query("UPDATE bench_commit SET n = n + 1 WHERE id = 1")
+            .execute(pool)
+            .await
+            .unwrap();
+        out.push(started.elapsed().as_micros() as u32);
+    }
+    out.sort_unstable();
+    out
+}
+
 async fn all(plan: Plan) {
     let started = Instant::now();
     let database = format!("tv_bench_{}", std::process::id());
@@ -317,7 +341,6 @@ async fn all(plan: Plan) {
         Some(1.2),
     );
     report.h2load(&vault, &grpc_floor, &hot[0], plan).await;
-    drop(grpc_floor);
 
     // Cold cache: tenants seeded straight into Postgres, picked uniformly at random.
     let seeding = Instant::now();
@@ -358,7 +381,8 @@ async fn all(plan: Plan) {
     overhead_us.sort_unstable();
     // The floor: the same token request sent straight to the provider by this process.
     let direct = bench.provider.direct_latencies(plan.refresh_samples).await;
-    report.refresh_row(&overhead_us, &direct, PROVIDER_DELAY);
+    let commits = commit_latencies(&pool, plan.refresh_samples).await;
+    report.refresh_row(&overhead_us, &direct, &commits, PROVIDER_DELAY);
 
     // Stampede: 1,000 concurrent callers on one expired tenant.
     bench.connect_tenants(&vault, &["stampede".to_string()]).await;
@@ -367,7 +391,12 @@ async fn all(plan: Plan) {
     let before = bench.provider.refreshes();
     let answers = load::burst(&clients, "stampede", plan.stampede_callers).await;
     let refreshes = bench.provider.refreshes() - before;
-    report.stampede_row(&answers, refreshes, PROVIDER_DELAY);
+    // The same burst against the constant floor: what fanning 1,000 calls out and back costs
+    // this client and this machine, with no refresh at all.
+    let floor_clients = load::channels(grpc_floor.addr, 8).await;
+    let floor_answers = load::burst(&floor_clients, "stampede", plan.stampede_callers).await;
+    drop(grpc_floor);
+    report.stampede_row(&answers, &floor_answers, refreshes, PROVIDER_DELAY);
     bench.provider.set_expires_in(3600);
 
     // Scale: start-up with every seeded connection stored, and memory per cached token.
