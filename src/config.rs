@@ -28,7 +28,7 @@ pub enum ConfigError {
     Invalid { field: String, problem: String },
 }
 
-fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
         problem: problem.into(),
@@ -60,10 +60,15 @@ pub struct Settings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
     pub encryption: EncryptionSettings,
+    pub keys: KeysSettings,
     pub vault: VaultSettings,
     pub refresh: RefreshSettings,
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
+    #[serde(default)]
+    pub tls: TlsSettings,
+    pub auth: AuthSettings,
+    pub audit: AuditSettings,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
 }
@@ -102,6 +107,18 @@ pub struct EncryptionSettings {
     pub active_key: Option<String>,
     /// Development mode only: where a generated keyring is kept between runs.
     pub development_keyring_file: PathBuf,
+}
+
+/// Keys over time: reloading the keyring file, and `keys rewrap` (see docs/keys.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSettings {
+    /// How often `encryption.keyring_file` is checked for a changed keyring; `0s` checks only on
+    /// SIGHUP.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// Rows re-sealed per transaction by `keys rewrap`: row locks last one batch.
+    pub rewrap_batch_size: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -168,6 +185,99 @@ pub struct TelemetrySettings {
     /// How often the connection counts (by status) are read from the database.
     #[serde(with = "humantime_serde")]
     pub connection_count_interval: Duration,
+}
+
+/// TLS on the gRPC listener. Files, so that Kubernetes secret mounts (and cert-manager's
+/// rotation of them) work; they are read once at start.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The server's certificate chain (PEM). Unset serves plaintext gRPC.
+    pub cert_file: Option<PathBuf>,
+    /// The server's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// CA bundle (PEM) that client certificates must chain to: turns on mutual TLS. Callers
+    /// identified by certificate (`auth.callers[].mtls_*`) need it.
+    pub client_ca_file: Option<PathBuf>,
+    /// With TLS on, also serve grpc.health.v1 alone, in plaintext, here (e.g. `0.0.0.0:8081`):
+    /// kubelet gRPC probes speak no TLS. Nothing else is served on it.
+    pub plaintext_health_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// Every call outside health and reflection needs a configured caller (default).
+    Enforce,
+    /// No authentication: every call is let through as caller `insecure-dev`. Logged loudly.
+    InsecureDev,
+}
+
+/// Who may call the vault and what each caller may do; see docs/security.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    /// A TOML file with the callers (`[[callers]]`, same fields as `auth.callers`), e.g. a
+    /// ConfigMap mount. Exclusive with inline `callers`.
+    pub policy_file: Option<PathBuf>,
+    /// The callers, inline.
+    #[serde(default)]
+    pub callers: Vec<CallerSettings>,
+    /// Accept bearer tokens on a listener without TLS (only behind something that terminates
+    /// TLS next to the vault, such as a sidecar); otherwise bearer callers require `tls`.
+    pub allow_bearer_without_tls: bool,
+    /// Concurrent calls a caller may have in flight unless its entry says otherwise.
+    pub default_max_concurrent_calls: u32,
+}
+
+/// One caller: how it is recognised and what it may do. Nothing is allowed that isn't listed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerSettings {
+    /// The caller's name in the audit trail and logs: 1 to 64 of A-Z a-z 0-9 `.` `_` `-`.
+    pub name: String,
+    /// Client-certificate URI SANs that identify it, e.g. a SPIFFE ID.
+    #[serde(default)]
+    pub mtls_uris: Vec<String>,
+    /// Client-certificate DNS SANs that identify it.
+    #[serde(default)]
+    pub mtls_dns_names: Vec<String>,
+    /// SHA-256 of each bearer token it may present (64 hex digits, as sha256sum prints), never the token itself.
+    /// Several during a rotation.
+    #[serde(default)]
+    pub bearer_token_sha256: Vec<String>,
+    /// RPC names (`GetAccessToken`, …) or `*`.
+    pub rpcs: Vec<String>,
+    /// Provider names or `*`.
+    pub providers: Vec<String>,
+    /// Tenant ids: exact, a prefix pattern ending in `*` (`team-a-*`), or `*`.
+    pub tenants: Vec<String>,
+    pub max_concurrent_calls: Option<u32>,
+    /// A sustained rate with `burst` on top; unset means no rate limit (the concurrency limit
+    /// still applies).
+    pub requests_per_second: Option<u32>,
+    pub burst: Option<u32>,
+}
+
+/// The audit trail: table `audit_events` and log target `token_vault::audit`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// How long rows are kept; the sweeper deletes older ones. At least a day.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often aggregated counts (GetAccessToken, GetConnection, denials) are written.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Events waiting for the writer; past this, events are dropped and counted, never waited on.
+    pub queue_capacity: usize,
+    /// Distinct aggregation keys kept per window; past this, calls are counted under one
+    /// overflow row.
+    pub max_aggregate_keys: usize,
+    /// How often the retention sweeper runs.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
 }
 
 /// A provider as written in configuration, before presets and validation.
@@ -245,6 +355,9 @@ impl Settings {
         if self.vault.state_ttl.is_zero() {
             return Err(invalid("vault.state_ttl", "must be positive"));
         }
+        if !(1..=10_000).contains(&self.keys.rewrap_batch_size) {
+            return Err(invalid("keys.rewrap_batch_size", "must be between 1 and 10000"));
+        }
         if self.refresh.max_attempts == 0 {
             return Err(invalid("refresh.max_attempts", "must be at least 1"));
         }
@@ -259,6 +372,7 @@ impl Settings {
                 ));
             }
         }
+        self.validate_security()?;
         for (name, provider) in &self.providers {
             let provider = provider.resolve(name)?;
             // Timeouts are ordered: the whole retry budget of one refresh (every attempt at its
@@ -277,6 +391,60 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(invalid("tls.key_file", "and tls.cert_file must be set together"));
+        }
+        if self.tls.plaintext_health_listen.is_some() && self.tls.cert_file.is_none() {
+            return Err(invalid(
+                "tls.plaintext_health_listen",
+                "is for TLS listeners only (without TLS, health is on server.listen)",
+            ));
+        }
+        if self.tls.client_ca_file.is_some() && self.tls.cert_file.is_none() {
+            return Err(invalid("tls.client_ca_file", "needs tls.cert_file and tls.key_file"));
+        }
+        if self.audit.retention < Duration::from_secs(24 * 3600) {
+            return Err(invalid("audit.retention", "must be at least 1 day"));
+        }
+        if self.audit.flush_interval.is_zero() || self.audit.sweep_interval.is_zero() {
+            return Err(invalid(
+                "audit.flush_interval",
+                "and audit.sweep_interval must be positive",
+            ));
+        }
+        if self.audit.queue_capacity == 0 || self.audit.max_aggregate_keys == 0 {
+            return Err(invalid(
+                "audit.queue_capacity",
+                "and audit.max_aggregate_keys must be at least 1",
+            ));
+        }
+        // Builds (and so checks) the whole policy; start-up builds it again from these settings.
+        crate::auth::Authenticator::from_settings(self)?;
+        Ok(())
+    }
+
+    /// The callers, inline or from `auth.policy_file`.
+    pub fn auth_callers(&self) -> Result<Vec<CallerSettings>, ConfigError> {
+        let Some(path) = &self.auth.policy_file else {
+            return Ok(self.auth.callers.clone());
+        };
+        if !self.auth.callers.is_empty() {
+            return Err(invalid("auth.policy_file", "and inline auth.callers are exclusive"));
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct PolicyFile {
+            callers: Vec<CallerSettings>,
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid("auth.policy_file", format!("cannot read {}: {e}", path.display())))?;
+        let file: PolicyFile = Figment::from(Toml::string(&text))
+            .extract()
+            .map_err(|e| invalid("auth.policy_file", format!("{}: {e}", path.display())))?;
+        Ok(file.callers)
     }
 
     /// The longest one refresh can keep calling a provider, plus a safety margin for clock

@@ -1,7 +1,17 @@
-//! Where the keyring comes from: a file or the environment in production; in development, a
-//! keyring generated once and kept on disk, announced loudly.
+//! Keys over time. Where the keyring comes from (a file or the environment in production; in
+//! development, a keyring generated once and kept on disk, announced loudly), how a keyring
+//! file is reloaded while the vault runs (`reload`), which key protects how many stored values
+//! (`status`), and re-sealing every stored value under the active key (`rewrap`).
+
+mod reload;
+mod rewrap;
+mod status;
 
 use std::path::Path;
+
+pub use reload::{watch_keyring, KeyringReloader, Reload, ReloadError};
+pub use rewrap::{rewrap, RewrapFailure, RewrapOptions, RewrapReport};
+pub use status::{key_usage, KeyUsage, Protector};
 
 use secrecy::ExposeSecret;
 

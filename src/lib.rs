@@ -3,14 +3,19 @@
 //! across all replicas.
 //!
 //! A request flows top to bottom: `api` (gRPC adapters) -> `vault` (the flows) -> `oauth`
-//! (the provider), `store` (Postgres) and `crypto` (sealing at rest). `startup` wires them;
+//! (the provider), `store` (Postgres) and `crypto` (sealing at rest). `auth` stands in front of
+//! `api` (who is calling, may it); `audit` records what callers did. `startup` wires them;
 //! `config` and `telemetry` serve all.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod crypto;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod metrics;
 pub mod oauth;

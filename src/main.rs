@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use token_vault::{config::Settings, startup, store, telemetry};
+use token_vault::{config::Settings, keys, startup, store, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +44,17 @@ enum KeysCommand {
         #[arg(long)]
         id: String,
     },
+    /// Re-seal every stored value under the active key, in short batches, while the vault
+    /// serves. Run it once every replica uses the new keyring; exits 1 if a value could not be
+    /// re-sealed.
+    Rewrap {
+        /// Rows per transaction (default: keys.rewrap_batch_size).
+        #[arg(long)]
+        batch_size: Option<u32>,
+    },
+    /// Show how many stored values each key id still protects (read from the framing, nothing
+    /// is decrypted). A key can be removed from the keyring once it protects none.
+    Status,
 }
 
 fn main() -> ExitCode {
@@ -72,6 +83,49 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", line.as_str());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keys(KeysCommand::Rewrap { batch_size }) => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let _telemetry = telemetry::init(&settings.log, &settings.telemetry)?;
+            let keyring = keys::load_keyring(&settings.encryption, settings.mode)?;
+            let store = admin_store(&settings)?;
+            let options = keys::RewrapOptions {
+                batch_size: batch_size.unwrap_or(settings.keys.rewrap_batch_size),
+            };
+            let report = keys::rewrap(&store, &keyring, &options).await?;
+            println!(
+                "re-sealed {} values under key {} ({} changed meanwhile and were left to the newer write; {} failed)",
+                report.total_rewritten(),
+                keyring.active().0,
+                report.changed_meanwhile,
+                report.failures.len()
+            );
+            for f in &report.failures {
+                println!(
+                    "  FAILED {} tenant {:?} provider {:?}: {}",
+                    f.column.name(),
+                    f.tenant_id,
+                    f.provider,
+                    f.error
+                );
+            }
+            print!("{}", keys::key_usage(&store).await?.render(Some(&keyring)));
+            Ok(if report.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Keys(KeysCommand::Status) => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let _telemetry = telemetry::init(&settings.log, &settings.telemetry)?;
+            // The counts need no key; the keyring only marks which ids are present.
+            let keyring = keys::load_keyring(&settings.encryption, settings.mode)
+                .map_err(|e| tracing::warn!(error = %e, "the keyring could not be loaded; showing counts only"))
+                .ok();
+            let usage = keys::key_usage(&admin_store(&settings)?).await?;
+            print!("{}", usage.render(keyring.as_ref()));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Healthcheck { addr } => Ok(if startup::probe_health(&addr).await? {
             ExitCode::SUCCESS
         } else {
@@ -83,13 +137,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if settings.database.create_if_missing {
                 store::Store::create_database_if_missing(&settings.database.url).await?;
             }
-            let store = store::Store::connect_lazy(
-                &settings.database.url,
-                &store::PoolOptions {
-                    max_connections: 1,
-                    acquire_timeout: settings.database.acquire_timeout,
-                },
-            )?;
+            let store = admin_store(&settings)?;
             store.migrate().await?;
             tracing::info!("migrations applied");
             Ok(ExitCode::SUCCESS)
@@ -103,4 +151,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A one-connection pool for the administrative commands.
+fn admin_store(settings: &Settings) -> anyhow::Result<store::Store> {
+    Ok(store::Store::connect_lazy(
+        &settings.database.url,
+        &store::PoolOptions {
+            max_connections: 1,
+            acquire_timeout: settings.database.acquire_timeout,
+        },
+    )?)
 }

@@ -17,8 +17,11 @@ use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
     api::TokenVaultService,
-    config::Settings,
-    keys::load_keyring,
+    audit::Audit,
+    auth::{AuthLayer, Authenticator},
+    config::{AuthMode, Mode, Settings},
+    crypto::SharedKeyring,
+    keys::{load_keyring, watch_keyring, KeyringReloader},
     oauth::ProviderClient,
     proto::{self, token_vault_server::TokenVaultServer},
     store::{PoolOptions, Store},
@@ -33,18 +36,28 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// expiry (so that a late callback still gets INVALID_STATE from a row, not a guess).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 const KEEP_EXPIRED_STATES: Duration = Duration::from_secs(24 * 3600);
+/// How long shutdown waits for the audit writer's last write.
+const AUDIT_FINAL_WRITE: Duration = Duration::from_secs(5);
 
 pub struct Application {
     listener: TcpListener,
     vault: Vault,
     settings: Settings,
+    /// Who may call, built from `auth` (and checked) before anything is served.
+    auth: Arc<Authenticator>,
+    /// Health alone, in plaintext, for kubelet probes when the main listener is TLS.
+    health_listener: Option<TcpListener>,
+    /// The listener's TLS, from `tls`; None serves plaintext.
+    tls: Option<tonic::transport::ServerTlsConfig>,
     /// Fired once serving has stopped; ends refresh-store retries and background tasks.
     stop_background: CancellationToken,
+    /// Swaps in a changed keyring file (None when the keyring is not from a file).
+    keyring_reloader: Option<KeyringReloader>,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let keyring = load_keyring(&settings.encryption, settings.mode)?;
+        let keyring = SharedKeyring::new(load_keyring(&settings.encryption, settings.mode)?);
         let providers = settings
             .resolved_providers()?
             .into_iter()
@@ -54,6 +67,8 @@ impl Application {
                 Ok((name, client))
             })
             .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+        let auth = Arc::new(Authenticator::from_settings(&settings)?);
+        let tls = crate::auth::tls::server_config(&settings.tls, auth.uses_bearer_tokens())?;
 
         if settings.database.create_if_missing {
             Store::create_database_if_missing(&settings.database.url)
@@ -75,18 +90,36 @@ impl Application {
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| format!("binding {}", settings.server.listen))?;
+        let health_listener = match settings.tls.plaintext_health_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding {addr} (tls.plaintext_health_listen)"))?,
+            ),
+            None => None,
+        };
         let stop_background = CancellationToken::new();
+        let keyring_reloader = KeyringReloader::new(&settings.encryption, keyring.clone(), store.clone());
         let vault = Vault::new(&settings, store, keyring, providers, stop_background.clone());
         Ok(Self {
             listener,
             vault,
             settings,
+            auth,
+            health_listener,
+            tls,
             stop_background,
+            keyring_reloader,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Where health is served in plaintext beside a TLS listener, if configured.
+    pub fn plaintext_health_addr(&self) -> Option<SocketAddr> {
+        self.health_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn vault(&self) -> &Vault {
@@ -95,8 +128,14 @@ impl Application {
 
     /// Serves until `stop` completes, then lets in-flight calls finish (up to the configured
     /// grace period) before ending background work.
-    pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until(mut self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let (reporter, health_service) = tonic_health::server::health_reporter();
+        // The reporter starts out SERVING; nothing is served before the first database check
+        // says so (report_health below).
+        reporter.set_service_status("", ServingStatus::NotServing).await;
+        reporter
+            .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+            .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -107,8 +146,22 @@ impl Application {
             .build_v1alpha()?;
 
         let background = self.stop_background.clone();
+        let (audit, audit_writer) = Audit::start(self.vault.store().clone(), &self.settings.audit, background.clone());
+        tokio::spawn(sweep_audit_events(
+            self.vault.store().clone(),
+            self.settings.audit.retention,
+            self.settings.audit.sweep_interval,
+            background.clone(),
+        ));
         tokio::spawn(report_health(self.vault.clone(), reporter.clone(), background.clone()));
         tokio::spawn(sweep_expired_states(self.vault.clone(), background.clone()));
+        if let Some(reloader) = self.keyring_reloader.take() {
+            tokio::spawn(watch_keyring(
+                reloader,
+                self.settings.keys.reload_interval,
+                background.clone(),
+            ));
+        }
         let connection_counts = Arc::new(Mutex::new(Vec::new()));
         let _observers = crate::metrics::observe(self.vault.clone(), connection_counts.clone());
         tokio::spawn(count_connections(
@@ -118,8 +171,22 @@ impl Application {
             background.clone(),
         ));
 
+        if let Some(listener) = self.health_listener.take() {
+            let health = health_service.clone();
+            let stop = background.clone();
+            tokio::spawn(async move {
+                let served = tonic::transport::Server::builder()
+                    .add_service(health)
+                    .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the plaintext health listener failed");
+                }
+            });
+        }
         let addr = self.local_addr();
-        tracing::info!(%addr, mode = ?self.settings.mode, "token-vault serving gRPC");
+        tracing::info!(%addr, mode = ?self.settings.mode, tls = self.tls.is_some(), "token-vault serving gRPC");
+        log_security_posture(&self.settings, &self.auth, self.tls.is_some());
         let grace = self.settings.server.shutdown_grace;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -127,12 +194,23 @@ impl Application {
             tracing::info!("shutting down: no new calls; finishing those in flight");
             let _ = stopping_tx.send(());
         };
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls.clone() {
+            builder = builder.tls_config(tls).context("configuring TLS (tls.*)")?;
+        }
+        let server = builder
             .trace_fn(crate::telemetry::rpc_span)
+            // Every call but health and reflection: who is calling, may it, is it over its limits.
+            .layer(AuthLayer::new(self.auth.clone(), audit.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(TokenVaultServer::new(TokenVaultService::new(self.vault.clone())))
+            // Every legitimate request is a few KiB at most (callback_url <= 16 KiB); refuse
+            // anything bigger before decoding it (tonic's default is 4 MiB).
+            .add_service(
+                TokenVaultServer::new(TokenVaultService::new(self.vault.clone(), audit))
+                    .max_decoding_message_size(64 * 1024),
+            )
             // serve_with_incoming ignores the builder's TCP settings: without TCP_NODELAY every
             // small answer waits on Nagle's algorithm and the peer's delayed ACK (~40 ms).
             .serve_with_incoming_shutdown(TcpIncoming::from(self.listener).with_nodelay(Some(true)), signal);
@@ -147,6 +225,10 @@ impl Application {
         };
         reporter.set_service_status("", ServingStatus::NotServing).await;
         background.cancel();
+        // The writer's last window and queue; a stuck database must not hold the exit forever.
+        if tokio::time::timeout(AUDIT_FINAL_WRITE, audit_writer).await.is_err() {
+            tracing::warn!("the audit writer did not finish its last write in time");
+        }
         result
     }
 }
@@ -213,6 +295,45 @@ async fn sweep_expired_states(vault: Vault, stop: CancellationToken) {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "deleted expired pending authorizations"),
             Err(e) => tracing::warn!(error = %e, "could not delete expired pending authorizations"),
+        }
+    }
+}
+
+/// Says at start who may call, and shouts when nobody is checked.
+fn log_security_posture(settings: &Settings, auth: &Authenticator, tls: bool) {
+    if settings.auth.mode == AuthMode::InsecureDev {
+        let message = "AUTHENTICATION IS OFF (auth.mode = \"insecure-dev\"): any process that reaches this port \
+                       may read every tenant's tokens. Local development only.";
+        if settings.mode == Mode::Production {
+            tracing::error!("{message}");
+        } else {
+            tracing::warn!("{message}");
+        }
+        return;
+    }
+    tracing::info!(
+        callers = auth.caller_count(),
+        mutual_tls = auth.uses_certificates(),
+        bearer_tokens = auth.uses_bearer_tokens(),
+        tls,
+        "callers are authenticated; default deny"
+    );
+    if !tls {
+        tracing::warn!("the gRPC listener is plaintext (tls.cert_file unset): tokens cross the network in clear");
+    }
+}
+
+/// Deletes audit rows past `audit.retention`; the only delete the table accepts.
+async fn sweep_audit_events(store: Store, retention: Duration, every: Duration, stop: CancellationToken) {
+    loop {
+        match store.audit().delete_older_than(retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, ?retention, "deleted audit events past retention"),
+            Err(e) => tracing::warn!(error = %e, "could not delete audit events past retention"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
         }
     }
 }

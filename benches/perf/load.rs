@@ -19,6 +19,8 @@ pub struct LoadShape {
     pub in_flight: usize,
     pub warm_up: Duration,
     pub measure: Duration,
+    /// A bearer token to send as the caller's credentials, if the server wants one.
+    pub bearer: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -82,10 +84,14 @@ pub async fn run(
             let mut result = LoadResult::default();
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let request = proto::GetAccessTokenRequest {
+                let mut request = tonic::Request::new(proto::GetAccessTokenRequest {
                     tenant_id: tenant(w, i),
                     ..Default::default()
-                };
+                });
+                if let Some(token) = shape.bearer {
+                    let value = format!("Bearer {token}").parse().expect("a valid header value");
+                    request.metadata_mut().insert("authorization", value);
+                }
                 i += 1;
                 let started = Instant::now();
                 let answer = client.get_access_token(request).await;

@@ -31,6 +31,9 @@ use token_vault::{crypto::Keyring, proto};
 
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const PROVIDER_DELAY: Duration = Duration::from_millis(50);
+/// The bench caller's bearer token, and its SHA-256 as configured in the vault.
+const BENCH_BEARER: &str = "bench-caller-token";
+const BENCH_BEARER_SHA256: &str = "e3a54ff4c349a7ee0702276f308900a98ada913960fcb621cbec7e9599bb5686";
 
 /// How big and how long: the full run, or the harness check CI runs.
 #[derive(Clone, Copy)]
@@ -51,6 +54,7 @@ impl Plan {
             in_flight: 64,
             warm_up: Duration::from_secs(if short { 1 } else { 3 }),
             measure: Duration::from_secs(if short { 1 } else { 10 }),
+            bearer: None,
         };
         Self {
             short,
@@ -151,10 +155,30 @@ struct Bench {
 }
 
 impl Bench {
-    /// Starts the vault binary; returns it once SERVING, with the time that took.
-    async fn vault(&self) -> (Proc, Duration) {
+    /// Starts the vault binary; returns it once SERVING, with the time that took. With
+    /// `authenticated`, callers must present the bench's bearer token (and are audited);
+    /// otherwise authentication is off (`insecure-dev`), as for the floors.
+    async fn vault(&self, authenticated: bool) -> (Proc, Duration) {
         let addr = free_addr();
-        let config = self.dir.join("vault.toml");
+        let config = self
+            .dir
+            .join(format!("vault-{}.toml", if authenticated { "auth" } else { "open" }));
+        let auth = if authenticated {
+            format!(
+                r#"mode = "enforce"
+allow_bearer_without_tls = true
+[[auth.callers]]
+name = "bench"
+bearer_token_sha256 = ["{}"]
+rpcs = ["*"]
+providers = ["*"]
+tenants = ["*"]
+max_concurrent_calls = 100000"#,
+                BENCH_BEARER_SHA256
+            )
+        } else {
+            r#"mode = "insecure-dev""#.to_string()
+        };
         std::fs::write(
             &config,
             format!(
@@ -170,6 +194,8 @@ cache_max_entries = {cache}
 [log]
 format = "text"
 level = "warn"
+[auth]
+{auth}
 [providers.understory]
 preset = "understory"
 authorization_endpoint = "{p}/oauth2/auth"
@@ -249,14 +275,19 @@ redirect_uris = ["https://bench.example/callback"]
     async fn compare(
         &self,
         vault: &Proc,
+        vault_bearer: Option<&'static str>,
         floor: &Proc,
         tenant: Arc<dyn Fn(usize, u64) -> String + Send + Sync>,
     ) -> (LoadResult, LoadResult) {
         let mut best_vault: Option<LoadResult> = None;
         let mut best_floor: Option<LoadResult> = None;
+        let vault_shape = LoadShape {
+            bearer: vault_bearer,
+            ..self.plan.shape
+        };
         for _ in 0..self.plan.rounds {
             let f = load::run(floor.addr, self.plan.shape, tenant.clone()).await;
-            let v = load::run(vault.addr, self.plan.shape, tenant.clone()).await;
+            let v = load::run(vault.addr, vault_shape, tenant.clone()).await;
             for (best, r) in [(&mut best_floor, f), (&mut best_vault, v)] {
                 assert_eq!(r.errors, 0, "every call must succeed: {:?}", r.first_error);
                 if best.as_ref().is_none_or(|b| r.rps() > b.rps()) {
@@ -320,7 +351,7 @@ async fn all(plan: Plan) {
     let mut report = Report::new(plan.short);
 
     // Start-up on an empty database: the baseline for the scale scenario.
-    let (vault, startup_empty) = bench.vault().await;
+    let (vault, startup_empty) = bench.vault(false).await;
 
     // Hot path: 100 connected tenants, all cached after the warm-up.
     let hot: Vec<String> = (0..100).map(|i| format!("hot-{i:03}")).collect();
@@ -331,7 +362,7 @@ async fn all(plan: Plan) {
         Arc::new(move |w: usize, i: u64| hot[(w + i as usize * 7) % hot.len()].clone())
     };
     let grpc_floor = bench.floor(false).await;
-    let (v, f) = bench.compare(&vault, &grpc_floor, pick_hot.clone()).await;
+    let (v, f) = bench.compare(&vault, None, &grpc_floor, pick_hot.clone()).await;
     report.ratio_row(
         "hot path: token valid and cached",
         &v,
@@ -340,6 +371,37 @@ async fn all(plan: Plan) {
         0.90,
         Some(1.2),
     );
+
+    // The same hot path with caller authentication (bearer token) and the audit trail on, in a
+    // second vault process over the same database.
+    let (secured, _) = bench.vault(true).await;
+    let secured_clients = load::channels(secured.addr, 1).await;
+    for tenant in hot.iter() {
+        let mut request = tonic::Request::new(proto::GetAccessTokenRequest {
+            tenant_id: tenant.clone(),
+            ..Default::default()
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {BENCH_BEARER}").parse().unwrap());
+        secured_clients[0]
+            .clone()
+            .get_access_token(request)
+            .await
+            .expect("an authenticated call");
+    }
+    let (v, f) = bench
+        .compare(&secured, Some(BENCH_BEARER), &grpc_floor, pick_hot.clone())
+        .await;
+    report.ratio_row(
+        "hot path with authentication (bearer) and audit on",
+        &v,
+        &f,
+        "gRPC floor",
+        0.85,
+        None,
+    );
+    drop(secured);
     report.h2load(&vault, &grpc_floor, &hot[0], plan).await;
 
     // Cold cache: tenants seeded straight into Postgres, picked uniformly at random.
@@ -349,7 +411,7 @@ async fn all(plan: Plan) {
     let cold = plan.cold_tenants;
     let pick_cold = Arc::new(move |_: usize, _: u64| seed::tenant(rand::random_range(0..cold)));
     let db_floor = bench.floor(true).await;
-    let (v, f) = bench.compare(&vault, &db_floor, pick_cold).await;
+    let (v, f) = bench.compare(&vault, None, &db_floor, pick_cold).await;
     report.ratio_row(
         &format!("cold cache: valid in Postgres only ({cold} tenants, uniform)"),
         &v,
@@ -401,7 +463,7 @@ async fn all(plan: Plan) {
 
     // Scale: start-up with every seeded connection stored, and memory per cached token.
     drop(vault);
-    let (vault, startup_full) = bench.vault().await;
+    let (vault, startup_full) = bench.vault(false).await;
     let rss_start = vault.rss_bytes();
     let warm = |count: u64| {
         let vault_addr = vault.addr;
@@ -411,6 +473,7 @@ async fn all(plan: Plan) {
                 in_flight: 64,
                 warm_up: Duration::ZERO,
                 measure: Duration::from_millis(1),
+                bearer: None,
             };
             // Each distinct tenant once, 64 at a time.
             let next = Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -26,6 +26,9 @@ pub fn code(e: &VaultError) -> Code {
             Code::Internal
         }
         VaultError::DeadlineExceeded => Code::DeadlineExceeded,
+        VaultError::CallerUnknown => Code::Unauthenticated,
+        VaultError::CallerNotAllowed { .. } => Code::PermissionDenied,
+        VaultError::CallerRateLimited { .. } => Code::ResourceExhausted,
     }
 }
 
@@ -57,6 +60,16 @@ pub fn to_status(e: VaultError) -> Status {
             message = "the provider rejected the vault's client credentials; an operator must check the provider \
                        configuration"
                 .into();
+        }
+        VaultError::CallerNotAllowed { caller } => {
+            metadata.insert("caller".to_owned(), caller.clone());
+        }
+        VaultError::CallerRateLimited { caller, retry_after } => {
+            metadata.insert("caller".to_owned(), caller.clone());
+            if let Some(after) = retry_after {
+                metadata.insert("retry_after_ms".to_owned(), after.as_millis().to_string());
+                details.set_retry_info(Some(*after));
+            }
         }
         VaultError::Internal(internal) => {
             let error_id = uuid::Uuid::new_v4().to_string();

@@ -2,7 +2,10 @@
 
 use std::{collections::BTreeMap, fmt, path::Path};
 
-use aes_gcm::{aead::KeyInit, Aes256Gcm};
+use aes_gcm::{
+    aead::{Aead, KeyInit},
+    Aes256Gcm, Nonce,
+};
 use base64::{engine::general_purpose::STANDARD, Engine};
 use zeroize::Zeroizing;
 
@@ -21,8 +24,15 @@ impl KeyId {
             && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if valid {
             Ok(Self(id.to_owned()))
+        } else if id.chars().count() > Self::MAX_LEN {
+            // Too long to be an id: most likely key material on the wrong side of the colon,
+            // which must not reach a log line.
+            Err(KeyringError::InvalidKeyId(format!(
+                "<{} characters, not shown>",
+                id.chars().count()
+            )))
         } else {
-            Err(KeyringError::InvalidKeyId(id.chars().take(40).collect()))
+            Err(KeyringError::InvalidKeyId(id.to_owned()))
         }
     }
 
@@ -65,6 +75,18 @@ impl Key {
         getrandom::fill(bytes.as_mut()).expect("the operating system's random source failed");
         let key = Self::from_bytes(bytes.as_ref()).expect("32 bytes is a valid AES-256 key");
         (key, bytes)
+    }
+}
+
+impl Key {
+    /// Whether two keys are the same bytes, found by sealing one fixed block with each. The
+    /// result never leaves memory, so the fixed nonce reveals nothing.
+    fn same_as(&self, other: &Key) -> bool {
+        let probe = |key: &Key| key.cipher.encrypt(Nonce::from_slice(&[0u8; 12]), &[0u8; 16][..]).ok();
+        match (probe(self), probe(other)) {
+            (Some(a), Some(b)) => subtle::ConstantTimeEq::ct_eq(a.as_slice(), b.as_slice()).into(),
+            _ => false,
+        }
     }
 }
 
@@ -183,6 +205,16 @@ impl Keyring {
 
     pub fn key_ids(&self) -> impl Iterator<Item = &KeyId> {
         self.keys.keys()
+    }
+
+    /// Ids in both keyrings whose key bytes differ. An id must never change its key: every
+    /// value sealed under the old bytes would fail to open.
+    pub fn changed_keys(&self, other: &Keyring) -> Vec<KeyId> {
+        self.keys
+            .iter()
+            .filter(|(id, key)| other.keys.get(*id).is_some_and(|o| !key.same_as(o)))
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 }
 

@@ -4,6 +4,9 @@
 
 mod keyring;
 mod sealed;
+mod shared;
 
 pub use keyring::{Key, KeyId, Keyring, KeyringError};
-pub use sealed::{Aad, Purpose, SealError};
+pub(crate) use sealed::SealedParts;
+pub use sealed::{sealed_header, sealed_key_id, Aad, Purpose, SealError};
+pub use shared::SharedKeyring;

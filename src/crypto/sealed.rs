@@ -13,6 +13,7 @@ use aes_gcm::{
     aead::{Aead, Payload},
     Nonce,
 };
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
@@ -62,6 +63,18 @@ impl<'a> Aad<'a> {
         }
     }
 
+    /// A pending authorization's PKCE verifier, bound to the hash of its state. Defined here,
+    /// next to `for_generation`, because both the authorization flow and `keys rewrap` must
+    /// build exactly the same bytes.
+    pub fn for_pending_verifier(tenant_id: &'a str, provider: &'a str, state_hash: &[u8]) -> Self {
+        Self {
+            purpose: Purpose::PkceVerifier,
+            tenant_id,
+            provider,
+            discriminator: format!("state:{}", URL_SAFE_NO_PAD.encode(state_hash)),
+        }
+    }
+
     /// Length-prefixed fields, so that no two different tuples encode to the same bytes.
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.tenant_id.len());
@@ -79,7 +92,7 @@ impl<'a> Aad<'a> {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SealError {
     #[error("sealed value is malformed: {0}")]
     Malformed(&'static str),
@@ -151,8 +164,49 @@ impl Keyring {
     }
 }
 
+/// The framing header that starts every value sealed under `id`: version, id length, id.
+/// `keys rewrap` compares stored values' first bytes with it to skip values already under the
+/// active key without reading them out of the database.
+pub fn sealed_header(id: &KeyId) -> Vec<u8> {
+    let id = id.as_str().as_bytes();
+    let mut out = Vec::with_capacity(2 + id.len());
+    out.push(FORMAT_V1);
+    // A KeyId is at most 32 bytes (checked when parsed), so its length fits the byte.
+    out.push(id.len() as u8);
+    out.extend_from_slice(id);
+    out
+}
+
+/// The id of the key a value was sealed under, read from the framing without decrypting (and
+/// without needing the key). Only the header is checked: `bytes` may be just the header (as
+/// `keys status` reads it from the database) or a whole sealed value.
+pub fn sealed_key_id(bytes: &[u8]) -> Result<&str, SealError> {
+    split_header(bytes).map(|(id, _)| id)
+}
+
+/// Splits `[version][id length][id]` off the front; every length is checked before slicing.
+fn split_header(sealed: &[u8]) -> Result<(&str, &[u8]), SealError> {
+    let (&version, rest) = sealed.split_first().ok_or(SealError::Malformed("empty"))?;
+    if version != FORMAT_V1 {
+        return Err(SealError::Malformed("unknown format version"));
+    }
+    let (&id_len, rest) = rest
+        .split_first()
+        .ok_or(SealError::Malformed("truncated before key id"))?;
+    let id_len = usize::from(id_len);
+    if id_len == 0 || id_len > KeyId::MAX_LEN {
+        return Err(SealError::Malformed("key id length out of range"));
+    }
+    if rest.len() < id_len {
+        return Err(SealError::Malformed("truncated"));
+    }
+    let (id, rest) = rest.split_at(id_len);
+    let key_id = std::str::from_utf8(id).map_err(|_| SealError::Malformed("key id is not UTF-8"))?;
+    Ok((key_id, rest))
+}
+
 /// The framing of a sealed value, split without copying. Public within the crate so that key
-/// status reporting can read key ids without decrypting.
+/// status reporting and the fuzz targets can read key ids without decrypting.
 pub(crate) struct SealedParts<'a> {
     pub key_id: &'a str,
     nonce: &'a [u8],
@@ -161,28 +215,21 @@ pub(crate) struct SealedParts<'a> {
 
 impl<'a> SealedParts<'a> {
     pub fn parse(sealed: &'a [u8]) -> Result<Self, SealError> {
-        let (&version, rest) = sealed.split_first().ok_or(SealError::Malformed("empty"))?;
-        if version != FORMAT_V1 {
-            return Err(SealError::Malformed("unknown format version"));
-        }
-        let (&id_len, rest) = rest
-            .split_first()
-            .ok_or(SealError::Malformed("truncated before key id"))?;
-        let id_len = usize::from(id_len);
-        if id_len == 0 || id_len > KeyId::MAX_LEN {
-            return Err(SealError::Malformed("key id length out of range"));
-        }
-        if rest.len() < id_len + NONCE_LEN + TAG_LEN {
+        let (key_id, rest) = split_header(sealed)?;
+        if rest.len() < NONCE_LEN + TAG_LEN {
             return Err(SealError::Malformed("truncated"));
         }
-        let (id, rest) = rest.split_at(id_len);
-        let key_id = std::str::from_utf8(id).map_err(|_| SealError::Malformed("key id is not UTF-8"))?;
         let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
         Ok(Self {
             key_id,
             nonce,
             ciphertext,
         })
+    }
+
+    /// The encrypted part, tag included (for the fuzz targets' invariants).
+    pub fn ciphertext_len(&self) -> usize {
+        self.ciphertext.len()
     }
 }
 
@@ -333,6 +380,31 @@ mod tests {
             Err(KeyringError::UnknownActiveKey(_))
         ));
         assert!(!format!("{ring:?}").contains(text.split(':').nth(1).unwrap().trim()));
+    }
+
+    #[test]
+    fn the_key_id_is_read_from_the_header_alone() {
+        let ring = ring(&["k-7"]);
+        let sealed = ring.seal(&aad(1), b"token").unwrap();
+        let header = sealed_header(ring.active().0);
+        assert!(sealed.starts_with(&header));
+        assert_eq!(sealed_key_id(&header), Ok("k-7"));
+        assert_eq!(sealed_key_id(&sealed), Ok("k-7"));
+        assert!(sealed_key_id(&header[..3]).is_err());
+        assert!(sealed_key_id(&[]).is_err());
+        assert!(sealed_key_id(&[2, 1, b'a']).is_err());
+        assert!(sealed_key_id(&[1, 0]).is_err());
+        assert!(sealed_key_id(&[1, 33]).is_err());
+        assert!(sealed_key_id(&[1, 1, 0xff]).is_err());
+    }
+
+    /// The verifier's associated data must stay byte for byte what `BeginAuthorization` has
+    /// always written, or every pending authorization would fail to open after an upgrade.
+    #[test]
+    fn the_pending_verifier_aad_is_stable() {
+        let aad = Aad::for_pending_verifier("t", "p", &[0xfb, 0xff]);
+        assert_eq!(aad.purpose, Purpose::PkceVerifier);
+        assert_eq!(aad.discriminator, "state:-_8");
     }
 
     use crate::crypto::KeyringError;

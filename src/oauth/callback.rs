@@ -31,6 +31,14 @@ fn bad(field: &'static str, problem: &'static str) -> CallbackUrlError {
 
 /// The longest callback parameter accepted; real codes and states are far shorter.
 pub const MAX_PARAM_LEN: usize = 4096;
+/// The longest `error` accepted: RFC 6749 error codes are short ASCII words. Kept small because
+/// a denial's `error` and `error_description` are echoed back to the caller in the status
+/// message and details (response headers, which clients limit to a few KiB).
+pub const MAX_ERROR_LEN: usize = 128;
+/// The longest `error_description` accepted (see `MAX_ERROR_LEN`).
+pub const MAX_ERROR_DESCRIPTION_LEN: usize = 1024;
+/// The longest whole callback URL accepted.
+pub const MAX_CALLBACK_URL_LEN: usize = 4 * MAX_PARAM_LEN;
 
 impl CallbackParams {
     /// From the individual request fields; empty strings mean absent.
@@ -53,7 +61,7 @@ impl CallbackParams {
     /// `state` or `code` is a sign of tampering, not something to guess about.
     pub fn from_url(callback_url: &str) -> Result<Self, CallbackUrlError> {
         const FIELD: &str = "callback_url";
-        if callback_url.len() > 4 * MAX_PARAM_LEN {
+        if callback_url.len() > MAX_CALLBACK_URL_LEN {
             return Err(bad(FIELD, "is too long"));
         }
         let url = Url::parse(callback_url).map_err(|_| bad(FIELD, "is not an absolute URL"))?;
@@ -96,13 +104,13 @@ impl CallbackParams {
             }
         };
         let state = state.ok_or_else(|| bad(field("state"), "is required"))?;
-        for (name, value) in [
-            ("state", Some(state)),
-            ("code", code),
-            ("error", error),
-            ("error_description", description),
+        for (name, value, max_len) in [
+            ("state", Some(state), MAX_PARAM_LEN),
+            ("code", code, MAX_PARAM_LEN),
+            ("error", error, MAX_ERROR_LEN),
+            ("error_description", description, MAX_ERROR_DESCRIPTION_LEN),
         ] {
-            if value.is_some_and(|v| v.len() > MAX_PARAM_LEN) {
+            if value.is_some_and(|v| v.len() > max_len) {
                 return Err(bad(field(name), "is too long"));
             }
             if value.is_some_and(|v| v.chars().any(char::is_control)) {
@@ -176,6 +184,35 @@ mod tests {
         assert_eq!(
             CallbackParams::from_fields("s\n", "c", "", "").unwrap_err().field,
             "state"
+        );
+    }
+
+    #[test]
+    fn every_parameter_has_a_length_limit() {
+        let long = |n: usize| "e".repeat(n);
+        assert!(CallbackParams::from_fields("s", "", &long(MAX_ERROR_LEN), "").is_ok());
+        assert_eq!(
+            CallbackParams::from_fields("s", "", &long(MAX_ERROR_LEN + 1), "").unwrap_err(),
+            bad("error", "is too long")
+        );
+        assert!(CallbackParams::from_fields("s", "", "denied", &long(MAX_ERROR_DESCRIPTION_LEN)).is_ok());
+        assert_eq!(
+            CallbackParams::from_fields("s", "", "denied", &long(MAX_ERROR_DESCRIPTION_LEN + 1)).unwrap_err(),
+            bad("error_description", "is too long")
+        );
+        assert_eq!(
+            CallbackParams::from_fields("s", &long(MAX_PARAM_LEN + 1), "", "").unwrap_err(),
+            bad("code", "is too long")
+        );
+        let url = format!("https://x/cb?state=s&error={}", long(MAX_ERROR_LEN + 1));
+        assert_eq!(
+            CallbackParams::from_url(&url).unwrap_err(),
+            bad("callback_url.error", "is too long")
+        );
+        let url = format!("https://x/cb?state=s&code=c&pad={}", long(MAX_CALLBACK_URL_LEN));
+        assert_eq!(
+            CallbackParams::from_url(&url).unwrap_err(),
+            bad("callback_url", "is too long")
         );
     }
 

@@ -14,7 +14,12 @@ use super::{
 };
 
 /// The largest token-endpoint answer read; real ones are a few KiB at most.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// The longest lifetime believed from `expires_in`. A provider may claim anything (`1e300`);
+/// adding an absurd lifetime to a timestamp would overflow, and trusting one would keep a
+/// token past its real end. Longer claims are cut to this: the vault refreshes early, never
+/// late.
+pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A successful token response (RFC 6749 §5.1).
 pub struct TokenResponse {
@@ -219,7 +224,8 @@ struct RawTokenResponse {
 }
 
 /// Parses a 2xx answer. Lenient where real providers differ (a string `expires_in`, a missing
-/// `token_type`), strict where it matters (an access token must be there).
+/// `token_type`), strict where it matters (an access token must be there), bounded where a
+/// hostile answer could hurt (`expires_in` at most `MAX_EXPIRES_IN`).
 pub(crate) fn parse_token_response(body: &[u8]) -> Result<TokenResponse, TokenError> {
     let raw: RawTokenResponse =
         serde_json::from_slice(body).map_err(|_| TokenError::Protocol("token response is not a JSON object".into()))?;
@@ -233,7 +239,7 @@ pub(crate) fn parse_token_response(body: &[u8]) -> Result<TokenResponse, TokenEr
         Some(serde_json::Value::String(s)) => s.trim().parse::<u64>().ok(),
         Some(_) => None,
     }
-    .map(Duration::from_secs);
+    .map(|secs| Duration::from_secs(secs).min(MAX_EXPIRES_IN));
     let token_type = raw
         .token_type
         .filter(|t| !t.is_empty())
@@ -285,5 +291,21 @@ mod tests {
         let r = parse_token_response(br#"{"access_token":"a","expires_in":"60"}"#).unwrap();
         assert_eq!(r.expires_in, Some(Duration::from_secs(60)));
         assert_eq!(r.token_type, "bearer");
+    }
+
+    /// Before the cap, `sent_at + expires_in` panicked on these (time's `Add` overflows).
+    #[test]
+    fn absurd_lifetimes_are_capped() {
+        for body in [
+            &br#"{"access_token":"a","expires_in":18446744073709551615}"#[..],
+            br#"{"access_token":"a","expires_in":1e300}"#,
+            br#"{"access_token":"a","expires_in":"18446744073709551615"}"#,
+        ] {
+            let r = parse_token_response(body).unwrap();
+            assert_eq!(r.expires_in, Some(MAX_EXPIRES_IN));
+            let _ = time::OffsetDateTime::now_utc() + r.expires_in.unwrap();
+        }
+        let r = parse_token_response(br#"{"access_token":"a","expires_in":-5}"#).unwrap();
+        assert_eq!(r.expires_in, Some(Duration::ZERO));
     }
 }

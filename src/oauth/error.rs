@@ -53,7 +53,7 @@ impl TokenError {
     }
 
     /// Sorts an HTTP error answer. `body` is at most a few KiB (see the client).
-    pub(super) fn from_error_response(status: u16, body: &[u8], retry_after: Option<Duration>) -> Self {
+    pub(crate) fn from_error_response(status: u16, body: &[u8], retry_after: Option<Duration>) -> Self {
         let parsed = serde_json::from_slice::<ErrorBody>(body).ok().map(|b| OAuthError {
             http_status: status,
             error: truncate(&b.error, 64),

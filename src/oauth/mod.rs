@@ -7,8 +7,12 @@ mod error;
 mod pkce;
 mod provider;
 
-pub use callback::{CallbackOutcome, CallbackParams, CallbackUrlError, MAX_PARAM_LEN};
-pub use client::{ProviderClient, TokenResponse};
+pub use callback::{
+    CallbackOutcome, CallbackParams, CallbackUrlError, MAX_CALLBACK_URL_LEN, MAX_ERROR_DESCRIPTION_LEN, MAX_ERROR_LEN,
+    MAX_PARAM_LEN,
+};
+pub(crate) use client::parse_token_response;
+pub use client::{ProviderClient, TokenResponse, MAX_EXPIRES_IN, MAX_RESPONSE_BYTES};
 pub use error::{OAuthError, TokenError, TransientCause};
 pub use pkce::PkceVerifier;
 pub use provider::{is_valid_scope, AuthMethod, AuthorizationRequest, ProviderConfig};

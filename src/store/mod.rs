@@ -2,7 +2,9 @@
 //! write is one transaction; every concurrency rule is in SQL (guarded updates on the
 //! connection's generation, the refresh lease compared with the database's clock).
 
+mod audit;
 mod connections;
+mod keys;
 mod pending;
 
 use std::{str::FromStr, time::Duration};
@@ -13,7 +15,9 @@ use sqlx::{
     ConnectOptions, Connection, PgPool,
 };
 
+pub use audit::{AuditEvents, AuditRow};
 pub use connections::{ConnectionRow, Connections, CurrentRefreshToken, NewTokens, RefreshTokenHistoryRow};
+pub use keys::{Batch, Binding, HeaderCount, Position, SealedColumn, SealedRow, SealedValues};
 pub use pending::{NewPendingAuthorization, PendingAuthorization, PendingAuthorizations};
 
 #[derive(Debug, thiserror::Error)]
@@ -136,5 +140,14 @@ impl Store {
 
     pub fn connections(&self) -> Connections<'_> {
         Connections::new(&self.pool)
+    }
+
+    pub fn audit(&self) -> AuditEvents<'_> {
+        AuditEvents::new(&self.pool)
+    }
+
+    /// Every sealed column, seen by key (`keys status`, `keys rewrap`).
+    pub fn sealed_values(&self) -> SealedValues<'_> {
+        SealedValues::new(&self.pool)
     }
 }

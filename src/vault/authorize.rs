@@ -9,7 +9,7 @@ use super::{
     MAX_SCOPES,
 };
 use crate::{
-    crypto::{Aad, Purpose},
+    crypto::Aad,
     oauth::{is_valid_scope, CallbackOutcome, CallbackParams, PkceVerifier, ProviderConfig, TokenError},
     store::NewPendingAuthorization,
 };
@@ -21,13 +21,9 @@ fn state_hash(state: &str) -> Vec<u8> {
     Sha256::digest(state.as_bytes()).to_vec()
 }
 
+/// Defined in `crypto` because `keys rewrap` must build the same associated data.
 fn verifier_aad<'a>(tenant_id: &'a str, provider: &'a str, state_hash: &[u8]) -> Aad<'a> {
-    Aad {
-        purpose: Purpose::PkceVerifier,
-        tenant_id,
-        provider,
-        discriminator: format!("state:{}", URL_SAFE_NO_PAD.encode(state_hash)),
-    }
+    Aad::for_pending_verifier(tenant_id, provider, state_hash)
 }
 
 impl Vault {
@@ -109,6 +105,17 @@ impl Vault {
     /// can't see (a timeout), and presenting it twice would make Hydra revoke what it issued.
     /// The customer starts over instead.
     pub async fn complete_authorization(&self, callback: CallbackParams) -> Result<AuthorizationCompleted, VaultError> {
+        self.complete_authorization_for(callback, |_, _| Ok(())).await
+    }
+
+    /// `complete_authorization` for a caller whose policy `allow` checks against the tenant
+    /// and provider the state was issued for: after the state is consumed (a state presented
+    /// by a caller outside its tenant's policy stays burned) and before the code is exchanged.
+    pub async fn complete_authorization_for(
+        &self,
+        callback: CallbackParams,
+        allow: impl FnOnce(&str, &str) -> Result<(), VaultError> + Send,
+    ) -> Result<AuthorizationCompleted, VaultError> {
         let hash = state_hash(&callback.state);
         let pending = self
             .inner
@@ -122,6 +129,7 @@ impl Vault {
             VaultError::InvalidState
         })?;
         let provider = client.config();
+        allow(&pending.tenant_id, &provider.name)?;
         let code = match callback.outcome {
             CallbackOutcome::Error { error, description } => {
                 tracing::info!(tenant_id = %pending.tenant_id, provider = %provider.name, error = %error, "authorization denied on the callback");

@@ -19,7 +19,7 @@ pub use types::*;
 
 use crate::{
     config::{RefreshSettings, Settings, VaultSettings},
-    crypto::Keyring,
+    crypto::SharedKeyring,
     oauth::ProviderClient,
     store::Store,
 };
@@ -32,7 +32,7 @@ pub struct Vault {
 
 struct Inner {
     store: Store,
-    keyring: Arc<Keyring>,
+    keyring: SharedKeyring,
     providers: BTreeMap<String, ProviderClient>,
     default_provider: Option<String>,
     settings: VaultSettings,
@@ -44,11 +44,10 @@ impl Vault {
     pub fn new(
         settings: &Settings,
         store: Store,
-        keyring: Keyring,
+        keyring: SharedKeyring,
         providers: BTreeMap<String, ProviderClient>,
         shutdown: CancellationToken,
     ) -> Self {
-        let keyring = Arc::new(keyring);
         let cache = cache::TokenCache::new(settings.vault.cache_max_entries, settings.vault.cache_max_age);
         let refresher = refresh::Refresher::new(
             store.clone(),

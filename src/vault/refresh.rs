@@ -44,7 +44,7 @@ use uuid::Uuid;
 
 use super::{authorize::provider_error, cache::CacheKey, cache::TokenCache, tokens, AccessToken, VaultError};
 use crate::{
-    crypto::Keyring,
+    crypto::SharedKeyring,
     oauth::{ProviderClient, TokenError},
     store::{ConnectionRow, CurrentRefreshToken, Store, StoreError},
 };
@@ -88,7 +88,7 @@ pub(super) struct Refresher {
 
 struct RefresherInner {
     store: Store,
-    keyring: Arc<Keyring>,
+    keyring: SharedKeyring,
     cache: TokenCache,
     policy: RefreshPolicy,
     /// This process's identity as a lease holder.
@@ -118,7 +118,7 @@ enum Round {
 impl Refresher {
     pub fn new(
         store: Store,
-        keyring: Arc<Keyring>,
+        keyring: SharedKeyring,
         cache: TokenCache,
         policy: RefreshPolicy,
         shutdown: CancellationToken,

@@ -5,13 +5,13 @@ use time::OffsetDateTime;
 
 use super::{AccessToken, VaultError};
 use crate::{
-    crypto::{Aad, Keyring, Purpose},
+    crypto::{Aad, Purpose, SharedKeyring},
     oauth::{ProviderConfig, TokenResponse},
     store::{ConnectionRow, NewTokens},
 };
 
 /// Opens a row's access token.
-pub(super) fn open_access_token(keyring: &Keyring, row: &ConnectionRow) -> Result<AccessToken, VaultError> {
+pub(super) fn open_access_token(keyring: &SharedKeyring, row: &ConnectionRow) -> Result<AccessToken, VaultError> {
     let aad = Aad::for_generation(Purpose::AccessToken, &row.tenant_id, &row.provider, row.generation);
     Ok(AccessToken {
         token: keyring.open_str(&aad, &row.access_token)?,
@@ -24,7 +24,7 @@ pub(super) fn open_access_token(keyring: &Keyring, row: &ConnectionRow) -> Resul
 }
 
 pub(super) fn open_refresh_token(
-    keyring: &Keyring,
+    keyring: &SharedKeyring,
     tenant_id: &str,
     provider: &str,
     generation: i64,
@@ -38,7 +38,7 @@ pub(super) fn open_refresh_token(
 /// the computed expiry errs early, never late. `fallback_scopes` stand in when the provider
 /// does not say which scopes it granted (RFC 6749 §5.1: it then granted those requested).
 pub(super) fn seal_token_response(
-    keyring: &Keyring,
+    keyring: &SharedKeyring,
     provider: &ProviderConfig,
     tenant_id: &str,
     generation: i64,

@@ -78,6 +78,9 @@ pub struct TestOptions {
     pub extra_toml: String,
     /// Route token requests through a proxy that can reset connections.
     pub faulty_proxy: bool,
+    /// The client's TLS (and client certificate) when the vault serves TLS (`tls.*` in
+    /// `extra_toml`).
+    pub client_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Default for TestOptions {
@@ -88,6 +91,7 @@ impl Default for TestOptions {
             access_ttl: 3600,
             extra_toml: String::new(),
             faulty_proxy: false,
+            client_tls: None,
         }
     }
 }
@@ -100,6 +104,8 @@ pub struct TestApp {
     pub client_secret: String,
     pub vault: Vault,
     pub proxy: Option<FaultyProxy>,
+    /// The plaintext health listener beside a TLS one (`tls.plaintext_health_listen`).
+    pub health_addr: Option<std::net::SocketAddr>,
     /// Dropping the sender stops the server.
     _stop: tokio::sync::oneshot::Sender<()>,
     // Last: dropped after the pool and server are gone.
@@ -127,6 +133,8 @@ keyring = "{keyring}"
 [log]
 format = "text"
 level = "warn"
+[auth]
+mode = "insecure-dev"
 [refresh]
 lease_ttl = "10s"
 poll_interval = "10ms"
@@ -184,12 +192,16 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
     .expect("test settings are valid");
     let app = Application::build(settings).await.expect("the app builds");
     let addr = app.local_addr();
+    let health_addr = app.plaintext_health_addr();
     let vault = app.vault().clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until(async move {
         let _ = stop_rx.await;
     }));
-    let client = connect(addr).await;
+    let client = match &opts.client_tls {
+        Some(tls) => TokenVaultClient::new(connect_tls(addr, tls.clone()).await),
+        None => connect(addr).await,
+    };
     let pool = PgPool::connect(&db.url).await.unwrap();
     TestApp {
         addr,
@@ -199,6 +211,7 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         client_secret,
         vault,
         proxy,
+        health_addr,
         _stop: stop_tx,
         _db: db,
     }
@@ -213,6 +226,21 @@ pub async fn connect(addr: std::net::SocketAddr) -> TokenVaultClient<Channel> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("the server at {addr} never answered");
+}
+
+/// A TLS channel to the vault at `addr`, whose certificate names `localhost`.
+pub async fn connect_tls(addr: std::net::SocketAddr, tls: tonic::transport::ClientTlsConfig) -> Channel {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap();
+    for _ in 0..100 {
+        if let Ok(channel) = endpoint.connect().await {
+            return channel;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the TLS server at {addr} never answered");
 }
 
 impl TestApp {

@@ -4,10 +4,14 @@
 // In tests an unwrap is an assertion.
 #![allow(clippy::unwrap_used)]
 
+mod audit;
+mod auth;
 mod authorization;
 mod errors;
 mod faulty_proxy;
 mod helpers;
+mod hostile;
+mod keys;
 mod private_postgres;
 mod provider;
 mod refresh;

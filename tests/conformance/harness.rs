@@ -160,6 +160,8 @@ keyring = "{keyring}"
 [log]
 format = "text"
 level = "warn"
+[auth]
+mode = "insecure-dev"
 [refresh]
 lease_ttl = "10s"
 poll_interval = "10ms"

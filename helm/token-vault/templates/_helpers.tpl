@@ -108,6 +108,42 @@ render (install, upgrade, template, lint) runs them.
 {{- if and .Values.metrics.enabled (eq (int .Values.metrics.port) (int .Values.grpc.port)) -}}
 {{- fail "metrics.port must differ from grpc.port" -}}
 {{- end -}}
+{{- if .Values.tls.enabled -}}
+{{- if eq (int .Values.tls.healthPort) (int .Values.grpc.port) -}}
+{{- fail "tls.healthPort must differ from grpc.port" -}}
+{{- end -}}
+{{- if and .Values.metrics.enabled (eq (int .Values.tls.healthPort) (int .Values.metrics.port)) -}}
+{{- fail "tls.healthPort must differ from metrics.port" -}}
+{{- end -}}
+{{- end -}}
+{{- $auth := .Values.settings.auth -}}
+{{- $callerNames := list -}}
+{{- $identities := dict -}}
+{{- range $i, $c := $auth.callers -}}
+{{- if has $c.name $callerNames -}}
+{{- fail (printf "settings.auth.callers: the name %q appears twice" $c.name) -}}
+{{- end -}}
+{{- $callerNames = append $callerNames $c.name -}}
+{{- range $p := $c.providers -}}
+{{- if not (or (eq $p "*") (has $p $names)) -}}
+{{- fail (printf "settings.auth.callers[%d] (%s): provider %q names no entry of providers (use a configured name or \"*\")" $i $c.name $p) -}}
+{{- end -}}
+{{- end -}}
+{{- $hashes := list -}}
+{{- range $c.bearer_token_sha256 }}{{ $hashes = append $hashes (printf "sha256:%s" (lower .)) }}{{ end -}}
+{{- range $id := concat (default (list) $c.mtls_uris) (default (list) $c.mtls_dns_names) $hashes -}}
+{{- if hasKey $identities $id -}}
+{{- fail (printf "settings.auth.callers: identity %q names two callers (%s and %s)" $id (get $identities $id) $c.name) -}}
+{{- end -}}
+{{- $_ := set $identities $id $c.name -}}
+{{- end -}}
+{{- if and (or $c.mtls_uris $c.mtls_dns_names) (not (and $.Values.tls.enabled $.Values.tls.clientCaKey)) -}}
+{{- fail (printf "settings.auth.callers[%d] (%s) is identified by client certificate: set tls.enabled and tls.clientCaKey (mutual TLS)" $i $c.name) -}}
+{{- end -}}
+{{- if and $c.bearer_token_sha256 (not $.Values.tls.enabled) (not $auth.allow_bearer_without_tls) -}}
+{{- fail (printf "settings.auth.callers[%d] (%s) presents a bearer token, which must not cross the network in clear: set tls.enabled (or, only behind a TLS-terminating sidecar, settings.auth.allow_bearer_without_tls)" $i $c.name) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* One TOML value: strings (JSON string escapes are valid TOML), integers, floats, booleans. */}}
@@ -122,11 +158,12 @@ render (install, upgrade, template, lint) runs them.
 
 {{/*
 settings.toml: what the chart decides (mode, listener, where secret files are mounted), then the
-operator's `settings`, then one table per provider. Helm's toToml is not used because it writes
+operator's `settings`, [tls] from `tls`, [auth] with one [[auth.callers]] per caller, then one
+table per provider. Helm's toToml is not used because it writes
 every number as a float, which the vault's integer settings reject.
 */}}
 {{- define "token-vault.settingsToml" -}}
-{{- $types := dict "max_connections" "int" "cache_max_entries" "int" "max_attempts" "int" "max_margin_fraction" "float" "create_if_missing" "bool" -}}
+{{- $types := dict "max_connections" "int" "cache_max_entries" "int" "max_attempts" "int" "max_margin_fraction" "float" "create_if_missing" "bool" "queue_capacity" "int" "max_aggregate_keys" "int" -}}
 {{- $host := .Values.grpc.host -}}
 {{- if contains ":" $host }}{{ $host = printf "[%s]" $host }}{{ end -}}
 # Rendered by the token-vault Helm chart; edit the chart's values, not this file.
@@ -150,13 +187,42 @@ keyring_file = {{ printf "%s/keyring" (include "token-vault.keyringDir" .) | toJ
 {{- range $k, $v := .Values.settings.encryption }}
 {{ $k }} = {{ include "token-vault.tomlScalar" (dict "value" $v "type" (get $types $k)) }}
 {{- end }}
-{{- range $section := list "vault" "refresh" "log" "telemetry" }}
+{{- range $section := list "vault" "refresh" "log" "telemetry" "audit" }}
 {{- with get $.Values.settings $section }}
 
 [{{ $section }}]
 {{- range $k, $v := . }}
 {{ $k }} = {{ include "token-vault.tomlScalar" (dict "value" $v "type" (get $types $k)) }}
 {{- end }}
+{{- end }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+
+[tls]
+# From the Secret tls.existingSecret, mounted at tls.mountPath.
+cert_file = {{ printf "%s/%s" .Values.tls.mountPath .Values.tls.certKey | toJson }}
+key_file = {{ printf "%s/%s" .Values.tls.mountPath .Values.tls.keyKey | toJson }}
+{{- with .Values.tls.clientCaKey }}
+client_ca_file = {{ printf "%s/%s" $.Values.tls.mountPath . | toJson }}
+{{- end }}
+# grpc.health.v1 alone, in plaintext, for the kubelet's gRPC probes.
+plaintext_health_listen = {{ printf "%s:%d" $host (int .Values.tls.healthPort) | toJson }}
+{{- end }}
+{{- $auth := .Values.settings.auth }}
+{{- $authTypes := dict "allow_bearer_without_tls" "bool" "default_max_concurrent_calls" "int" }}
+
+[auth]
+mode = {{ $auth.mode | toJson }}
+{{- range $k, $v := omit $auth "mode" "callers" }}
+{{ $k }} = {{ include "token-vault.tomlScalar" (dict "value" $v "type" (get $authTypes $k)) }}
+{{- end }}
+{{- $callerTypes := dict "mtls_uris" "list" "mtls_dns_names" "list" "bearer_token_sha256" "list" "rpcs" "list" "providers" "list" "tenants" "list" "max_concurrent_calls" "int" "requests_per_second" "int" "burst" "int" }}
+{{- range $auth.callers }}
+
+[[auth.callers]]
+name = {{ .name | toJson }}
+{{- range $k, $v := omit . "name" }}
+{{ $k }} = {{ include "token-vault.tomlScalar" (dict "value" $v "type" (get $callerTypes $k)) }}
 {{- end }}
 {{- end }}
 {{- $providersDir := include "token-vault.providersDir" . }}

@@ -1,0 +1,131 @@
+//! Criterion figures for what authentication and the audit add to every GetAccessToken: the
+//! caller's identification (bearer hash compared with every configured hash, or the client
+//! certificate's names), its policy and limits, and the audit count. The rest of the call is
+//! measured by the perf harness (`./scripts/bench`).
+
+use std::{hint::black_box, sync::Arc};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use figment::providers::{Format, Toml};
+use http::HeaderMap;
+use token_vault::{
+    audit::{Audit, AuditEvent, EventKind},
+    auth::{hash_token, Authenticator, Rpc},
+    config::Settings,
+    store::{PoolOptions, Store},
+};
+
+/// 20 callers: 10 by token, 10 by SPIFFE ID, each with a prefix tenant pattern.
+fn settings() -> Settings {
+    let mut toml = String::from(
+        r#"
+mode = "production"
+[database]
+url = "postgres://bench@127.0.0.1:1/none"
+[encryption]
+keyring = "k:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+[tls]
+cert_file = "unused.crt"
+key_file = "unused.key"
+client_ca_file = "unused-ca.crt"
+[audit]
+flush_interval = "1h"
+[providers.understory]
+preset = "understory"
+client_id = "c"
+client_secret = "s"
+redirect_uris = ["https://app.example/cb"]
+"#,
+    );
+    for i in 0..10 {
+        let hash: String = hash_token(&format!("token-{i}"))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        toml.push_str(&format!(
+            "[[auth.callers]]\nname = \"svc-{i}\"\nbearer_token_sha256 = [\"{hash}\"]\nrpcs = [\"GetAccessToken\"]\nproviders = [\"*\"]\ntenants = [\"team-{i}-*\"]\nmax_concurrent_calls = 1000\nrequests_per_second = 100000000\n"
+        ));
+        toml.push_str(&format!(
+            "[[auth.callers]]\nname = \"mtls-{i}\"\nmtls_uris = [\"spiffe://cluster.local/ns/n{i}/sa/s{i}\"]\nrpcs = [\"GetAccessToken\"]\nproviders = [\"*\"]\ntenants = [\"team-{i}-*\"]\n"
+        ));
+    }
+    Settings::from_figment(Settings::defaults().merge(Toml::string(&toml))).expect("bench settings are valid")
+}
+
+fn client_certificate() -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let mut params = rcgen::CertificateParams::new(vec!["s9.n9.svc".to_owned()]).expect("params");
+    params.subject_alt_names.push(rcgen::SanType::URI(
+        "spiffe://cluster.local/ns/n9/sa/s9".try_into().expect("an IA5 string"),
+    ));
+    vec![params.self_signed(&key).expect("a certificate").der().clone()]
+}
+
+fn authentication(c: &mut Criterion) {
+    let auth = Authenticator::from_settings(&settings()).expect("the policy builds");
+    let mut headers = HeaderMap::new();
+    // The last configured token: every hash is compared whatever matches.
+    headers.insert("authorization", "Bearer token-9".parse().expect("a header value"));
+    c.bench_function("auth_bearer_identify_admit_authorize", |b| {
+        b.iter(|| {
+            let caller = auth.identify(black_box(&headers), None).expect("known");
+            assert!(caller.allows_rpc(Rpc::GetAccessToken));
+            let permit = caller.admit().expect("within limits");
+            caller
+                .authorize("understory", black_box("team-9-acme"))
+                .expect("allowed");
+            drop(permit);
+        })
+    });
+    let chain = client_certificate();
+    let no_headers = HeaderMap::new();
+    c.bench_function("auth_mtls_identify_admit_authorize", |b| {
+        b.iter(|| {
+            let caller = auth
+                .identify(&no_headers, Some(black_box(&chain)))
+                .map_err(|u| u.detail)
+                .expect("known");
+            let permit = caller.admit().expect("within limits");
+            caller
+                .authorize("understory", black_box("team-9-acme"))
+                .expect("allowed");
+            drop(permit);
+        })
+    });
+}
+
+fn audit(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let _guard = runtime.enter();
+    let settings = settings();
+    let store = Store::connect_lazy(
+        &settings.database.url,
+        &PoolOptions {
+            max_connections: 1,
+            acquire_timeout: std::time::Duration::from_secs(1),
+        },
+    )
+    .expect("a lazy pool");
+    let (audit, _writer) = Audit::start(store, &settings.audit, tokio_util::sync::CancellationToken::new());
+    let caller: Arc<str> = "svc-9".into();
+    let event = |tenant: &str| {
+        AuditEvent::new(EventKind::GetAccessToken, &caller, "ok")
+            .tenant(tenant)
+            .provider("understory")
+            .detail("cache")
+    };
+    c.bench_function("audit_count_same_key", |b| {
+        b.iter(|| audit.count(event(black_box("team-9-acme"))))
+    });
+    let tenants: Vec<String> = (0..40_000).map(|i| format!("team-9-{i:06}")).collect();
+    let mut i = 0;
+    c.bench_function("audit_count_40k_tenants", |b| {
+        b.iter(|| {
+            i = (i + 1) % tenants.len();
+            audit.count(event(black_box(&tenants[i])))
+        })
+    });
+}
+
+criterion_group!(benches, authentication, audit);
+criterion_main!(benches);

@@ -1,0 +1,147 @@
+//! The audit writer: one task per process that turns queued events and closed windows into
+//! rows, one INSERT per batch. While the database is away rows wait in a bounded buffer; past
+//! it the oldest are dropped and counted, because the calls being audited must not wait.
+
+use std::{
+    collections::HashMap,
+    mem,
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{lock, AuditEvent, Shared};
+use crate::store::{AuditRow, Store};
+
+/// Most queued events taken into one INSERT.
+const BATCH: usize = 512;
+
+pub(super) struct Options {
+    pub flush_interval: Duration,
+    pub retry_capacity: usize,
+}
+
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    store: Store,
+    mut events: mpsc::Receiver<(OffsetDateTime, AuditEvent)>,
+    options: Options,
+    stop: CancellationToken,
+) {
+    let replica = Uuid::new_v4();
+    let mut pending: Vec<AuditRow> = Vec::new();
+    let mut window_start = OffsetDateTime::now_utc();
+    let mut tick = tokio::time::interval(options.flush_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut received = Vec::with_capacity(BATCH);
+    // After a failed write, queued events wait for the next tick instead of each paying the
+    // pool's acquire timeout again.
+    let mut healthy = true;
+    loop {
+        tokio::select! {
+            n = events.recv_many(&mut received, BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                pending.extend(received.drain(..).map(|(at, e)| row(&e, at, None, 1, replica)));
+                if healthy {
+                    healthy = write(&store, &mut pending, &shared, options.retry_capacity).await;
+                }
+            }
+            _ = tick.tick() => {
+                let window_end = OffsetDateTime::now_utc();
+                close_window(&shared, &mut pending, window_start, window_end, replica);
+                window_start = window_end;
+                lock(&shared.seen).clear();
+                healthy = write(&store, &mut pending, &shared, options.retry_capacity).await;
+                report_dropped(&shared);
+            }
+            _ = stop.cancelled() => break,
+        }
+    }
+    // Shutting down: what is queued and the open window, in one last write.
+    while let Ok((at, e)) = events.try_recv() {
+        pending.push(row(&e, at, None, 1, replica));
+    }
+    close_window(&shared, &mut pending, window_start, OffsetDateTime::now_utc(), replica);
+    write(&store, &mut pending, &shared, options.retry_capacity).await;
+    report_dropped(&shared);
+}
+
+/// Takes every counted key out of the current window.
+pub(super) fn drain(shared: &Shared) -> Vec<(AuditEvent, u64)> {
+    let mut out = Vec::new();
+    for shard in &shared.windows {
+        let taken: HashMap<AuditEvent, u64> = mem::take(&mut *lock(shard));
+        out.extend(taken);
+    }
+    shared.keys.store(0, Ordering::Relaxed);
+    out
+}
+
+fn close_window(
+    shared: &Shared,
+    pending: &mut Vec<AuditRow>,
+    start: OffsetDateTime,
+    end: OffsetDateTime,
+    replica: Uuid,
+) {
+    for (event, count) in drain(shared) {
+        event.log(count, Some((start, end)));
+        pending.push(row(&event, start, Some(end), count, replica));
+    }
+}
+
+fn row(e: &AuditEvent, at: OffsetDateTime, window_end: Option<OffsetDateTime>, count: u64, replica: Uuid) -> AuditRow {
+    AuditRow {
+        occurred_at: at,
+        window_end,
+        event: e.kind.as_str(),
+        caller: e.caller.to_string(),
+        tenant_id: e.tenant_id.clone(),
+        provider: e.provider.clone(),
+        outcome: e.outcome.to_owned(),
+        detail: e.detail.as_deref().map(str::to_owned),
+        count: i64::try_from(count).unwrap_or(i64::MAX),
+        replica,
+    }
+}
+
+/// Writes `pending`; on failure keeps the newest `capacity` rows for the next try. Returns
+/// whether the write succeeded.
+async fn write(store: &Store, pending: &mut Vec<AuditRow>, shared: &Shared, capacity: usize) -> bool {
+    if pending.is_empty() {
+        return true;
+    }
+    match store.audit().insert(pending).await {
+        Ok(()) => {
+            pending.clear();
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, rows = pending.len(), "could not write audit rows; keeping them for the next try");
+            if pending.len() > capacity {
+                let excess = pending.len() - capacity;
+                pending.drain(..excess);
+                shared.dropped.fetch_add(excess as u64, Ordering::Relaxed);
+            }
+            false
+        }
+    }
+}
+
+fn report_dropped(shared: &Shared) {
+    let dropped = shared.dropped.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        tracing::error!(
+            target: super::LOG_TARGET,
+            dropped,
+            "AUDIT EVENTS DROPPED: the audit queue or retry buffer was full (database unreachable or too slow)"
+        );
+    }
+}

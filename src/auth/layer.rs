@@ -1,0 +1,156 @@
+//! The tower layer in front of every gRPC service: lets health and reflection through, and
+//! for everything else identifies the caller, checks that its policy names the RPC, admits the
+//! call under the caller's limits and attaches the [`Caller`] for the handler. A refusal is
+//! answered here, counted in the audit trail, and never reaches a handler.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures::future::BoxFuture;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tower::{Layer, Service};
+
+use super::{Authenticator, Caller, Refused, Rpc};
+use crate::{
+    audit::{Audit, AuditEvent, EventKind},
+    vault::VaultError,
+};
+
+/// Services anyone may call: Kubernetes probes and `grpcurl list` carry no credentials.
+const PUBLIC_PREFIXES: [&str; 3] = [
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
+/// The caller name recorded for a call whose caller was not recognised.
+const UNKNOWN_CALLER: &str = "-";
+
+#[derive(Clone)]
+pub struct AuthLayer {
+    auth: Arc<Authenticator>,
+    audit: Audit,
+    unknown: Arc<str>,
+}
+
+impl AuthLayer {
+    pub fn new(auth: Arc<Authenticator>, audit: Audit) -> Self {
+        Self {
+            auth,
+            audit,
+            unknown: UNKNOWN_CALLER.into(),
+        }
+    }
+
+    /// The caller and its permit, or why the call is refused.
+    fn admit<B>(&self, request: &http::Request<B>) -> Result<(Caller, super::Permit), VaultError> {
+        let rpc = Rpc::from_path(request.uri().path());
+        let rpc_name = rpc.map_or("unknown RPC", Rpc::name);
+        let certs = request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(TlsConnectInfo::peer_certs);
+        let caller = match self
+            .auth
+            .identify(request.headers(), certs.as_deref().map(Vec::as_slice))
+        {
+            Ok(caller) => caller,
+            Err(unidentified) => {
+                self.audit.count(
+                    AuditEvent::new(EventKind::Denied, &self.unknown, "CALLER_UNKNOWN")
+                        .detail(format!("{rpc_name}: {}", unidentified.detail)),
+                );
+                return Err(VaultError::CallerUnknown);
+            }
+        };
+        // An unknown method is refused like a forbidden one: its name is the caller's input.
+        if !rpc.is_some_and(|rpc| caller.allows_rpc(rpc)) {
+            self.audit.count(
+                AuditEvent::new(EventKind::Denied, caller.name(), "CALLER_NOT_ALLOWED")
+                    .detail(format!("{rpc_name}: RPC not in policy")),
+            );
+            return Err(VaultError::CallerNotAllowed {
+                caller: caller.name().to_string(),
+            });
+        }
+        match caller.admit() {
+            Ok(permit) => Ok((caller, permit)),
+            Err(refused) => {
+                let (why, retry_after) = match refused {
+                    Refused::Concurrency => ("too many calls in flight", None),
+                    Refused::Rate(after) => ("over its rate", Some(after)),
+                };
+                self.audit.count(
+                    AuditEvent::new(EventKind::Denied, caller.name(), "CALLER_RATE_LIMITED")
+                        .detail(format!("{rpc_name}: {why}")),
+                );
+                Err(VaultError::CallerRateLimited {
+                    caller: caller.name().to_string(),
+                    retry_after,
+                })
+            }
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    layer: AuthLayer,
+}
+
+impl<S, B> Service<http::Request<B>> for AuthService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The service that was polled ready handles this call; its clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let path = request.uri().path();
+        if PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p)) {
+            return Box::pin(inner.call(request));
+        }
+        match self.layer.admit(&request) {
+            Ok((caller, permit)) => {
+                request.extensions_mut().insert(caller);
+                let call = inner.call(request);
+                Box::pin(async move {
+                    let response = call.await;
+                    // The permit counts the call in flight until its answer is ready.
+                    drop(permit);
+                    response
+                })
+            }
+            Err(e) => {
+                crate::telemetry::record_status(crate::api::status_code(&e));
+                let response = crate::api::to_status(e).into_http();
+                Box::pin(std::future::ready(Ok(response)))
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Per-caller limits, so that one misbehaving service can't starve the others: a cap on calls
+//! in flight (a semaphore, released when the call ends) and an optional rate (GCRA, one atomic
+//! word, no lock on the hot path).
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Why a call was refused, and when trying again makes sense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Too many calls in flight; retry when one ends (no useful estimate).
+    Concurrency,
+    /// Over the rate; the bucket has room again after this long.
+    Rate(Duration),
+}
+
+#[derive(Debug)]
+pub struct Limits {
+    in_flight: Option<Arc<Semaphore>>,
+    rate: Option<Gcra>,
+}
+
+/// Held for the duration of a call.
+#[derive(Debug)]
+pub struct Permit(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+
+impl Limits {
+    /// `max_concurrent` 0 means unlimited (insecure-dev only); `per_second` None means no rate.
+    pub fn new(max_concurrent: u32, per_second: Option<u32>, burst: Option<u32>) -> Self {
+        Self {
+            in_flight: (max_concurrent > 0).then(|| Arc::new(Semaphore::new(max_concurrent as usize))),
+            rate: per_second
+                .filter(|r| *r > 0)
+                .map(|r| Gcra::new(r, burst.unwrap_or(r).max(1))),
+        }
+    }
+
+    pub fn unlimited() -> Self {
+        Self {
+            in_flight: None,
+            rate: None,
+        }
+    }
+
+    /// Never waits: a call over a limit is refused at once, so a flood from one caller turns
+    /// into cheap errors for that caller rather than a queue in front of everyone.
+    pub fn admit(&self) -> Result<Permit, Refused> {
+        if let Some(rate) = &self.rate {
+            rate.check(Instant::now()).map_err(Refused::Rate)?;
+        }
+        match &self.in_flight {
+            None => Ok(Permit(None)),
+            Some(sem) => sem
+                .clone()
+                .try_acquire_owned()
+                .map(|p| Permit(Some(p)))
+                .map_err(|_| Refused::Concurrency),
+        }
+    }
+}
+
+/// The generic cell rate algorithm: `tat` is the theoretical arrival time of the next call
+/// (ns since `start`); a call is allowed while it is at most `burst` intervals ahead of now.
+#[derive(Debug)]
+struct Gcra {
+    start: Instant,
+    interval_ns: u64,
+    capacity_ns: u64,
+    tat: AtomicU64,
+}
+
+impl Gcra {
+    fn new(per_second: u32, burst: u32) -> Self {
+        let interval_ns = (1_000_000_000 / u64::from(per_second)).max(1);
+        Self {
+            start: Instant::now(),
+            interval_ns,
+            capacity_ns: interval_ns.saturating_mul(u64::from(burst)),
+            tat: AtomicU64::new(0),
+        }
+    }
+
+    fn check(&self, now: Instant) -> Result<(), Duration> {
+        let now_ns = u64::try_from(now.saturating_duration_since(self.start).as_nanos()).unwrap_or(u64::MAX);
+        let mut tat = self.tat.load(Ordering::Relaxed);
+        loop {
+            let next = tat.max(now_ns).saturating_add(self.interval_ns);
+            let ahead = next - now_ns;
+            if ahead > self.capacity_ns {
+                return Err(Duration::from_nanos(ahead - self.capacity_ns));
+            }
+            match self
+                .tat
+                .compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_is_allowed_then_the_rate() {
+        let g = Gcra::new(10, 3);
+        let t0 = g.start;
+        for _ in 0..3 {
+            assert!(g.check(t0).is_ok());
+        }
+        let wait = g.check(t0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(100));
+        assert!(g.check(t0 + Duration::from_millis(100)).is_ok());
+        assert!(g.check(t0 + Duration::from_millis(100)).is_err());
+        // A quiet second refills the whole burst, no more.
+        let later = t0 + Duration::from_secs(2);
+        for _ in 0..3 {
+            assert!(g.check(later).is_ok());
+        }
+        assert!(g.check(later).is_err());
+    }
+
+    #[test]
+    fn calls_in_flight_are_capped_until_they_end() {
+        let limits = Limits::new(2, None, None);
+        let a = limits.admit().unwrap();
+        let _b = limits.admit().unwrap();
+        assert_eq!(limits.admit().unwrap_err(), Refused::Concurrency);
+        drop(a);
+        assert!(limits.admit().is_ok());
+    }
+}

@@ -1,0 +1,293 @@
+//! Who is calling, and what it may do. A caller is recognised by its client certificate
+//! (mutual TLS: a URI SAN such as a SPIFFE ID, or a DNS SAN) or by a bearer token (configured
+//! as a SHA-256, compared in constant time); its policy lists the RPCs, providers and tenants
+//! it may use, and its limits cap its calls in flight and its rate. Default deny: an unknown
+//! caller gets UNAUTHENTICATED, a known one outside its policy PERMISSION_DENIED.
+//!
+//! [`AuthLayer`] applies this in front of every service but health and reflection; the tenant
+//! and provider checks happen in the handlers, once the request is parsed.
+
+mod identity;
+mod layer;
+mod limit;
+mod policy;
+pub mod tls;
+
+use std::{collections::HashMap, fmt, sync::Arc};
+
+use http::HeaderMap;
+use rustls::pki_types::CertificateDer;
+
+pub use identity::{hash_token, parse_token_hash};
+pub use layer::AuthLayer;
+pub use limit::{Permit, Refused};
+pub use policy::{Policy, Rpc};
+
+use crate::{
+    config::{invalid, AuthMode, ConfigError, Settings},
+    vault::VaultError,
+};
+use identity::{SanKind, TokenHash};
+use limit::Limits;
+
+/// The caller name every call gets with `auth.mode = "insecure-dev"`.
+pub const INSECURE_DEV_CALLER: &str = "insecure-dev";
+
+/// An identified caller, attached to each request; cheap to clone.
+#[derive(Clone)]
+pub struct Caller(Arc<CallerInner>);
+
+struct CallerInner {
+    name: Arc<str>,
+    policy: Policy,
+    limits: Limits,
+}
+
+impl fmt::Debug for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Caller").field(&self.0.name).finish()
+    }
+}
+
+impl Caller {
+    fn new(name: &str, policy: Policy, limits: Limits) -> Self {
+        Self(Arc::new(CallerInner {
+            name: name.into(),
+            policy,
+            limits,
+        }))
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.0.name
+    }
+
+    pub fn admit(&self) -> Result<Permit, Refused> {
+        self.0.limits.admit()
+    }
+
+    /// The provider a request means (an empty name is the default provider).
+    pub fn provider<'a>(&'a self, requested: &'a str) -> &'a str {
+        self.0.policy.resolve(requested)
+    }
+
+    pub fn allows_rpc(&self, rpc: Rpc) -> bool {
+        self.0.policy.allows_rpc(rpc)
+    }
+
+    /// The handlers' check, once tenant and provider are known.
+    pub fn authorize(&self, provider: &str, tenant: &str) -> Result<(), VaultError> {
+        if self.0.policy.allows(provider, tenant) {
+            Ok(())
+        } else {
+            Err(VaultError::CallerNotAllowed {
+                caller: self.0.name.to_string(),
+            })
+        }
+    }
+}
+
+/// Why no caller was recognised; `detail` goes to the audit trail (never a token).
+#[derive(Debug)]
+pub struct Unidentified {
+    pub detail: String,
+}
+
+/// Every configured caller and how to recognise it. Built once at start.
+pub struct Authenticator {
+    callers: Vec<Caller>,
+    by_uri: HashMap<String, usize>,
+    by_dns: HashMap<String, usize>,
+    tokens: Vec<(TokenHash, usize)>,
+    insecure: Option<Caller>,
+}
+
+impl Authenticator {
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let callers = settings.auth_callers()?;
+        if settings.auth.mode == AuthMode::InsecureDev {
+            if !callers.is_empty() {
+                return Err(invalid(
+                    "auth.mode",
+                    "is \"insecure-dev\" but callers are configured: remove one or the other",
+                ));
+            }
+            return Ok(Self {
+                callers: Vec::new(),
+                by_uri: HashMap::new(),
+                by_dns: HashMap::new(),
+                tokens: Vec::new(),
+                insecure: Some(Caller::new(
+                    INSECURE_DEV_CALLER,
+                    Policy::allow_all(settings.default_provider()),
+                    Limits::unlimited(),
+                )),
+            });
+        }
+        if callers.is_empty() {
+            return Err(invalid(
+                "auth.callers",
+                "is empty: list the services that may call the vault (auth.callers or auth.policy_file, \
+                 see docs/security.md), or set auth.mode = \"insecure-dev\" to serve without authentication \
+                 (local development only)",
+            ));
+        }
+        let known_providers: Vec<&str> = settings.providers.keys().map(String::as_str).collect();
+        let mut auth = Self {
+            callers: Vec::with_capacity(callers.len()),
+            by_uri: HashMap::new(),
+            by_dns: HashMap::new(),
+            tokens: Vec::new(),
+            insecure: None,
+        };
+        for (i, c) in callers.iter().enumerate() {
+            let field = format!("auth.callers[{i}]");
+            if c.name.is_empty()
+                || c.name.len() > 64
+                || !c.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err(invalid(
+                    format!("{field}.name"),
+                    "use 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-'",
+                ));
+            }
+            if auth.callers.iter().any(|other| *other.name().as_ref() == *c.name) {
+                return Err(invalid(
+                    format!("{field}.name"),
+                    format!("{:?} is listed twice", c.name),
+                ));
+            }
+            if c.mtls_uris.is_empty() && c.mtls_dns_names.is_empty() && c.bearer_token_sha256.is_empty() {
+                return Err(invalid(
+                    field,
+                    "has no identity: give mtls_uris, mtls_dns_names or bearer_token_sha256",
+                ));
+            }
+            if (!c.mtls_uris.is_empty() || !c.mtls_dns_names.is_empty()) && settings.tls.client_ca_file.is_none() {
+                return Err(invalid(
+                    "tls.client_ca_file",
+                    format!("must be set: caller {} is identified by client certificate", c.name),
+                ));
+            }
+            if !c.bearer_token_sha256.is_empty()
+                && settings.tls.cert_file.is_none()
+                && !settings.auth.allow_bearer_without_tls
+            {
+                return Err(invalid(
+                    "tls.cert_file",
+                    format!(
+                        "must be set: caller {} presents a bearer token, which would cross the network in clear \
+                         (behind a TLS-terminating sidecar, set auth.allow_bearer_without_tls = true)",
+                        c.name
+                    ),
+                ));
+            }
+            let index = auth.callers.len();
+            for (kind, names) in [(SanKind::Uri, &c.mtls_uris), (SanKind::Dns, &c.mtls_dns_names)] {
+                let map = match kind {
+                    SanKind::Uri => &mut auth.by_uri,
+                    SanKind::Dns => &mut auth.by_dns,
+                };
+                for name in names {
+                    if map.insert(name.clone(), index).is_some() {
+                        return Err(invalid(field.clone(), format!("identity {name:?} names two callers")));
+                    }
+                }
+            }
+            for (j, text) in c.bearer_token_sha256.iter().enumerate() {
+                let hash = identity::parse_token_hash(text).ok_or_else(|| {
+                    invalid(
+                        format!("{field}.bearer_token_sha256[{j}]"),
+                        "is not a SHA-256 in hex (64 digits): configure the hash of the token \
+                         (printf %s \"$token\" | sha256sum), never the token itself",
+                    )
+                })?;
+                if auth.tokens.iter().any(|(h, _)| *h == hash) {
+                    return Err(invalid(
+                        format!("{field}.bearer_token_sha256[{j}]"),
+                        "names two callers",
+                    ));
+                }
+                auth.tokens.push((hash, index));
+            }
+            if c.max_concurrent_calls == Some(0) || c.requests_per_second == Some(0) || c.burst == Some(0) {
+                return Err(invalid(
+                    field,
+                    "max_concurrent_calls, requests_per_second and burst must be at least 1",
+                ));
+            }
+            let policy = Policy::parse(
+                &field,
+                &c.rpcs,
+                &c.providers,
+                &c.tenants,
+                &known_providers,
+                settings.default_provider(),
+            )?;
+            let limits = Limits::new(
+                c.max_concurrent_calls
+                    .unwrap_or(settings.auth.default_max_concurrent_calls)
+                    .max(1),
+                c.requests_per_second,
+                c.burst,
+            );
+            auth.callers.push(Caller::new(&c.name, policy, limits));
+        }
+        Ok(auth)
+    }
+
+    pub fn is_insecure(&self) -> bool {
+        self.insecure.is_some()
+    }
+
+    /// Whether any caller is identified by certificate (mutual TLS is needed).
+    pub fn uses_certificates(&self) -> bool {
+        !self.by_uri.is_empty() || !self.by_dns.is_empty()
+    }
+
+    /// Whether any caller presents a bearer token (a client certificate is then optional).
+    pub fn uses_bearer_tokens(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    pub fn caller_count(&self) -> usize {
+        self.callers.len()
+    }
+
+    /// The caller behind a request: its verified client certificate first, then its bearer
+    /// token.
+    pub fn identify(
+        &self,
+        headers: &HeaderMap,
+        peer_certs: Option<&[CertificateDer<'static>]>,
+    ) -> Result<Caller, Unidentified> {
+        if let Some(caller) = &self.insecure {
+            return Ok(caller.clone());
+        }
+        let mut detail = "no credentials".to_owned();
+        if let Some(chain) = peer_certs.filter(|_| self.uses_certificates()) {
+            let lookup = |kind: SanKind, name: &str| match kind {
+                SanKind::Uri => self.by_uri.get(name).copied(),
+                SanKind::Dns => self.by_dns.get(name).copied(),
+            };
+            match identity::match_certificate(chain, lookup) {
+                Ok(i) => return self.caller(i),
+                Err(d) => detail = d,
+            }
+        }
+        if let Some(token) = identity::bearer_token(headers) {
+            let hash = identity::hash_token(token);
+            if let Some(i) = identity::match_token(&self.tokens, &hash) {
+                return self.caller(i);
+            }
+            detail = "unrecognised bearer token".into();
+        }
+        Err(Unidentified { detail })
+    }
+
+    fn caller(&self, index: usize) -> Result<Caller, Unidentified> {
+        self.callers.get(index).cloned().ok_or_else(|| Unidentified {
+            detail: "caller index out of range".into(),
+        })
+    }
+}

@@ -1,0 +1,194 @@
+//! Reloading the keyring file while the vault runs, so a key added to a Kubernetes secret is
+//! picked up without a restart.
+//!
+//! Why polling (plus SIGHUP): Kubernetes updates a mounted secret by swapping a symlink, and
+//! nothing signals the process; a SIGHUP needs a sidecar or an operator. So the file is read
+//! every `keys.reload_interval` and compared by content (a SHA-256 of the bytes, not the
+//! mtime, which the symlink swap makes unreliable), and SIGHUP asks for a check at once.
+//!
+//! A new keyring replaces the old one whole (see `SharedKeyring`), and only if it is safe:
+//! it parses, no key id changed its bytes, and every key it drops protects no stored value
+//! (checked in the database). Otherwise the old keyring stays and the refusal is logged as an
+//! error on every check until the file is fixed or `keys rewrap` has emptied the dropped key.
+
+use std::{path::PathBuf, time::Duration};
+
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+use super::status::key_usage;
+use crate::{
+    config::EncryptionSettings,
+    crypto::{KeyId, Keyring, KeyringError, SharedKeyring},
+    store::{Store, StoreError},
+};
+
+/// What a check did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reload {
+    /// The file's content is what was loaded last.
+    Unchanged,
+    Replaced {
+        added: Vec<KeyId>,
+        removed: Vec<KeyId>,
+        active: KeyId,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the new keyring file is not usable: {0}")]
+    Keyring(#[from] KeyringError),
+    #[error("the new keyring changes the bytes of key(s) {0:?}; a key id must keep its key (values sealed under it would no longer open)")]
+    ChangedKey(Vec<KeyId>),
+    #[error("the new keyring drops key(s) still protecting stored values: {0}; run `token-vault keys rewrap` first")]
+    StillInUse(String),
+    #[error("cannot check whether the dropped key(s) still protect stored values: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Checks a keyring file and swaps a changed, safe keyring in.
+pub struct KeyringReloader {
+    path: PathBuf,
+    active: Option<String>,
+    keyring: SharedKeyring,
+    store: Store,
+    /// The content last loaded (or refused for good: a broken file is not re-parsed until it
+    /// changes).
+    last_digest: Option<[u8; 32]>,
+}
+
+impl KeyringReloader {
+    /// `None` when the keyring does not come from a file (inline keyrings change only with a
+    /// restart). `keyring` must be the one loaded from that file at start-up.
+    pub fn new(settings: &EncryptionSettings, keyring: SharedKeyring, store: Store) -> Option<Self> {
+        let path = settings.keyring_file.clone()?;
+        let last_digest = std::fs::read(&path).ok().map(|bytes| digest(&Zeroizing::new(bytes)));
+        Some(Self {
+            path,
+            active: settings.active_key.clone(),
+            keyring,
+            store,
+            last_digest,
+        })
+    }
+
+    /// Reads the file; if its content changed and the new keyring is safe, puts it in place.
+    pub async fn check(&mut self) -> Result<Reload, ReloadError> {
+        let bytes = Zeroizing::new(std::fs::read(&self.path).map_err(|source| KeyringError::Io {
+            path: self.path.display().to_string(),
+            source,
+        })?);
+        let fresh = digest(&bytes);
+        if self.last_digest == Some(fresh) {
+            return Ok(Reload::Unchanged);
+        }
+        let text = std::str::from_utf8(&bytes).map_err(|_| KeyringError::Malformed { line: 1 });
+        let parsed = text.and_then(|t| Keyring::parse(t, self.active.as_deref()));
+        let new = match parsed {
+            Ok(ring) => ring,
+            Err(e) => {
+                // Not retried until the file changes again: the same bytes fail the same way.
+                self.last_digest = Some(fresh);
+                return Err(e.into());
+            }
+        };
+        let current = self.keyring.current();
+        let changed = current.changed_keys(&new);
+        if !changed.is_empty() {
+            self.last_digest = Some(fresh);
+            return Err(ReloadError::ChangedKey(changed));
+        }
+        let removed: Vec<KeyId> = current
+            .key_ids()
+            .filter(|id| new.get(id.as_str()).is_none())
+            .cloned()
+            .collect();
+        if !removed.is_empty() {
+            // Checked on every attempt (the digest is not recorded): a rewrap may empty the
+            // dropped key meanwhile, and then the same file becomes acceptable.
+            let usage = key_usage(&self.store).await?;
+            let in_use: Vec<String> = removed
+                .iter()
+                .map(|id| (id, usage.values_under(id.as_str())))
+                .filter(|(_, n)| *n > 0)
+                .map(|(id, n)| format!("{id} ({n} values)"))
+                .collect();
+            if !in_use.is_empty() {
+                return Err(ReloadError::StillInUse(in_use.join(", ")));
+            }
+        }
+        let added: Vec<KeyId> = new
+            .key_ids()
+            .filter(|id| current.get(id.as_str()).is_none())
+            .cloned()
+            .collect();
+        let active = new.active().0.clone();
+        self.keyring.replace(new);
+        self.last_digest = Some(fresh);
+        Ok(Reload::Replaced { added, removed, active })
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Checks the keyring file every `every` (never, if zero) and on SIGHUP, until `stop`.
+pub async fn watch_keyring(mut reloader: KeyringReloader, every: Duration, stop: CancellationToken) {
+    let mut hangup = hangup_signal();
+    tracing::info!(path = %reloader.path.display(), ?every, "watching the keyring file for changes (and SIGHUP)");
+    loop {
+        tokio::select! {
+            _ = tick(every) => {}
+            Some(()) = next_hangup(&mut hangup) => tracing::info!("SIGHUP: checking the keyring file"),
+            _ = stop.cancelled() => return,
+        }
+        match reloader.check().await {
+            Ok(Reload::Unchanged) => {}
+            Ok(Reload::Replaced { added, removed, active }) => {
+                tracing::info!(?added, ?removed, %active, "keyring reloaded: new values are sealed under the active key");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, path = %reloader.path.display(), "KEYRING RELOAD REFUSED: the vault keeps its current keyring")
+            }
+        }
+    }
+}
+
+async fn tick(every: Duration) {
+    if every.is_zero() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(every).await;
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+#[cfg(unix)]
+fn hangup_signal() -> Hangup {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup())
+        .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP; the keyring file is only polled"))
+        .ok()
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Hangup {
+    None
+}
+
+/// The next SIGHUP; never resolves when there is no signal stream.
+async fn next_hangup(hangup: &mut Hangup) -> Option<()> {
+    #[cfg(unix)]
+    if let Some(signal) = hangup {
+        return signal.recv().await;
+    }
+    #[cfg(not(unix))]
+    let _ = hangup;
+    std::future::pending().await
+}

@@ -1,0 +1,128 @@
+//! `keys status`: how many stored values each key id still protects, read from the framing of
+//! every sealed value without decrypting any, so an operator can tell when a key can go.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use crate::{
+    crypto::{sealed_key_id, KeyId, Keyring},
+    store::{SealedColumn, Store, StoreError},
+};
+
+/// What a stored value's framing says protects it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protector {
+    /// The key id framed into the value.
+    Key(String),
+    /// The framing is unreadable (truncated or corrupted): no key can open the value.
+    Malformed,
+}
+
+/// Counts of stored values by protecting key and column.
+#[derive(Debug, Clone, Default)]
+pub struct KeyUsage {
+    counts: BTreeMap<Protector, BTreeMap<SealedColumn, i64>>,
+}
+
+/// Reads the usage from the database: one grouped query, a handful of rows back.
+pub async fn key_usage(store: &Store) -> Result<KeyUsage, StoreError> {
+    let mut usage = KeyUsage::default();
+    for group in store.sealed_values().count_by_header().await? {
+        let protector = match sealed_key_id(&group.header) {
+            Ok(id) => Protector::Key(id.to_owned()),
+            Err(_) => Protector::Malformed,
+        };
+        *usage
+            .counts
+            .entry(protector)
+            .or_default()
+            .entry(group.column)
+            .or_default() += group.count;
+    }
+    Ok(usage)
+}
+
+impl KeyUsage {
+    /// Every value under `key_id`, in all columns.
+    pub fn values_under(&self, key_id: &str) -> i64 {
+        self.total(&Protector::Key(key_id.to_owned()))
+    }
+
+    /// Values whose framing can't be read.
+    pub fn malformed(&self) -> i64 {
+        self.total(&Protector::Malformed)
+    }
+
+    /// Every protector with its total.
+    pub fn totals(&self) -> impl Iterator<Item = (&Protector, i64)> {
+        self.counts.iter().map(|(p, by_column)| (p, by_column.values().sum()))
+    }
+
+    /// Values under keys other than `key_id` (malformed ones included): what a rewrap to
+    /// `key_id` has left to do.
+    pub fn values_not_under(&self, key_id: &str) -> i64 {
+        self.totals()
+            .filter(|(p, _)| **p != Protector::Key(key_id.to_owned()))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    fn total(&self, protector: &Protector) -> i64 {
+        self.counts.get(protector).map(|c| c.values().sum()).unwrap_or(0)
+    }
+
+    /// A table for operators, marking which ids the keyring has and which is active. Key ids
+    /// read from the database that are not valid ids are shown quoted and escaped.
+    pub fn render(&self, keyring: Option<&Keyring>) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<34} {:>8} {:>14} {:>14} {:>14}  keyring",
+            "key id", "total", "access_token", "refresh_token", "pkce_verifier"
+        );
+        let mut rows: Vec<(String, &str, BTreeMap<SealedColumn, i64>)> = Vec::new();
+        for (protector, by_column) in &self.counts {
+            let (label, note) = match protector {
+                Protector::Key(id) => (display_id(id), keyring_note(keyring, id)),
+                Protector::Malformed => ("<malformed>".to_owned(), "cannot be opened"),
+            };
+            rows.push((label, note, by_column.clone()));
+        }
+        // Keys in the keyring that protect nothing are listed too: those are the ones that can
+        // be retired (or the freshly added active key).
+        for id in keyring.into_iter().flat_map(Keyring::key_ids) {
+            if !self.counts.contains_key(&Protector::Key(id.as_str().to_owned())) {
+                rows.push((id.to_string(), keyring_note(keyring, id.as_str()), BTreeMap::new()));
+            }
+        }
+        for (label, note, by_column) in rows {
+            let n = |c| by_column.get(&c).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "{:<34} {:>8} {:>14} {:>14} {:>14}  {}",
+                label,
+                by_column.values().sum::<i64>(),
+                n(SealedColumn::AccessToken),
+                n(SealedColumn::RefreshToken),
+                n(SealedColumn::PkceVerifier),
+                note
+            );
+        }
+        out
+    }
+}
+
+fn display_id(id: &str) -> String {
+    match KeyId::parse(id) {
+        Ok(valid) => valid.to_string(),
+        Err(_) => format!("{id:?}"),
+    }
+}
+
+fn keyring_note(keyring: Option<&Keyring>, id: &str) -> &'static str {
+    match keyring {
+        None => "(keyring not loaded)",
+        Some(ring) if ring.active().0.as_str() == id => "active",
+        Some(ring) if ring.get(id).is_some() => "present",
+        Some(_) => "MISSING: these values cannot be opened",
+    }
+}

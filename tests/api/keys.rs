@@ -1,0 +1,374 @@
+//! Keys over time: a keyring with a new key, `keys rewrap` moving every stored value to it,
+//! `keys status` showing when the old key protects nothing, the old key's removal, a value
+//! under a key the vault no longer has, and reloading a keyring file safely.
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+};
+
+use figment::providers::{Format, Toml};
+use token_vault::{
+    config::{EncryptionSettings, Settings},
+    crypto::{sealed_key_id, Keyring, SharedKeyring},
+    keys::{key_usage, rewrap, KeyringReloader, Reload, ReloadError, RewrapOptions},
+    proto::{self, token_vault_client::TokenVaultClient},
+    startup::Application,
+    store::Store,
+};
+use tonic::{transport::Channel, Code};
+
+use crate::helpers::{
+    assert_reason, connect, dump_all_tables, settings_toml, spawn_app_with, TestApp, TestOptions, ADMIN_URL,
+};
+
+/// A keyring line `<id>:<base64>` for a fresh key.
+fn key_line(id: &str) -> String {
+    Keyring::generate(id).1.trim().to_owned()
+}
+
+/// The `[encryption]` override for a keyring made of `lines` (newest last).
+fn keyring_toml(lines: &[&str]) -> String {
+    format!("[encryption]\nkeyring = \"{}\"\n", lines.join(","))
+}
+
+fn database_url(app: &TestApp) -> String {
+    let admin = std::env::var("TEST_DATABASE_ADMIN_URL").unwrap_or_else(|_| ADMIN_URL.into());
+    format!("{}/{}", admin.rsplit_once('/').unwrap().0, app.database_name())
+}
+
+/// Another vault process on the same database and provider as `app`, with its own keyring: a
+/// restart with a changed keyring. Stops when the returned sender is dropped.
+async fn restart_with(
+    app: &TestApp,
+    keyring: &[&str],
+) -> (TokenVaultClient<Channel>, tokio::sync::oneshot::Sender<()>) {
+    let toml = settings_toml(
+        &app.provider.uri(),
+        &database_url(app),
+        &app.client_secret,
+        &TestOptions::default(),
+    );
+    let settings = Settings::from_figment(
+        Settings::defaults()
+            .merge(Toml::string(&toml))
+            .merge(Toml::string(&keyring_toml(keyring))),
+    )
+    .unwrap();
+    let server = Application::build(settings).await.unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run_until(async move {
+        let _ = stopped.await;
+    }));
+    (connect(addr).await, stop)
+}
+
+async fn get_token(client: &TokenVaultClient<Channel>, tenant: &str) -> Result<String, tonic::Status> {
+    client
+        .clone()
+        .get_access_token(proto::GetAccessTokenRequest {
+            tenant_id: tenant.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().access_token)
+}
+
+async fn begin_on(client: &TokenVaultClient<Channel>, tenant: &str) -> proto::BeginAuthorizationResponse {
+    client
+        .clone()
+        .begin_authorization(proto::BeginAuthorizationRequest {
+            tenant_id: tenant.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("BeginAuthorization succeeds")
+        .into_inner()
+}
+
+/// Consent at `app`'s provider, then complete on `client` (any vault on the same database).
+async fn complete(client: &TokenVaultClient<Channel>, app: &TestApp, begun: proto::BeginAuthorizationResponse) {
+    let code = app.provider.consent(&begun.authorization_url);
+    client
+        .clone()
+        .complete_authorization(proto::CompleteAuthorizationRequest {
+            state: begun.state,
+            code,
+            ..Default::default()
+        })
+        .await
+        .expect("CompleteAuthorization succeeds");
+}
+
+#[tokio::test]
+async fn rewrap_moves_every_value_to_the_new_key_and_the_old_key_can_be_removed() {
+    let (a, b) = (key_line("key-a"), key_line("key-b"));
+    // Short-lived tokens, so that refreshes write refresh-token history under each keyring.
+    let app = spawn_app_with(TestOptions {
+        access_ttl: 2,
+        extra_toml: keyring_toml(&[&a]),
+        ..Default::default()
+    })
+    .await;
+    let store = Store::from_pool(app.pool.clone());
+    app.connect_tenant("acme").await;
+    app.connect_tenant("globex").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    app.get_token("acme").await.unwrap(); // a refresh: generation 2, history of two
+    let pending = app.begin("pending-tenant").await; // a sealed PKCE verifier, not yet used
+
+    let before = key_usage(&store).await.unwrap();
+    assert!(before.values_under("key-a") >= 8, "{before:?}");
+    assert_eq!(before.values_not_under("key-a"), 0);
+
+    // Restart with [A, B]: B seals new values, A still opens the old ones.
+    let (ab_client, ab_stop) = restart_with(&app, &[&a, &b]).await;
+    assert!(get_token(&ab_client, "acme").await.is_ok());
+    complete(&ab_client, &app, app.begin("initech").await).await;
+    let mixed = key_usage(&store).await.unwrap();
+    assert!(mixed.values_under("key-b") >= 2, "new writes use key-b: {mixed:?}");
+    assert!(mixed.values_under("key-a") > 0);
+
+    // Small batches, so that several transactions and the keyset pagination are exercised.
+    let ab = Keyring::parse(&format!("{a}\n{b}"), None).unwrap();
+    let report = rewrap(&store, &ab, &RewrapOptions { batch_size: 2 }).await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(
+        report.total_rewritten() as i64 + report.changed_meanwhile as i64,
+        mixed.values_under("key-a")
+    );
+    let after = key_usage(&store).await.unwrap();
+    assert_eq!(after.values_under("key-a"), 0, "{after:?}");
+    assert_eq!(after.values_not_under("key-b"), 0);
+    let table = after.render(Some(&ab));
+    assert!(table.contains("key-b") && table.contains("active"), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with("key-a") && l.contains(" 0 ")),
+        "the old key is listed with nothing left to protect:\n{table}"
+    );
+    // A second run finds nothing to do.
+    let again = rewrap(&store, &ab, &RewrapOptions::default()).await.unwrap();
+    assert_eq!(again.total_rewritten(), 0);
+    drop(ab_stop);
+
+    // Restart with [B] only: every kind of value opens.
+    let (b_client, _b_stop) = restart_with(&app, &[&b]).await;
+    let generation = |tenant: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT generation FROM connections WHERE tenant_id = $1")
+                .bind(tenant)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(generation("globex").await, 1);
+    for tenant in ["acme", "globex", "initech"] {
+        get_token(&b_client, tenant)
+            .await
+            .unwrap_or_else(|e| panic!("{tenant}: {e:?}"));
+    }
+    // globex's token had expired: it was refreshed with its refresh token sealed under A and
+    // rewrapped (the provider rotates only a token it issued).
+    assert_eq!(generation("globex").await, 2);
+    assert_eq!(app.provider.stats().reuse_detected, 0);
+    // The PKCE verifier sealed under A, rewrapped: the provider checks it against the challenge.
+    complete(&b_client, &app, pending).await;
+
+    // And, after all of it, no token in plaintext anywhere in the database.
+    let dump = dump_all_tables(&app.pool).await;
+    for secret in app.provider.issued_secrets().iter().chain([&app.client_secret]) {
+        assert!(
+            !dump.contains(secret.as_str()),
+            "plaintext secret found in the database"
+        );
+    }
+}
+
+/// Collects formatted log lines of the current thread (the test's runtime is single-threaded,
+/// so the server's tasks log here).
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn a_value_under_a_removed_key_is_internal_and_the_log_names_the_key() {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (a, b) = (key_line("retired-2025"), key_line("key-2026"));
+    let app = spawn_app_with(TestOptions {
+        extra_toml: keyring_toml(&[&a]),
+        ..Default::default()
+    })
+    .await;
+    app.connect_tenant("acme").await;
+    // The old key removed without a rewrap.
+    let (client, _stop) = restart_with(&app, &[&b]).await;
+    let err = get_token(&client, "acme").await.unwrap_err();
+    let meta = assert_reason(&err, Code::Internal, "INTERNAL_ERROR");
+    let error_id = &meta["error_id"];
+    assert!(err.message().contains(error_id.as_str()));
+    assert!(!err.message().contains("retired-2025"), "internals stay in the log");
+
+    let logged = logs.text();
+    let line = logged
+        .lines()
+        .find(|l| l.contains(error_id.as_str()))
+        .unwrap_or_else(|| panic!("no log line with error_id {error_id}:\n{logged}"));
+    assert!(line.contains("retired-2025"), "the log names the missing key: {line}");
+    assert!(line.contains("not in the keyring"), "{line}");
+
+    // The server goes on serving: a description needs no key, and a new tenant works.
+    client
+        .clone()
+        .get_connection(proto::GetConnectionRequest {
+            tenant_id: "acme".into(),
+            provider: String::new(),
+        })
+        .await
+        .unwrap();
+    complete(&client, &app, begin_on(&client, "globex").await).await;
+    assert!(get_token(&client, "globex").await.is_ok());
+}
+
+#[tokio::test]
+async fn a_keyring_file_reloads_only_when_it_is_safe() {
+    let (a, b) = (key_line("key-a"), key_line("key-b"));
+    let app = spawn_app_with(TestOptions {
+        extra_toml: keyring_toml(&[&a]),
+        ..Default::default()
+    })
+    .await;
+    app.connect_tenant("acme").await; // values under key-a
+    let store = Store::from_pool(app.pool.clone());
+
+    let dir = std::env::temp_dir().join(format!("tv-keys-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("keyring");
+    let write = |text: &str| std::fs::write(&path, text).unwrap();
+    write(&format!("{a}\n"));
+    let settings = EncryptionSettings {
+        keyring: None,
+        keyring_file: Some(path.clone()),
+        active_key: None,
+        development_keyring_file: dir.join("unused"),
+    };
+    let shared = SharedKeyring::new(Keyring::parse(&a, None).unwrap());
+    let mut reloader = KeyringReloader::new(&settings, shared.clone(), store.clone()).unwrap();
+    assert_eq!(reloader.check().await.unwrap(), Reload::Unchanged);
+
+    // A new key appended: taken, and it seals from now on.
+    write(&format!("{a}\n{b}\n"));
+    match reloader.check().await.unwrap() {
+        Reload::Replaced { added, removed, active } => {
+            assert_eq!(added.iter().map(|k| k.as_str()).collect::<Vec<_>>(), ["key-b"]);
+            assert!(removed.is_empty());
+            assert_eq!(active.as_str(), "key-b");
+        }
+        other => panic!("{other:?}"),
+    }
+    let aad = token_vault::crypto::Aad::for_generation(token_vault::crypto::Purpose::AccessToken, "t", "p", 1);
+    assert_eq!(sealed_key_id(&shared.seal(&aad, b"x").unwrap()), Ok("key-b"));
+
+    // Dropping key-a while it protects acme's tokens: refused, nothing changes.
+    write(&format!("{b}\n"));
+    match reloader.check().await {
+        Err(ReloadError::StillInUse(which)) => assert!(which.contains("key-a"), "{which}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(shared.current().get("key-a").is_some());
+
+    // A broken file, or one that gives key-a other bytes: refused, and the error holds no key.
+    write("key-a:not base64\n");
+    assert!(matches!(reloader.check().await, Err(ReloadError::Keyring(_))));
+    let impostor = key_line("key-a");
+    write(&format!("{impostor}\n{b}\n"));
+    let err = reloader.check().await.unwrap_err();
+    assert!(matches!(err, ReloadError::ChangedKey(_)), "{err:?}");
+    assert!(!err.to_string().contains(impostor.split(':').nth(1).unwrap()));
+    assert_eq!(shared.current().key_ids().count(), 2);
+
+    // Once rewrapped, the same removal is accepted.
+    rewrap(&store, &shared.current(), &RewrapOptions::default())
+        .await
+        .unwrap();
+    write(&format!("{b}\n"));
+    match reloader.check().await.unwrap() {
+        Reload::Replaced { removed, .. } => {
+            assert_eq!(removed.iter().map(|k| k.as_str()).collect::<Vec<_>>(), ["key-a"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(shared.current().get("key-a").is_none());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Needs the SharedKeyring wiring in src/vault and src/startup.rs (see the report).
+#[tokio::test]
+async fn a_running_vault_picks_up_a_changed_keyring_file() {
+    let (a, b) = (key_line("key-a"), key_line("key-b"));
+    let dir = std::env::temp_dir().join(format!("tv-reload-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("keyring");
+    std::fs::write(&path, format!("{a}\n")).unwrap();
+    let app = spawn_app_with(TestOptions {
+        extra_toml: format!(
+            "[encryption]\nkeyring_file = \"{}\"\n[keys]\nreload_interval = \"50ms\"\n",
+            path.display()
+        ),
+        ..Default::default()
+    })
+    .await;
+    app.connect_tenant("acme").await;
+    let key_of = |tenant: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            let sealed: Vec<u8> = sqlx::query_scalar("SELECT access_token FROM connections WHERE tenant_id = $1")
+                .bind(tenant)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            sealed_key_id(&sealed).unwrap().to_owned()
+        }
+    };
+    assert_eq!(key_of("acme").await, "key-a");
+
+    std::fs::write(&path, format!("{a}\n{b}\n")).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    app.connect_tenant("globex").await;
+    assert_eq!(key_of("globex").await, "key-b", "new writes use the reloaded key");
+    assert!(app.get_token("acme").await.is_ok(), "old values still open");
+
+    // Dropping key-a while acme's tokens use it is refused: the vault keeps both keys.
+    std::fs::write(&path, format!("{b}\n")).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let store = Store::from_pool(app.pool.clone());
+    assert!(key_usage(&store).await.unwrap().values_under("key-a") > 0);
+    app.connect_tenant("initech").await;
+    assert_eq!(key_of("initech").await, "key-b");
+    let _ = std::fs::remove_dir_all(&dir);
+}
