@@ -77,6 +77,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Before anything can open a TLS connection (providers, or Postgres with sslmode=require).
+    token_vault::oauth::install_crypto_provider();
     match cli.command {
         Command::Keys(KeysCommand::Generate { id }) => {
             let (_, line) = token_vault::crypto::Keyring::generate_with_id(&id)?;

@@ -54,8 +54,9 @@ impl std::fmt::Debug for ProviderClient {
     }
 }
 
-/// reqwest is built without a bundled TLS crypto provider; ring is installed once per process.
-fn install_crypto_provider() {
+/// reqwest (and sqlx's TLS to Postgres) are built without a bundled TLS crypto provider; ring is
+/// installed once per process.
+pub fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // Fails only if another provider is already installed, which serves just as well.

@@ -78,6 +78,9 @@ pub struct TestOptions {
     pub extra_toml: String,
     /// Route token requests through a proxy that can reset connections.
     pub faulty_proxy: bool,
+    /// Connect the vault to Postgres with `sslmode=require` (application_name
+    /// `token-vault-under-test`).
+    pub database_tls: bool,
     /// The client's TLS (and client certificate) when the vault serves TLS (`tls.*` in
     /// `extra_toml`).
     pub client_tls: Option<tonic::transport::ClientTlsConfig>,
@@ -91,6 +94,7 @@ impl Default for TestOptions {
             access_ttl: 3600,
             extra_toml: String::new(),
             faulty_proxy: false,
+            database_tls: false,
             client_tls: None,
         }
     }
@@ -168,7 +172,13 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
     let client_secret = format!("secret_{}", uuid::Uuid::new_v4().simple());
     let provider = ScriptedProvider::start("test-client", &client_secret, opts.auth).await;
     provider.set_access_ttl(opts.access_ttl);
-    let toml = settings_toml(&provider.uri(), &db.url, &client_secret, &opts);
+    let database_url = if opts.database_tls {
+        // Named, so a test can tell the vault's sessions from its own.
+        format!("{}?sslmode=require&application_name=token-vault-under-test", db.url)
+    } else {
+        db.url.clone()
+    };
+    let toml = settings_toml(&provider.uri(), &database_url, &client_secret, &opts);
     let proxy = if opts.faulty_proxy {
         Some(FaultyProxy::start(*provider.server.address()).await)
     } else {

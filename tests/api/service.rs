@@ -128,3 +128,24 @@ async fn get_connection_describes_without_tokens() {
         assert!(!text.contains(&secret));
     }
 }
+
+#[tokio::test]
+async fn the_database_connection_can_be_encrypted() {
+    let app = crate::helpers::spawn_app_with(crate::helpers::TestOptions {
+        database_tls: true,
+        ..Default::default()
+    })
+    .await;
+    app.connect_tenant("acme").await;
+    assert!(app.get_token("acme").await.is_ok());
+    // The vault's own sessions on this database, told apart by their application_name.
+    let (sessions, encrypted): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.datname = current_database() AND a.application_name = 'token-vault-under-test'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(sessions >= 1, "the vault's sessions are visible");
+    assert_eq!(encrypted, sessions, "every session of the vault is encrypted");
+}
