@@ -18,5 +18,6 @@ mod refresh;
 mod reliability;
 mod replicas;
 mod report;
+mod secrets_in_logs;
 mod service;
 mod telemetry;
