@@ -46,16 +46,6 @@ pub struct CurrentRefreshToken {
     pub token: Vec<u8>,
 }
 
-/// One row of a connection's refresh-token history (for tests and operators; sealed).
-#[derive(Debug)]
-pub struct RefreshTokenHistoryRow {
-    pub generation: i64,
-    pub token: Vec<u8>,
-    pub source: String,
-    pub issued_at: OffsetDateTime,
-    pub superseded_at: Option<OffsetDateTime>,
-}
-
 /// Tokens to write at generation `generation`, sealed for it.
 pub struct NewTokens {
     pub generation: i64,
@@ -101,18 +91,6 @@ impl<'a> Connections<'a> {
         .fetch_optional(self.pool)
         .await?;
         Ok(row)
-    }
-
-    pub async fn refresh_token_history(&self, connection_id: i64) -> Result<Vec<RefreshTokenHistoryRow>, StoreError> {
-        let rows = sqlx::query_as!(
-            RefreshTokenHistoryRow,
-            r#"SELECT generation, token, source, issued_at, superseded_at
-                 FROM refresh_tokens WHERE connection_id = $1 ORDER BY generation"#,
-            connection_id,
-        )
-        .fetch_all(self.pool)
-        .await?;
-        Ok(rows)
     }
 
     /// Stores the tokens of a completed authorization: creates the connection, or replaces the

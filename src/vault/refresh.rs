@@ -75,8 +75,6 @@ pub struct RefreshMetrics {
     pub marked_reauthorization_required: AtomicU64,
     /// Failed attempts to store a received token (each retried).
     pub unsaved_rotation_retries: AtomicU64,
-    /// Rounds spent waiting for another replica's lease.
-    pub lease_waits: AtomicU64,
 }
 
 type SharedRefresh = Shared<BoxFuture<'static, Result<AccessToken, VaultError>>>;
@@ -285,9 +283,8 @@ impl RefresherInner {
                 }
                 Ok(None) => {
                     waiting_since.get_or_insert_with(Instant::now);
-                    self.metrics.lease_waits.fetch_add(1, Ordering::Relaxed)
                 }
-                Err(VaultError::StoreUnavailable) if Instant::now() < give_up_at => 0,
+                Err(VaultError::StoreUnavailable) if Instant::now() < give_up_at => {}
                 Err(e) => return Err(e),
             };
             let pause = jitter(self.policy.poll_interval);
