@@ -1,6 +1,8 @@
 //! The floors every vault figure is divided by, served from the same proto with the same tonic
-//! server settings: a server that answers GetAccessToken with a constant, and one that answers
-//! it with one indexed SELECT of a stored (sealed) token row through sqlx.
+//! server settings: a server that answers GetAccessToken with a constant; one that answers it
+//! with one indexed SELECT of a stored (sealed) token row through sqlx; and, for the refresh
+//! scenario, one that answers it with the access token of one refresh-token request to the
+//! scripted provider (what any server must do for an expired token, and nothing else).
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use sqlx::PgPool;
@@ -10,6 +12,15 @@ use tonic::{Request, Response, Status};
 enum Floor {
     Constant(proto::GetAccessTokenResponse),
     Database(PgPool),
+    Provider { http: reqwest::Client, token_url: String },
+}
+
+/// Which floor a process serves.
+pub enum Kind {
+    Constant,
+    Database(String),
+    /// The provider's base URL.
+    Provider(String),
 }
 
 #[tonic::async_trait]
@@ -62,22 +73,55 @@ impl TokenVault for Floor {
                     scopes: vec!["offline".into(), "booking.read".into()],
                 }))
             }
+            Floor::Provider { http, token_url } => {
+                // The same form the vault sends for a refresh (client_secret_post).
+                let answer = http
+                    .post(token_url)
+                    .form(&[
+                        ("grant_type", "refresh_token"),
+                        ("refresh_token", "floor-refresh-token"),
+                        ("client_id", "bench"),
+                        ("client_secret", "bench-secret"),
+                    ])
+                    .send()
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                let body: serde_json::Value = answer.json().await.map_err(|e| Status::internal(e.to_string()))?;
+                let expires_in = body["expires_in"].as_i64().unwrap_or(0);
+                Ok(Response::new(proto::GetAccessTokenResponse {
+                    access_token: body["access_token"].as_str().unwrap_or_default().to_owned(),
+                    token_type: "bearer".into(),
+                    expires_at: Some(prost_types::Timestamp {
+                        seconds: time::OffsetDateTime::now_utc().unix_timestamp() + expires_in,
+                        nanos: 0,
+                    }),
+                    scopes: vec!["offline".into(), "booking.read".into()],
+                }))
+            }
         }
     }
 }
 
-/// Serves a floor on `listen` until the process is killed. `database_url` picks the database
-/// floor; without it the constant floor.
-pub async fn serve(listen: std::net::SocketAddr, database_url: Option<String>, max_connections: u32) {
-    let floor = match database_url {
-        Some(url) => Floor::Database(
+/// Serves a floor on `listen` until the process is killed.
+pub async fn serve(listen: std::net::SocketAddr, kind: Kind, max_connections: u32) {
+    let floor = match kind {
+        Kind::Provider(base) => Floor::Provider {
+            // Built as the vault builds its provider client.
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("an HTTP client"),
+            token_url: format!("{base}/oauth2/token"),
+        },
+        Kind::Database(url) => Floor::Database(
             sqlx::postgres::PgPoolOptions::new()
                 .max_connections(max_connections)
                 .connect(&url)
                 .await
                 .expect("the floor's database answers"),
         ),
-        None => Floor::Constant(proto::GetAccessTokenResponse {
+        Kind::Constant => Floor::Constant(proto::GetAccessTokenResponse {
             // The size of a real Hydra access token (a JWT of ~900 bytes).
             access_token: "x".repeat(900),
             token_type: "bearer".into(),

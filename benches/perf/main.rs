@@ -5,8 +5,11 @@
 //! `scripts/bench` runs it in full; `scripts/bench --short` runs it briefly, in the dev
 //! profile, to check that the harness works (CI does this; its numbers mean nothing).
 //!
-//! Subcommands (as arguments after `--`): `all [--short]`, and `floor --listen ADDR
-//! [--database-url URL]`, which the harness uses to run each floor in a process of its own.
+//! Subcommands (as arguments after `--`): `all [--short] [--only SCENARIO,...]`, and
+//! `floor --listen ADDR [--database-url URL | --provider-url URL]`, which the harness uses to run each floor in a
+//! process of its own. `--only` (hot, auth, h2load, cold, refresh, stampede, scale, crypto)
+//! reruns a few scenarios while profiling; such a partial run writes its table to
+//! `target/performance-partial.md`, never to docs/performance.md.
 
 // A harness step that fails is a failed run: unwrap says so at the spot.
 #![allow(clippy::unwrap_used)]
@@ -36,9 +39,11 @@ const BENCH_BEARER: &str = "bench-caller-token";
 const BENCH_BEARER_SHA256: &str = "e3a54ff4c349a7ee0702276f308900a98ada913960fcb621cbec7e9599bb5686";
 
 /// How big and how long: the full run, or the harness check CI runs.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Plan {
     short: bool,
+    /// The scenarios to run; `None` runs them all.
+    only: Option<Vec<String>>,
     shape: LoadShape,
     rounds: usize,
     cold_tenants: u64,
@@ -48,7 +53,15 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(short: bool) -> Self {
+    fn new(short: bool, only: Option<Vec<String>>) -> Self {
+        if let Some(names) = &only {
+            for name in names {
+                assert!(
+                    SCENARIOS.contains(&name.as_str()),
+                    "unknown scenario {name}: use one of {SCENARIOS:?}"
+                );
+            }
+        }
         let shape = LoadShape {
             connections: 4,
             in_flight: 64,
@@ -58,6 +71,7 @@ impl Plan {
         };
         Self {
             short,
+            only,
             shape,
             rounds: if short { 1 } else { 2 },
             cold_tenants: if short { 20_000 } else { 1_000_000 },
@@ -65,6 +79,18 @@ impl Plan {
             refresh_samples: if short { 20 } else { 200 },
             stampede_callers: 1_000,
         }
+    }
+}
+
+const SCENARIOS: [&str; 8] = [
+    "hot", "auth", "h2load", "cold", "refresh", "stampede", "scale", "crypto",
+];
+
+impl Plan {
+    fn runs(&self, scenario: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == scenario))
     }
 }
 
@@ -78,11 +104,24 @@ fn main() {
         Some("floor") => {
             let value = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
             let listen = value("--listen").expect("--listen").parse().expect("an address");
-            runtime.block_on(floors::serve(listen, value("--database-url"), 20));
+            let kind = match (value("--database-url"), value("--provider-url")) {
+                (Some(url), _) => floors::Kind::Database(url),
+                (None, Some(url)) => floors::Kind::Provider(url),
+                (None, None) => floors::Kind::Constant,
+            };
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            runtime.block_on(floors::serve(listen, kind, 20));
         }
         Some("all") | None => {
             let short = args.iter().any(|a| a == "--short");
-            runtime.block_on(all(Plan::new(short)));
+            let only = args.iter().position(|a| a == "--only").map(|i| {
+                args.get(i + 1)
+                    .expect("--only SCENARIO,...")
+                    .split(',')
+                    .map(String::from)
+                    .collect()
+            });
+            runtime.block_on(all(Plan::new(short, only)));
         }
         Some(other) => panic!("unknown subcommand {other}: use `all [--short]` or `floor`"),
     }
@@ -145,11 +184,17 @@ async fn wait_listening(addr: std::net::SocketAddr) {
     panic!("{addr} never listened");
 }
 
+/// The floor processes a run starts (see `floors`).
+enum FloorKind {
+    Constant,
+    Database,
+    Provider,
+}
+
 struct Bench {
     plan: Plan,
     dir: std::path::PathBuf,
     database_url: String,
-    database: String,
     keyring_text: String,
     provider: BenchProvider,
 }
@@ -225,12 +270,18 @@ redirect_uris = ["https://bench.example/callback"]
         (Proc { child, addr }, started.elapsed())
     }
 
-    async fn floor(&self, database: bool) -> Proc {
+    async fn floor(&self, kind: FloorKind) -> Proc {
         let addr = free_addr();
         let mut command = tokio::process::Command::new(std::env::current_exe().unwrap());
         command.args(["floor", "--listen", &addr.to_string()]);
-        if database {
-            command.args(["--database-url", &self.database_url]);
+        match kind {
+            FloorKind::Constant => {}
+            FloorKind::Database => {
+                command.args(["--database-url", &self.database_url]);
+            }
+            FloorKind::Provider => {
+                command.args(["--provider-url", &self.provider.server.uri()]);
+            }
         }
         let child = command
             .stdin(Stdio::null())
@@ -323,6 +374,26 @@ async fn commit_latencies(pool: &PgPool, n: usize) -> Vec<u32> {
     out
 }
 
+/// Drops the bench's database even when a step panics, so a failed run leaves nothing behind.
+struct DatabaseGuard {
+    name: String,
+}
+
+impl Drop for DatabaseGuard {
+    fn drop(&mut self) {
+        // A blocking client of its own: this may run while the runtime unwinds.
+        let _ = std::process::Command::new("psql")
+            .args([
+                ADMIN_URL,
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 async fn all(plan: Plan) {
     let started = Instant::now();
     let database = format!("tv_bench_{}", std::process::id());
@@ -331,6 +402,7 @@ async fn all(plan: Plan) {
         .execute(&mut admin)
         .await
         .unwrap();
+    let _drop_database = DatabaseGuard { name: database.clone() };
     let database_url = format!("{}/{database}", ADMIN_URL.rsplit_once('/').expect("a database URL").0);
     let pool = PgPool::connect(&database_url).await.unwrap();
     token_vault::store::Store::from_pool(pool.clone())
@@ -341,77 +413,125 @@ async fn all(plan: Plan) {
     let dir = std::env::temp_dir().join(format!("token-vault-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bench = Bench {
-        plan,
+        plan: plan.clone(),
         dir,
         database_url,
-        database: database.clone(),
         keyring_text: keyring_text.to_string(),
         provider: BenchProvider::start(PROVIDER_DELAY).await,
     };
-    let mut report = Report::new(plan.short);
+    let mut report = Report::new(plan.short, plan.only.is_some());
 
     // Start-up on an empty database: the baseline for the scale scenario.
     let (vault, startup_empty) = bench.vault(false).await;
+    let grpc_floor = bench.floor(FloorKind::Constant).await;
 
-    // Hot path: 100 connected tenants, all cached after the warm-up.
+    if plan.runs("hot") || plan.runs("auth") || plan.runs("h2load") {
+        hot_path(&bench, &mut report, &vault, &grpc_floor).await;
+    }
+
+    let mut seeded_in = None;
+    if plan.runs("cold") || plan.runs("scale") {
+        let seeding = Instant::now();
+        seed::connections(&pool, &keyring, plan.cold_tenants).await;
+        seeded_in = Some(seeding.elapsed());
+    }
+    if plan.runs("cold") {
+        cold_cache(&bench, &mut report, &vault).await;
+    }
+    if plan.runs("refresh") {
+        refresh(&bench, &mut report, &vault, &pool).await;
+    }
+    if plan.runs("stampede") {
+        stampede(&bench, &mut report, &vault, &grpc_floor).await;
+    }
+    drop(grpc_floor);
+    drop(vault);
+    if plan.runs("scale") {
+        scale(&bench, &mut report, startup_empty).await;
+    }
+    if plan.runs("crypto") {
+        report.crypto_rows();
+    }
+
+    if let Some(seeded_in) = seeded_in {
+        report.note(format!(
+            "seeded {} connections in {:.1} s",
+            plan.cold_tenants,
+            seeded_in.as_secs_f64()
+        ));
+    }
+    report.note(format!("whole run {:.0} s", started.elapsed().as_secs_f64()));
+    report.finish();
+
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&bench.dir);
+}
+
+/// Hot path: 100 connected tenants, all cached after the warm-up; without and with
+/// authentication and audit, and cross-checked with h2load.
+async fn hot_path(bench: &Bench, report: &mut Report, vault: &Proc, grpc_floor: &Proc) {
+    let plan = &bench.plan;
     let hot: Vec<String> = (0..100).map(|i| format!("hot-{i:03}")).collect();
-    bench.connect_tenants(&vault, &hot).await;
+    bench.connect_tenants(vault, &hot).await;
     let hot = Arc::new(hot);
     let pick_hot = {
         let hot = hot.clone();
         Arc::new(move |w: usize, i: u64| hot[(w + i as usize * 7) % hot.len()].clone())
     };
-    let grpc_floor = bench.floor(false).await;
-    let (v, f) = bench.compare(&vault, None, &grpc_floor, pick_hot.clone()).await;
-    report.ratio_row(
-        "hot path: token valid and cached",
-        &v,
-        &f,
-        "gRPC floor",
-        0.90,
-        Some(1.2),
-    );
+    if plan.runs("hot") {
+        let (v, f) = bench.compare(vault, None, grpc_floor, pick_hot.clone()).await;
+        report.ratio_row(
+            "hot path: token valid and cached",
+            &v,
+            &f,
+            "gRPC floor",
+            0.90,
+            Some(1.2),
+        );
+    }
 
     // The same hot path with caller authentication (bearer token) and the audit trail on, in a
     // second vault process over the same database.
-    let (secured, _) = bench.vault(true).await;
-    let secured_clients = load::channels(secured.addr, 1).await;
-    for tenant in hot.iter() {
-        let mut request = tonic::Request::new(proto::GetAccessTokenRequest {
-            tenant_id: tenant.clone(),
-            ..Default::default()
-        });
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {BENCH_BEARER}").parse().unwrap());
-        secured_clients[0]
-            .clone()
-            .get_access_token(request)
-            .await
-            .expect("an authenticated call");
+    if plan.runs("auth") {
+        let (secured, _) = bench.vault(true).await;
+        let secured_clients = load::channels(secured.addr, 1).await;
+        for tenant in hot.iter() {
+            let mut request = tonic::Request::new(proto::GetAccessTokenRequest {
+                tenant_id: tenant.clone(),
+                ..Default::default()
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {BENCH_BEARER}").parse().unwrap());
+            secured_clients[0]
+                .clone()
+                .get_access_token(request)
+                .await
+                .expect("an authenticated call");
+        }
+        let (v, f) = bench
+            .compare(&secured, Some(BENCH_BEARER), grpc_floor, pick_hot.clone())
+            .await;
+        report.ratio_row(
+            "hot path with authentication (bearer) and audit on",
+            &v,
+            &f,
+            "gRPC floor",
+            0.85,
+            None,
+        );
     }
-    let (v, f) = bench
-        .compare(&secured, Some(BENCH_BEARER), &grpc_floor, pick_hot.clone())
-        .await;
-    report.ratio_row(
-        "hot path with authentication (bearer) and audit on",
-        &v,
-        &f,
-        "gRPC floor",
-        0.85,
-        None,
-    );
-    drop(secured);
-    report.h2load(&vault, &grpc_floor, &hot[0], plan).await;
+    if plan.runs("h2load") {
+        report.h2load(vault, grpc_floor, &hot[0], plan).await;
+    }
+}
 
-    // Cold cache: tenants seeded straight into Postgres, picked uniformly at random.
-    let seeding = Instant::now();
-    seed::connections(&pool, &keyring, plan.cold_tenants).await;
-    let seeded_in = seeding.elapsed();
-    let cold = plan.cold_tenants;
+/// Cold cache: tenants seeded straight into Postgres, picked uniformly at random.
+async fn cold_cache(bench: &Bench, report: &mut Report, vault: &Proc) {
+    let cold = bench.plan.cold_tenants;
     let pick_cold = Arc::new(move |_: usize, _: u64| seed::tenant(rand::random_range(0..cold)));
-    let db_floor = bench.floor(true).await;
-    let (v, f) = bench.compare(&vault, None, &db_floor, pick_cold).await;
+    let db_floor = bench.floor(FloorKind::Database).await;
+    let (v, f) = bench.compare(vault, None, &db_floor, pick_cold).await;
     report.ratio_row(
         &format!("cold cache: valid in Postgres only ({cold} tenants, uniform)"),
         &v,
@@ -420,65 +540,76 @@ async fn all(plan: Plan) {
         0.85,
         None,
     );
-    drop(db_floor);
+}
 
-    // Refresh, one caller at a time: the vault's own time over the provider's delay.
+/// Refresh, one caller at a time: the vault's own time over the provider's delay.
+async fn refresh(bench: &Bench, report: &mut Report, vault: &Proc, pool: &PgPool) {
+    let samples = bench.plan.refresh_samples;
     bench.provider.set_expires_in(2);
-    let expiring: Vec<String> = (0..plan.refresh_samples).map(|i| format!("refresh-{i:04}")).collect();
-    bench.connect_tenants(&vault, &expiring).await;
+    let expiring: Vec<String> = (0..samples).map(|i| format!("refresh-{i:04}")).collect();
+    bench.connect_tenants(vault, &expiring).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let clients = load::channels(vault.addr, 1).await;
+    let provider_floor = bench.floor(FloorKind::Provider).await;
+    let floor_clients = load::channels(provider_floor.addr, 1).await;
     let before = bench.provider.refreshes();
-    let mut overhead_us = Vec::new();
+    let mut vault_us = Vec::new();
+    let mut floor_us = Vec::new();
+    // Alternating, so that both see the same moments of a noisy machine.
     for tenant in &expiring {
         let (took, answer) = load::burst(&clients, tenant, 1).await.remove(0);
         answer.expect("the refresh succeeds");
-        overhead_us.push(took.saturating_sub(PROVIDER_DELAY).as_micros() as u32);
+        vault_us.push(took.as_micros() as u32);
+        let (took, answer) = load::burst(&floor_clients, tenant, 1).await.remove(0);
+        answer.expect("the provider floor answers");
+        floor_us.push(took.as_micros() as u32);
     }
     assert_eq!(
         bench.provider.refreshes() - before,
-        expiring.len() as u64,
-        "one refresh per call"
+        2 * expiring.len() as u64,
+        "one token request per call, from the vault and from the floor"
     );
-    overhead_us.sort_unstable();
-    // The floor: the same token request sent straight to the provider by this process.
-    let direct = bench.provider.direct_latencies(plan.refresh_samples).await;
-    let commits = commit_latencies(&pool, plan.refresh_samples).await;
-    report.refresh_row(&overhead_us, &direct, &commits, PROVIDER_DELAY);
+    vault_us.sort_unstable();
+    floor_us.sort_unstable();
+    // For context: the same token request sent straight to the provider by this process, and
+    // one durable commit.
+    let direct = bench.provider.direct_latencies(samples).await;
+    let commits = commit_latencies(pool, samples).await;
+    report.refresh_row(&vault_us, &floor_us, &direct, &commits, PROVIDER_DELAY);
+    bench.provider.set_expires_in(3600);
+}
 
-    // Stampede: 1,000 concurrent callers on one expired tenant.
-    bench.connect_tenants(&vault, &["stampede".to_string()]).await;
+/// Stampede: 1,000 concurrent callers on one expired tenant, and the same burst against the
+/// constant floor.
+async fn stampede(bench: &Bench, report: &mut Report, vault: &Proc, grpc_floor: &Proc) {
+    let callers = bench.plan.stampede_callers;
+    bench.provider.set_expires_in(2);
+    bench.connect_tenants(vault, &["stampede".to_string()]).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let clients = load::channels(vault.addr, 8).await;
     let before = bench.provider.refreshes();
-    let answers = load::burst(&clients, "stampede", plan.stampede_callers).await;
+    let answers = load::burst(&clients, "stampede", callers).await;
     let refreshes = bench.provider.refreshes() - before;
     // The same burst against the constant floor: what fanning 1,000 calls out and back costs
     // this client and this machine, with no refresh at all.
     let floor_clients = load::channels(grpc_floor.addr, 8).await;
-    let floor_answers = load::burst(&floor_clients, "stampede", plan.stampede_callers).await;
-    drop(grpc_floor);
+    let floor_answers = load::burst(&floor_clients, "stampede", callers).await;
     report.stampede_row(&answers, &floor_answers, refreshes, PROVIDER_DELAY);
     bench.provider.set_expires_in(3600);
+}
 
-    // Scale: start-up with every seeded connection stored, and memory per cached token.
-    drop(vault);
+/// Scale: start-up with every seeded connection stored, and memory per cached token.
+async fn scale(bench: &Bench, report: &mut Report, startup_empty: Duration) {
+    let plan = &bench.plan;
     let (vault, startup_full) = bench.vault(false).await;
     let rss_start = vault.rss_bytes();
     let warm = |count: u64| {
         let vault_addr = vault.addr;
         async move {
-            let shape = LoadShape {
-                connections: 4,
-                in_flight: 64,
-                warm_up: Duration::ZERO,
-                measure: Duration::from_millis(1),
-                bearer: None,
-            };
             // Each distinct tenant once, 64 at a time.
             let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let clients = load::channels(vault_addr, shape.connections).await;
-            let workers = (0..shape.in_flight).map(|w| {
+            let clients = load::channels(vault_addr, 4).await;
+            let workers = (0..64).map(|w| {
                 let mut client = clients[w % clients.len()].clone();
                 let next = next.clone();
                 async move {
@@ -500,35 +631,26 @@ async fn all(plan: Plan) {
             futures::future::join_all(workers).await;
         }
     };
-    warm(plan.cache_entries).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_full_cache = vault.rss_bytes();
-    warm((plan.cache_entries * 2).min(plan.cold_tenants)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_double = vault.rss_bytes();
+    // RSS once the cache is full, then after two and four times as many distinct tokens as it
+    // holds: a bounded cache stops growing after the first point.
+    let mut points = Vec::new();
+    let mut warmed = 0;
+    for multiple in [1, 2, 4, 8] {
+        let count = (plan.cache_entries * multiple).min(plan.cold_tenants);
+        if count <= warmed {
+            break;
+        }
+        warm(count).await;
+        warmed = count;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        points.push((count, vault.rss_bytes()));
+    }
     report.scale_row(
         plan.cold_tenants,
         startup_empty,
         startup_full,
         plan.cache_entries,
         rss_start,
-        rss_full_cache,
-        rss_double,
+        &points,
     );
-    drop(vault);
-
-    report.crypto_rows();
-    report.note(format!(
-        "seeded {cold} connections in {:.1} s; whole run {:.0} s",
-        seeded_in.as_secs_f64(),
-        started.elapsed().as_secs_f64()
-    ));
-    report.finish();
-
-    pool.close().await;
-    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", bench.database))
-        .execute(&mut admin)
-        .await;
-    let _ = std::fs::remove_dir_all(&bench.dir);
-    let _ = database;
 }
