@@ -57,6 +57,13 @@ enum KeysCommand {
     Status,
 }
 
+/// mimalloc rather than the system allocator: the token cache frees and allocates ~1 KiB
+/// values on every eviction, and glibc's per-thread arenas kept that freed memory, so the
+/// process grew past what the bounded cache holds (measured by the scale scenario of
+/// `scripts/bench`; docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
