@@ -46,6 +46,13 @@ pub struct CurrentRefreshToken {
     pub token: Vec<u8>,
 }
 
+/// A lease taken: the connection as it is under the lease, and the refresh token to present
+/// (`None` if the connection holds none).
+pub struct Leased {
+    pub connection: ConnectionRow,
+    pub refresh_token: Option<CurrentRefreshToken>,
+}
+
 /// Tokens to write at generation `generation`, sealed for it.
 pub struct NewTokens {
     pub generation: i64,
@@ -192,43 +199,69 @@ impl<'a> Connections<'a> {
         }
     }
 
-    /// Takes the refresh exclusion for `holder` if the connection is still at `generation`,
-    /// still active, and nobody holds an unexpired lease; in the same round trip reads the
-    /// refresh token to use. `None`: not taken. `Some(None)`: taken, but no refresh token is
-    /// held. The lease is compared with the database's clock only, so replicas' clocks don't
-    /// matter.
+    /// Takes the refresh exclusion for `holder` if the tenant's connection is still at
+    /// `generation`, still active, and nobody holds an unexpired lease; in the same round trip
+    /// reads the connection and the refresh token to use, so a refresh that starts from a
+    /// stale cached token needs no read before it. `None`: not taken. The lease is compared
+    /// with the database's clock only, so replicas' clocks don't matter.
     #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPDATE connections", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "connections"))]
     pub async fn try_acquire_lease(
         &self,
-        connection_id: i64,
+        tenant_id: &str,
+        provider: &str,
         generation: i64,
         holder: Uuid,
         ttl: Duration,
-    ) -> Result<Option<Option<CurrentRefreshToken>>, StoreError> {
+    ) -> Result<Option<Leased>, StoreError> {
         let ttl_secs = ttl.as_secs_f64();
         let row = sqlx::query!(
             r#"WITH lease AS (
                    UPDATE connections
-                      SET refresh_lease_holder = $3, refresh_lease_until = now() + make_interval(secs => $4)
-                    WHERE id = $1 AND generation = $2 AND status = 'active'
+                      SET refresh_lease_holder = $4, refresh_lease_until = now() + make_interval(secs => $5)
+                    WHERE tenant_id = $1 AND provider = $2 AND generation = $3 AND status = 'active'
                       AND (refresh_lease_until IS NULL OR refresh_lease_until <= now())
-                RETURNING id)
-               SELECT current.generation AS "generation?", current.token AS "token?"
+                RETURNING id, tenant_id, provider, status, status_reason, status_changed_at, scopes, generation,
+                          token_type, access_token, access_token_issued_at, access_token_expires_at,
+                          authorized_at, refreshed_at)
+               SELECT lease.id, lease.tenant_id, lease.provider, lease.status, lease.status_reason,
+                      lease.status_changed_at, lease.scopes, lease.generation, lease.token_type,
+                      lease.access_token, lease.access_token_issued_at, lease.access_token_expires_at,
+                      lease.authorized_at, lease.refreshed_at,
+                      current.generation AS "refresh_generation?", current.token AS "refresh_token?"
                  FROM lease
                  LEFT JOIN LATERAL (
                       SELECT generation, token FROM refresh_tokens
                        WHERE connection_id = lease.id AND superseded_at IS NULL
                        ORDER BY generation DESC LIMIT 1) current ON true"#,
-            connection_id,
+            tenant_id,
+            provider,
             generation,
             holder,
             ttl_secs,
         )
         .fetch_optional(self.pool)
         .await?;
-        Ok(row.map(|r| match (r.generation, r.token) {
-            (Some(generation), Some(token)) => Some(CurrentRefreshToken { generation, token }),
-            _ => None,
+        Ok(row.map(|r| Leased {
+            refresh_token: match (r.refresh_generation, r.refresh_token) {
+                (Some(generation), Some(token)) => Some(CurrentRefreshToken { generation, token }),
+                _ => None,
+            },
+            connection: ConnectionRow {
+                id: r.id,
+                tenant_id: r.tenant_id,
+                provider: r.provider,
+                status: r.status,
+                status_reason: r.status_reason,
+                status_changed_at: r.status_changed_at,
+                scopes: r.scopes,
+                generation: r.generation,
+                token_type: r.token_type,
+                access_token: r.access_token,
+                access_token_issued_at: r.access_token_issued_at,
+                access_token_expires_at: r.access_token_expires_at,
+                authorized_at: r.authorized_at,
+                refreshed_at: r.refreshed_at,
+            },
         }))
     }
 

@@ -16,7 +16,7 @@ use sqlx::{
 };
 
 pub use audit::{AuditEvents, AuditRow};
-pub use connections::{ConnectionRow, Connections, CurrentRefreshToken, NewTokens};
+pub use connections::{ConnectionRow, Connections, CurrentRefreshToken, Leased, NewTokens};
 pub use keys::{Batch, Binding, HeaderCount, Position, SealedColumn, SealedRow, SealedValues};
 pub use pending::{NewPendingAuthorization, PendingAuthorization, PendingAuthorizations};
 

@@ -31,6 +31,15 @@ impl Vault {
             if let Some(refreshed) = self.inner.refresher.join(&key, deadline).await {
                 return refreshed.map(|token| (token, TokenSource::Refresh));
             }
+            // Stale, and nobody here is refreshing it: refresh from its generation without
+            // reading the row first. Taking the lease reads it; if another replica refreshed
+            // meanwhile, the refresh finds that and hands out its token instead.
+            let token = self
+                .inner
+                .refresher
+                .refresh(key, client.clone(), token.generation, deadline)
+                .await?;
+            return Ok((token, TokenSource::Refresh));
         }
 
         let row = self.active_connection(&req.tenant_id, provider).await?;
@@ -39,7 +48,11 @@ impl Vault {
         if token.is_valid_for(margin, fraction, OffsetDateTime::now_utc()) {
             return Ok((token, TokenSource::Database));
         }
-        let token = self.inner.refresher.refresh(key, client.clone(), row, deadline).await?;
+        let token = self
+            .inner
+            .refresher
+            .refresh(key, client.clone(), row.generation, deadline)
+            .await?;
         Ok((token, TokenSource::Refresh))
     }
 

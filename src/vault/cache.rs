@@ -22,6 +22,14 @@ impl CacheKey {
     pub fn new(provider: &str, tenant_id: &str) -> Self {
         Self(provider.into(), tenant_id.into())
     }
+
+    pub fn provider(&self) -> &str {
+        &self.0
+    }
+
+    pub fn tenant_id(&self) -> &str {
+        &self.1
+    }
 }
 
 impl TokenCache {

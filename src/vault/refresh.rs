@@ -18,8 +18,13 @@
 //!   task never starts an attempt that could outlive its lease.
 //! * **Fenced writes.** The refreshed tokens are written with `WHERE generation = $read`; a
 //!   holder whose lease lapsed can never overwrite newer tokens.
-//! * **Re-read after taking the exclusion**, and after `invalid_grant`: if the generation
-//!   moved, someone else refreshed; their token is used and nothing is marked dead.
+//! * **Start from a generation, not a read.** A refresh starts from the generation whose
+//!   access token is stale (a cached token's, or a row's just read). Taking the lease reads the
+//!   connection and its refresh token in the same statement, so a caller holding a stale cached
+//!   token reaches the provider after one round trip. If the lease is not taken, the connection
+//!   is read: a moved generation means someone else refreshed, and their token is used.
+//! * **Re-read after `invalid_grant`**: if the generation moved, someone else refreshed; their
+//!   token is used and nothing is marked dead.
 //! * **Never drop a received refresh token.** If the commit fails, the task keeps retrying it
 //!   with backoff (extending its lease whenever the database answers) until the process is
 //!   told to stop.
@@ -46,7 +51,7 @@ use super::{authorize::provider_error, cache::CacheKey, cache::TokenCache, token
 use crate::{
     crypto::SharedKeyring,
     oauth::{ProviderClient, TokenError},
-    store::{ConnectionRow, CurrentRefreshToken, Store, StoreError},
+    store::{ConnectionRow, CurrentRefreshToken, Leased, Store, StoreError},
 };
 
 /// Time kept free at the end of a lease: no provider attempt may start unless it (at its full
@@ -100,8 +105,8 @@ struct RefresherInner {
 
 /// What trying to take the exclusion found.
 enum Acquired {
-    /// The lease is ours; the refresh token to present (none if the connection has none).
-    Lease(Option<CurrentRefreshToken>),
+    /// The lease is ours: the connection under it and the refresh token to present.
+    Lease(Leased),
     /// Another holder refreshed meanwhile: its token, still valid.
     Theirs(AccessToken),
 }
@@ -140,13 +145,13 @@ impl Refresher {
         &self.inner.metrics
     }
 
-    /// Joins the refresh in flight for `key`, or starts one from `row`; waits for it until
-    /// `deadline`.
+    /// Joins the refresh in flight for `key`, or starts one from `generation` (the generation
+    /// whose access token is stale); waits for it until `deadline`.
     pub async fn refresh(
         &self,
         key: CacheKey,
         client: ProviderClient,
-        row: ConnectionRow,
+        generation: i64,
         deadline: Option<Instant>,
     ) -> Result<AccessToken, VaultError> {
         let shared = {
@@ -162,12 +167,12 @@ impl Refresher {
                     let span = tracing::info_span!(
                         "vault.refresh",
                         otel.name = "refresh",
-                        tenant_id = %row.tenant_id,
-                        provider = %row.provider,
+                        tenant_id = %key.tenant_id(),
+                        provider = %key.provider(),
                     );
                     let task = tokio::spawn(
                         async move {
-                            let result = inner.run(&task_key, &client, row).await;
+                            let result = inner.run(&task_key, &client, generation).await;
                             let mut inflight = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
                             if inflight.get(&task_key).is_some_and(|(running, _)| *running == id) {
                                 inflight.remove(&task_key);
@@ -216,19 +221,24 @@ impl RefresherInner {
         &self,
         key: &CacheKey,
         client: &ProviderClient,
-        mut row: ConnectionRow,
+        mut generation: i64,
     ) -> Result<AccessToken, VaultError> {
         let result = async {
             for _ in 0..MAX_ROUNDS {
-                match self.acquire(&mut row).await? {
+                match self.acquire(key, &mut generation).await? {
                     Acquired::Theirs(token) => {
                         self.metrics.adopted.fetch_add(1, Ordering::Relaxed);
                         return Ok(token);
                     }
-                    Acquired::Lease(current) => match self.refresh_under_lease(key, client, &row, current).await? {
-                        Round::Done(token) => return Ok(token),
-                        Round::Again => row = self.reread(&row).await?,
-                    },
+                    Acquired::Lease(leased) => {
+                        match self
+                            .refresh_under_lease(key, client, &leased.connection, leased.refresh_token)
+                            .await?
+                        {
+                            Round::Done(token) => return Ok(token),
+                            Round::Again => generation = self.reread(key).await?.generation,
+                        }
+                    }
                 }
             }
             Err(VaultError::Internal(
@@ -245,11 +255,11 @@ impl RefresherInner {
         result
     }
 
-    async fn reread(&self, row: &ConnectionRow) -> Result<ConnectionRow, VaultError> {
+    async fn reread(&self, key: &CacheKey) -> Result<ConnectionRow, VaultError> {
         let fresh = self
             .store
             .connections()
-            .find(&row.tenant_id, &row.provider)
+            .find(key.tenant_id(), key.provider())
             .await?
             .ok_or(VaultError::ConnectionNotFound)?;
         if !fresh.is_active() {
@@ -262,7 +272,7 @@ impl RefresherInner {
 
     /// Takes the lease (with the refresh token to use), or returns the token someone else
     /// refreshed meanwhile.
-    async fn acquire(&self, row: &mut ConnectionRow) -> Result<Acquired, VaultError> {
+    async fn acquire(&self, key: &CacheKey, generation: &mut i64) -> Result<Acquired, VaultError> {
         // A database blip while waiting is ridden out for up to a lease's lifetime: the callers
         // are bounded by their own deadlines, and answering all of them UNAVAILABLE because a
         // restart took a second helps nobody.
@@ -272,7 +282,7 @@ impl RefresherInner {
             if self.shutdown.is_cancelled() {
                 return Err(VaultError::ShuttingDown);
             }
-            match self.try_acquire(row).await {
+            match self.try_acquire(key, generation).await {
                 Ok(Some(outcome)) => {
                     if let Some(since) = waiting_since {
                         crate::metrics::get()
@@ -295,26 +305,33 @@ impl RefresherInner {
         }
     }
 
-    /// One look; `None` while another holder is still at it.
-    async fn try_acquire(&self, row: &mut ConnectionRow) -> Result<Option<Acquired>, VaultError> {
+    /// One look; `None` while another holder is still at it. Moves `generation` on when the
+    /// connection has moved on.
+    async fn try_acquire(&self, key: &CacheKey, generation: &mut i64) -> Result<Option<Acquired>, VaultError> {
         let connections = self.store.connections();
         loop {
-            if let Some(current) = connections
-                .try_acquire_lease(row.id, row.generation, self.holder, self.policy.lease_ttl)
+            if let Some(leased) = connections
+                .try_acquire_lease(
+                    key.tenant_id(),
+                    key.provider(),
+                    *generation,
+                    self.holder,
+                    self.policy.lease_ttl,
+                )
                 .await?
             {
-                return Ok(Some(Acquired::Lease(current)));
+                return Ok(Some(Acquired::Lease(leased)));
             }
-            let fresh = self.reread(row).await?;
-            let moved = fresh.generation != row.generation;
-            *row = fresh;
+            let fresh = self.reread(key).await?;
+            let moved = fresh.generation != *generation;
+            *generation = fresh.generation;
             if !moved {
                 return Ok(None);
             }
             // Someone else refreshed. Their token is used as long as it has not expired, even
             // if it is shorter-lived than the margin asks: refreshing again would kill it for
             // whoever already holds it. An expired one is refreshed from the new generation.
-            let token = tokens::open_access_token(&self.keyring, row)?;
+            let token = tokens::open_access_token(&self.keyring, &fresh)?;
             if token.expires_at > OffsetDateTime::now_utc() {
                 return Ok(Some(Acquired::Theirs(token)));
             }
@@ -392,7 +409,7 @@ impl RefresherInner {
                 }
                 TokenError::InvalidGrant(err) => {
                     // A moved generation means another holder won a race: not a dead grant.
-                    let fresh = self.reread(row).await?;
+                    let fresh = self.reread(key).await?;
                     if fresh.generation != row.generation {
                         tracing::info!(tenant_id = %row.tenant_id, provider = %row.provider, "invalid_grant after another holder refreshed; using its token");
                         return Ok(Round::Again);
