@@ -7,7 +7,9 @@ use time::OffsetDateTime;
 use super::{
     cache::CacheKey, tokens, AccessToken, AccessTokenRequest, ConnectionInfo, TenantId, TokenSource, Vault, VaultError,
 };
-use crate::store::ConnectionRow;
+use futures::FutureExt;
+
+use crate::store::{ConnectionRow, Store};
 
 impl Vault {
     /// Returns a token valid for the requested margin: from this replica's cache, else from the
@@ -42,7 +44,7 @@ impl Vault {
             return Ok((token, TokenSource::Refresh));
         }
 
-        let row = self.active_connection(&req.tenant_id, provider).await?;
+        let row = self.read_active_connection(&key).await?;
         let token = tokens::open_access_token(&self.inner.keyring, &row)?;
         self.inner.cache.put(key.clone(), token.clone());
         if token.is_valid_for(margin, fraction, OffsetDateTime::now_utc()) {
@@ -56,20 +58,16 @@ impl Vault {
         Ok((token, TokenSource::Refresh))
     }
 
-    async fn active_connection(&self, tenant_id: &TenantId, provider: &str) -> Result<ConnectionRow, VaultError> {
-        let row = self
-            .inner
-            .store
-            .connections()
-            .find(tenant_id.as_str(), provider)
-            .await?
-            .ok_or(VaultError::ConnectionNotFound)?;
-        if !row.is_active() {
-            return Err(VaultError::ReauthorizationRequired {
-                reason: row.status_reason.unwrap_or_else(|| "unknown".into()),
-            });
-        }
-        Ok(row)
+    /// The connection's row, read once however many callers miss the cache for it at once.
+    async fn read_active_connection(&self, key: &CacheKey) -> Result<ConnectionRow, VaultError> {
+        let store = self.inner.store.clone();
+        let (tenant_id, provider) = (key.tenant_id().to_owned(), key.provider().to_owned());
+        self.inner
+            .reads
+            .run(key.clone(), move || {
+                async move { active_connection(&store, &tenant_id, &provider).await }.boxed()
+            })
+            .await
     }
 
     pub async fn get_connection(&self, tenant_id: &TenantId, provider: &str) -> Result<ConnectionInfo, VaultError> {
@@ -93,4 +91,18 @@ impl Vault {
             refreshed_at: row.refreshed_at,
         })
     }
+}
+
+async fn active_connection(store: &Store, tenant_id: &str, provider: &str) -> Result<ConnectionRow, VaultError> {
+    let row = store
+        .connections()
+        .find(tenant_id, provider)
+        .await?
+        .ok_or(VaultError::ConnectionNotFound)?;
+    if !row.is_active() {
+        return Err(VaultError::ReauthorizationRequired {
+            reason: row.status_reason.unwrap_or_else(|| "unknown".into()),
+        });
+    }
+    Ok(row)
 }

@@ -6,6 +6,7 @@ mod authorize;
 mod cache;
 mod error;
 mod refresh;
+mod single_flight;
 mod tokens;
 mod types;
 
@@ -21,7 +22,7 @@ use crate::{
     config::{RefreshSettings, Settings, VaultSettings},
     crypto::SharedKeyring,
     oauth::ProviderClient,
-    store::Store,
+    store::{ConnectionRow, Store},
 };
 
 /// The vault: shared by every gRPC call, cheap to clone.
@@ -38,7 +39,13 @@ struct Inner {
     settings: VaultSettings,
     cache: cache::TokenCache,
     refresher: refresh::Refresher,
+    /// The database read behind a cache miss, once per key at a time.
+    reads: single_flight::SingleFlight<cache::CacheKey, Result<ConnectionRow, VaultError>>,
 }
+
+/// How long callers missing the cache join a read of the same row already in flight; a read
+/// older than this (stuck on a dead connection) is not joined.
+const READ_JOIN_AGE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Vault {
     pub fn new(
@@ -65,6 +72,7 @@ impl Vault {
                 settings: settings.vault.clone(),
                 cache,
                 refresher,
+                reads: single_flight::SingleFlight::new(READ_JOIN_AGE),
             }),
         }
     }
