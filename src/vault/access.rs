@@ -2,13 +2,12 @@
 
 use std::time::Instant;
 
+use futures::FutureExt;
 use time::OffsetDateTime;
 
 use super::{
     cache::CacheKey, tokens, AccessToken, AccessTokenRequest, ConnectionInfo, TenantId, TokenSource, Vault, VaultError,
 };
-use futures::FutureExt;
-
 use crate::store::{ConnectionRow, Store};
 
 impl Vault {
