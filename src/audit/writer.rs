@@ -1,6 +1,7 @@
 //! The audit writer: one task per process that turns queued events and closed windows into
-//! rows, one INSERT per batch. While the database is away rows wait in a bounded buffer; past
-//! it the oldest are dropped and counted, because the calls being audited must not wait.
+//! rows, written in INSERTs of at most `ROWS_PER_INSERT` rows. While the database is away rows
+//! wait in a bounded buffer; past it the oldest are dropped and counted, because the calls
+//! being audited must not wait.
 
 use std::{
     collections::HashMap,
@@ -19,6 +20,11 @@ use crate::store::{AuditRow, Store};
 
 /// Most queued events taken into one INSERT.
 const BATCH: usize = 512;
+/// Most rows in one INSERT. A statement's parameters are encoded into its pooled connection's
+/// write buffer, which keeps its size afterwards: a closed window of 50,000 keys written as one
+/// statement left a ~14 MiB buffer on every connection that ever wrote one, and the process
+/// grew with each (found with heaptrack; docs/performance.md).
+const ROWS_PER_INSERT: usize = 1_000;
 
 pub(super) struct Options {
     pub flush_interval: Duration,
@@ -112,27 +118,24 @@ fn row(e: &AuditEvent, at: OffsetDateTime, window_end: Option<OffsetDateTime>, c
     }
 }
 
-/// Writes `pending`; on failure keeps the newest `capacity` rows for the next try. Returns
-/// whether the write succeeded.
+/// Writes `pending`, oldest first, `ROWS_PER_INSERT` rows per statement; on failure keeps the
+/// newest `capacity` of the rows not yet written for the next try. Returns whether every row
+/// was written.
 async fn write(store: &Store, pending: &mut Vec<AuditRow>, shared: &Shared, capacity: usize) -> bool {
-    if pending.is_empty() {
-        return true;
-    }
-    match store.audit().insert(pending).await {
-        Ok(()) => {
-            pending.clear();
-            true
-        }
-        Err(e) => {
+    while !pending.is_empty() {
+        let n = pending.len().min(ROWS_PER_INSERT);
+        if let Err(e) = store.audit().insert(&pending[..n]).await {
             tracing::warn!(error = %e, rows = pending.len(), "could not write audit rows; keeping them for the next try");
             if pending.len() > capacity {
                 let excess = pending.len() - capacity;
                 pending.drain(..excess);
                 shared.dropped.fetch_add(excess as u64, Ordering::Relaxed);
             }
-            false
+            return false;
         }
+        pending.drain(..n);
     }
+    true
 }
 
 fn report_dropped(shared: &Shared) {
