@@ -399,19 +399,23 @@ const FINDINGS: &str = "
   call. With mimalloc as the global allocator (`src/main.rs`), the same scenario
   (`./scripts/bench --only cold`, one run each, same machine and hour) went from 0.833 x with
   glibc's allocator to 0.941 x.
-- **Memory: not shown bounded.** With 100,000 cache entries, RSS kept rising after twice as many
-  distinct tokens as the cache holds (143 -> 165 MiB). The scenario now measures RSS after 1, 2,
-  4 and 8 times the cache's size in distinct tokens, then after sweeping the largest set twice
-  more. The rise slows but does not stop: in a diagnostic run, 251 MiB after 800,000 distinct
-  tokens, then 288, 285 and 304 MiB after three more sweeps of the same 800,000 (~20-40 MiB per
-  800,000 cold calls), with glibc's allocator and with mimalloc alike. What was ruled out: the
-  cache's entry count stays below its capacity (65,000-78,000 entries under uniform one-off
-  picks, read from `entry_count` in a diagnostic build, because moka admits a new key only if
-  it is asked for more often than the entry it would evict, so the per-100k figure divides by
-  the configured size, not by what was held); the audit windows are capped at
-  `audit.max_aggregate_keys` (50,000) and flushed every 10 s; no metric carries the tenant.
-  moka's fix for eviction stalling under key reuse (moka PR #592) is in the version used
-  (0.12.16). Next step: a heap profile (heaptrack) of the vault over repeated sweeps.
+- **Memory grew with every audit window.** With 100,000 cache entries, RSS kept rising after
+  twice as many distinct tokens as the cache holds (143 -> 165 MiB). The scenario now measures
+  RSS after 1, 2, 4 and 8 times the cache's size in distinct tokens and after sweeping the
+  largest set twice more; before the fix it went 146 -> 181 -> 243 -> 225 -> 253 -> 270 MiB,
+  with glibc's allocator and with mimalloc alike. A heap profile (heaptrack, vault killed after
+  the sweeps, live allocations by site) showed 68 MiB held in sqlx `Bind` buffers from the audit
+  writer: a closed window of up to 50,000 keys was written as one INSERT, sqlx encodes the
+  parameters into the pooled connection's write buffer and keeps its size, so every connection
+  that ever wrote a window kept ~14 MiB. The writer now sends at most 1,000 rows per INSERT
+  (`src/audit/writer.rs`); the same sweeps then stayed between 145 and 166 MiB in one run and
+  between 163 and 182 MiB in the full run above, whose last repeat sweep rose 14 MiB (12 % of
+  the cache's cost, over the 10 % the check allows). What is left moves with the cache's
+  content: its entry count swings between 65,000 and 78,000 (~16 MiB of tokens). The cache
+  itself holds fewer entries than its capacity under uniform one-off picks (65,000-78,000 of
+  100,000, read from moka's `entry_count` in a diagnostic build: moka admits a new key only if
+  it is asked for more often than the entry it would evict), so the per-100k figure divides by
+  the configured size, not by what was held.
 - **Refresh: 5.1 ms of the vault's own time per refresh.** sqlx pinged each pooled connection
   before every query (`test_before_acquire`), and the refresh path made eight round trips. Now the
   lease and the current refresh token are one statement, the new tokens and the superseding of
