@@ -92,7 +92,13 @@ impl Vault {
     }
 }
 
-async fn active_connection(store: &Store, tenant_id: &str, provider: &str) -> Result<ConnectionRow, VaultError> {
+/// The tenant's connection, which must exist and be active. Shared by the cache-miss read and
+/// the refresh's re-reads.
+pub(super) async fn active_connection(
+    store: &Store,
+    tenant_id: &str,
+    provider: &str,
+) -> Result<ConnectionRow, VaultError> {
     let row = store
         .connections()
         .find(tenant_id, provider)

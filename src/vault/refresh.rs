@@ -47,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{authorize::provider_error, cache::CacheKey, cache::TokenCache, tokens, AccessToken, VaultError};
+use super::{access, authorize::provider_error, cache::CacheKey, cache::TokenCache, tokens, AccessToken, VaultError};
 use crate::{
     crypto::SharedKeyring,
     oauth::{ProviderClient, TokenError},
@@ -256,18 +256,7 @@ impl RefresherInner {
     }
 
     async fn reread(&self, key: &CacheKey) -> Result<ConnectionRow, VaultError> {
-        let fresh = self
-            .store
-            .connections()
-            .find(key.tenant_id(), key.provider())
-            .await?
-            .ok_or(VaultError::ConnectionNotFound)?;
-        if !fresh.is_active() {
-            return Err(VaultError::ReauthorizationRequired {
-                reason: fresh.status_reason.unwrap_or_else(|| "unknown".into()),
-            });
-        }
-        Ok(fresh)
+        access::active_connection(&self.store, key.tenant_id(), key.provider()).await
     }
 
     /// Takes the lease (with the refresh token to use), or returns the token someone else
