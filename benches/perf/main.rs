@@ -52,6 +52,11 @@ struct Plan {
     stampede_callers: usize,
 }
 
+/// The names `--only` takes.
+const SCENARIOS: [&str; 8] = [
+    "hot", "auth", "h2load", "cold", "refresh", "stampede", "scale", "crypto",
+];
+
 impl Plan {
     fn new(short: bool, only: Option<Vec<String>>) -> Self {
         if let Some(names) = &only {
@@ -80,13 +85,7 @@ impl Plan {
             stampede_callers: 1_000,
         }
     }
-}
 
-const SCENARIOS: [&str; 8] = [
-    "hot", "auth", "h2load", "cold", "refresh", "stampede", "scale", "crypto",
-];
-
-impl Plan {
     fn runs(&self, scenario: &str) -> bool {
         self.only
             .as_ref()

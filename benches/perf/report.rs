@@ -198,7 +198,8 @@ impl Report {
     ) {
         let mib = |b: f64| format!("{:.1} MiB", b / 1048576.0);
         let rss_full_cache = points.first().map_or(rss_start, |p| p.1);
-        let per_token = rss_full_cache.saturating_sub(rss_start) as f64 / cache_entries as f64;
+        let cache_cost = rss_full_cache.saturating_sub(rss_start) as f64;
+        let per_token = cache_cost / cache_entries as f64;
         let per_100k = per_token * 100_000.0;
         let (last_growth, unbounded_growth) = match points {
             [.., before, last] => (last.1 as f64 - before.1 as f64, (last.0 - before.0) as f64 * per_token),
@@ -206,7 +207,6 @@ impl Report {
         };
         let last_point = points.last().map_or(rss_start, |p| p.1);
         let repeat_growth = repeats.last().map_or(0.0, |r| *r as f64 - last_point as f64);
-        let cache_cost = rss_full_cache.saturating_sub(rss_start) as f64;
         let bounded = last_growth < unbounded_growth * 0.10 && repeat_growth < cache_cost * 0.10;
         let startup_ok =
             startup_full <= Duration::from_secs(1) && startup_full <= startup_empty + Duration::from_millis(250);
