@@ -228,3 +228,48 @@ async fn the_table_is_append_only_and_only_the_retention_sweep_deletes() {
     assert!(after.len() >= before, "recent rows stay");
     assert!(after.iter().all(|r| r.caller != "old"));
 }
+
+#[tokio::test]
+async fn a_window_with_more_keys_than_one_insert_takes_is_written_whole() {
+    // The writer sends at most 1,000 rows per INSERT; 3,000 distinct tenants in one 2 s window
+    // need several.
+    let app = spawn_app_with(TestOptions {
+        extra_toml: "[audit]\nflush_interval = \"2s\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let tenants: Vec<String> = (0..3_000).map(|i| format!("nobody-{i:04}")).collect();
+    for chunk in tenants.chunks(100) {
+        let calls = chunk.iter().map(|tenant| {
+            let mut client = app.client.clone();
+            async move { client.get_access_token(token_request(tenant)).await }
+        });
+        for answer in futures::future::join_all(calls).await {
+            assert_reason(&answer.unwrap_err(), Code::NotFound, "CONNECTION_NOT_FOUND");
+        }
+    }
+    let all = rows_until(&app, |rows| {
+        rows.iter().filter(|r| r.event == "get_access_token").count() == tenants.len()
+    })
+    .await;
+    let mut written: Vec<&str> = all
+        .iter()
+        .filter(|r| r.event == "get_access_token")
+        .map(|r| {
+            assert_eq!((r.outcome.as_str(), r.count), ("CONNECTION_NOT_FOUND", 1));
+            r.tenant_id.as_deref().unwrap()
+        })
+        .collect();
+    written.sort_unstable();
+    assert_eq!(written, tenants);
+    let largest_window: i64 = sqlx::query_scalar(
+        "SELECT max(n) FROM (SELECT count(*) AS n FROM audit_events WHERE event = 'get_access_token' GROUP BY occurred_at) w",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        largest_window > 1_000,
+        "no window needed more than one INSERT: {largest_window} rows at most"
+    );
+}
