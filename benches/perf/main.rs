@@ -30,7 +30,11 @@ use load::{LoadResult, LoadShape};
 use provider::BenchProvider;
 use report::Report;
 use sqlx::{Connection, PgConnection, PgPool};
-use token_vault::{crypto::Keyring, proto};
+use token_vault::{
+    crypto::Keyring,
+    proto::{self, token_vault_client::TokenVaultClient},
+};
+use tonic::transport::Channel;
 
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const PROVIDER_DELAY: Duration = Duration::from_millis(50);
@@ -557,40 +561,67 @@ async fn cold_cache(bench: &Bench, report: &mut Report, vault: &Proc) {
     );
 }
 
-/// Refresh, one caller at a time: the vault's own time over the provider's delay.
+/// Refresh, one caller at a time: the vault's own time over the provider's delay, on both paths
+/// an expired token takes. A token found stale in this replica's cache is refreshed with the
+/// lease as the first statement; a token not cached (evicted, older than `cache_max_age`, or
+/// last served by another replica) is read first, as on any cache miss.
 async fn refresh(bench: &Bench, report: &mut Report, vault: &Proc, pool: &PgPool) {
+    // Tokens live 2 s, so with the default margin they go stale 1 s after they are issued.
+    // Each batch is connected, its cached half read once while still valid (which caches it),
+    // and measured after 1.1 s: early enough that every cached entry is younger than the
+    // default `cache_max_age` (5 s) when its sample runs.
+    const BATCH: usize = 10;
     let samples = bench.plan.refresh_samples;
     bench.provider.set_expires_in(2);
-    let expiring: Vec<String> = (0..samples).map(|i| format!("refresh-{i:04}")).collect();
-    bench.connect_tenants(vault, &expiring).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
     let clients = load::channels(vault.addr, 1).await;
     let provider_floor = bench.floor(FloorKind::Provider).await;
     let floor_clients = load::channels(provider_floor.addr, 1).await;
     let before = bench.provider.refreshes();
-    let mut vault_us = Vec::new();
-    let mut floor_us = Vec::new();
-    // Alternating, so that both see the same moments of a noisy machine.
-    for tenant in &expiring {
-        let (took, answer) = load::burst(&clients, tenant, 1).await.remove(0);
-        answer.expect("the refresh succeeds");
-        vault_us.push(took.as_micros() as u32);
-        let (took, answer) = load::burst(&floor_clients, tenant, 1).await.remove(0);
-        answer.expect("the provider floor answers");
-        floor_us.push(took.as_micros() as u32);
+    let (mut cached_us, mut uncached_us, mut floor_us) = (Vec::new(), Vec::new(), Vec::new());
+    let timed = async |clients: &[TokenVaultClient<Channel>], tenant: &str, out: &mut Vec<u32>| {
+        let (took, answer) = load::burst(clients, tenant, 1).await.remove(0);
+        answer.expect("the call succeeds");
+        out.push(took.as_micros() as u32);
+    };
+    for batch in 0..samples.div_ceil(BATCH) {
+        let size = BATCH.min(samples - batch * BATCH);
+        let cached: Vec<String> = (0..size).map(|i| format!("refresh-cached-{batch:03}-{i:02}")).collect();
+        let uncached: Vec<String> = (0..size)
+            .map(|i| format!("refresh-uncached-{batch:03}-{i:02}"))
+            .collect();
+        bench
+            .connect_tenants(vault, &[cached.clone(), uncached.clone()].concat())
+            .await;
+        for tenant in &cached {
+            timed(&clients, tenant, &mut Vec::new()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // Alternating, so that every path sees the same moments of a noisy machine.
+        for (cached, uncached) in cached.iter().zip(&uncached) {
+            timed(&clients, cached, &mut cached_us).await;
+            timed(&floor_clients, cached, &mut floor_us).await;
+            timed(&clients, uncached, &mut uncached_us).await;
+            timed(&floor_clients, uncached, &mut floor_us).await;
+        }
     }
     assert_eq!(
         bench.provider.refreshes() - before,
-        2 * expiring.len() as u64,
-        "one token request per call, from the vault and from the floor"
+        4 * samples as u64,
+        "one token request per measured call, from the vault and from the floor, and none for the reads that cached half the tokens"
     );
-    vault_us.sort_unstable();
-    floor_us.sort_unstable();
+    for v in [&mut cached_us, &mut uncached_us, &mut floor_us] {
+        v.sort_unstable();
+    }
     // For context: the same token request sent straight to the provider by this process, and
     // what the database's statements cost on their own.
     let direct = bench.provider.direct_latencies(samples).await;
     let database = database_latencies(pool, samples.min(100), PROVIDER_DELAY).await;
-    report.refresh_row(&vault_us, &floor_us, &direct, &database, PROVIDER_DELAY);
+    for (path, vault_us, reads) in [
+        ("stale in the cache", &cached_us, false),
+        ("not cached", &uncached_us, true),
+    ] {
+        report.refresh_row(path, reads, vault_us, &floor_us, &direct, &database, PROVIDER_DELAY);
+    }
     bench.provider.set_expires_in(3600);
 }
 
@@ -612,6 +643,9 @@ async fn stampede(bench: &Bench, report: &mut Report, vault: &Proc, grpc_floor: 
     report.stampede_row(&answers, &floor_answers, refreshes, PROVIDER_DELAY);
     bench.provider.set_expires_in(3600);
 }
+
+/// How many times the scale scenario sweeps the same tokens again.
+const REPEATED_SWEEPS: usize = 6;
 
 /// Scale: start-up with every seeded connection stored, and memory per cached token.
 async fn scale(bench: &Bench, report: &mut Report, startup_empty: Duration) {
@@ -660,10 +694,15 @@ async fn scale(bench: &Bench, report: &mut Report, startup_empty: Duration) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         points.push((count, vault.rss_bytes()));
     }
-    // The same distinct tokens swept twice more: a bounded process stays where it is.
+    // Then the same distinct tokens, twice the cache's worth, swept again and again: each sweep
+    // replaces the cache's whole content, and a process whose memory is bounded stays where it
+    // is. The cache admits entries by frequency (TinyLFU), so how many it holds, and RSS with
+    // it, swings from one sweep to the next; a leak is a trend across sweeps, which the report
+    // checks by comparing the medians of the first and the second half of them.
+    let sweep = (plan.cache_entries * 2).min(plan.cold_tenants);
     let mut repeats = Vec::new();
-    for _ in 0..2 {
-        warm(warmed).await;
+    for _ in 0..REPEATED_SWEEPS {
+        warm(sweep).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         repeats.push(vault.rss_bytes());
     }
@@ -674,6 +713,7 @@ async fn scale(bench: &Bench, report: &mut Report, startup_empty: Duration) {
         plan.cache_entries,
         rss_start,
         &points,
+        sweep,
         &repeats,
     );
 }
