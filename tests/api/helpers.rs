@@ -110,8 +110,8 @@ pub struct TestApp {
     pub proxy: Option<FaultyProxy>,
     /// The plaintext health listener beside a TLS one (`tls.plaintext_health_listen`).
     pub health_addr: Option<std::net::SocketAddr>,
-    /// Dropping the sender stops the server.
-    _stop: tokio::sync::oneshot::Sender<()>,
+    /// Sending on (or dropping) it stops the server; see `shut_down`.
+    stop_server: Option<tokio::sync::oneshot::Sender<()>>,
     // Last: dropped after the pool and server are gone.
     _db: TestDb,
 }
@@ -222,7 +222,7 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         vault,
         proxy,
         health_addr,
-        _stop: stop_tx,
+        stop_server: Some(stop_tx),
         _db: db,
     }
 }
@@ -254,6 +254,14 @@ pub async fn connect_tls(addr: std::net::SocketAddr, tls: tonic::transport::Clie
 }
 
 impl TestApp {
+    /// Stops the server as SIGTERM would: the listeners close and the background tasks finish
+    /// their last work (the audit writer writes its open window). The database stays.
+    pub fn shut_down(&mut self) {
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+    }
+
     pub fn database_name(&self) -> String {
         self._db.name.clone()
     }

@@ -112,6 +112,10 @@ async fn two_hundred_tenants_expiring_together_refresh_once_each() {
     for chunk in tenants.chunks(50) {
         futures::future::join_all(chunk.iter().map(|t| cluster.connect_tenant(t))).await;
     }
+    // The tokens issued so far are stale after 4 s; the ones the refreshes bring live an hour,
+    // so however long this machine takes to answer 600 calls, no tenant needs a second refresh
+    // and the count below is exact.
+    cluster.provider.set_access_ttl(3600);
     tokio::time::sleep(Duration::from_millis(4100)).await;
     let started = Instant::now();
     let clients: Vec<_> = (0..3).map(|i| cluster.client(i)).collect();
@@ -133,10 +137,6 @@ async fn two_hundred_tenants_expiring_together_refresh_once_each() {
     });
     let results = futures::future::join_all(calls).await;
     let elapsed = started.elapsed();
-    assert!(
-        elapsed < Duration::from_secs(4),
-        "the stampede must end before tokens need refreshing again"
-    );
     let mut per_tenant = std::collections::HashMap::<String, String>::new();
     for (tenant, token) in &results {
         let token = token.as_ref().unwrap_or_else(|e| panic!("{tenant}: {e:?}"));
