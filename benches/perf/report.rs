@@ -29,6 +29,14 @@ fn ms(v: f64) -> String {
     format!("{v:.2} ms")
 }
 
+/// The value at quantile `q` (0.5 is the median) of `values`, in any order.
+fn quantile<T: Copy + Ord>(values: &[T], q: f64) -> Option<T> {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    let last = sorted.len().checked_sub(1)?;
+    Some(sorted[(last as f64 * q).round() as usize])
+}
+
 impl Report {
     pub fn new(short: bool, partial: bool) -> Self {
         Self {
@@ -117,7 +125,7 @@ impl Report {
         database: &DatabaseLatencies,
         delay: Duration,
     ) {
-        let at = |v: &[u32], p: f64| f64::from(v[((v.len() - 1) as f64 * p).round() as usize]) / 1000.0;
+        let at = |v: &[u32], p: f64| quantile(v, p).map_or(f64::NAN, f64::from) / 1000.0;
         let delay_ms = delay.as_secs_f64() * 1000.0;
         let over = |v: &[u32], p: f64| at(v, p) - delay_ms;
         // The vault's own time: what it adds to the same gRPC call beyond the token request
@@ -199,11 +207,11 @@ impl Report {
     }
 
     /// `points`: (distinct tokens asked for so far, RSS) once the cache of `cache_entries` is
-    /// full, then after each doubling of the distinct tokens asked for; `repeats`: RSS after
-    /// sweeping the last point's tokens again, twice. Bounded means the last doubling grew RSS
-    /// by less than a tenth of what caching all of its new tokens would cost at the measured
-    /// per-token rate (an unbounded cache grows by the whole of it), and the repeated sweeps by
-    /// less than a tenth of the full cache's own cost.
+    /// full, then after each doubling of the distinct tokens asked for; `repeats`: RSS after each
+    /// sweep of the same tokens, twice the cache's worth. Bounded means the last doubling grew
+    /// RSS by less than a tenth of what caching all of its new tokens would cost at the measured
+    /// per-token rate (an unbounded cache grows by the whole of it), and the second half of the
+    /// sweeps sits less than a tenth of the cache's own cost above the first half.
     #[allow(clippy::too_many_arguments)]
     pub fn scale_row(
         &mut self,
@@ -217,19 +225,11 @@ impl Report {
         repeats: &[u64],
     ) {
         let mib = |b: f64| format!("{:.1} MiB", b / 1048576.0);
-        let median = |v: &[u64]| {
-            let mut v = v.to_vec();
-            v.sort_unstable();
-            v.get(v.len() / 2).map_or(f64::NAN, |m| *m as f64)
-        };
+        let median = |v: &[u64]| quantile(v, 0.5).map_or(f64::NAN, |bytes| bytes as f64);
         // The cache's cost in steady state: the median RSS over the repeated sweeps, each of
         // which refilled it, less RSS at start. One reading right after the first fill swung
         // between 46 and 116 MiB from run to run, too loose to measure anything against.
-        let rss_full_cache = if repeats.is_empty() {
-            points.first().map_or(rss_start, |p| p.1) as f64
-        } else {
-            median(repeats)
-        };
+        let rss_full_cache = median(repeats);
         let cache_cost = (rss_full_cache - rss_start as f64).max(0.0);
         let per_token = cache_cost / cache_entries as f64;
         let per_100k = per_token * 100_000.0;
@@ -445,18 +445,24 @@ const FINDINGS: &str = "
   that ever wrote a window kept ~14 MiB. The writer now sends at most 1,000 rows per INSERT
   (`src/audit/writer.rs`); the same sweeps then stayed between 145 and 166 MiB in one run and
   between 163 and 182 MiB in a full run, whose last repeat sweep rose 14 MiB (12 % of the
-  cache's cost). What is left moves with the cache's content, not with time: the cache holds
-  fewer entries than its capacity under uniform one-off picks (65,000-78,000 of 100,000, read
-  from moka's `entry_count` in a diagnostic build: moka admits a new key only if it is asked
-  for more often than the entry it would evict), and that count swings from sweep to sweep. Six
-  sweeps of the same 800,000 tokens in one diagnostic run (`--only scale`, 2026-12-01) left RSS
-  at 91, 111, 97, 101, 99 and 97 MiB: swings of up to 20 MiB, and no trend. A check on the last
-  sweep alone therefore failed or passed by chance, so the scenario now sweeps twice the cache's
-  worth six times and compares the median of the last three with the median of the first three;
-  a steady leak of 3.4 % of the cache's cost per sweep would fail it. The cache's cost is the
-  median RSS over those sweeps less RSS at start (a single reading after the first fill gave
-  46 to 116 MiB from run to run), and the per-100k figure divides it by the configured size,
-  not by what was held.
+  cache's cost).
+- **Memory swung from sweep to sweep because the cache was not full.** The scale scenario ran the
+  vault with the default `cache_max_age` of 5 s, and a sweep of 200,000 tokens takes tens of
+  seconds, so the cache held only the tokens of the last few seconds: RSS showed that churn and
+  the allocator's free pages, not the bound the cache's size sets. Six sweeps of the same 800,000
+  tokens (2026-12-01) left RSS at 91, 111, 97, 101, 99 and 97 MiB, and the per-100k figure,
+  computed as if the cache were full, came out at 46 to 116 MiB from run to run. A standalone
+  program (moka with the same settings and ~900-byte tokens, mimalloc) that fills a 100,000-entry
+  cache and sweeps 200,000 keys sixteen times fast enough that nothing expires held 99,654 to
+  100,000 entries after every sweep, with RSS between 162 and 166 MiB; with glibc's allocator it
+  crept from 185 to 200 MiB. The scenario's vault now sets `cache_max_age = \"1h\"`, so only
+  `cache_max_entries` bounds the cache. Then, in `./scripts/bench --only scale` (2026-12-02): RSS
+  205 MiB after the first 100,000 tokens, 212, 214, 219 MiB after 200,000, 400,000 and 800,000,
+  and 214, 210, 215, 214, 215, 213 MiB after six sweeps of the same 200,000; the second half of
+  the sweeps sat 0.8 MiB below the first. The check is unchanged: the scenario sweeps twice the
+  cache's worth six times and compares the median of the last three with the median of the
+  first three (a steady leak of 3.4 % of the cache's cost per sweep would fail it); the cache's
+  cost is the median RSS over the sweeps less RSS at start, now that of a full cache.
 - **Refresh: 5.1 ms of the vault's own time per refresh.** sqlx pinged each pooled connection
   before every query (`test_before_acquire`), and the refresh path made eight round trips. Now the
   lease and the current refresh token are one statement, the new tokens and the superseding of
