@@ -23,6 +23,19 @@ pub struct LoadShape {
     pub bearer: Option<&'static str>,
 }
 
+/// One run against the vault and one against its floor, taken back to back.
+pub struct Pair {
+    pub vault: LoadResult,
+    pub floor: LoadResult,
+}
+
+impl Pair {
+    /// The vault's requests/s as a fraction of the floor's.
+    pub fn ratio(&self) -> f64 {
+        self.vault.rps() / self.floor.rps()
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct LoadResult {
     pub requests: u64,

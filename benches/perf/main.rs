@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use load::{LoadResult, LoadShape};
+use load::{LoadShape, Pair};
 use provider::BenchProvider;
 use report::Report;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -74,15 +74,15 @@ impl Plan {
         let shape = LoadShape {
             connections: 4,
             in_flight: 64,
-            warm_up: Duration::from_secs(if short { 1 } else { 3 }),
-            measure: Duration::from_secs(if short { 1 } else { 10 }),
+            warm_up: Duration::from_secs(if short { 1 } else { 2 }),
+            measure: Duration::from_secs(if short { 1 } else { 6 }),
             bearer: None,
         };
         Self {
             short,
             only,
             shape,
-            rounds: if short { 1 } else { 2 },
+            rounds: if short { 1 } else { 5 },
             cold_tenants: if short { 20_000 } else { 1_000_000 },
             cache_entries: if short { 5_000 } else { 100_000 },
             refresh_samples: if short { 20 } else { 200 },
@@ -332,31 +332,36 @@ redirect_uris = ["https://bench.example/callback"]
         }
     }
 
-    /// Runs the vault and its floor alternately, `rounds` times each; keeps each one's best.
+    /// Runs the vault and its floor in `rounds` adjacent pairs, alternating which of the two goes
+    /// first. Each pair is a ratio measured within seconds; the report takes the median pair,
+    /// so a noisy stretch of the machine (throughput here moves by 15 % from one 10 s window to
+    /// the next) spoils one pair instead of the whole comparison.
     async fn compare(
         &self,
         vault: &Proc,
         vault_bearer: Option<&'static str>,
         floor: &Proc,
         tenant: Arc<dyn Fn(usize, u64) -> String + Send + Sync>,
-    ) -> (LoadResult, LoadResult) {
-        let mut best_vault: Option<LoadResult> = None;
-        let mut best_floor: Option<LoadResult> = None;
+    ) -> Vec<Pair> {
         let vault_shape = LoadShape {
             bearer: vault_bearer,
             ..self.plan.shape
         };
-        for _ in 0..self.plan.rounds {
-            let f = load::run(floor.addr, self.plan.shape, tenant.clone()).await;
-            let v = load::run(vault.addr, vault_shape, tenant.clone()).await;
-            for (best, r) in [(&mut best_floor, f), (&mut best_vault, v)] {
+        let mut pairs = Vec::new();
+        for round in 0..self.plan.rounds {
+            let (vault, floor) = if round % 2 == 0 {
+                let floor = load::run(floor.addr, self.plan.shape, tenant.clone()).await;
+                (load::run(vault.addr, vault_shape, tenant.clone()).await, floor)
+            } else {
+                let vault = load::run(vault.addr, vault_shape, tenant.clone()).await;
+                (vault, load::run(floor.addr, self.plan.shape, tenant.clone()).await)
+            };
+            for r in [&vault, &floor] {
                 assert_eq!(r.errors, 0, "every call must succeed: {:?}", r.first_error);
-                if best.as_ref().is_none_or(|b| r.rps() > b.rps()) {
-                    *best = Some(r);
-                }
             }
+            pairs.push(Pair { vault, floor });
         }
-        (best_vault.unwrap(), best_floor.unwrap())
+        pairs
     }
 }
 
@@ -445,7 +450,7 @@ async fn all(plan: Plan) {
         keyring_text: keyring_text.to_string(),
         provider: BenchProvider::start(PROVIDER_DELAY).await,
     };
-    let mut report = Report::new(plan.short, plan.only.is_some());
+    let mut report = Report::new(&plan);
 
     // Start-up on an empty database: the baseline for the scale scenario.
     let (vault, startup_empty) = bench.vault(false, None).await;
@@ -505,11 +510,10 @@ async fn hot_path(bench: &Bench, report: &mut Report, vault: &Proc, grpc_floor: 
         Arc::new(move |w: usize, i: u64| hot[(w + i as usize * 7) % hot.len()].clone())
     };
     if plan.runs("hot") {
-        let (v, f) = bench.compare(vault, None, grpc_floor, pick_hot.clone()).await;
+        let pairs = bench.compare(vault, None, grpc_floor, pick_hot.clone()).await;
         report.ratio_row(
             "hot path: token valid and cached",
-            &v,
-            &f,
+            &pairs,
             "gRPC floor",
             0.90,
             Some(1.2),
@@ -535,13 +539,12 @@ async fn hot_path(bench: &Bench, report: &mut Report, vault: &Proc, grpc_floor: 
                 .await
                 .expect("an authenticated call");
         }
-        let (v, f) = bench
+        let pairs = bench
             .compare(&secured, Some(BENCH_BEARER), grpc_floor, pick_hot.clone())
             .await;
         report.ratio_row(
             "hot path with authentication (bearer) and audit on",
-            &v,
-            &f,
+            &pairs,
             "gRPC floor",
             0.85,
             None,
@@ -557,11 +560,10 @@ async fn cold_cache(bench: &Bench, report: &mut Report, vault: &Proc) {
     let cold = bench.plan.cold_tenants;
     let pick_cold = Arc::new(move |_: usize, _: u64| seed::tenant(rand::random_range(0..cold)));
     let db_floor = bench.floor(FloorKind::Database).await;
-    let (v, f) = bench.compare(vault, None, &db_floor, pick_cold).await;
+    let pairs = bench.compare(vault, None, &db_floor, pick_cold).await;
     report.ratio_row(
         &format!("cold cache: valid in Postgres only ({cold} tenants, uniform)"),
-        &v,
-        &f,
+        &pairs,
         "database floor",
         0.85,
         None,
