@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use figment::providers::{Format, Toml};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use token_vault::{
     config::Settings,
     proto::{self, token_vault_client::TokenVaultClient},
@@ -19,55 +19,9 @@ use crate::{
     provider::{ClientAuth, ScriptedProvider},
 };
 
-pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub use crate::test_db::{admin_url, TestDb};
+
 pub const REDIRECT_URI: &str = "https://app.example/oauth/callback";
-
-/// A database created for one test and dropped when the test ends, pass or fail.
-pub struct TestDb {
-    pub name: String,
-    pub url: String,
-}
-
-impl TestDb {
-    pub async fn create() -> Self {
-        let admin_url = std::env::var("TEST_DATABASE_ADMIN_URL").unwrap_or_else(|_| ADMIN_URL.into());
-        let name = format!("tv_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&admin_url)
-            .await
-            .expect("Postgres must answer on 127.0.0.1:5432");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let base = admin_url.rsplit_once('/').unwrap().0;
-        Self {
-            url: format!("{base}/{name}"),
-            name,
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let admin_url = std::env::var("TEST_DATABASE_ADMIN_URL").unwrap_or_else(|_| ADMIN_URL.into());
-        // Drop runs inside the test's runtime; a separate thread with its own runtime can block.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut admin)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 /// What a test may change before the app starts.
 pub struct TestOptions {
@@ -168,7 +122,7 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
-    let db = TestDb::create().await;
+    let db = TestDb::create("tv_test").await;
     let client_secret = format!("secret_{}", uuid::Uuid::new_v4().simple());
     let provider = ScriptedProvider::start("test-client", &client_secret, opts.auth).await;
     provider.set_access_ttl(opts.access_ttl);

@@ -19,7 +19,7 @@ use token_vault::{
 use tonic::{transport::Channel, Code};
 
 use crate::helpers::{
-    assert_reason, connect, dump_all_tables, settings_toml, spawn_app_with, TestApp, TestOptions, ADMIN_URL,
+    admin_url, assert_reason, connect, dump_all_tables, settings_toml, spawn_app_with, TestApp, TestOptions,
 };
 
 /// A keyring line `<id>:<base64>` for a fresh key.
@@ -33,7 +33,7 @@ fn keyring_toml(lines: &[&str]) -> String {
 }
 
 fn database_url(app: &TestApp) -> String {
-    let admin = std::env::var("TEST_DATABASE_ADMIN_URL").unwrap_or_else(|_| ADMIN_URL.into());
+    let admin = admin_url();
     format!("{}/{}", admin.rsplit_once('/').unwrap().0, app.database_name())
 }
 

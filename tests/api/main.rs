@@ -21,3 +21,5 @@ mod report;
 mod secrets_in_logs;
 mod service;
 mod telemetry;
+#[path = "../support/test_db.rs"]
+mod test_db;

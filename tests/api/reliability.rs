@@ -9,7 +9,7 @@ use token_vault::proto;
 use tonic::Code;
 
 use crate::{
-    helpers::{assert_reason, spawn_app_with, TestOptions, ADMIN_URL},
+    helpers::{admin_url, assert_reason, spawn_app_with, TestOptions},
     private_postgres::PrivatePostgres,
     provider::Fault,
     replicas::Cluster,
@@ -271,7 +271,7 @@ async fn a_refreshed_token_survives_the_database_dropping_out_before_the_commit(
     app.provider.push_fault(Fault::Slow(Duration::from_millis(600)));
     let database = app.database_name();
     let outage = tokio::spawn(async move {
-        let mut admin = PgConnection::connect(ADMIN_URL).await.unwrap();
+        let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         sqlx::query(&format!("ALTER DATABASE {database} WITH ALLOW_CONNECTIONS false"))
             .execute(&mut admin)

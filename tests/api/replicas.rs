@@ -51,7 +51,7 @@ impl Cluster {
         let (db, database_url) = match database_url {
             Some(url) => (None, url),
             None => {
-                let db = TestDb::create().await;
+                let db = TestDb::create("tv_test").await;
                 let url = db.url.clone();
                 (Some(db), url)
             }

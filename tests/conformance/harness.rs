@@ -10,7 +10,6 @@ use std::{
 };
 
 use figment::providers::{Format, Toml};
-use sqlx::{Connection, PgConnection};
 use token_vault::{
     config::Settings,
     proto::{self, token_vault_client::TokenVaultClient},
@@ -22,64 +21,12 @@ use tonic_types::StatusExt;
 use crate::{
     authserver::{free_port, AuthServer, OAuthClient, AUDIENCE, REDIRECT_URI},
     browser::{Browser, Decision},
+    test_db::TestDb,
 };
 
 /// The access-token lifetime (seconds) of tests that wait for refreshes: the vault refreshes at
 /// half of it, so each expiry costs a test two seconds.
 pub const SHORT_TTL: u64 = 4;
-
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_ADMIN_URL").unwrap_or_else(|_| ADMIN_URL.into())
-}
-
-/// A database created for one vault and dropped when the test ends, pass or fail. (A copy of
-/// the `tests/api` helper: each integration-test binary is its own crate.)
-pub struct TestDb {
-    name: String,
-    pub url: String,
-}
-
-impl TestDb {
-    pub async fn create() -> Self {
-        let admin_url = admin_url();
-        let name = format!("tv_conf_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&admin_url)
-            .await
-            .expect("Postgres must answer on 127.0.0.1:5432");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let base = admin_url.rsplit_once('/').unwrap().0;
-        Self {
-            url: format!("{base}/{name}"),
-            name,
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (name, admin_url) = (self.name.clone(), admin_url());
-        // Drop runs inside the test's runtime; a thread with its own runtime may block.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut admin)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 /// How a vault is configured for the local server.
 #[derive(Clone)]
@@ -189,7 +136,7 @@ pub struct TestVault {
 
 impl TestVault {
     pub async fn start(server: &AuthServer, opts: &VaultOptions) -> Self {
-        let db = TestDb::create().await;
+        let db = TestDb::create("tv_conf").await;
         let settings = Settings::from_figment(Settings::defaults().merge(Toml::string(&settings_toml(
             &server.issuer(),
             &db.url,
@@ -354,7 +301,7 @@ pub struct VaultProcesses {
 
 impl VaultProcesses {
     pub async fn start(n: usize, server: &AuthServer, opts: &VaultOptions) -> Self {
-        let db = TestDb::create().await;
+        let db = TestDb::create("tv_conf").await;
         let dir = std::env::temp_dir().join(format!(
             "token-vault-conformance-vaults-{}",
             uuid::Uuid::new_v4().simple()

@@ -19,3 +19,5 @@ mod outage;
 mod refresh;
 mod replicas;
 mod revocation;
+#[path = "../support/test_db.rs"]
+mod test_db;

@@ -1,0 +1,60 @@
+//! A Postgres database per test, created on the local server and dropped when the test ends,
+//! pass or fail. Each integration-test binary is its own crate, so `tests/api` and
+//! `tests/conformance` both include this file (`#[path]`) instead of keeping copies.
+
+use sqlx::{Connection, PgConnection};
+
+/// The server's maintenance database; `TEST_DATABASE_ADMIN_URL` replaces it.
+pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Where to create and drop the test databases.
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_ADMIN_URL").unwrap_or_else(|_| ADMIN_URL.into())
+}
+
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    /// A new, empty database named `{prefix}_{uuid}`: the prefix tells which suite left a
+    /// database behind if a test process is killed before its drop runs.
+    pub async fn create(prefix: &str) -> Self {
+        let admin_url = admin_url();
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .expect("Postgres must answer on 127.0.0.1:5432");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let base = admin_url.rsplit_once('/').unwrap().0;
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (name, admin_url) = (self.name.clone(), admin_url());
+        // Drop runs inside the test's runtime; a thread with its own runtime may block.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
