@@ -334,8 +334,8 @@ redirect_uris = ["https://bench.example/callback"]
 
     /// Runs the vault and its floor in `rounds` adjacent pairs, alternating which of the two goes
     /// first. Each pair is a ratio measured within seconds; the report takes the median pair,
-    /// so a noisy stretch of the machine (throughput here moves by 15 % from one 10 s window to
-    /// the next) spoils one pair instead of the whole comparison.
+    /// so a noisy stretch of the machine (throughput here moved by 15 % from one 10 s window to
+    /// the next, 2026-12-02) spoils one pair instead of the whole comparison.
     async fn compare(
         &self,
         vault: &Proc,
@@ -349,17 +349,20 @@ redirect_uris = ["https://bench.example/callback"]
         };
         let mut pairs = Vec::new();
         for round in 0..self.plan.rounds {
-            let (vault, floor) = if round % 2 == 0 {
-                let floor = load::run(floor.addr, self.plan.shape, tenant.clone()).await;
-                (load::run(vault.addr, vault_shape, tenant.clone()).await, floor)
+            let (vault_run, floor_run) = if round % 2 == 0 {
+                let floor_run = load::run(floor.addr, self.plan.shape, tenant.clone()).await;
+                (load::run(vault.addr, vault_shape, tenant.clone()).await, floor_run)
             } else {
-                let vault = load::run(vault.addr, vault_shape, tenant.clone()).await;
-                (vault, load::run(floor.addr, self.plan.shape, tenant.clone()).await)
+                let vault_run = load::run(vault.addr, vault_shape, tenant.clone()).await;
+                (vault_run, load::run(floor.addr, self.plan.shape, tenant.clone()).await)
             };
-            for r in [&vault, &floor] {
+            for r in [&vault_run, &floor_run] {
                 assert_eq!(r.errors, 0, "every call must succeed: {:?}", r.first_error);
             }
-            pairs.push(Pair { vault, floor });
+            pairs.push(Pair {
+                vault: vault_run,
+                floor: floor_run,
+            });
         }
         pairs
     }
@@ -660,12 +663,12 @@ const REPEATED_SWEEPS: usize = 6;
 /// default 5 s, so with the default the cache holds only the last few seconds' tokens and what
 /// RSS shows is their churn, not the bound the cache's size sets. An hour outlasts the run: no
 /// entry expires, every sweep leaves the cache full, and only `cache_max_entries` bounds it.
-const SCALE_CACHE_MAX_AGE: Option<&str> = Some("1h");
+const SCALE_CACHE_MAX_AGE: &str = "1h";
 
 /// Scale: start-up with every seeded connection stored, and memory per cached token.
 async fn scale(bench: &Bench, report: &mut Report, startup_empty: Duration) {
     let plan = &bench.plan;
-    let (vault, startup_full) = bench.vault(false, SCALE_CACHE_MAX_AGE).await;
+    let (vault, startup_full) = bench.vault(false, Some(SCALE_CACHE_MAX_AGE)).await;
     let rss_start = vault.rss_bytes();
     let warm = |count: u64| {
         let vault_addr = vault.addr;

@@ -249,11 +249,8 @@ async fn a_window_with_more_keys_than_one_insert_takes_is_written_whole() {
             assert_reason(&answer.unwrap_err(), Code::NotFound, "CONNECTION_NOT_FOUND");
         }
     }
-    app.shut_down();
-    let all = rows_until(&app, |rows| {
-        rows.iter().filter(|r| r.event == "get_access_token").count() == tenants.len()
-    })
-    .await;
+    app.shut_down().await;
+    let all = rows(&app).await;
     let mut written: Vec<&str> = all
         .iter()
         .filter(|r| r.event == "get_access_token")

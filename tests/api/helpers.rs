@@ -66,6 +66,8 @@ pub struct TestApp {
     pub health_addr: Option<std::net::SocketAddr>,
     /// Sending on (or dropping) it stops the server; see `shut_down`.
     stop_server: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The server's task, which ends once it has stopped and its background tasks are done.
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     // Last: dropped after the pool and server are gone.
     _db: TestDb,
 }
@@ -159,7 +161,7 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
     let health_addr = app.plaintext_health_addr();
     let vault = app.vault().clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async move {
+    let server = tokio::spawn(app.run_until(async move {
         let _ = stop_rx.await;
     }));
     let client = match &opts.client_tls {
@@ -177,6 +179,7 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         proxy,
         health_addr,
         stop_server: Some(stop_tx),
+        server: Some(server),
         _db: db,
     }
 }
@@ -208,11 +211,18 @@ pub async fn connect_tls(addr: std::net::SocketAddr, tls: tonic::transport::Clie
 }
 
 impl TestApp {
-    /// Stops the server as SIGTERM would: the listeners close and the background tasks finish
-    /// their last work (the audit writer writes its open window). The database stays.
-    pub fn shut_down(&mut self) {
+    /// Stops the server as SIGTERM would and waits until it has: the listeners closed and the
+    /// background tasks finished their last work (the audit writer has written its open
+    /// window). The database stays.
+    pub async fn shut_down(&mut self) {
         if let Some(stop) = self.stop_server.take() {
             let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("the server task")
+                .expect("the server stops cleanly");
         }
     }
 
