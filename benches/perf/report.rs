@@ -42,6 +42,21 @@ fn quantile<T: Copy + Ord>(values: &[T], q: f64) -> Option<T> {
     Some(sorted[(last as f64 * q).round() as usize])
 }
 
+/// Of back-to-back vault/floor pairs given by their ratios (in run order), the index of the
+/// median pair (the upper one of an even count, as in `quantile`) and, for more than one pair,
+/// the text that lists every ratio beside it.
+fn median_pair(ratios: &[f64]) -> (usize, String) {
+    let mut order: Vec<usize> = (0..ratios.len()).collect();
+    order.sort_by(|a, b| ratios[*a].total_cmp(&ratios[*b]));
+    let listed = if ratios.len() > 1 {
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+        format!(" (median of {} pairs, in run order: {})", ratios.len(), each.join(", "))
+    } else {
+        String::new()
+    };
+    (order[order.len() / 2], listed)
+}
+
 impl Report {
     pub fn new(plan: &Plan) -> Self {
         let shape = &plan.shape;
@@ -94,8 +109,7 @@ impl Report {
 
     /// Throughput against a floor (higher is better), and optionally p99 against the floor's,
     /// from `pairs` of back-to-back runs: the pair with the median ratio is the one shown and
-    /// checked (the upper one of an even count, as in `quantile`); every pair's ratio is listed
-    /// beside it.
+    /// checked; every pair's ratio is listed beside it.
     pub fn ratio_row(
         &mut self,
         scenario: &str,
@@ -104,10 +118,10 @@ impl Report {
         min_ratio: f64,
         max_p99_ratio: Option<f64>,
     ) {
-        let mut sorted: Vec<&Pair> = pairs.iter().collect();
-        sorted.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
-        let median = sorted[sorted.len() / 2];
-        let (vault, floor, ratio) = (&median.vault, &median.floor, median.ratio());
+        let ratios: Vec<f64> = pairs.iter().map(Pair::ratio).collect();
+        let (median, listed) = median_pair(&ratios);
+        let Pair { vault, floor } = &pairs[median];
+        let ratio = ratios[median];
         let p99_ratio = vault.percentile_ms(0.99) / floor.percentile_ms(0.99);
         let mut met = ratio >= min_ratio;
         let mut target = format!(">= {min_ratio:.2} x {floor_name} req/s");
@@ -117,14 +131,7 @@ impl Report {
             target.push_str(&format!("; p99 <= {max:.1} x"));
             ratio_text.push_str(&format!("; p99 {p99_ratio:.2} x"));
         }
-        if pairs.len() > 1 {
-            let each: Vec<String> = pairs.iter().map(|p| format!("{:.3}", p.ratio())).collect();
-            ratio_text.push_str(&format!(
-                " (median of {} pairs, in run order: {})",
-                pairs.len(),
-                each.join(", ")
-            ));
-        }
+        ratio_text.push_str(&listed);
         let describe = |r: &LoadResult| {
             format!(
                 "{:.0} req/s, p50 {} p90 {} p99 {} max {}",
@@ -373,22 +380,14 @@ impl Report {
             }
         }
         let _ = std::fs::remove_file(&path);
-        let each: Vec<String> = pairs.iter().map(|(v, f)| format!("{:.3}", v / f)).collect();
-        pairs.sort_by(|a, b| (a.0 / a.1).total_cmp(&(b.0 / b.1)));
-        let (v, f) = pairs[pairs.len() / 2];
-        let mut ratio = format!("{:.3} x req/s", v / f);
-        if pairs.len() > 1 {
-            ratio.push_str(&format!(
-                " (median of {} pairs, in run order: {})",
-                pairs.len(),
-                each.join(", ")
-            ));
-        }
+        let ratios: Vec<f64> = pairs.iter().map(|(v, f)| v / f).collect();
+        let (median, listed) = median_pair(&ratios);
+        let (v, f) = pairs[median];
         self.push(Row {
             scenario: "hot path, cross-checked with h2load (HTTP status only)".into(),
             vault: format!("{v:.0} req/s"),
             floor: format!("{f:.0} req/s"),
-            ratio,
+            ratio: format!("{:.3} x req/s{listed}", v / f),
             target: ">= 0.90 x gRPC floor req/s".into(),
             met: Some(v / f >= 0.90 && clean),
         });
