@@ -64,10 +64,12 @@ pub struct TestApp {
     pub proxy: Option<FaultyProxy>,
     /// The plaintext health listener beside a TLS one (`tls.plaintext_health_listen`).
     pub health_addr: Option<std::net::SocketAddr>,
-    /// Sending on (or dropping) it stops the server; see `shut_down`.
-    stop_server: Option<tokio::sync::oneshot::Sender<()>>,
-    /// The server's task, which ends once it has stopped and its background tasks are done.
-    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// The running server: sending on (or dropping) the sender stops it, and its task ends once
+    /// it has stopped and its background tasks are done. `None` after `shut_down`.
+    server: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    )>,
     // Last: dropped after the pool and server are gone.
     _db: TestDb,
 }
@@ -178,8 +180,7 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         vault,
         proxy,
         health_addr,
-        stop_server: Some(stop_tx),
-        server: Some(server),
+        server: Some((stop_tx, server)),
         _db: db,
     }
 }
@@ -215,10 +216,8 @@ impl TestApp {
     /// background tasks finished their last work (the audit writer has written its open
     /// window). The database stays.
     pub async fn shut_down(&mut self) {
-        if let Some(stop) = self.stop_server.take() {
+        if let Some((stop, server)) = self.server.take() {
             let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
             server
                 .await
                 .expect("the server task")
@@ -228,6 +227,11 @@ impl TestApp {
 
     pub fn database_name(&self) -> String {
         self._db.name.clone()
+    }
+
+    /// The test database's URL, as a second vault process or the test itself would use it.
+    pub fn database_url(&self) -> &str {
+        &self._db.url
     }
 
     pub async fn begin(&self, tenant: &str) -> proto::BeginAuthorizationResponse {

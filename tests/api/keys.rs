@@ -18,9 +18,7 @@ use token_vault::{
 };
 use tonic::{transport::Channel, Code};
 
-use crate::helpers::{
-    admin_url, assert_reason, connect, dump_all_tables, settings_toml, spawn_app_with, TestApp, TestOptions,
-};
+use crate::helpers::{assert_reason, connect, dump_all_tables, settings_toml, spawn_app_with, TestApp, TestOptions};
 
 /// A keyring line `<id>:<base64>` for a fresh key.
 fn key_line(id: &str) -> String {
@@ -32,11 +30,6 @@ fn keyring_toml(lines: &[&str]) -> String {
     format!("[encryption]\nkeyring = \"{}\"\n", lines.join(","))
 }
 
-fn database_url(app: &TestApp) -> String {
-    let admin = admin_url();
-    format!("{}/{}", admin.rsplit_once('/').unwrap().0, app.database_name())
-}
-
 /// Another vault process on the same database and provider as `app`, with its own keyring: a
 /// restart with a changed keyring. Stops when the returned sender is dropped.
 async fn restart_with(
@@ -45,7 +38,7 @@ async fn restart_with(
 ) -> (TokenVaultClient<Channel>, tokio::sync::oneshot::Sender<()>) {
     let toml = settings_toml(
         &app.provider.uri(),
-        &database_url(app),
+        app.database_url(),
         &app.client_secret,
         &TestOptions::default(),
     );
