@@ -394,6 +394,15 @@ impl Settings {
     }
 
     fn validate_security(&self) -> Result<(), ConfigError> {
+        // Authentication off is a development convenience; in production it would hand every
+        // tenant's tokens to anything that reaches the port, so it is refused, not just logged.
+        if self.auth.mode == AuthMode::InsecureDev && self.mode != Mode::Development {
+            return Err(invalid(
+                "auth.mode",
+                "is \"insecure-dev\", which is allowed only with mode = \"development\": configure callers \
+                 (auth.mode = \"enforce\") for any other deployment",
+            ));
+        }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return Err(invalid("tls.key_file", "and tls.cert_file must be set together"));
         }

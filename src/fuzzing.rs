@@ -127,6 +127,10 @@ pub fn token_error_response(data: &[u8]) {
             check_oauth_error(&e.error, e.description.as_deref());
         }
         TokenError::Transient { http_status, .. } => assert_eq!(http_status, Some(status)),
+        TokenError::Ambiguous { http_status, .. } => {
+            assert!(status < 500 && status != 429);
+            assert_eq!(http_status, Some(status));
+        }
         // The message reaches logs: it must stay short whatever the body was.
         TokenError::Protocol(message) => {
             assert!(status < 500 && status != 429);

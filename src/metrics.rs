@@ -72,13 +72,15 @@ pub fn observe(
             .u64_observable_counter("tokenvault.refreshes")
             .with_unit("{refresh}")
             .with_description(
-                "Refreshes by outcome: succeeded, adopted (another replica's), failed, reauthorization_required",
+                "Refreshes by outcome: succeeded, adopted (another replica's), failed, reauthorization_required, \
+                 outcome_unknown (an ambiguous provider answer; also counted as failed)",
             )
             .with_callback(move |o| {
                 let m = vault.refresh_metrics();
                 o.observe(m.succeeded.load(Relaxed), &[kv("outcome", "succeeded")]);
                 o.observe(m.adopted.load(Relaxed), &[kv("outcome", "adopted")]);
                 o.observe(m.failed.load(Relaxed), &[kv("outcome", "failed")]);
+                o.observe(m.outcome_unknown.load(Relaxed), &[kv("outcome", "outcome_unknown")]);
                 o.observe(
                     m.marked_reauthorization_required.load(Relaxed),
                     &[kv("outcome", "reauthorization_required")],

@@ -19,7 +19,7 @@ use crate::{
     api::TokenVaultService,
     audit::Audit,
     auth::{AuthLayer, Authenticator},
-    config::{AuthMode, Mode, Settings},
+    config::{AuthMode, Settings},
     crypto::SharedKeyring,
     keys::{load_keyring, watch_keyring, KeyringReloader},
     oauth::ProviderClient,
@@ -188,11 +188,21 @@ impl Application {
         tracing::info!(%addr, mode = ?self.settings.mode, tls = self.tls.is_some(), "token-vault serving gRPC");
         log_security_posture(&self.settings, &self.auth, self.tls.is_some());
         let grace = self.settings.server.shutdown_grace;
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let signal = async move {
-            stop.await;
-            tracing::info!("shutting down: no new calls; finishing those in flight");
-            let _ = stopping_tx.send(());
+        let refresh_budget = self.settings.refresh.lease_ttl;
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<std::time::Instant>();
+        let signal = {
+            let (vault, reporter) = (self.vault.clone(), reporter.clone());
+            async move {
+                stop.await;
+                tracing::info!("shutting down: no new calls or refreshes; finishing those in flight");
+                // Routed around at once, and nothing new reaches the provider from here.
+                reporter.set_service_status("", ServingStatus::NotServing).await;
+                reporter
+                    .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+                    .await;
+                vault.stop_starting_refreshes();
+                let _ = stopping_tx.send(std::time::Instant::now());
+            }
         };
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = self.tls.clone() {
@@ -215,16 +225,38 @@ impl Application {
             // small answer waits on Nagle's algorithm and the peer's delayed ACK (~40 ms).
             .serve_with_incoming_shutdown(TcpIncoming::from(self.listener).with_nodelay(Some(true)), signal);
         tokio::pin!(server);
+        let stopping = futures::FutureExt::shared(async move { stopping_rx.await.ok() });
         // Graceful shutdown waits for in-flight calls; past the grace period they are cut off.
         let result = tokio::select! {
             r = &mut server => r.map_err(anyhow::Error::from),
-            _ = async { let _ = stopping_rx.await; tokio::time::sleep(grace).await } => {
+            _ = async { stopping.clone().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(?grace, "calls still in flight after the grace period; stopping anyway");
                 Ok(())
             }
         };
         reporter.set_service_status("", ServingStatus::NotServing).await;
+        // A refresh whose provider has rotated the token must store the new one before the
+        // process exits: aborting it would lose the only valid refresh token, and the next
+        // presentation of the old one revokes the customer's grant. Each is bounded by its
+        // lease, so the wait is too (counted from the stop signal; the chart's
+        // terminationGracePeriodSeconds covers it, see docs/deploy.md).
+        self.vault.stop_starting_refreshes();
+        let budget = match stopping.await {
+            Some(signalled) => refresh_budget.saturating_sub(signalled.elapsed()),
+            None => refresh_budget,
+        };
+        let unfinished = self.vault.drain_refreshes(budget).await;
+        if unfinished > 0 {
+            tracing::error!(
+                unfinished,
+                "refreshes still in flight when the drain budget ran out; stopping them"
+            );
+        }
         background.cancel();
+        if unfinished > 0 {
+            // Their store retries end on the cancellation above; let them say so.
+            let _ = self.vault.drain_refreshes(std::time::Duration::from_secs(1)).await;
+        }
         // The writer's last window and queue; a stuck database must not hold the exit forever.
         if tokio::time::timeout(AUDIT_FINAL_WRITE, audit_writer).await.is_err() {
             tracing::warn!("the audit writer did not finish its last write in time");
@@ -304,11 +336,8 @@ fn log_security_posture(settings: &Settings, auth: &Authenticator, tls: bool) {
     if settings.auth.mode == AuthMode::InsecureDev {
         let message = "AUTHENTICATION IS OFF (auth.mode = \"insecure-dev\"): any process that reaches this port \
                        may read every tenant's tokens. Local development only.";
-        if settings.mode == Mode::Production {
-            tracing::error!("{message}");
-        } else {
-            tracing::warn!("{message}");
-        }
+        // Configuration refuses insecure-dev outside development mode.
+        tracing::warn!("{message}");
         return;
     }
     tracing::info!(

@@ -19,9 +19,10 @@ pub fn code(e: &VaultError) -> Code {
         | VaultError::InvalidGrant
         | VaultError::ReauthorizationRequired { .. } => Code::FailedPrecondition,
         VaultError::ConnectionNotFound => Code::NotFound,
-        VaultError::ProviderUnavailable { .. } | VaultError::StoreUnavailable | VaultError::ShuttingDown => {
-            Code::Unavailable
-        }
+        VaultError::ProviderUnavailable { .. }
+        | VaultError::RefreshOutcomeUnknown { .. }
+        | VaultError::StoreUnavailable
+        | VaultError::ShuttingDown => Code::Unavailable,
         VaultError::ProviderRejectedClient { .. } | VaultError::ProviderProtocol | VaultError::Internal(_) => {
             Code::Internal
         }
@@ -52,7 +53,8 @@ pub fn to_status(e: VaultError) -> Status {
         }
         VaultError::ProviderUnavailable {
             retry_after: Some(after),
-        } => {
+        }
+        | VaultError::RefreshOutcomeUnknown { retry_after: after } => {
             metadata.insert("retry_after_ms".to_owned(), after.as_millis().to_string());
             details.set_retry_info(Some(*after));
         }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use url::form_urlencoded::byte_serialize;
 
 use super::{
-    error::{TokenError, TransientCause},
+    error::{AmbiguousCause, TokenError, TransientCause},
     AuthMethod, PkceVerifier, ProviderConfig,
 };
 
@@ -20,6 +20,9 @@ pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// token past its real end. Longer claims are cut to this: the vault refreshes early, never
 /// late.
 pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The longest `Retry-After` believed. The refresh path caps it further at its lease.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// A successful token response (RFC 6749 §5.1).
 pub struct TokenResponse {
@@ -134,6 +137,7 @@ impl ProviderClient {
             Err(TokenError::InvalidGrant(_)) => "invalid_grant",
             Err(TokenError::ClientRejected(_)) => "client_rejected",
             Err(TokenError::Transient { .. }) => "unavailable",
+            Err(TokenError::Ambiguous { .. }) => "ambiguous",
             Err(TokenError::Protocol(_)) => "protocol_error",
         };
         if outcome != "ok" {
@@ -175,14 +179,30 @@ impl ProviderClient {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = read_limited(response).await?;
+            .and_then(parse_retry_after);
         if !(200..300).contains(&status) {
+            let body = read_limited(response).await?;
             return Err(TokenError::from_error_response(status, &body, retry_after));
         }
-        parse_token_response(&body)
+        // The provider has accepted the grant: from here on a failure means the grant was
+        // consumed and its successor lost, which must not be mistaken for "try again".
+        let lost = |_| TokenError::Ambiguous {
+            cause: AmbiguousCause::AnswerLost,
+            http_status: Some(status),
+        };
+        let body = read_limited(response).await.map_err(lost)?;
+        parse_token_response(&body).map_err(|e| {
+            tracing::error!(error = %e, "the provider accepted the grant but its answer is unusable");
+            lost(e)
+        })
     }
+}
+
+/// `Retry-After` in seconds (RFC 9110 §10.2.3; the HTTP-date form is ignored), capped at
+/// `MAX_RETRY_AFTER` so that no later arithmetic on it can overflow.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let secs = value.trim().parse::<u64>().ok()?;
+    Some(Duration::from_secs(secs.min(MAX_RETRY_AFTER.as_secs())))
 }
 
 fn transport_error(e: reqwest::Error) -> TokenError {
@@ -263,6 +283,14 @@ pub(crate) fn parse_token_response(body: &[u8]) -> Result<TokenResponse, TokenEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_capped_and_never_overflows() {
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("18446744073709551615"), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(parse_retry_after("-1"), None);
+    }
 
     #[test]
     fn understorys_answer_parses() {

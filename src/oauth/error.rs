@@ -22,9 +22,18 @@ pub enum TransientCause {
     ServerError,
     /// The provider answered 429.
     RateLimited,
-    /// `invalid_request` about a concurrent refresh of the same token (Hydra's answer to the
-    /// loser of a race that had not yet committed): retrying is right, the grant is intact.
-    ConcurrentRequest,
+}
+
+/// Why an answer leaves open whether the presented grant was consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AmbiguousCause {
+    /// `invalid_request` about concurrent requests with the same token. Hydra (fosite) answers
+    /// it both when its own transaction failed and when another presenter already consumed the
+    /// token: presenting the token again may be reuse, which revokes the grant.
+    ConcurrentPresenter,
+    /// A 2xx whose body was lost or unusable: the provider consumed the grant and the new
+    /// tokens are gone.
+    AnswerLost,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -40,6 +49,12 @@ pub enum TokenError {
     Transient {
         cause: TransientCause,
         retry_after: Option<Duration>,
+        http_status: Option<u16>,
+    },
+    /// The grant may have been consumed: never present it again blindly.
+    #[error("the provider's answer leaves open whether the grant was consumed ({cause:?})")]
+    Ambiguous {
+        cause: AmbiguousCause,
         http_status: Option<u16>,
     },
     /// Any other error code, or an answer that breaks the protocol.
@@ -79,9 +94,8 @@ impl TokenError {
         match err.error.as_str() {
             "invalid_grant" => TokenError::InvalidGrant(err),
             "invalid_client" | "unauthorized_client" => TokenError::ClientRejected(err),
-            "invalid_request" if mentions_concurrency(err.description.as_deref()) => TokenError::Transient {
-                cause: TransientCause::ConcurrentRequest,
-                retry_after,
+            "invalid_request" if mentions_concurrency(err.description.as_deref()) => TokenError::Ambiguous {
+                cause: AmbiguousCause::ConcurrentPresenter,
                 http_status: Some(status),
             },
             // 401 without a known code is still the provider saying our credentials are wrong.
@@ -141,8 +155,8 @@ mod tests {
                 400,
                 r#"{"error":"invalid_request","error_description":"Multiple concurrent requests, please retry"}"#
             ),
-            TokenError::Transient {
-                cause: TransientCause::ConcurrentRequest,
+            TokenError::Ambiguous {
+                cause: AmbiguousCause::ConcurrentPresenter,
                 ..
             }
         ));

@@ -13,6 +13,6 @@ pub use callback::{
 };
 pub(crate) use client::parse_token_response;
 pub use client::{install_crypto_provider, ProviderClient, TokenResponse, MAX_EXPIRES_IN, MAX_RESPONSE_BYTES};
-pub use error::{OAuthError, TokenError, TransientCause};
+pub use error::{AmbiguousCause, OAuthError, TokenError, TransientCause};
 pub use pkce::PkceVerifier;
 pub use provider::{is_valid_scope, AuthMethod, AuthorizationRequest, ProviderConfig};

@@ -298,6 +298,7 @@ impl<'a> Connections<'a> {
                    UPDATE connections
                       SET generation = $3, scopes = $4, token_type = $5, access_token = $6,
                           access_token_issued_at = $7, access_token_expires_at = $8, refreshed_at = now(),
+                          status_reason = NULL,
                           refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
                     WHERE id = $1 AND generation = $2
                 RETURNING id, generation),
@@ -358,6 +359,28 @@ impl Connections<'_> {
             .fetch_all(self.pool)
             .await?;
         Ok(rows.into_iter().map(|r| (r.status, r.count)).collect())
+    }
+
+    /// Records on a connection that `holder`'s refresh of `generation` got an answer that may
+    /// mean its refresh token was consumed. The lease is left to lapse by itself, so that no
+    /// replica presents the token again before then; the next successful refresh clears it.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPDATE connections", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "connections"))]
+    pub async fn note_refresh_outcome_unknown(
+        &self,
+        connection_id: i64,
+        generation: i64,
+        holder: Uuid,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query!(
+            r#"UPDATE connections SET status_reason = 'refresh_outcome_unknown', updated_at = now()
+                WHERE id = $1 AND generation = $2 AND refresh_lease_holder = $3 AND status = 'active'"#,
+            connection_id,
+            generation,
+            holder,
+        )
+        .execute(self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Extends `holder`'s lease while it still holds a refreshed token it has not managed to

@@ -10,7 +10,9 @@ use super::{
 };
 use crate::{
     crypto::Aad,
-    oauth::{is_valid_scope, CallbackOutcome, CallbackParams, PkceVerifier, ProviderConfig, TokenError},
+    oauth::{
+        is_valid_scope, AmbiguousCause, CallbackOutcome, CallbackParams, PkceVerifier, ProviderConfig, TokenError,
+    },
     store::NewPendingAuthorization,
 };
 
@@ -224,6 +226,22 @@ fn exchange_error(e: TokenError, provider: &ProviderConfig, tenant_id: &str) -> 
         TokenError::Protocol(what) => {
             tracing::error!(tenant_id, provider = %provider.name, problem = %what, "the provider's answer to the code exchange is unusable");
             VaultError::ProviderProtocol
+        }
+        // A code is single-use and short-lived: whether it was consumed or not, the way on is a
+        // new authorization, never presenting the code again (a reused code revokes its tokens).
+        TokenError::Ambiguous {
+            cause: AmbiguousCause::AnswerLost,
+            http_status,
+        } => {
+            tracing::error!(tenant_id, provider = %provider.name, ?http_status, "the provider accepted the code but its answer was lost or unusable");
+            VaultError::ProviderProtocol
+        }
+        TokenError::Ambiguous {
+            cause: AmbiguousCause::ConcurrentPresenter,
+            http_status,
+        } => {
+            tracing::warn!(tenant_id, provider = %provider.name, ?http_status, "the provider reports a concurrent request with the same code");
+            VaultError::ProviderUnavailable { retry_after: None }
         }
     }
 }

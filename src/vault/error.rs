@@ -20,6 +20,10 @@ pub enum VaultError {
     ReauthorizationRequired { reason: String },
     #[error("the provider is unavailable")]
     ProviderUnavailable { retry_after: Option<Duration> },
+    /// The provider's answer to a refresh may mean the refresh token was consumed; it is held
+    /// back until the lease lapses (see `vault::refresh`).
+    #[error("the outcome of the refresh is unknown; the refresh token is held back until the lease lapses")]
+    RefreshOutcomeUnknown { retry_after: Duration },
     #[error("the provider rejected the vault's client credentials for provider {provider}")]
     ProviderRejectedClient { provider: String },
     #[error("the provider answered something unusable")]
@@ -58,6 +62,7 @@ impl VaultError {
             VaultError::ConnectionNotFound => "CONNECTION_NOT_FOUND",
             VaultError::ReauthorizationRequired { .. } => "REAUTHORIZATION_REQUIRED",
             VaultError::ProviderUnavailable { .. } => "PROVIDER_UNAVAILABLE",
+            VaultError::RefreshOutcomeUnknown { .. } => "REFRESH_OUTCOME_UNKNOWN",
             VaultError::ProviderRejectedClient { .. } => "PROVIDER_REJECTED_CLIENT",
             VaultError::ProviderProtocol => "PROVIDER_PROTOCOL_ERROR",
             VaultError::StoreUnavailable => "STORE_UNAVAILABLE",

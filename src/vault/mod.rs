@@ -85,6 +85,18 @@ impl Vault {
         self.inner.refresher.metrics()
     }
 
+    /// The first step of shutdown: no refresh starts from now on (callers that would need one
+    /// get `SHUTTING_DOWN` and retry on another replica); refreshes in flight go on.
+    pub fn stop_starting_refreshes(&self) {
+        self.inner.refresher.stop_starting();
+    }
+
+    /// Waits up to `budget` for every refresh in flight to end, its received refresh token
+    /// stored. Returns how many were still running when the budget ran out.
+    pub async fn drain_refreshes(&self, budget: std::time::Duration) -> usize {
+        self.inner.refresher.drain(budget).await
+    }
+
     /// The provider a request names, or the default for an empty name.
     fn provider(&self, name: &str) -> Result<&ProviderClient, VaultError> {
         let name = if name.is_empty() {

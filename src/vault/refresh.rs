@@ -28,12 +28,30 @@
 //! * **Never drop a received refresh token.** If the commit fails, the task keeps retrying it
 //!   with backoff (extending its lease whenever the database answers) until the process is
 //!   told to stop.
+//! * **Owned, and drained on shutdown.** Refresh tasks are spawned on a `TaskTracker`. When the
+//!   process is asked to stop, no refresh starts and no provider attempt begins, but a refresh
+//!   that has its answer goes on storing it: `Refresher::drain` waits for every task, bounded by
+//!   the lease, and only then may the process exit. Aborting a task between the provider's
+//!   rotation and the commit would lose the only valid refresh token.
+//! * **Ambiguous answers are not retried.** Hydra answers `invalid_request` "multiple concurrent
+//!   requests" both when its own transaction failed and when another presenter already consumed
+//!   the token; an answer lost after a 2xx means the token was consumed. Presenting the token
+//!   again while another presenter may hold its successor is reuse, which revokes the grant. So
+//!   the task re-reads the row (adopting a newer generation), watches it for as long as another
+//!   presenter's request could take, and otherwise keeps the lease until it lapses, marks the
+//!   connection `refresh_outcome_unknown` and answers `REFRESH_OUTCOME_UNKNOWN`. Once the lease
+//!   has lapsed no vault presenter can still hold a successor, and the next refresh presents the
+//!   token again: the only way on (a provider with a reuse grace period answers it; one without
+//!   revokes a grant nobody can use any more).
+//! * **Adopt before refreshing again.** After a lost race (a fenced write, an `invalid_grant`
+//!   or a failed mark with the generation moved) the task starts over from the generation it
+//!   refreshed from, so the newer token is adopted if it is still valid instead of being
+//!   refreshed away from the callers who just received it.
 
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::{Duration, Instant},
 };
@@ -43,14 +61,17 @@ use futures::{
     FutureExt,
 };
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{access, authorize::provider_error, cache::CacheKey, cache::TokenCache, tokens, AccessToken, VaultError};
+use super::{
+    access, authorize::provider_error, cache::CacheKey, cache::TokenCache, single_flight::SingleFlight, tokens,
+    AccessToken, VaultError,
+};
 use crate::{
     crypto::SharedKeyring,
-    oauth::{ProviderClient, TokenError},
+    oauth::{AmbiguousCause, ProviderClient, TokenError},
     store::{ConnectionRow, CurrentRefreshToken, Leased, Store, StoreError},
 };
 
@@ -80,13 +101,19 @@ pub struct RefreshMetrics {
     pub marked_reauthorization_required: AtomicU64,
     /// Failed attempts to store a received token (each retried).
     pub unsaved_rotation_retries: AtomicU64,
+    /// Provider answers that may mean the refresh token was consumed (a concurrent presenter,
+    /// or an answer lost after success) and that no newer generation explained.
+    pub outcome_unknown: AtomicU64,
 }
 
 type SharedRefresh = Shared<BoxFuture<'static, Result<AccessToken, VaultError>>>;
 
-#[derive(Clone)]
 pub(super) struct Refresher {
     inner: Arc<RefresherInner>,
+    /// The refresh task in flight per connection.
+    flights: SingleFlight<CacheKey, Result<AccessToken, VaultError>>,
+    /// Every refresh task, so that shutdown can wait for them.
+    tasks: TaskTracker,
 }
 
 struct RefresherInner {
@@ -96,10 +123,11 @@ struct RefresherInner {
     policy: RefreshPolicy,
     /// This process's identity as a lease holder.
     holder: Uuid,
-    /// Fired when the process must stop: the only thing that ends a store retry loop.
+    /// Fired when the process is asked to stop: no refresh starts, no provider attempt begins,
+    /// nobody waits for a lease any more. Storing a received token goes on.
+    draining: CancellationToken,
+    /// Fired when the drain's budget is spent: the only thing that ends a store retry loop.
     shutdown: CancellationToken,
-    inflight: Mutex<HashMap<CacheKey, (u64, SharedRefresh)>>,
-    next_task_id: AtomicU64,
     metrics: RefreshMetrics,
 }
 
@@ -133,11 +161,40 @@ impl Refresher {
                 cache,
                 policy,
                 holder: Uuid::new_v4(),
+                draining: CancellationToken::new(),
                 shutdown,
-                inflight: Mutex::new(HashMap::new()),
-                next_task_id: AtomicU64::new(0),
                 metrics: RefreshMetrics::default(),
             }),
+            // A refresh in flight is always joined: it is bounded by its lease, and starting a
+            // second one beside it in this process would only wait on that lease.
+            flights: SingleFlight::new(Duration::MAX),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// From now on no refresh starts and no provider attempt begins; refreshes already holding
+    /// an answer go on storing it.
+    pub fn stop_starting(&self) {
+        self.inner.draining.cancel();
+        self.tasks.close();
+    }
+
+    /// Stops starting refreshes and waits, up to `budget`, for those in flight to end (a
+    /// received refresh token stored). Returns how many were still running when the budget
+    /// ran out; the caller then fires the shutdown token, which abandons their store retries.
+    pub async fn drain(&self, budget: Duration) -> usize {
+        self.stop_starting();
+        if self.tasks.is_empty() {
+            return 0;
+        }
+        tracing::info!(
+            refreshes = self.tasks.len(),
+            ?budget,
+            "waiting for refreshes in flight to finish"
+        );
+        match tokio::time::timeout(budget, self.tasks.wait()).await {
+            Ok(()) => 0,
+            Err(_) => self.tasks.len(),
         }
     }
 
@@ -154,55 +211,38 @@ impl Refresher {
         generation: i64,
         deadline: Option<Instant>,
     ) -> Result<AccessToken, VaultError> {
-        let shared = {
-            let mut inflight = self.inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            match inflight.get(&key) {
-                Some((_, running)) => running.clone(),
-                None => {
-                    let id = self.inner.next_task_id.fetch_add(1, Ordering::Relaxed);
-                    let inner = self.inner.clone();
-                    let task_key = key.clone();
-                    // The task outlives its first caller, but its span still descends from
-                    // that caller's RPC span, so the provider call shows up in its trace.
-                    let span = tracing::info_span!(
-                        "vault.refresh",
-                        otel.name = "refresh",
-                        tenant_id = %key.tenant_id(),
-                        provider = %key.provider(),
-                    );
-                    let task = tokio::spawn(
-                        async move {
-                            let result = inner.run(&task_key, &client, generation).await;
-                            let mut inflight = inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
-                            if inflight.get(&task_key).is_some_and(|(running, _)| *running == id) {
-                                inflight.remove(&task_key);
-                            }
-                            result
-                        }
-                        .instrument(span),
-                    );
-                    let shared = async move {
-                        task.await
-                            .unwrap_or_else(|e| Err(VaultError::Internal(format!("the refresh task failed: {e}"))))
-                    }
+        let inner = self.inner.clone();
+        let task_key = key.clone();
+        // The task outlives its first caller, but its span still descends from that caller's
+        // RPC span, so the provider call shows up in its trace.
+        let span = tracing::info_span!(
+            "vault.refresh",
+            otel.name = "refresh",
+            tenant_id = %key.tenant_id(),
+            provider = %key.provider(),
+        );
+        let running = self.flights.run_detached(
+            key,
+            &self.tasks,
+            !self.inner.draining.is_cancelled(),
+            move || {
+                async move { inner.run(&task_key, &client, generation).await }
+                    .instrument(span)
                     .boxed()
-                    .shared();
-                    inflight.insert(key, (id, shared.clone()));
-                    shared
-                }
-            }
-        };
-        wait(shared, deadline).await
+            },
+            |panic| Err(VaultError::Internal(format!("the refresh task failed: {panic}"))),
+        );
+        match running {
+            Some(running) => wait(running, deadline).await,
+            None => Err(VaultError::ShuttingDown),
+        }
     }
 
     /// Joins the refresh in flight for `key`, if there is one. Callers holding a stale cached
     /// token ask this first, so a stampede waits on the refresh instead of queueing for the
     /// database one read each.
     pub async fn join(&self, key: &CacheKey, deadline: Option<Instant>) -> Option<Result<AccessToken, VaultError>> {
-        let running = {
-            let inflight = self.inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            inflight.get(key).map(|(_, running)| running.clone())?
-        };
+        let running = self.flights.joinable(key)?;
         Some(wait(running, deadline).await)
     }
 }
@@ -236,7 +276,10 @@ impl RefresherInner {
                             .await?
                         {
                             Round::Done(token) => return Ok(token),
-                            Round::Again => generation = self.reread(key).await?.generation,
+                            // Start over from the generation this round refreshed: taking the
+                            // lease on it fails, the re-read finds the newer generation, and a
+                            // still valid token there is adopted rather than refreshed away.
+                            Round::Again => generation = leased.connection.generation,
                         }
                     }
                 }
@@ -268,7 +311,7 @@ impl RefresherInner {
         let give_up_at = Instant::now() + self.policy.lease_ttl;
         let mut waiting_since = None;
         loop {
-            if self.shutdown.is_cancelled() {
+            if self.draining.is_cancelled() {
                 return Err(VaultError::ShuttingDown);
             }
             match self.try_acquire(key, generation).await {
@@ -289,7 +332,7 @@ impl RefresherInner {
             let pause = jitter(self.policy.poll_interval);
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = self.shutdown.cancelled() => return Err(VaultError::ShuttingDown),
+                _ = self.draining.cancelled() => return Err(VaultError::ShuttingDown),
             }
         }
     }
@@ -359,6 +402,11 @@ impl RefresherInner {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            if self.draining.is_cancelled() {
+                // Nothing was presented in this attempt yet: another replica takes over.
+                self.release(row).await;
+                return Err(VaultError::ShuttingDown);
+            }
             let sent_at = OffsetDateTime::now_utc();
             self.metrics.provider_requests.fetch_add(1, Ordering::Relaxed);
             let error = match client.refresh(&refresh_token).await {
@@ -382,12 +430,22 @@ impl RefresherInner {
                     retry_after,
                     http_status,
                 } => {
+                    // A provider's Retry-After is advice, capped at the lease: nothing here may
+                    // wait longer than the exclusion it holds, and no arithmetic may overflow.
+                    let retry_after = retry_after.map(|d| d.min(self.policy.lease_ttl));
                     let backoff = retry_after
                         .unwrap_or_else(|| jitter(self.policy.backoff.saturating_mul(1 << (attempt - 1).min(16))));
-                    let next_attempt_ends = lease_taken.elapsed() + backoff + provider.request_timeout + LEASE_SAFETY;
+                    let next_attempt_ends = lease_taken
+                        .elapsed()
+                        .saturating_add(backoff)
+                        .saturating_add(provider.request_timeout)
+                        .saturating_add(LEASE_SAFETY);
                     if attempt < self.policy.max_attempts && next_attempt_ends < self.policy.lease_ttl {
                         tracing::info!(tenant_id = %row.tenant_id, provider = %row.provider, ?cause, ?http_status, attempt, "refresh attempt failed transiently; retrying");
-                        tokio::time::sleep(backoff).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = self.draining.cancelled() => {}
+                        }
                         continue;
                     }
                     tracing::warn!(tenant_id = %row.tenant_id, provider = %row.provider, ?cause, ?http_status, attempt, "refresh failed transiently; the connection stays active");
@@ -395,6 +453,11 @@ impl RefresherInner {
                     return Err(VaultError::ProviderUnavailable {
                         retry_after: Some(retry_after.unwrap_or(self.policy.backoff)),
                     });
+                }
+                TokenError::Ambiguous { cause, http_status } => {
+                    return self
+                        .after_ambiguous_answer(key, row, provider.request_timeout, lease_taken, cause, http_status)
+                        .await;
                 }
                 TokenError::InvalidGrant(err) => {
                     // A moved generation means another holder won a race: not a dead grant.
@@ -412,6 +475,55 @@ impl RefresherInner {
                 }
             }
         }
+    }
+
+    /// After an answer that may mean the refresh token was consumed: never present it again
+    /// while another presenter may hold its successor. Watches the row for another holder's
+    /// write for as long as that holder's request could still be answered (bounded by the
+    /// lease); if none lands, keeps the lease until it lapses and says the outcome is unknown.
+    async fn after_ambiguous_answer(
+        &self,
+        key: &CacheKey,
+        row: &ConnectionRow,
+        request_timeout: Duration,
+        lease_taken: Instant,
+        cause: AmbiguousCause,
+        http_status: Option<u16>,
+    ) -> Result<Round, VaultError> {
+        tracing::warn!(tenant_id = %row.tenant_id, provider = %row.provider, ?cause, ?http_status, "the provider's answer may mean the refresh token was consumed; it is not presented again while another presenter may hold its successor");
+        let lease_ends = lease_taken + self.policy.lease_ttl.saturating_sub(LEASE_SAFETY);
+        let watch_until = (Instant::now() + request_timeout + LEASE_SAFETY).min(lease_ends);
+        loop {
+            match self.reread(key).await {
+                Ok(fresh) if fresh.generation != row.generation => {
+                    tracing::info!(tenant_id = %row.tenant_id, provider = %row.provider, "another presenter's refresh landed; using its token");
+                    return Ok(Round::Again);
+                }
+                Ok(_) | Err(VaultError::StoreUnavailable) => {}
+                Err(e) => return Err(e),
+            }
+            if Instant::now() >= watch_until || self.draining.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(jitter(self.policy.poll_interval.max(Duration::from_millis(20)))) => {}
+                _ = self.draining.cancelled() => {}
+            }
+        }
+        self.metrics.outcome_unknown.fetch_add(1, Ordering::Relaxed);
+        // The lease is kept, not released: no replica presents this token before it lapses.
+        if let Err(e) = self
+            .store
+            .connections()
+            .note_refresh_outcome_unknown(row.id, row.generation, self.holder)
+            .await
+        {
+            tracing::warn!(tenant_id = %row.tenant_id, error = %e, "could not record the unknown refresh outcome on the connection");
+        }
+        tracing::error!(tenant_id = %row.tenant_id, provider = %row.provider, ?cause, "refresh outcome unknown: the refresh token is held back until the lease lapses; if the provider consumed it, the connection will need a new authorization");
+        Err(VaultError::RefreshOutcomeUnknown {
+            retry_after: lease_ends.saturating_duration_since(Instant::now()) + LEASE_SAFETY,
+        })
     }
 
     /// Commits the refreshed tokens, retrying until it works or the process stops: the

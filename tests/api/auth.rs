@@ -566,7 +566,10 @@ redirect_uris = ["https://app.example/cb"]
     };
     let err = load("").unwrap_err().to_string();
     assert!(err.contains("auth.callers") && err.contains("insecure-dev"), "{err}");
-    assert!(load("[auth]\nmode = \"insecure-dev\"\n").is_ok());
+    // Authentication off is for development only: production refuses it, naming the setting.
+    let err = load("[auth]\nmode = \"insecure-dev\"\n").unwrap_err().to_string();
+    assert!(err.contains("auth.mode") && err.contains("development"), "{err}");
+    assert!(load("mode = \"development\"\n[auth]\nmode = \"insecure-dev\"\n").is_ok());
 
     // A plaintext token where its hash belongs is refused, naming the entry.
     let err = load(

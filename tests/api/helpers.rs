@@ -83,7 +83,9 @@ pub fn settings_toml(provider_uri: &str, database_url: &str, client_secret: &str
     let (_, keyring) = token_vault::crypto::Keyring::generate("test-key");
     format!(
         r#"
-mode = "production"
+# Development mode only because authentication is off (insecure-dev, refused in production);
+# the keyring is given, so nothing else differs from production.
+mode = "development"
 [server]
 listen = "127.0.0.1:0"
 shutdown_grace = "2s"

@@ -9,6 +9,7 @@ mod auth;
 mod authorization;
 mod errors;
 mod faulty_proxy;
+mod grant_safety;
 mod helpers;
 mod hostile;
 mod keys;

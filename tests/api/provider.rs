@@ -28,6 +28,11 @@ pub enum Fault {
     Slow(Duration),
     /// A hung server: nothing is processed, and a 503 comes only after the delay.
     Hang(Duration),
+    /// An HTTP status with a JSON body, sent after a delay; nothing is processed (the verdict
+    /// on a request that raced another, arriving late).
+    AnswerAfter(Duration, u16, &'static str),
+    /// An HTTP status with an empty JSON body and this `Retry-After` header value.
+    RetryAfter(u16, &'static str),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -134,6 +139,8 @@ impl ProviderState {
             Some(Fault::Answer(status, body)) => return json(status, body),
             Some(Fault::Slow(d)) => delay = Some(d),
             Some(Fault::Hang(d)) => return json(503, "{}").set_delay(d),
+            Some(Fault::AnswerAfter(d, status, body)) => return json(status, body).set_delay(d),
+            Some(Fault::RetryAfter(status, value)) => return json(status, "{}").insert_header("retry-after", value),
             None => {}
         }
         if let Some(rejection) = self.check_client(&form, header("authorization")) {

@@ -127,6 +127,24 @@ impl Cluster {
         index
     }
 
+    /// SIGTERM, as Kubernetes sends it before a pod goes away.
+    pub fn terminate(&self, index: usize) {
+        let pid = self.processes[index].child.id().expect("the process is running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM was delivered");
+    }
+
+    /// Waits for process `index` to exit, at most `limit`.
+    pub async fn wait_exit(&mut self, index: usize, limit: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(limit, self.processes[index].child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("vault process {index} did not exit within {limit:?}"))
+            .expect("waiting for the process")
+    }
+
     /// SIGKILL: no shutdown, no lease release.
     pub async fn kill(&mut self, index: usize) {
         let p = &mut self.processes[index];

@@ -95,7 +95,8 @@ request_timeout = "2s"
     }
     format!(
         r#"
-mode = "production"
+# Development mode only because authentication is off (insecure-dev, refused in production).
+mode = "development"
 [server]
 listen = "127.0.0.1:0"
 shutdown_grace = "2s"

@@ -1,0 +1,424 @@
+//! Ordinary days that must not cost a customer their grant: a rolling update while a refresh
+//! waits on a slow provider, callers that give up by the thousand, a provider answer that
+//! would crash the refresh, and provider answers that leave open whether the refresh token was
+//! consumed. Real processes (or the real server on a port), the real database, and the
+//! scripted Hydra-like provider, which counts every reuse of a refresh token.
+
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, PgConnection};
+use token_vault::proto::{self, token_vault_client::TokenVaultClient};
+use tonic::{transport::Channel, Code};
+
+use crate::{
+    helpers::{assert_reason, spawn_app_with, TestOptions},
+    provider::Fault,
+    replicas::Cluster,
+    report::{record, FaultReport},
+};
+
+/// Access tokens live 4 s here; with the margin capped at half the lifetime, one needs
+/// refreshing 2 s after it was issued.
+const TTL: u64 = 4;
+const UNTIL_EXPIRED: Duration = Duration::from_millis(2100);
+
+/// Hydra's words to the loser of a concurrent refresh (fosite `flow_refresh.go`).
+const CONCURRENT: &str = r#"{"error":"invalid_request","error_description":"Failed to refresh token because of multiple concurrent requests using the same token which is not allowed."}"#;
+const ALREADY_USED: &str = r#"{"error":"invalid_grant","error_description":"The refresh token was already used."}"#;
+
+fn opts() -> TestOptions {
+    TestOptions {
+        access_ttl: TTL,
+        ..Default::default()
+    }
+}
+
+async fn get_token(
+    client: &mut TokenVaultClient<Channel>,
+    tenant: &str,
+    timeout: Duration,
+) -> Result<String, tonic::Status> {
+    let mut request = tonic::Request::new(proto::GetAccessTokenRequest {
+        tenant_id: tenant.into(),
+        ..Default::default()
+    });
+    request.set_timeout(timeout);
+    client
+        .get_access_token(request)
+        .await
+        .map(|r| r.into_inner().access_token)
+}
+
+fn newest_access_token(cluster: &Cluster) -> String {
+    cluster
+        .provider
+        .state
+        .lock()
+        .unwrap()
+        .issued_access_tokens
+        .last()
+        .cloned()
+        .unwrap()
+}
+
+async fn wait_for_refresh_requests(cluster: &Cluster, n: usize) {
+    let started = Instant::now();
+    while cluster.provider.stats().refresh_requests < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the provider never saw refresh request {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Lets the refresh lease lapse early, as it would for a replica paused past its lease (a
+/// stalled node, a long GC-like stop): the only way two vault presenters can race.
+async fn lapse_lease(cluster: &Cluster) {
+    let mut db = PgConnection::connect(cluster.database_url()).await.unwrap();
+    let lapsed =
+        sqlx::query("UPDATE connections SET refresh_lease_until = now() WHERE refresh_lease_holder IS NOT NULL")
+            .execute(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(lapsed.rows_affected(), 1, "a refresh held the lease");
+}
+
+async fn connection_status(database_url: &str) -> (String, Option<String>, i64) {
+    let mut db = PgConnection::connect(database_url).await.unwrap();
+    sqlx::query_as("SELECT status, status_reason, generation FROM connections")
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+}
+
+/// A rolling update during a refresh: the caller gave up, the provider has already rotated the
+/// refresh token, and Kubernetes sends SIGTERM. The process stays until the rotated token is
+/// stored, so the other replica serves the tenant and the provider never sees the spent token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_while_a_refresh_waits_on_the_provider_stores_the_rotated_token_before_exiting() {
+    let mut cluster = Cluster::start(
+        2,
+        opts(),
+        None,
+        &[
+            ("TOKEN_VAULT_PROVIDERS__UNDERSTORY__REQUEST_TIMEOUT", "5s"),
+            ("TOKEN_VAULT_REFRESH__MAX_ATTEMPTS", "1"),
+            ("TOKEN_VAULT_REFRESH__LEASE_TTL", "10s"),
+        ],
+    )
+    .await;
+    cluster.connect_tenant("acme").await;
+    // The refreshed token lives an hour, so that the slow answer leaves it fresh.
+    cluster.provider.set_access_ttl(3600);
+    tokio::time::sleep(UNTIL_EXPIRED).await;
+    // Rotated at once, answered after 3 s.
+    cluster.provider.push_fault(Fault::Slow(Duration::from_secs(3)));
+    let gave_up = get_token(&mut cluster.client(0), "acme", Duration::from_secs(1)).await;
+    assert_eq!(
+        gave_up.unwrap_err().code(),
+        Code::DeadlineExceeded,
+        "the caller left first"
+    );
+    assert_eq!(
+        cluster.provider.stats().refresh_requests,
+        1,
+        "the refresh is at the provider"
+    );
+
+    let terminated = Instant::now();
+    cluster.terminate(0);
+    let status = cluster.wait_exit(0, Duration::from_secs(20)).await;
+    assert!(status.success(), "a drained process exits cleanly: {status:?}");
+    let rotated = newest_access_token(&cluster);
+
+    let served = get_token(&mut cluster.client(1), "acme", Duration::from_secs(15))
+        .await
+        .expect("the other replica serves the tenant");
+    assert_eq!(served, rotated, "with the token the terminated replica stored");
+    let stats = cluster.provider.stats();
+    assert_eq!(
+        stats.reuse_detected, 0,
+        "the spent refresh token was never presented again"
+    );
+    assert_eq!(stats.refresh_requests, 1, "and nothing was refreshed twice");
+    let (status, _, generation) = connection_status(cluster.database_url()).await;
+    assert_eq!((status.as_str(), generation), ("active", 2));
+    let logs = cluster.logs();
+    assert!(
+        logs.contains("waiting for refreshes in flight to finish"),
+        "the drain was logged"
+    );
+    // The process waited for the provider's answer (≈2 s after SIGTERM), not for its lease.
+    let exited_after = terminated.elapsed();
+    assert!(exited_after < Duration::from_secs(10), "took {exited_after:?}");
+    record(
+        "8-sigterm-mid-refresh",
+        FaultReport {
+            fault: "SIGTERM to the replica whose refresh waits on a slow provider (3 s, token already rotated), its caller gone after 1 s",
+            happened: format!(
+                "the replica stopped taking calls, waited for the provider's answer, stored the rotated token and exited 0 \
+                 ({} ms after SIGTERM); the other replica served the stored token",
+                exited_after.as_millis()
+            ),
+            token_requests: stats.refresh_requests,
+            tenants_lost: 0,
+            callers_saw: "1 × DeadlineExceeded (the caller that left), then 1 × token from the other replica".into(),
+        },
+    );
+}
+
+/// Thousands of callers that give up mid-read must not keep pooled connections: afterwards the
+/// vault answers at once, health is SERVING, and the pool is back to idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callers_giving_up_by_the_thousand_leave_the_pool_idle() {
+    let app = spawn_app_with(TestOptions::default()).await;
+    app.connect_tenant("acme").await;
+    let calls = (0..3000u64).map(|i| {
+        let mut client = app.client.clone();
+        // Deadlines of 0.5 to 8 ms: most expire while their read is queued or in flight.
+        let timeout = Duration::from_micros(500 + (i * 7919) % 7500);
+        async move { get_token(&mut client, &format!("ghost-{i}"), timeout).await }
+    });
+    let outcomes = futures::future::join_all(calls).await;
+    let gave_up = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(s) if s.code() == Code::DeadlineExceeded || s.code() == Code::Cancelled))
+        .count();
+    assert!(gave_up > 100, "most callers gave up mid-call ({gave_up} of 3000)");
+
+    let asked = Instant::now();
+    let served = get_token(&mut app.client.clone(), "acme", Duration::from_secs(5)).await;
+    assert!(served.is_ok(), "a connected tenant is served: {served:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "at once: {:?}",
+        asked.elapsed()
+    );
+    let unknown = get_token(&mut app.client.clone(), "ghost-again", Duration::from_secs(5)).await;
+    assert_reason(&unknown.unwrap_err(), Code::NotFound, "CONNECTION_NOT_FOUND");
+
+    let pool = app.vault.store().pool();
+    let started = Instant::now();
+    while pool.num_idle() != pool.size() as usize {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the pool never went back to idle: {} of {} connections idle",
+            pool.num_idle(),
+            pool.size()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let serving = token_vault::startup::probe_health(&format!("http://{}", app.addr))
+        .await
+        .expect("health answers");
+    assert!(serving, "health is SERVING");
+}
+
+/// A `Retry-After` no clock can add (u64::MAX seconds) once panicked the refresh task and left
+/// the tenant answering INTERNAL on that replica until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_absurd_retry_after_is_capped_and_the_tenant_recovers_when_the_provider_does() {
+    let cluster = Cluster::start(1, opts(), None, &[]).await;
+    cluster.connect_tenant("acme").await;
+    tokio::time::sleep(UNTIL_EXPIRED).await;
+    cluster
+        .provider
+        .push_fault(Fault::RetryAfter(503, "18446744073709551615"));
+    let refused = get_token(&mut cluster.client(0), "acme", Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    let metadata = assert_reason(&refused, Code::Unavailable, "PROVIDER_UNAVAILABLE");
+    let retry_after_ms: u64 = metadata["retry_after_ms"].parse().unwrap();
+    assert!(
+        retry_after_ms <= 10_000,
+        "capped at the lease (10 s here): {retry_after_ms} ms"
+    );
+
+    let served = get_token(&mut cluster.client(0), "acme", Duration::from_secs(5)).await;
+    assert_eq!(
+        served.expect("the tenant is served once the provider is healthy"),
+        newest_access_token(&cluster)
+    );
+    let stats = cluster.provider.stats();
+    assert_eq!(stats.reuse_detected, 0);
+    assert!(!cluster.logs().contains("panicked"), "no task panicked");
+    record(
+        "9-absurd-retry-after",
+        FaultReport {
+            fault: "the provider answers a refresh 503 with Retry-After: 18446744073709551615",
+            happened: format!(
+                "the wait was capped at the lease (retry_after_ms {retry_after_ms}), the lease released; the next call refreshed"
+            ),
+            token_requests: stats.refresh_requests,
+            tenants_lost: 0,
+            callers_saw: "1 × Unavailable (PROVIDER_UNAVAILABLE), then 1 × token".into(),
+        },
+    );
+}
+
+/// Two presenters raced (the first replica's lease lapsed while its request was at the
+/// provider). The loser is told "multiple concurrent requests" after the winner committed;
+/// presenting the token again would be reuse and revoke the winner's new tokens with the rest
+/// of the grant. The loser adopts the winner's token instead, and the chain lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_loser_of_a_race_told_concurrent_adopts_the_winners_token_and_the_chain_survives() {
+    let cluster = Cluster::start(
+        2,
+        opts(),
+        None,
+        &[
+            ("TOKEN_VAULT_PROVIDERS__UNDERSTORY__REQUEST_TIMEOUT", "2s"),
+            ("TOKEN_VAULT_REFRESH__MAX_ATTEMPTS", "3"),
+            ("TOKEN_VAULT_REFRESH__LEASE_TTL", "10s"),
+        ],
+    )
+    .await;
+    cluster.connect_tenant("acme").await;
+    tokio::time::sleep(UNTIL_EXPIRED).await;
+    // The winner: rotated at once, its answer (and so its commit) 1.5 s later.
+    cluster.provider.push_fault(Fault::Slow(Duration::from_millis(1500)));
+    let winner = tokio::spawn({
+        let mut client = cluster.client(0);
+        async move { get_token(&mut client, "acme", Duration::from_secs(8)).await }
+    });
+    wait_for_refresh_requests(&cluster, 1).await;
+    lapse_lease(&cluster).await;
+    cluster.provider.push_fault(Fault::Answer(400, CONCURRENT));
+    let loser = get_token(&mut cluster.client(1), "acme", Duration::from_secs(8)).await;
+    let winners = winner.await.unwrap().expect("the winner's caller is served");
+
+    let stats = cluster.provider.stats();
+    assert_eq!(stats.reuse_detected, 0, "the loser never presented the token again");
+    assert_eq!(stats.refresh_requests, 2, "one request each");
+    assert_eq!(loser.expect("the loser's caller gets the winner's token"), winners);
+    // The chain is intact: the next expiry refreshes normally.
+    tokio::time::sleep(UNTIL_EXPIRED).await;
+    let next = get_token(&mut cluster.client(1), "acme", Duration::from_secs(5))
+        .await
+        .expect("the next refresh works");
+    assert_ne!(next, winners);
+    let stats = cluster.provider.stats();
+    assert_eq!((stats.refreshes_ok, stats.reuse_detected), (2, 0));
+    let (status, reason, _) = connection_status(cluster.database_url()).await;
+    assert_eq!((status.as_str(), reason), ("active", None));
+    record(
+        "10-concurrent-answer-after-winner",
+        FaultReport {
+            fault: "two replicas present the same refresh token (the first one's lease lapsed mid-request); the loser is answered `invalid_request` \"multiple concurrent requests\"",
+            happened: "the loser did not present the token again; it watched the row, adopted the winner's stored token, and the chain refreshed normally at the next expiry".into(),
+            token_requests: stats.refresh_requests,
+            tenants_lost: 0,
+            callers_saw: "2 × token (the same one), then 1 × token".into(),
+        },
+    );
+}
+
+/// Told "concurrent" with nobody's successor landing: the token is held back for the lease, the
+/// caller hears REFRESH_OUTCOME_UNKNOWN, the connection says so, and nothing is presented
+/// again until the lease lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unexplained_concurrent_answer_holds_the_token_back_until_the_lease_lapses() {
+    let cluster = Cluster::start(
+        1,
+        opts(),
+        None,
+        &[
+            ("TOKEN_VAULT_PROVIDERS__UNDERSTORY__REQUEST_TIMEOUT", "1s"),
+            ("TOKEN_VAULT_REFRESH__MAX_ATTEMPTS", "3"),
+            ("TOKEN_VAULT_REFRESH__LEASE_TTL", "6s"),
+        ],
+    )
+    .await;
+    cluster.connect_tenant("acme").await;
+    tokio::time::sleep(UNTIL_EXPIRED).await;
+    cluster.provider.push_fault(Fault::Answer(400, CONCURRENT));
+    let asked = Instant::now();
+    let refused = get_token(&mut cluster.client(0), "acme", Duration::from_secs(8))
+        .await
+        .unwrap_err();
+    let metadata = assert_reason(&refused, Code::Unavailable, "REFRESH_OUTCOME_UNKNOWN");
+    assert!(metadata.contains_key("retry_after_ms"));
+    assert_eq!(cluster.provider.stats().refresh_requests, 1, "presented once");
+    let (status, reason, _) = connection_status(cluster.database_url()).await;
+    assert_eq!(
+        (status.as_str(), reason.as_deref()),
+        ("active", Some("refresh_outcome_unknown"))
+    );
+
+    // Nothing presents the token while the lease holds; afterwards it is the only way on.
+    let served = get_token(&mut cluster.client(0), "acme", Duration::from_secs(10))
+        .await
+        .expect("served once the lease has lapsed");
+    assert!(asked.elapsed() >= Duration::from_secs(5), "{:?}", asked.elapsed());
+    assert_eq!(served, newest_access_token(&cluster));
+    assert_eq!(cluster.provider.stats().refresh_requests, 2);
+    let (_, reason, _) = connection_status(cluster.database_url()).await;
+    assert_eq!(reason, None, "a successful refresh clears the reason");
+    record(
+        "11-concurrent-answer-unexplained",
+        FaultReport {
+            fault: "a refresh answered `invalid_request` \"multiple concurrent requests\" with no other presenter's token landing (lease 6 s)",
+            happened: format!(
+                "the token was held back until the lease lapsed (connection reason refresh_outcome_unknown), then presented once more and the refresh succeeded {} ms after the first call",
+                asked.elapsed().as_millis()
+            ),
+            token_requests: cluster.provider.stats().refresh_requests,
+            tenants_lost: 0,
+            callers_saw: "1 × Unavailable (REFRESH_OUTCOME_UNKNOWN), then 1 × token".into(),
+        },
+    );
+}
+
+/// After a lost race (`invalid_grant`, and the generation has moved) the task adopts the
+/// winner's still valid token; refreshing again would kill the access token the winner's
+/// callers just received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_lost_race_the_winners_valid_token_is_adopted_not_refreshed_away() {
+    let cluster = Cluster::start(
+        2,
+        opts(),
+        None,
+        &[
+            ("TOKEN_VAULT_PROVIDERS__UNDERSTORY__REQUEST_TIMEOUT", "3s"),
+            ("TOKEN_VAULT_REFRESH__MAX_ATTEMPTS", "1"),
+            ("TOKEN_VAULT_REFRESH__LEASE_TTL", "10s"),
+        ],
+    )
+    .await;
+    cluster.connect_tenant("acme").await;
+    tokio::time::sleep(UNTIL_EXPIRED).await;
+    cluster.provider.push_fault(Fault::Slow(Duration::from_millis(800)));
+    let winner = tokio::spawn({
+        let mut client = cluster.client(0);
+        async move { get_token(&mut client, "acme", Duration::from_secs(8)).await }
+    });
+    wait_for_refresh_requests(&cluster, 1).await;
+    lapse_lease(&cluster).await;
+    // The loser's verdict arrives after the winner has stored its tokens.
+    cluster
+        .provider
+        .push_fault(Fault::AnswerAfter(Duration::from_millis(1800), 400, ALREADY_USED));
+    let loser = get_token(&mut cluster.client(1), "acme", Duration::from_secs(8)).await;
+    let winners = winner.await.unwrap().expect("the winner's caller is served");
+    assert_eq!(loser.expect("the loser's caller is served"), winners);
+    let stats = cluster.provider.stats();
+    assert_eq!(
+        stats.refresh_requests, 2,
+        "no third refresh killed the winner's access token"
+    );
+    assert_eq!(newest_access_token(&cluster), winners);
+    let (status, _, generation) = connection_status(cluster.database_url()).await;
+    assert_eq!((status.as_str(), generation), ("active", 2));
+    record(
+        "12-invalid-grant-after-winner",
+        FaultReport {
+            fault: "two replicas present the same refresh token; the loser's `invalid_grant` arrives after the winner stored its tokens",
+            happened: "the loser re-read the row, found the newer generation and adopted its still valid token instead of refreshing it away".into(),
+            token_requests: stats.refresh_requests,
+            tenants_lost: 0,
+            callers_saw: "2 × token (the same one)".into(),
+        },
+    );
+}
