@@ -116,6 +116,7 @@ render (install, upgrade, template, lint) runs them.
 {{- fail "tls.healthPort must differ from metrics.port" -}}
 {{- end -}}
 {{- end -}}
+{{- include "token-vault.validateShutdown" . -}}
 {{- $auth := .Values.settings.auth -}}
 {{- $callerNames := list -}}
 {{- $identities := dict -}}
@@ -144,6 +145,60 @@ render (install, upgrade, template, lint) runs them.
 {{- fail (printf "settings.auth.callers[%d] (%s) presents a bearer token, which must not cross the network in clear: set tls.enabled (or, only behind a TLS-terminating sidecar, settings.auth.allow_bearer_without_tls)" $i $c.name) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+Milliseconds in a duration written as values.schema.json accepts it: humantime's numbers with
+units, one or more of them ("500ms", "45s", "1m30s", "1h 30m"). A float, so that no digit string
+the schema lets through can wrap around into a small number. The units are those of the schema's
+pattern; anything else fails, naming the value.
+*/}}
+{{- define "token-vault.durationMs" -}}
+{{- $units := dict "nsec" 0.000001 "ns" 0.000001 "usec" 0.001 "us" 0.001 "µs" 0.001 "msec" 1.0 "ms" 1.0 "seconds" 1000.0 "second" 1000.0 "secs" 1000.0 "sec" 1000.0 "s" 1000.0 "minutes" 60000.0 "minute" 60000.0 "mins" 60000.0 "min" 60000.0 "m" 60000.0 "hours" 3600000.0 "hour" 3600000.0 "hrs" 3600000.0 "hr" 3600000.0 "h" 3600000.0 "days" 86400000.0 "day" 86400000.0 "d" 86400000.0 "weeks" 604800000.0 "week" 604800000.0 "w" 604800000.0 -}}
+{{- $total := 0.0 -}}
+{{- $parts := regexFindAll "[0-9]+\\s*[^0-9\\s]+" .value -1 -}}
+{{- if not $parts -}}
+{{- fail (printf "%s: %q is not a duration such as 45s, 1m30s or 500ms" .name .value) -}}
+{{- end -}}
+{{- range $parts -}}
+{{- $unit := regexReplaceAll "^[0-9]+\\s*" . "" -}}
+{{- if not (hasKey $units $unit) -}}
+{{- fail (printf "%s: %q has the unknown unit %q" $.name $.value $unit) -}}
+{{- end -}}
+{{- $total = addf $total (mulf (regexFind "^[0-9]+" .) (get $units $unit)) -}}
+{{- end -}}
+{{- $total -}}
+{{- end -}}
+
+{{/*
+The pod must be allowed to stop on its own. On SIGTERM (after the preStop sleep, which Kubernetes
+counts inside terminationGracePeriodSeconds) the vault stops accepting calls, gives in-flight calls
+up to settings.server.shutdown_grace and, at the same time, lets every refresh in flight store the
+refresh token the provider rotated, bounded by settings.refresh.lease_ttl; the audit writer then
+has up to 5 s for its last write. A SIGKILL before that can land between the provider's rotation
+and the commit: the only valid refresh token is lost, and presenting the old one again makes the
+provider (Ory Hydra) revoke the customer's grant. Unset settings count at the vault's defaults,
+20s and 45s (scripts/check-deploy checks rendered pods against config/defaults.toml).
+*/}}
+{{- define "token-vault.validateShutdown" -}}
+{{- $graceText := dig "server" "shutdown_grace" "20s" .Values.settings -}}
+{{- $leaseText := dig "refresh" "lease_ttl" "45s" .Values.settings -}}
+{{- $grace := include "token-vault.durationMs" (dict "name" "settings.server.shutdown_grace" "value" $graceText) | float64 -}}
+{{- $lease := include "token-vault.durationMs" (dict "name" "settings.refresh.lease_ttl" "value" $leaseText) | float64 -}}
+{{- $preStop := int .Values.preStopSleepSeconds -}}
+{{- $neededMs := addf (mulf $preStop 1000.0) (maxf $grace $lease) 5000.0 -}}
+{{- $needed := ceil (divf $neededMs 1000.0) -}}
+{{- $period := int .Values.terminationGracePeriodSeconds -}}
+{{- if lt (mulf $period 1000.0) $neededMs -}}
+{{- fail (printf "terminationGracePeriodSeconds (%d) is shorter than a pod needs to stop: preStopSleepSeconds (%d s) + max(settings.server.shutdown_grace %q, settings.refresh.lease_ttl %q) + 5 s for the audit writer = %.0f s. Set terminationGracePeriodSeconds to at least %.0f: a refresh killed between the provider's rotation and the commit loses the customer's grant (docs/deploy.md, \"Stopping a pod\")" $period $preStop $graceText $leaseText $needed $needed) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The TCP port an http(s) URL connects to: the one it names, else 443 (https) or 80 (http). */}}
+{{- define "token-vault.urlPort" -}}
+{{- $url := urlParse . -}}
+{{- $port := regexFind ":[0-9]+$" $url.host | trimPrefix ":" -}}
+{{- if $port }}{{ $port }}{{ else if eq $url.scheme "http" }}80{{ else }}443{{ end -}}
 {{- end -}}
 
 {{/* One TOML value: strings (JSON string escapes are valid TOML), integers, floats, booleans. */}}
