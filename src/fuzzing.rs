@@ -2,7 +2,8 @@
 //! stable (the tests below): the parsers that read hostile bytes. Each function feeds its input
 //! to one parser and panics only if an invariant breaks, which is what a fuzzer reports.
 //!
-//! Not an API: hidden from the docs and free to change with the targets.
+//! Not an API: hidden from the docs, free to change with the targets, and compiled only for
+//! tests and the `fuzzing` feature, never into the service.
 
 use std::sync::OnceLock;
 

@@ -15,6 +15,9 @@ pub mod auth;
 pub mod config;
 pub mod crypto;
 #[doc(hidden)]
+// The fuzz targets' logic: compiled for the unit tests (which replay the corpus on stable) and
+// for the fuzz crate (feature `fuzzing`), never into the service.
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod keys;
 pub mod metrics;

@@ -7,6 +7,7 @@ mod sealed;
 mod shared;
 
 pub use keyring::{Key, KeyId, Keyring, KeyringError};
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use sealed::SealedParts;
 pub use sealed::{sealed_header, sealed_key_id, Aad, Purpose, SealError};
 pub use shared::SharedKeyring;

@@ -11,6 +11,7 @@ pub use callback::{
     CallbackOutcome, CallbackParams, CallbackUrlError, MAX_CALLBACK_URL_LEN, MAX_ERROR_DESCRIPTION_LEN, MAX_ERROR_LEN,
     MAX_PARAM_LEN,
 };
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use client::parse_token_response;
 pub use client::{install_crypto_provider, ProviderClient, TokenResponse, MAX_EXPIRES_IN, MAX_RESPONSE_BYTES};
 pub use error::{AmbiguousCause, OAuthError, TokenError, TransientCause};

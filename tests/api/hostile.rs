@@ -131,14 +131,21 @@ async fn malformed_provider_answers_are_protocol_errors() {
         "CONNECTION_NOT_FOUND",
     );
 
-    // The refresh path sorts the same answers the same way.
+    // On the refresh path a 2xx means the provider consumed the refresh token, so an unusable
+    // body is not "try again": the token is held back and the outcome reported as unknown.
     app.provider.set_access_ttl(1);
     app.connect_tenant("globex").await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     app.provider
         .push_fault(Fault::Answer(200, r#"{"token_type":"bearer"}"#));
     let err = app.get_token("globex").await.unwrap_err();
-    assert_reason(&err, Code::Internal, "PROVIDER_PROTOCOL_ERROR");
+    assert_reason(&err, Code::Unavailable, "REFRESH_OUTCOME_UNKNOWN");
+    let reason: Option<String> = sqlx::query_scalar("SELECT status_reason FROM connections WHERE tenant_id = 'globex'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(reason.as_deref(), Some("refresh_outcome_unknown"));
+    assert_eq!(app.provider.stats().refresh_requests, 1, "and not presented again");
 }
 
 #[tokio::test]
