@@ -22,10 +22,17 @@ const DEFAULTS: &str = include_str!("../config/defaults.toml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// Not a `source`: the message already holds figment's, and `{:#}` would print it twice.
     #[error("configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
+    Load(Box<figment::Error>),
     #[error("configuration: `{field}` {problem}")]
     Invalid { field: String, problem: String },
+}
+
+impl From<Box<figment::Error>> for ConfigError {
+    fn from(error: Box<figment::Error>) -> Self {
+        Self::Load(error)
+    }
 }
 
 pub(crate) fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
@@ -86,6 +93,8 @@ pub struct ServerSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
+    /// May hold a password, so it is a secret (see `secret_setting`).
+    #[serde(deserialize_with = "secret_setting::database_url")]
     pub url: SecretString,
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
@@ -100,6 +109,7 @@ pub struct DatabaseSettings {
 #[serde(deny_unknown_fields)]
 pub struct EncryptionSettings {
     /// The keyring inline: `id:base64,id:base64` (newest last). Prefer `keyring_file`.
+    #[serde(default, deserialize_with = "secret_setting::inline_keyring")]
     pub keyring: Option<SecretString>,
     /// A file holding the keyring, one `id:base64` per line (e.g. a Kubernetes secret mount).
     pub keyring_file: Option<PathBuf>,
@@ -289,6 +299,7 @@ pub struct ProviderSettings {
     pub authorization_endpoint: Option<Url>,
     pub token_endpoint: Option<Url>,
     pub client_id: Option<String>,
+    #[serde(default, deserialize_with = "secret_setting::client_secret")]
     pub client_secret: Option<SecretString>,
     /// A file holding the client secret (trailing whitespace ignored); wins over `client_secret`.
     pub client_secret_file: Option<PathBuf>,
@@ -315,6 +326,115 @@ pub struct ProviderSettings {
     /// The lifetime assumed for an access token whose response carries no `expires_in`.
     #[serde(default, with = "humantime_serde")]
     pub assumed_token_lifetime: Option<Duration>,
+}
+
+/// Deserializers for the settings that hold secrets. A secret is taken only as a string, exactly
+/// as written; anything else is refused with an error that names what to do but never holds the
+/// value. Serde's own type errors quote the value they found ("found unsigned int `123456`"),
+/// and the start-up error is printed and logged. Converting instead is no way out: the
+/// environment provider reads `0123` as the number 123, so the secret would silently change.
+mod secret_setting {
+    use std::fmt;
+
+    use secrecy::SecretString;
+    use serde::de::{self, Deserializer, Visitor};
+
+    /// The refusal, for every kind of value that is not a string. Figment appends " for key
+    /// <setting> in <source>", which ends the last sentence.
+    fn not_a_string<E: de::Error>(alternative: &str) -> E {
+        E::custom(format_args!(
+            "a secret setting must be a string; its value is not shown here, and a number is not \
+             converted (0123 would become 123). Quote it in TOML; in an environment variable wrap \
+             it in double quotes, e.g. TOKEN_VAULT_…='\"0123\"'{alternative}. Found something \
+             other than a string"
+        ))
+    }
+
+    struct SecretText {
+        /// Where else the secret may come from, appended to the refusal.
+        alternative: &'static str,
+    }
+
+    /// Rejects every non-string visit explicitly: serde's defaults would report the value.
+    macro_rules! refuse {
+        ($($method:ident($ty:ty)),* $(,)?) => {
+            $(fn $method<E: de::Error>(self, _: $ty) -> Result<SecretString, E> {
+                Err(not_a_string(self.alternative))
+            })*
+        };
+    }
+
+    impl<'de> Visitor<'de> for SecretText {
+        type Value = SecretString;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<SecretString, E> {
+            Ok(SecretString::from(v.to_owned()))
+        }
+
+        fn visit_string<E: de::Error>(self, v: String) -> Result<SecretString, E> {
+            Ok(SecretString::from(v))
+        }
+
+        refuse!(
+            visit_bool(bool),
+            visit_i64(i64),
+            visit_i128(i128),
+            visit_u64(u64),
+            visit_u128(u128),
+            visit_f64(f64),
+            // The environment provider reads `'x'` as the character x: the quotes would be lost.
+            visit_char(char),
+            visit_bytes(&[u8]),
+        );
+
+        fn visit_none<E: de::Error>(self) -> Result<SecretString, E> {
+            Err(not_a_string(self.alternative))
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<SecretString, E> {
+            Err(not_a_string(self.alternative))
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, _: D) -> Result<SecretString, D::Error> {
+            Err(not_a_string(self.alternative))
+        }
+
+        fn visit_newtype_struct<D: Deserializer<'de>>(self, _: D) -> Result<SecretString, D::Error> {
+            Err(not_a_string(self.alternative))
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<SecretString, A::Error> {
+            Err(not_a_string(self.alternative))
+        }
+
+        fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<SecretString, A::Error> {
+            Err(not_a_string(self.alternative))
+        }
+
+        fn visit_enum<A: de::EnumAccess<'de>>(self, _: A) -> Result<SecretString, A::Error> {
+            Err(not_a_string(self.alternative))
+        }
+    }
+
+    fn secret<'de, D: Deserializer<'de>>(d: D, alternative: &'static str) -> Result<SecretString, D::Error> {
+        d.deserialize_string(SecretText { alternative })
+    }
+
+    pub(super) fn database_url<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+        secret(d, "")
+    }
+
+    pub(super) fn inline_keyring<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+        secret(d, "; or use `encryption.keyring_file`").map(Some)
+    }
+
+    pub(super) fn client_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+        secret(d, "; or put it in a file named by the provider's `client_secret_file`").map(Some)
+    }
 }
 
 impl Settings {
@@ -643,6 +763,52 @@ mod tests {
         assert_eq!(p.auth_method, AuthMethod::ClientSecretPost);
         assert_eq!(p.offline_scope.as_deref(), Some("offline"));
         assert!(p.pkce);
+    }
+
+    /// A value no test fixture or default contains, so finding it in an error means a leak.
+    const SECRET_DIGITS: &str = "918273645";
+
+    #[test]
+    fn a_secret_setting_that_is_not_a_string_is_refused_without_showing_it() {
+        for (toml, setting) in [
+            (
+                format!("[providers.understory]\nclient_secret = {SECRET_DIGITS}"),
+                "providers.understory.client_secret",
+            ),
+            (format!("[encryption]\nkeyring = {SECRET_DIGITS}"), "encryption.keyring"),
+            (format!("[database]\nurl = {SECRET_DIGITS}"), "database.url"),
+            (
+                format!("[providers.understory]\nclient_secret = -{SECRET_DIGITS}.5"),
+                "providers.understory.client_secret",
+            ),
+            (
+                format!("[providers.understory]\nclient_secret = [{SECRET_DIGITS}]"),
+                "providers.understory.client_secret",
+            ),
+        ] {
+            let err = Settings::from_figment(Settings::defaults().merge(Toml::string(&toml))).unwrap_err();
+            let (shown, debug) = (err.to_string(), format!("{err:?}"));
+            assert!(!shown.contains(SECRET_DIGITS), "{setting}: the value is shown: {shown}");
+            assert!(
+                !debug.contains(SECRET_DIGITS),
+                "{setting}: the value is in Debug: {debug}"
+            );
+            assert!(shown.contains(setting), "{setting}: not named: {shown}");
+            assert!(shown.contains("must be a string"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_quoted_secret_is_kept_exactly_as_written() {
+        let settings: Settings = Settings::defaults()
+            .merge(Toml::string(
+                "[database]\nurl = \"0123\"\n[providers.understory]\nclient_secret = \"0123\"",
+            ))
+            .extract()
+            .unwrap();
+        assert_eq!(settings.database.url.expose_secret(), "0123");
+        let secret = settings.providers["understory"].client_secret.as_ref().unwrap();
+        assert_eq!(secret.expose_secret(), "0123");
     }
 
     #[test]

@@ -9,11 +9,12 @@ mod status;
 
 use std::path::Path;
 
-pub use reload::{watch_keyring, KeyringReloader, Reload, ReloadError};
+pub use reload::{watch_keyring, KeyringDigest, KeyringReloader, Reload, ReloadError};
 pub use rewrap::{rewrap, RewrapFailure, RewrapOptions, RewrapReport};
 pub use status::{key_usage, KeyUsage, Protector};
 
 use secrecy::ExposeSecret;
+use zeroize::Zeroizing;
 
 use crate::{
     config::{EncryptionSettings, Mode},
@@ -34,18 +35,39 @@ pub enum KeySourceError {
     },
 }
 
-pub fn load_keyring(settings: &EncryptionSettings, mode: Mode) -> Result<Keyring, KeySourceError> {
+/// The keyring a process starts with.
+#[derive(Debug)]
+pub struct LoadedKeyring {
+    pub keyring: Keyring,
+    /// The digest of the very bytes `keyring` was parsed from, when it came from
+    /// `encryption.keyring_file`: the reloader's baseline. Reading the file again later for
+    /// the baseline would hide a change made in between (start-up runs migrations first).
+    pub file_digest: Option<KeyringDigest>,
+}
+
+pub fn load_keyring(settings: &EncryptionSettings, mode: Mode) -> Result<LoadedKeyring, KeySourceError> {
     let active = settings.active_key.as_deref();
     if let Some(path) = &settings.keyring_file {
-        return Ok(Keyring::load_file(path, active)?);
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| KeyringError::Io {
+            path: path.display().to_string(),
+            source,
+        })?);
+        return Ok(LoadedKeyring {
+            keyring: Keyring::parse_bytes(&bytes, active)?,
+            file_digest: Some(KeyringDigest::of(&bytes)),
+        });
     }
-    if let Some(inline) = &settings.keyring {
-        return Ok(Keyring::parse(inline.expose_secret(), active)?);
-    }
-    match mode {
-        Mode::Production => Err(KeySourceError::Missing),
-        Mode::Development => development_keyring(&settings.development_keyring_file),
-    }
+    let keyring = match &settings.keyring {
+        Some(inline) => Keyring::parse(inline.expose_secret(), active)?,
+        None => match mode {
+            Mode::Production => return Err(KeySourceError::Missing),
+            Mode::Development => development_keyring(&settings.development_keyring_file)?,
+        },
+    };
+    Ok(LoadedKeyring {
+        keyring,
+        file_digest: None,
+    })
 }
 
 fn development_keyring(path: &Path) -> Result<Keyring, KeySourceError> {

@@ -43,10 +43,14 @@ enum KeysCommand {
         /// The new key's id.
         #[arg(long)]
         id: String,
+        /// Mark the line `decrypt-only`: the key opens values but seals none until the marker
+        /// is removed (the first step of a rotation; see docs/keys.md).
+        #[arg(long)]
+        decrypt_only: bool,
     },
     /// Re-seal every stored value under the active key, in short batches, while the vault
-    /// serves. Run it once every replica uses the new keyring; exits 1 if a value could not be
-    /// re-sealed.
+    /// serves. Run it once every replica has made the new key active; exits 1 if a value could
+    /// not be re-sealed.
     Rewrap {
         /// Rows per transaction (default: keys.rewrap_batch_size).
         #[arg(long)]
@@ -87,15 +91,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Before anything can open a TLS connection (providers, or Postgres with sslmode=require).
     token_vault::oauth::install_crypto_provider();
     match cli.command {
-        Command::Keys(KeysCommand::Generate { id }) => {
-            let (_, line) = token_vault::crypto::Keyring::generate_with_id(&id)?;
+        Command::Keys(KeysCommand::Generate { id, decrypt_only }) => {
+            let line = token_vault::crypto::Keyring::generate_line(&id, decrypt_only)?;
             print!("{}", line.as_str());
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys(KeysCommand::Rewrap { batch_size }) => {
             let settings = Settings::load(cli.config.as_deref())?;
             let _telemetry = telemetry::init(&settings.log, &settings.telemetry)?;
-            let keyring = keys::load_keyring(&settings.encryption, settings.mode)?;
+            let keyring = keys::load_keyring(&settings.encryption, settings.mode)?.keyring;
             let store = admin_store(&settings)?;
             let options = keys::RewrapOptions {
                 batch_size: batch_size.unwrap_or(settings.keys.rewrap_batch_size),
@@ -130,7 +134,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // The counts need no key; the keyring only marks which ids are present.
             let keyring = keys::load_keyring(&settings.encryption, settings.mode)
                 .map_err(|e| tracing::warn!(error = %e, "the keyring could not be loaded; showing counts only"))
-                .ok();
+                .ok()
+                .map(|loaded| loaded.keyring);
             let usage = keys::key_usage(&admin_store(&settings)?).await?;
             print!("{}", usage.render(keyring.as_ref()));
             Ok(ExitCode::SUCCESS)

@@ -57,7 +57,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let keyring = SharedKeyring::new(load_keyring(&settings.encryption, settings.mode)?);
+        let loaded = load_keyring(&settings.encryption, settings.mode)?;
+        let keyring = SharedKeyring::new(loaded.keyring);
         let providers = settings
             .resolved_providers()?
             .into_iter()
@@ -99,7 +100,8 @@ impl Application {
             None => None,
         };
         let stop_background = CancellationToken::new();
-        let keyring_reloader = KeyringReloader::new(&settings.encryption, keyring.clone(), store.clone());
+        let keyring_reloader =
+            KeyringReloader::new(&settings.encryption, keyring.clone(), loaded.file_digest, store.clone());
         let vault = Vault::new(&settings, store, keyring, providers, stop_background.clone());
         Ok(Self {
             listener,

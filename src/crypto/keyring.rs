@@ -1,6 +1,12 @@
 //! The keyring: every key that may still protect a stored value, and the one new values use.
+//! A key can be in the keyring as decrypt-only: it opens values but is never chosen to seal, so
+//! a rotation can give every replica the new key before any replica writes with it.
 
-use std::{collections::BTreeMap, fmt, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    path::Path,
+};
 
 use aes_gcm::{
     aead::{Aead, KeyInit},
@@ -96,6 +102,9 @@ impl fmt::Debug for Key {
     }
 }
 
+/// The word after a key, on its keyring line, that makes the key decrypt-only.
+pub const DECRYPT_ONLY: &str = "decrypt-only";
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
     #[error("invalid key id {0:?}: use 1 to 32 characters of A-Z, a-z, 0-9, '-' and '_'")]
@@ -110,8 +119,16 @@ pub enum KeyringError {
     Empty,
     #[error("the active key {0} is not in the keyring")]
     UnknownActiveKey(KeyId),
+    #[error("the active key {0} is marked decrypt-only in the keyring")]
+    ActiveKeyDecryptOnly(KeyId),
+    #[error("every key in the keyring is decrypt-only: at least one must be able to seal")]
+    NoSealingKey,
     #[error("keyring line {line}: expected `<key-id>:<base64 of 32 bytes>`")]
     Malformed { line: usize },
+    // What follows the key is not shown: a stray space inside the base64 would put key material
+    // there.
+    #[error("keyring line {line}: after the key only `decrypt-only` may follow")]
+    UnknownMarker { line: usize },
     #[error("cannot read the keyring file {path}: {source}")]
     Io {
         path: String,
@@ -124,30 +141,54 @@ pub enum KeyringError {
 #[derive(Clone)]
 pub struct Keyring {
     keys: BTreeMap<KeyId, Key>,
+    /// Keys that open values but are never made active.
+    decrypt_only: BTreeSet<KeyId>,
     active: KeyId,
 }
 
 impl Keyring {
+    /// A keyring of `keys` in listing order, every one able to seal.
     pub fn new(keys: Vec<(KeyId, Key)>, active: Option<KeyId>) -> Result<Self, KeyringError> {
+        Self::with_decrypt_only(keys.into_iter().map(|(id, key)| (id, key, false)).collect(), active)
+    }
+
+    /// A keyring of `(id, key, decrypt-only)` in listing order.
+    pub fn with_decrypt_only(keys: Vec<(KeyId, Key, bool)>, active: Option<KeyId>) -> Result<Self, KeyringError> {
         let mut map = BTreeMap::new();
-        let mut last = None;
-        for (id, key) in keys {
+        let mut decrypt_only = BTreeSet::new();
+        let mut last_sealing = None;
+        for (id, key, opens_only) in keys {
             if map.insert(id.clone(), key).is_some() {
                 return Err(KeyringError::DuplicateKeyId(id));
             }
-            last = Some(id);
+            if opens_only {
+                decrypt_only.insert(id);
+            } else {
+                last_sealing = Some(id);
+            }
+        }
+        if map.is_empty() {
+            return Err(KeyringError::Empty);
         }
         // Without an explicit choice the last key listed is the newest, and so the active one:
-        // rotation is "append a line, restart".
-        let active = active.or(last).ok_or(KeyringError::Empty)?;
-        if !map.contains_key(&active) {
-            return Err(KeyringError::UnknownActiveKey(active));
-        }
-        Ok(Self { keys: map, active })
+        // rotation is "append a line, reload". Decrypt-only keys are passed over, which is how
+        // a key reaches every replica before any of them seals with it.
+        let active = match active {
+            Some(id) if !map.contains_key(&id) => return Err(KeyringError::UnknownActiveKey(id)),
+            Some(id) if decrypt_only.contains(&id) => return Err(KeyringError::ActiveKeyDecryptOnly(id)),
+            Some(id) => id,
+            None => last_sealing.ok_or(KeyringError::NoSealingKey)?,
+        };
+        Ok(Self {
+            keys: map,
+            decrypt_only,
+            active,
+        })
     }
 
     /// Parses the keyring text format: one `<key-id>:<base64 key>` per line or separated by
-    /// commas; blank lines and lines starting with `#` are ignored.
+    /// commas, optionally followed by `decrypt-only`; blank lines and lines starting with `#`
+    /// are ignored.
     pub fn parse(text: &str, active: Option<&str>) -> Result<Self, KeyringError> {
         let mut keys = Vec::new();
         let entries = text
@@ -156,17 +197,30 @@ impl Keyring {
             .flat_map(|(n, line)| line.split(',').map(move |part| (n + 1, part.trim())))
             .filter(|(_, part)| !part.is_empty() && !part.starts_with('#'));
         for (line, entry) in entries {
-            let (id, b64) = entry.split_once(':').ok_or(KeyringError::Malformed { line })?;
+            let (id, rest) = entry.split_once(':').ok_or(KeyringError::Malformed { line })?;
             let id = KeyId::parse(id.trim())?;
+            let mut words = rest.split_whitespace();
+            let b64 = words.next().unwrap_or_default();
+            let decrypt_only = match (words.next(), words.next()) {
+                (None, _) => false,
+                (Some(DECRYPT_ONLY), None) => true,
+                _ => return Err(KeyringError::UnknownMarker { line }),
+            };
             let bytes = Zeroizing::new(
                 STANDARD
-                    .decode(b64.trim())
+                    .decode(b64)
                     .map_err(|_| KeyringError::InvalidBase64(id.clone()))?,
             );
-            keys.push((id, Key::from_bytes(&bytes)?));
+            keys.push((id, Key::from_bytes(&bytes)?, decrypt_only));
         }
         let active = active.map(KeyId::parse).transpose()?;
-        Self::new(keys, active)
+        Self::with_decrypt_only(keys, active)
+    }
+
+    /// As `parse`, for the bytes of a keyring file.
+    pub fn parse_bytes(bytes: &[u8], active: Option<&str>) -> Result<Self, KeyringError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| KeyringError::Malformed { line: 1 })?;
+        Self::parse(text, active)
     }
 
     pub fn load_file(path: &Path, active: Option<&str>) -> Result<Self, KeyringError> {
@@ -184,6 +238,16 @@ impl Keyring {
         let text = Zeroizing::new(format!("{id}:{}\n", STANDARD.encode(bytes.as_ref())));
         let ring = Self::new(vec![(id, key)], None)?;
         Ok((ring, text))
+    }
+
+    /// A keyring line for a fresh random key, marked decrypt-only if asked: the first step of
+    /// a rotation (docs/keys.md).
+    pub fn generate_line(id: &str, decrypt_only: bool) -> Result<Zeroizing<String>, KeyringError> {
+        let (_, line) = Self::generate_with_id(id)?;
+        if !decrypt_only {
+            return Ok(line);
+        }
+        Ok(Zeroizing::new(format!("{} {DECRYPT_ONLY}\n", line.trim_end())))
     }
 
     /// As `generate_with_id`, for ids known to be valid.
@@ -207,6 +271,16 @@ impl Keyring {
         self.keys.keys()
     }
 
+    /// Whether `id` is in the keyring as decrypt-only (false for an id that is not in it).
+    pub fn is_decrypt_only(&self, id: &str) -> bool {
+        self.decrypt_only.iter().any(|k| k.as_str() == id)
+    }
+
+    /// The keys that open values but do not seal.
+    pub fn decrypt_only_ids(&self) -> impl Iterator<Item = &KeyId> {
+        self.decrypt_only.iter()
+    }
+
     /// Ids in both keyrings whose key bytes differ. An id must never change its key: every
     /// value sealed under the old bytes would fail to open.
     pub fn changed_keys(&self, other: &Keyring) -> Vec<KeyId> {
@@ -222,6 +296,7 @@ impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Keyring")
             .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .field("decrypt_only", &self.decrypt_only)
             .field("active", &self.active)
             .finish()
     }

@@ -6,7 +6,7 @@ mod keyring;
 mod sealed;
 mod shared;
 
-pub use keyring::{Key, KeyId, Keyring, KeyringError};
+pub use keyring::{Key, KeyId, Keyring, KeyringError, DECRYPT_ONLY};
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use sealed::SealedParts;
 pub use sealed::{sealed_header, sealed_key_id, Aad, Purpose, SealError};

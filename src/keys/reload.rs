@@ -10,8 +10,12 @@
 //! it parses, no key id changed its bytes, and every key it drops protects no stored value
 //! (checked in the database). Otherwise the old keyring stays and the refusal is logged as an
 //! error on every check until the file is fixed or `keys rewrap` has emptied the dropped key.
+//!
+//! The first comparison is against the bytes the start-up keyring was parsed from (see
+//! `LoadedKeyring`), not against the file as it is when the reloader is made: a change in
+//! between would otherwise look like the loaded content and never be taken.
 
-use std::{path::PathBuf, time::Duration};
+use std::{fmt, path::PathBuf, time::Duration};
 
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +28,24 @@ use crate::{
     store::{Store, StoreError},
 };
 
+/// The SHA-256 of a keyring file's bytes: how a reload tells that the content changed (the
+/// mtime is unreliable under Kubernetes' symlink swap).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeyringDigest([u8; 32]);
+
+impl KeyringDigest {
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(Sha256::digest(bytes).into())
+    }
+}
+
+impl fmt::Debug for KeyringDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A digest of key material: nothing an operator needs, so nothing is shown.
+        f.write_str("KeyringDigest(..)")
+    }
+}
+
 /// What a check did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reload {
@@ -32,7 +54,12 @@ pub enum Reload {
     Replaced {
         added: Vec<KeyId>,
         removed: Vec<KeyId>,
+        /// The key that sealed before the reload.
+        previous_active: KeyId,
+        /// The key that seals from now on.
         active: KeyId,
+        /// Keys that open values but do not seal (the first step of a rotation).
+        decrypt_only: Vec<KeyId>,
     },
 }
 
@@ -56,21 +83,28 @@ pub struct KeyringReloader {
     store: Store,
     /// The content last loaded (or refused for good: a broken file is not re-parsed until it
     /// changes).
-    last_digest: Option<[u8; 32]>,
+    last_digest: Option<KeyringDigest>,
 }
 
 impl KeyringReloader {
     /// `None` when the keyring does not come from a file (inline keyrings change only with a
-    /// restart). `keyring` must be the one loaded from that file at start-up.
-    pub fn new(settings: &EncryptionSettings, keyring: SharedKeyring, store: Store) -> Option<Self> {
+    /// restart). `keyring` must be the one loaded from that file at start-up, and
+    /// `loaded_digest` the digest of the bytes it was parsed from
+    /// (`LoadedKeyring::file_digest`); without it the first check parses the file whatever it
+    /// holds.
+    pub fn new(
+        settings: &EncryptionSettings,
+        keyring: SharedKeyring,
+        loaded_digest: Option<KeyringDigest>,
+        store: Store,
+    ) -> Option<Self> {
         let path = settings.keyring_file.clone()?;
-        let last_digest = std::fs::read(&path).ok().map(|bytes| digest(&Zeroizing::new(bytes)));
         Some(Self {
             path,
             active: settings.active_key.clone(),
             keyring,
             store,
-            last_digest,
+            last_digest: loaded_digest,
         })
     }
 
@@ -80,13 +114,11 @@ impl KeyringReloader {
             path: self.path.display().to_string(),
             source,
         })?);
-        let fresh = digest(&bytes);
+        let fresh = KeyringDigest::of(&bytes);
         if self.last_digest == Some(fresh) {
             return Ok(Reload::Unchanged);
         }
-        let text = std::str::from_utf8(&bytes).map_err(|_| KeyringError::Malformed { line: 1 });
-        let parsed = text.and_then(|t| Keyring::parse(t, self.active.as_deref()));
-        let new = match parsed {
+        let new = match Keyring::parse_bytes(&bytes, self.active.as_deref()) {
             Ok(ring) => ring,
             Err(e) => {
                 // Not retried until the file changes again: the same bytes fail the same way.
@@ -124,15 +156,19 @@ impl KeyringReloader {
             .filter(|id| current.get(id.as_str()).is_none())
             .cloned()
             .collect();
+        let previous_active = current.active().0.clone();
         let active = new.active().0.clone();
+        let decrypt_only = new.decrypt_only_ids().cloned().collect();
         self.keyring.replace(new);
         self.last_digest = Some(fresh);
-        Ok(Reload::Replaced { added, removed, active })
+        Ok(Reload::Replaced {
+            added,
+            removed,
+            previous_active,
+            active,
+            decrypt_only,
+        })
     }
-}
-
-fn digest(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
 }
 
 /// Checks the keyring file every `every` (never, if zero) and on SIGHUP, until `stop`.
@@ -147,8 +183,17 @@ pub async fn watch_keyring(mut reloader: KeyringReloader, every: Duration, stop:
         }
         match reloader.check().await {
             Ok(Reload::Unchanged) => {}
-            Ok(Reload::Replaced { added, removed, active }) => {
-                tracing::info!(?added, ?removed, %active, "keyring reloaded: new values are sealed under the active key");
+            Ok(Reload::Replaced {
+                added,
+                removed,
+                previous_active,
+                active,
+                decrypt_only,
+            }) => {
+                tracing::info!(?added, ?removed, %previous_active, %active, ?decrypt_only, "keyring reloaded: new values are sealed under the active key; decrypt-only keys only open values");
+                if added.contains(&active) {
+                    tracing::warn!(%active, "the new key {active} was added and made active in one step: replicas that have not loaded it yet cannot open what this one now seals; add a key as decrypt-only first (docs/keys.md)");
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, path = %reloader.path.display(), "KEYRING RELOAD REFUSED: the vault keeps its current keyring")

@@ -122,7 +122,34 @@ fn keyring_note(keyring: Option<&Keyring>, id: &str) -> &'static str {
     match keyring {
         None => "(keyring not loaded)",
         Some(ring) if ring.active().0.as_str() == id => "active",
+        // Opens values, seals none: the first step of a rotation, or a key set aside.
+        Some(ring) if ring.is_decrypt_only(id) => "decrypt-only",
         Some(ring) if ring.get(id).is_some() => "present",
         Some(_) => "MISSING: these values cannot be opened",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_marks_active_decrypt_only_and_present_keys() {
+        let (_, old) = Keyring::generate("key-old");
+        let (_, current) = Keyring::generate("key-current");
+        let next = Keyring::generate_line("key-next", true).unwrap();
+        let ring = Keyring::parse(&format!("{}{}{}", old.as_str(), current.as_str(), next.as_str()), None).unwrap();
+        let table = KeyUsage::default().render(Some(&ring));
+        let note = |id: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(id))
+                .and_then(|l| l.split_whitespace().last())
+                .unwrap_or_else(|| panic!("{id} not listed:\n{table}"))
+                .to_owned()
+        };
+        assert_eq!(note("key-current"), "active");
+        assert_eq!(note("key-next"), "decrypt-only");
+        assert_eq!(note("key-old"), "present");
     }
 }

@@ -1,6 +1,7 @@
 //! Keys over time: a keyring with a new key, `keys rewrap` moving every stored value to it,
 //! `keys status` showing when the old key protects nothing, the old key's removal, a value
-//! under a key the vault no longer has, and reloading a keyring file safely.
+//! under a key the vault no longer has, reloading a keyring file safely, and the two-phase
+//! rotation (a key added decrypt-only, then made active).
 
 use std::{
     io::Write,
@@ -9,9 +10,9 @@ use std::{
 
 use figment::providers::{Format, Toml};
 use token_vault::{
-    config::{EncryptionSettings, Settings},
+    config::{EncryptionSettings, Mode, Settings},
     crypto::{sealed_key_id, Keyring, SharedKeyring},
-    keys::{key_usage, rewrap, KeyringReloader, Reload, ReloadError, RewrapOptions},
+    keys::{key_usage, load_keyring, rewrap, KeyringReloader, Reload, ReloadError, RewrapOptions},
     proto::{self, token_vault_client::TokenVaultClient},
     startup::Application,
     store::Store,
@@ -270,17 +271,26 @@ async fn a_keyring_file_reloads_only_when_it_is_safe() {
         active_key: None,
         development_keyring_file: dir.join("unused"),
     };
-    let shared = SharedKeyring::new(Keyring::parse(&a, None).unwrap());
-    let mut reloader = KeyringReloader::new(&settings, shared.clone(), store.clone()).unwrap();
+    let loaded = load_keyring(&settings, Mode::Production).unwrap();
+    let shared = SharedKeyring::new(loaded.keyring);
+    let mut reloader = KeyringReloader::new(&settings, shared.clone(), loaded.file_digest, store.clone()).unwrap();
     assert_eq!(reloader.check().await.unwrap(), Reload::Unchanged);
 
     // A new key appended: taken, and it seals from now on.
     write(&format!("{a}\n{b}\n"));
     match reloader.check().await.unwrap() {
-        Reload::Replaced { added, removed, active } => {
+        Reload::Replaced {
+            added,
+            removed,
+            previous_active,
+            active,
+            decrypt_only,
+        } => {
             assert_eq!(added.iter().map(|k| k.as_str()).collect::<Vec<_>>(), ["key-b"]);
             assert!(removed.is_empty());
+            assert_eq!(previous_active.as_str(), "key-a");
             assert_eq!(active.as_str(), "key-b");
+            assert!(decrypt_only.is_empty());
         }
         other => panic!("{other:?}"),
     }
@@ -320,7 +330,7 @@ async fn a_keyring_file_reloads_only_when_it_is_safe() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Needs the SharedKeyring wiring in src/vault and src/startup.rs (see the report).
+/// The reloader as a running vault has it: polled, swapping the keyring every flow uses.
 #[tokio::test]
 async fn a_running_vault_picks_up_a_changed_keyring_file() {
     let (a, b) = (key_line("key-a"), key_line("key-b"));
@@ -364,4 +374,208 @@ async fn a_running_vault_picks_up_a_changed_keyring_file() {
     app.connect_tenant("initech").await;
     assert_eq!(key_of("initech").await, "key-b");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A temporary directory holding a keyring file, removed on drop.
+struct KeyringFile {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl KeyringFile {
+    fn new(lines: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("tv-keyring-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = Self {
+            path: dir.join("keyring"),
+            dir,
+        };
+        file.write(lines);
+        file
+    }
+
+    fn write(&self, lines: &[&str]) {
+        std::fs::write(&self.path, format!("{}\n", lines.join("\n"))).unwrap();
+    }
+
+    /// Settings that read this file and check it every 50 ms.
+    fn toml(&self) -> String {
+        format!(
+            "[encryption]\nkeyring_file = \"{}\"\n[keys]\nreload_interval = \"50ms\"\n",
+            self.path.display()
+        )
+    }
+}
+
+impl Drop for KeyringFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The key id framed into `tenant`'s stored access token.
+async fn access_token_key(pool: &sqlx::PgPool, tenant: &str) -> String {
+    let sealed: Vec<u8> = sqlx::query_scalar("SELECT access_token FROM connections WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    sealed_key_id(&sealed).unwrap().to_owned()
+}
+
+/// Connects tenants `{prefix}-0`, `{prefix}-1`, … through `client` until one is sealed under
+/// `key` (a reload is asynchronous); panics after 10 s.
+async fn connect_until_sealed_under(
+    client: &TokenVaultClient<Channel>,
+    app: &TestApp,
+    prefix: &str,
+    key: &str,
+) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for i in 0.. {
+        let tenant = format!("{prefix}-{i}");
+        complete(client, app, begin_on(client, &tenant).await).await;
+        let sealed_under = access_token_key(&app.pool, &tenant).await;
+        if sealed_under == key {
+            return tenant;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new values are still sealed under {sealed_under}, not {key}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    unreachable!()
+}
+
+#[tokio::test]
+async fn a_key_added_decrypt_only_reaches_every_replica_before_any_seals_with_it() {
+    let (a, b) = (key_line("key-a"), key_line("key-b"));
+    let b_decrypt_only = format!("{b} decrypt-only");
+    let file = KeyringFile::new(&[&a]);
+    let app = spawn_app_with(TestOptions {
+        extra_toml: file.toml(),
+        ..Default::default()
+    })
+    .await;
+    // A replica that has not loaded the new key yet, and one that already seals with it (step
+    // 2 reaches replicas in any order).
+    let (lagging, _lagging_stop) = restart_with(&app, &[&a]).await;
+    let (ahead, _ahead_stop) = restart_with(&app, &[&a, &b]).await;
+    complete(&ahead, &app, begin_on(&ahead, "globex").await).await;
+    assert_eq!(access_token_key(&app.pool, "globex").await, "key-b");
+
+    // Step 1: the new key, decrypt-only. Once reloaded, the vault opens what key-b sealed…
+    file.write(&[&a, &b_decrypt_only]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.get_token("globex").await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the decrypt-only key was never loaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // …but goes on sealing under key-a, which the lagging replica can open.
+    app.connect_tenant("acme").await;
+    assert_eq!(access_token_key(&app.pool, "acme").await, "key-a");
+    get_token(&lagging, "acme")
+        .await
+        .expect("a replica on the old keyring opens what a reloaded one wrote");
+    let ring = Keyring::parse(&std::fs::read_to_string(&file.path).unwrap(), None).unwrap();
+    let table = key_usage(&Store::from_pool(app.pool.clone()))
+        .await
+        .unwrap()
+        .render(Some(&ring));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("key-b") && l.ends_with("decrypt-only")),
+        "{table}"
+    );
+
+    // Step 2: made active by removing the marker; old values still open.
+    file.write(&[&a, &b]);
+    connect_until_sealed_under(&app.client, &app, "initech", "key-b").await;
+    assert!(app.get_token("acme").await.is_ok());
+    assert!(app.get_token("globex").await.is_ok());
+}
+
+/// Passes connections to Postgres only once opened, so that a vault's start-up can be held in
+/// its migrations: after the keyring is loaded, before the reloader exists.
+struct DatabaseGate {
+    addr: std::net::SocketAddr,
+    /// Notified at the first connection.
+    connected: Arc<tokio::sync::Notify>,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl DatabaseGate {
+    async fn start(upstream: (String, u16)) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connected = Arc::new(tokio::sync::Notify::new());
+        let (open, opened) = tokio::sync::watch::channel(false);
+        let gate = Self {
+            addr: listener.local_addr().unwrap(),
+            connected: connected.clone(),
+            open,
+        };
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                connected.notify_one();
+                let (mut opened, upstream) = (opened.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    if opened.wait_for(|open| *open).await.is_err() {
+                        return;
+                    }
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        gate
+    }
+}
+
+#[tokio::test]
+async fn a_keyring_file_changed_while_the_vault_starts_is_picked_up() {
+    let (a, b) = (key_line("key-a"), key_line("key-b"));
+    let app = spawn_app_with(TestOptions::default()).await;
+    let file = KeyringFile::new(&[&a]);
+
+    // A second vault on the same database, through the gate.
+    let mut url = url::Url::parse(app.database_url()).unwrap();
+    let upstream = (url.host_str().unwrap().to_owned(), url.port().unwrap_or(5432));
+    let gate = DatabaseGate::start(upstream).await;
+    url.set_port(Some(gate.addr.port())).unwrap();
+    url.set_host(Some("127.0.0.1")).unwrap();
+    let toml = settings_toml(
+        &app.provider.uri(),
+        url.as_str(),
+        &app.client_secret,
+        &TestOptions::default(),
+    );
+    let settings = Settings::from_figment(
+        Settings::defaults()
+            .merge(Toml::string(&toml))
+            .merge(Toml::string(&file.toml())),
+    )
+    .unwrap();
+    let building = tokio::spawn(Application::build(settings));
+
+    // The keyring is loaded before the database is touched: change the file while the
+    // migrations wait at the gate.
+    tokio::time::timeout(std::time::Duration::from_secs(10), gate.connected.notified())
+        .await
+        .expect("start-up reaches the database");
+    file.write(&[&a, &b]);
+    gate.open.send(true).unwrap();
+    let server = building.await.unwrap().expect("the vault builds");
+    let addr = server.local_addr();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run_until(async move {
+        let _ = stopped.await;
+    }));
+
+    connect_until_sealed_under(&connect(addr).await, &app, "acme", "key-b").await;
 }

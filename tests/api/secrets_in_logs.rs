@@ -1,6 +1,7 @@
 //! Every log line the vault writes at the most verbose level, through a whole life of flows
 //! (authorizations, refreshes, rotation, denial, rejected codes, provider failures, bad input),
-//! holds none of the secrets involved: tokens, codes, PKCE verifiers, the client secret.
+//! holds none of the secrets involved: tokens, codes, PKCE verifiers, the client secret. Nor does
+//! the error a start-up with a mistyped secret setting prints.
 
 use std::{
     io::Write,
@@ -12,7 +13,7 @@ use token_vault::proto;
 use tracing_subscriber::{fmt::MakeWriter, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
 
 use crate::{
-    helpers::{spawn_app_with, TestOptions, REDIRECT_URI},
+    helpers::{settings_toml, spawn_app_with, TestOptions, REDIRECT_URI},
     provider::Fault,
 };
 
@@ -124,4 +125,70 @@ async fn no_secret_reaches_a_log_line_even_at_trace_level() {
             logs.lines().find(|l| l.contains(secret.as_str())).unwrap_or_default()
         );
     }
+}
+
+/// Runs `token-vault serve` with a valid configuration file and `env` on top, expecting it to
+/// stop at once on a configuration error; returns what it printed.
+fn serve_with_env(env: &[(&str, &str)]) -> String {
+    let dir = std::env::temp_dir().join(format!("tv-config-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.toml");
+    // Never reached: the configuration is refused before any connection is made.
+    let toml = settings_toml(
+        "http://127.0.0.1:9",
+        "postgres://postgres@127.0.0.1:5432/never_used",
+        "a-valid-client-secret",
+        &TestOptions::default(),
+    );
+    std::fs::write(&config, toml).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_token-vault"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("the token-vault binary runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!output.status.success(), "a configuration error stops start-up");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn a_secret_setting_that_is_not_a_string_is_refused_without_printing_it() {
+    // The environment provider reads an unquoted number as a number, not as the text it was.
+    const DIGITS: &str = "918273645";
+    for (variable, setting) in [
+        (
+            "TOKEN_VAULT_PROVIDERS__UNDERSTORY__CLIENT_SECRET",
+            "providers.understory.client_secret",
+        ),
+        ("TOKEN_VAULT_ENCRYPTION__KEYRING", "encryption.keyring"),
+        ("TOKEN_VAULT_DATABASE__URL", "database.url"),
+    ] {
+        let printed = serve_with_env(&[(variable, DIGITS)]);
+        assert!(
+            !printed.contains(DIGITS),
+            "{variable}: the secret was printed:\n{printed}"
+        );
+        assert!(
+            printed.to_lowercase().contains(setting),
+            "{variable}: the setting is not named:\n{printed}"
+        );
+        assert!(printed.contains("must be a string"), "{printed}");
+    }
+
+    // The advice works: wrapped in double quotes, the same digits are a string. The start-up
+    // then fails on a later, unrelated setting, which shows the secret was accepted.
+    let printed = serve_with_env(&[
+        ("TOKEN_VAULT_PROVIDERS__UNDERSTORY__CLIENT_SECRET", "\"0123\""),
+        ("TOKEN_VAULT_VAULT__MAX_MARGIN_FRACTION", "2.0"),
+    ]);
+    assert!(printed.contains("vault.max_margin_fraction"), "{printed}");
+    assert!(!printed.contains("must be a string"), "{printed}");
 }
