@@ -1,12 +1,24 @@
 //! The flows: begin and complete an authorization, hand out access tokens, refresh them.
 //! No SQL and no HTTP here: those belong to `store` and `oauth`; this module decides.
+//!
+//! Where each flow lives (every file adds an `impl Vault` block or serves one):
+//!
+//! | flow | file |
+//! |---|---|
+//! | BeginAuthorization, CompleteAuthorization | `authorize.rs` |
+//! | GetAccessToken (cache, database, refresh), GetConnection | `access.rs` |
+//! | the refresh: one task per connection, the lease, the provider round | `refresh/` |
+//! | one evaluation per key for reads and refreshes | `coalesce.rs` |
+//! | this replica's token cache | `cache.rs` |
+//! | sealing and opening tokens for the store | `tokens.rs` |
+//! | shutdown: stop starting refreshes, drain those in flight | this file |
 
 mod access;
 mod authorize;
 mod cache;
+mod coalesce;
 mod error;
 mod refresh;
-mod single_flight;
 mod tokens;
 mod types;
 
@@ -40,7 +52,7 @@ struct Inner {
     cache: cache::TokenCache,
     refresher: refresh::Refresher,
     /// The database read behind a cache miss, once per key at a time.
-    reads: single_flight::SingleFlight<cache::CacheKey, Result<ConnectionRow, VaultError>>,
+    reads: coalesce::Coalescer<cache::CacheKey, Result<ConnectionRow, VaultError>>,
 }
 
 /// How long callers missing the cache join a read of the same row already in flight; a read
@@ -72,7 +84,7 @@ impl Vault {
                 settings: settings.vault.clone(),
                 cache,
                 refresher,
-                reads: single_flight::SingleFlight::new(READ_JOIN_AGE),
+                reads: coalesce::Coalescer::new(READ_JOIN_AGE),
             }),
         }
     }

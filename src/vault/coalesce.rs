@@ -3,12 +3,12 @@
 //!
 //! Two kinds of evaluation, because they own different things:
 //!
-//! * **Attached** ([`SingleFlight::run`]): the cache-miss database read. It lives only as long
+//! * **Attached** ([`Coalescer::run`]): the cache-miss database read. It lives only as long
 //!   as someone waits for it. The map keeps a *weak* handle, so when every waiter has given up
 //!   (a deadline, a cancelled call) the read is dropped with them and its pooled connection goes
 //!   back to the pool. Holding a strong handle here once let thousands of abandoned reads each
 //!   keep a connection forever, until the pool was empty and the replica answered nothing.
-//! * **Detached** ([`SingleFlight::run_detached`]): the refresh. It must finish whether or not
+//! * **Detached** ([`Coalescer::run_detached`]): the refresh. It must finish whether or not
 //!   anyone still waits (the provider may already have rotated the refresh token), so it is
 //!   spawned on a [`TaskTracker`] that shutdown drains.
 //!
@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 
 pub(super) type Flights<K, V> = Arc<Mutex<HashMap<K, Flight<V>>>>;
 
-pub(super) struct SingleFlight<K, V: Clone> {
+pub(super) struct Coalescer<K, V: Clone> {
     inflight: Flights<K, V>,
     next_id: AtomicU64,
     max_join_age: Duration,
@@ -106,7 +106,7 @@ impl<K: Hash + Eq, V: Clone> Drop for Waiter<K, V> {
     }
 }
 
-impl<K: Hash + Eq + Clone + Send + 'static, V: Clone + Send + Sync + 'static> SingleFlight<K, V> {
+impl<K: Hash + Eq + Clone + Send + 'static, V: Clone + Send + Sync + 'static> Coalescer<K, V> {
     pub fn new(max_join_age: Duration) -> Self {
         Self {
             inflight: Arc::new(Mutex::new(HashMap::new())),
@@ -238,7 +238,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_callers_share_one_evaluation_and_later_ones_start_a_new_one() {
-        let flights = Arc::new(SingleFlight::<&str, u32>::new(Duration::from_secs(60)));
+        let flights = Arc::new(Coalescer::<&str, u32>::new(Duration::from_secs(60)));
         let evaluations = Arc::new(AtomicUsize::new(0));
         let (release, released) = tokio::sync::watch::channel(false);
         let callers: Vec<_> = (0..10)
@@ -274,7 +274,7 @@ mod tests {
     /// last waiter leaves, and the key is forgotten.
     #[tokio::test]
     async fn an_evaluation_whose_callers_all_left_is_dropped_with_what_it_holds() {
-        let flights = SingleFlight::<&str, u32>::new(Duration::from_secs(60));
+        let flights = Coalescer::<&str, u32>::new(Duration::from_secs(60));
         let pool = Arc::new(tokio::sync::Semaphore::new(1));
         let held = pool.clone();
         let gave_up = tokio::time::timeout(
@@ -301,7 +301,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stuck_evaluation_is_joined_only_until_it_is_too_old() {
-        let flights = Arc::new(SingleFlight::<&str, u32>::new(Duration::from_millis(50)));
+        let flights = Arc::new(Coalescer::<&str, u32>::new(Duration::from_millis(50)));
         let first = tokio::spawn({
             let flights = flights.clone();
             async move { flights.run("acme", || std::future::pending::<u32>().boxed()).await }
@@ -320,7 +320,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_detached_evaluation_finishes_without_waiters_and_a_panic_frees_its_key() {
-        let flights = SingleFlight::<&str, u32>::new(Duration::from_secs(60));
+        let flights = Coalescer::<&str, u32>::new(Duration::from_secs(60));
         let tasks = TaskTracker::new();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let outcome = flights
