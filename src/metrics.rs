@@ -2,7 +2,7 @@
 //! conventions (`tokenvault.*`, durations in seconds). Without an exporter configured they are
 //! no-ops. See the README for the list.
 
-use std::sync::OnceLock;
+use std::sync::{atomic::AtomicU64, Arc, Mutex, OnceLock};
 
 use opentelemetry::{
     metrics::{Counter, Histogram, Meter},
@@ -17,6 +17,24 @@ pub struct Metrics {
     pub provider_request_duration: Histogram<f64>,
     /// How long a refresh waited for another replica's lease.
     pub lease_wait_duration: Histogram<f64>,
+}
+
+/// Counters of what refreshes did, kept by the vault's refresh tasks; exported by `observe` and
+/// read by tests.
+#[derive(Debug, Default)]
+pub struct RefreshCounters {
+    /// Token-endpoint requests made for refreshes.
+    pub provider_requests: AtomicU64,
+    pub succeeded: AtomicU64,
+    /// Refreshes that found another holder's token and used it.
+    pub adopted: AtomicU64,
+    pub failed: AtomicU64,
+    pub marked_reauthorization_required: AtomicU64,
+    /// Failed attempts to store a received token (each retried).
+    pub unsaved_rotation_retries: AtomicU64,
+    /// Provider answers that may mean the refresh token was consumed (a concurrent presenter,
+    /// or an answer lost after success) and that no newer generation explained.
+    pub outcome_unknown: AtomicU64,
 }
 
 pub fn meter() -> Meter {
@@ -61,13 +79,13 @@ pub fn kv(key: &'static str, value: impl Into<opentelemetry::Value>) -> KeyValue
 /// the vault, and the connection counts kept fresh by `startup`. The returned handles keep the
 /// callbacks registered.
 pub fn observe(
-    vault: crate::vault::Vault,
-    connection_counts: std::sync::Arc<std::sync::Mutex<Vec<(String, i64)>>>,
+    refreshes: Arc<RefreshCounters>,
+    connection_counts: Arc<Mutex<Vec<(String, i64)>>>,
 ) -> Vec<Box<dyn std::any::Any + Send + Sync>> {
     use std::sync::atomic::Ordering::Relaxed;
     let meter = meter();
-    let refreshes = {
-        let vault = vault.clone();
+    let outcomes = {
+        let m = refreshes.clone();
         meter
             .u64_observable_counter("tokenvault.refreshes")
             .with_unit("{refresh}")
@@ -76,7 +94,6 @@ pub fn observe(
                  outcome_unknown (an ambiguous provider answer; also counted as failed)",
             )
             .with_callback(move |o| {
-                let m = vault.refresh_metrics();
                 o.observe(m.succeeded.load(Relaxed), &[kv("outcome", "succeeded")]);
                 o.observe(m.adopted.load(Relaxed), &[kv("outcome", "adopted")]);
                 o.observe(m.failed.load(Relaxed), &[kv("outcome", "failed")]);
@@ -89,19 +106,19 @@ pub fn observe(
             .build()
     };
     let attempts = {
-        let vault = vault.clone();
+        let m = refreshes.clone();
         meter
             .u64_observable_counter("tokenvault.refresh.provider_requests")
             .with_unit("{request}")
             .with_description("Token-endpoint requests made for refreshes, retries included")
-            .with_callback(move |o| o.observe(vault.refresh_metrics().provider_requests.load(Relaxed), &[]))
+            .with_callback(move |o| o.observe(m.provider_requests.load(Relaxed), &[]))
             .build()
     };
     let unsaved = meter
         .u64_observable_counter("tokenvault.refresh.unsaved_rotation_retries")
         .with_unit("{retry}")
         .with_description("Failed attempts to store a refreshed token (each is retried until it lands)")
-        .with_callback(move |o| o.observe(vault.refresh_metrics().unsaved_rotation_retries.load(Relaxed), &[]))
+        .with_callback(move |o| o.observe(refreshes.unsaved_rotation_retries.load(Relaxed), &[]))
         .build();
     let connections = meter
         .i64_observable_gauge("tokenvault.connections")
@@ -115,7 +132,7 @@ pub fn observe(
         })
         .build();
     vec![
-        Box::new(refreshes),
+        Box::new(outcomes),
         Box::new(attempts),
         Box::new(unsaved),
         Box::new(connections),

@@ -165,7 +165,7 @@ impl Application {
             ));
         }
         let connection_counts = Arc::new(Mutex::new(Vec::new()));
-        let _observers = crate::metrics::observe(self.vault.clone(), connection_counts.clone());
+        let _observers = crate::metrics::observe(self.vault.refresh_metrics().clone(), connection_counts.clone());
         tokio::spawn(count_connections(
             self.vault.clone(),
             connection_counts,

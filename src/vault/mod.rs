@@ -27,7 +27,6 @@ use std::{collections::BTreeMap, sync::Arc};
 use tokio_util::sync::CancellationToken;
 
 pub use error::VaultError;
-pub use refresh::RefreshMetrics;
 pub use types::*;
 
 use crate::{
@@ -93,7 +92,7 @@ impl Vault {
         &self.inner.store
     }
 
-    pub fn refresh_metrics(&self) -> &RefreshMetrics {
+    pub fn refresh_metrics(&self) -> &std::sync::Arc<crate::metrics::RefreshCounters> {
         self.inner.refresher.metrics()
     }
 

@@ -61,11 +61,7 @@ impl RefresherInner {
 
     /// One look; `None` while another holder is still at it. Moves `generation` on when the
     /// connection has moved on.
-    async fn try_acquire(
-        &self,
-        key: &CacheKey,
-        generation: &mut i64,
-    ) -> Result<Option<Acquired>, VaultError> {
+    async fn try_acquire(&self, key: &CacheKey, generation: &mut i64) -> Result<Option<Acquired>, VaultError> {
         let connections = self.store.connections();
         loop {
             if let Some(leased) = connections

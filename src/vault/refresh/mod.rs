@@ -53,10 +53,7 @@
 //!   refreshed away from the callers who just received it.
 
 use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
@@ -75,7 +72,7 @@ use lease::Acquired;
 use round::Round;
 
 use super::{cache::CacheKey, cache::TokenCache, coalesce::Coalescer, AccessToken, VaultError};
-use crate::{crypto::SharedKeyring, oauth::ProviderClient, store::Store};
+use crate::{crypto::SharedKeyring, metrics::RefreshCounters, oauth::ProviderClient, store::Store};
 
 /// Time kept free at the end of a lease: no provider attempt may start unless it (at its full
 /// timeout) ends this long before the lease does.
@@ -89,23 +86,6 @@ pub(super) struct RefreshPolicy {
     pub max_attempts: u32,
     pub backoff: Duration,
     pub store_retry_max_backoff: Duration,
-}
-
-/// Counters of what refreshes did; exported as metrics and read by tests.
-#[derive(Debug, Default)]
-pub struct RefreshMetrics {
-    /// Token-endpoint requests made for refreshes.
-    pub provider_requests: AtomicU64,
-    pub succeeded: AtomicU64,
-    /// Refreshes that found another holder's token and used it.
-    pub adopted: AtomicU64,
-    pub failed: AtomicU64,
-    pub marked_reauthorization_required: AtomicU64,
-    /// Failed attempts to store a received token (each retried).
-    pub unsaved_rotation_retries: AtomicU64,
-    /// Provider answers that may mean the refresh token was consumed (a concurrent presenter,
-    /// or an answer lost after success) and that no newer generation explained.
-    pub outcome_unknown: AtomicU64,
 }
 
 type SharedRefresh = Shared<BoxFuture<'static, Result<AccessToken, VaultError>>>;
@@ -130,7 +110,7 @@ struct RefresherInner {
     draining: CancellationToken,
     /// Fired when the drain's budget is spent: the only thing that ends a store retry loop.
     shutdown: CancellationToken,
-    metrics: RefreshMetrics,
+    metrics: Arc<RefreshCounters>,
 }
 
 impl Refresher {
@@ -150,7 +130,7 @@ impl Refresher {
                 holder: Uuid::new_v4(),
                 draining: CancellationToken::new(),
                 shutdown,
-                metrics: RefreshMetrics::default(),
+                metrics: Arc::default(),
             }),
             // A refresh in flight is always joined: it is bounded by its lease, and starting a
             // second one beside it in this process would only wait on that lease.
@@ -185,7 +165,7 @@ impl Refresher {
         }
     }
 
-    pub fn metrics(&self) -> &RefreshMetrics {
+    pub fn metrics(&self) -> &Arc<RefreshCounters> {
         &self.inner.metrics
     }
 
