@@ -12,6 +12,8 @@ mod faulty_proxy;
 mod helpers;
 mod hostile;
 mod keys;
+mod listener;
+mod pending;
 mod private_postgres;
 mod provider;
 mod refresh;
