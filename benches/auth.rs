@@ -70,7 +70,7 @@ fn authentication(c: &mut Criterion) {
         b.iter(|| {
             let caller = auth.identify(black_box(&headers), None).expect("known");
             assert!(caller.allows_rpc(Rpc::GetAccessToken));
-            let permit = caller.admit().expect("within limits");
+            let permit = caller.admit(Some(Rpc::GetAccessToken)).expect("within limits");
             caller
                 .authorize("understory", black_box("team-9-acme"))
                 .expect("allowed");
@@ -85,7 +85,7 @@ fn authentication(c: &mut Criterion) {
                 .identify(&no_headers, Some(black_box(&chain)))
                 .map_err(|u| u.detail)
                 .expect("known");
-            let permit = caller.admit().expect("within limits");
+            let permit = caller.admit(Some(Rpc::GetAccessToken)).expect("within limits");
             caller
                 .authorize("understory", black_box("team-9-acme"))
                 .expect("allowed");

@@ -88,6 +88,34 @@ pub struct ServerSettings {
     /// How long in-flight calls may finish after SIGTERM before the process exits.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Connections open at once on each listener, established or still handshaking. Past it a
+    /// new connection is closed as soon as it is accepted: each one costs a task and buffers,
+    /// and no credentials are needed to open one.
+    pub max_connections: u32,
+    /// From accept until the TLS handshake is done and the HTTP/2 preface has arrived; a
+    /// connection that takes longer is closed, so that idle sockets can't hold connection slots.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Idle time before the kernel probes a quiet TCP connection (SO_KEEPALIVE), so that
+    /// middleboxes keep it and a vanished host is noticed.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
+    /// How often the server pings an HTTP/2 connection, and how long it waits for the answer
+    /// before dropping the connection as dead (its calls are cancelled, its slot freed).
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_timeout: Duration,
+    /// HTTP/2 streams (calls) one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
+    /// The longest a call may take until its answer starts; the caller gets CANCELLED past it.
+    /// Bounds unary calls; a streaming answer (health Watch) is bounded by the limits below.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Open `grpc.health.v1.Health/Watch` streams, in all and per connection. Health needs no
+    /// credentials and a Watch stream lives until the client ends it.
+    pub max_health_watches: u32,
+    pub max_health_watches_per_connection: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -140,6 +168,12 @@ pub struct VaultSettings {
     /// How long a state from BeginAuthorization stays usable.
     #[serde(with = "humantime_serde")]
     pub state_ttl: Duration,
+    /// Open (unused, unexpired) states per tenant and provider. Beginning one more deletes the
+    /// oldest, whose callback then gets INVALID_STATE.
+    pub max_open_states: u32,
+    /// How often used and expired states are deleted.
+    #[serde(with = "humantime_serde")]
+    pub state_sweep_interval: Duration,
     /// The least remaining validity of a returned token when the caller does not ask.
     #[serde(with = "humantime_serde")]
     pub default_min_valid_for: Duration,
@@ -217,7 +251,7 @@ pub struct TlsSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMode {
-    /// Every call outside health and reflection needs a configured caller (default).
+    /// Every call outside health needs a configured caller (default).
     Enforce,
     /// No authentication: every call is let through as caller `insecure-dev`. Logged loudly.
     InsecureDev,
@@ -239,6 +273,10 @@ pub struct AuthSettings {
     pub allow_bearer_without_tls: bool,
     /// Concurrent calls a caller may have in flight unless its entry says otherwise.
     pub default_max_concurrent_calls: u32,
+    /// BeginAuthorization calls per second (sustained) and burst a configured caller may make
+    /// unless its entry says otherwise: each call writes a row. (`insecure-dev` has no limits.)
+    pub default_begin_authorization_per_second: u32,
+    pub default_begin_authorization_burst: u32,
 }
 
 /// One caller: how it is recognised and what it may do. Nothing is allowed that isn't listed.
@@ -268,6 +306,10 @@ pub struct CallerSettings {
     /// still applies).
     pub requests_per_second: Option<u32>,
     pub burst: Option<u32>,
+    /// BeginAuthorization's own rate, on top of the above; unset means
+    /// `auth.default_begin_authorization_per_second` and `_burst`.
+    pub begin_authorization_per_second: Option<u32>,
+    pub begin_authorization_burst: Option<u32>,
 }
 
 /// The audit trail: table `audit_events` and log target `token_vault::audit`.
@@ -475,6 +517,13 @@ impl Settings {
         if self.vault.state_ttl.is_zero() {
             return Err(invalid("vault.state_ttl", "must be positive"));
         }
+        if self.vault.max_open_states == 0 {
+            return Err(invalid("vault.max_open_states", "must be at least 1"));
+        }
+        if self.vault.state_sweep_interval.is_zero() {
+            return Err(invalid("vault.state_sweep_interval", "must be positive"));
+        }
+        self.validate_server()?;
         if !(1..=10_000).contains(&self.keys.rewrap_batch_size) {
             return Err(invalid("keys.rewrap_batch_size", "must be between 1 and 10000"));
         }
@@ -509,6 +558,46 @@ impl Settings {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_server(&self) -> Result<(), ConfigError> {
+        let server = &self.server;
+        for (field, value) in [
+            ("server.max_connections", server.max_connections),
+            ("server.max_concurrent_streams", server.max_concurrent_streams),
+            ("server.max_health_watches", server.max_health_watches),
+            (
+                "server.max_health_watches_per_connection",
+                server.max_health_watches_per_connection,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
+        }
+        for (field, value) in [
+            ("server.handshake_timeout", server.handshake_timeout),
+            ("server.tcp_keepalive", server.tcp_keepalive),
+            ("server.http2_keepalive_interval", server.http2_keepalive_interval),
+            ("server.http2_keepalive_timeout", server.http2_keepalive_timeout),
+            ("server.call_timeout", server.call_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(field, "must be positive"));
+            }
+        }
+        // A caller waiting on another replica's refresh waits up to the lease; cutting it off
+        // sooner would answer CANCELLED while a refresh that will succeed is still running.
+        if server.call_timeout <= self.refresh.lease_ttl {
+            return Err(invalid(
+                "server.call_timeout",
+                format!(
+                    "is {:?}: it must exceed refresh.lease_ttl ({:?}), the longest a call may wait on a refresh",
+                    server.call_timeout, self.refresh.lease_ttl
+                ),
+            ));
         }
         Ok(())
     }
@@ -548,6 +637,12 @@ impl Settings {
             return Err(invalid(
                 "audit.queue_capacity",
                 "and audit.max_aggregate_keys must be at least 1",
+            ));
+        }
+        if self.auth.default_begin_authorization_per_second == 0 || self.auth.default_begin_authorization_burst == 0 {
+            return Err(invalid(
+                "auth.default_begin_authorization_per_second",
+                "and auth.default_begin_authorization_burst must be at least 1",
             ));
         }
         // Builds (and so checks) the whole policy; start-up builds it again from these settings.
@@ -809,6 +904,55 @@ mod tests {
         assert_eq!(settings.database.url.expose_secret(), "0123");
         let secret = settings.providers["understory"].client_secret.as_ref().unwrap();
         assert_eq!(secret.expose_secret(), "0123");
+    }
+
+    fn load(extra: &str) -> Result<Settings, ConfigError> {
+        let base = r#"
+[database]
+url = "postgres://x@127.0.0.1/x"
+[encryption]
+keyring = "k:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+mode = "development"
+[auth]
+mode = "insecure-dev"
+[providers.understory]
+preset = "understory"
+client_id = "c"
+client_secret = "s"
+redirect_uris = ["https://app.example/cb"]
+"#;
+        Settings::from_figment(
+            Settings::defaults()
+                .merge(Toml::string(base))
+                .merge(Toml::string(extra)),
+        )
+    }
+
+    #[test]
+    fn the_listener_is_bounded_by_default_and_zero_is_refused() {
+        let s = load("").unwrap();
+        assert!(s.server.max_connections > 0 && s.server.max_concurrent_streams > 0);
+        assert!(s.server.handshake_timeout > Duration::ZERO && s.server.handshake_timeout <= Duration::from_secs(30));
+        assert!(s.server.call_timeout > s.refresh.lease_ttl);
+        assert!(s.auth.default_begin_authorization_per_second > 0);
+        assert!(s.vault.max_open_states > 0);
+        for (extra, field) in [
+            ("[server]\nmax_connections = 0", "server.max_connections"),
+            ("[server]\nhandshake_timeout = \"0s\"", "server.handshake_timeout"),
+            (
+                "[server]\nmax_health_watches_per_connection = 0",
+                "server.max_health_watches_per_connection",
+            ),
+            ("[server]\ncall_timeout = \"30s\"", "server.call_timeout"),
+            ("[vault]\nmax_open_states = 0", "vault.max_open_states"),
+            (
+                "[auth]\ndefault_begin_authorization_burst = 0",
+                "auth.default_begin_authorization_per_second",
+            ),
+        ] {
+            let err = load(extra).unwrap_err().to_string();
+            assert!(err.contains(field), "{extra}: {err}");
+        }
     }
 
     #[test]

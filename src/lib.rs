@@ -4,8 +4,9 @@
 //!
 //! A request flows top to bottom: `api` (gRPC adapters) -> `vault` (the flows) -> `oauth`
 //! (the provider), `store` (Postgres) and `crypto` (sealing at rest). `auth` stands in front of
-//! `api` (who is calling, may it); `audit` records what callers did. `startup` wires them;
-//! `config` and `telemetry` serve all.
+//! `api` (who is calling, may it), and `listener` in front of both (how many connections and
+//! streams anyone may hold before that is known); `audit` records what callers did. `startup`
+//! wires them; `config` and `telemetry` serve all.
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod crypto;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod keys;
+pub mod listener;
 pub mod metrics;
 pub mod oauth;
 pub mod startup;

@@ -10,9 +10,9 @@ use std::{
 };
 
 use anyhow::Context;
+use futures::future::BoxFuture;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
@@ -22,6 +22,7 @@ use crate::{
     config::{AuthMode, Settings},
     crypto::SharedKeyring,
     keys::{load_keyring, watch_keyring, KeyringReloader},
+    listener::{self, Plaintext},
     oauth::ProviderClient,
     proto::{self, token_vault_server::TokenVaultServer},
     store::{PoolOptions, Store},
@@ -32,10 +33,6 @@ use crate::{
 pub const SERVICE_NAME: &str = "tokenvault.v1.TokenVault";
 /// How often the health reporter checks the database.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
-/// How often expired pending authorizations are deleted, and how long they are kept after
-/// expiry (so that a late callback still gets INVALID_STATE from a row, not a guess).
-const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
-const KEEP_EXPIRED_STATES: Duration = Duration::from_secs(24 * 3600);
 /// How long shutdown waits for the audit writer's last write.
 const AUDIT_FINAL_WRITE: Duration = Duration::from_secs(5);
 
@@ -48,7 +45,7 @@ pub struct Application {
     /// Health alone, in plaintext, for kubelet probes when the main listener is TLS.
     health_listener: Option<TcpListener>,
     /// The listener's TLS, from `tls`; None serves plaintext.
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// Fired once serving has stopped; ends refresh-store retries and background tasks.
     stop_background: CancellationToken,
     /// Swaps in a changed keyring file (None when the keyring is not from a file).
@@ -131,7 +128,13 @@ impl Application {
     /// Serves until `stop` completes, then lets in-flight calls finish (up to the configured
     /// grace period) before ending background work.
     pub async fn run_until(mut self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let reporter = HealthReporter::new();
+        // One service for both listeners, so the Watch limits count every stream.
+        let health_service = listener::health_server(
+            reporter.clone(),
+            self.settings.server.max_health_watches,
+            self.settings.server.max_health_watches_per_connection,
+        );
         // The reporter starts out SERVING; nothing is served before the first database check
         // says so (report_health below).
         reporter.set_service_status("", ServingStatus::NotServing).await;
@@ -156,7 +159,11 @@ impl Application {
             background.clone(),
         ));
         tokio::spawn(report_health(self.vault.clone(), reporter.clone(), background.clone()));
-        tokio::spawn(sweep_expired_states(self.vault.clone(), background.clone()));
+        tokio::spawn(sweep_used_and_expired_states(
+            self.vault.clone(),
+            self.settings.vault.state_sweep_interval,
+            background.clone(),
+        ));
         if let Some(reloader) = self.keyring_reloader.take() {
             tokio::spawn(watch_keyring(
                 reloader,
@@ -173,13 +180,16 @@ impl Application {
             background.clone(),
         ));
 
-        if let Some(listener) = self.health_listener.take() {
-            let health = health_service.clone();
+        let accept_limits = listener::accept_limits(&self.settings.server);
+        if let Some(health_listener) = self.health_listener.take() {
+            let health = listener::builder(&self.settings.server).add_service(health_service.clone());
             let stop = background.clone();
             tokio::spawn(async move {
-                let served = tonic::transport::Server::builder()
-                    .add_service(health)
-                    .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
+                let served = health
+                    .serve_with_incoming_shutdown(
+                        listener::incoming(health_listener, accept_limits, Plaintext),
+                        stop.cancelled_owned(),
+                    )
                     .await;
                 if let Err(e) = served {
                     tracing::error!(error = %e, "the plaintext health listener failed");
@@ -206,13 +216,9 @@ impl Application {
                 let _ = stopping_tx.send(std::time::Instant::now());
             }
         };
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = self.tls.clone() {
-            builder = builder.tls_config(tls).context("configuring TLS (tls.*)")?;
-        }
-        let server = builder
+        let router = listener::builder(&self.settings.server)
             .trace_fn(crate::telemetry::rpc_span)
-            // Every call but health and reflection: who is calling, may it, is it over its limits.
+            // Every call but health: who is calling, may it, is it over its limits.
             .layer(AuthLayer::new(self.auth.clone(), audit.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -222,10 +228,19 @@ impl Application {
             .add_service(
                 TokenVaultServer::new(TokenVaultService::new(self.vault.clone(), audit))
                     .max_decoding_message_size(64 * 1024),
-            )
-            // serve_with_incoming ignores the builder's TCP settings: without TCP_NODELAY every
-            // small answer waits on Nagle's algorithm and the peer's delayed ACK (~40 ms).
-            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener).with_nodelay(Some(true)), signal);
+            );
+        // The listener runs the TLS handshake itself (listener::incoming), so that it is bounded
+        // in time and in number like everything else before authentication.
+        let server: BoxFuture<'static, Result<(), tonic::transport::Error>> = match self.tls.clone() {
+            Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                listener::incoming(self.listener, accept_limits, tokio_rustls::TlsAcceptor::from(tls)),
+                signal,
+            )),
+            None => Box::pin(
+                router
+                    .serve_with_incoming_shutdown(listener::incoming(self.listener, accept_limits, Plaintext), signal),
+            ),
+        };
         tokio::pin!(server);
         let stopping = futures::FutureExt::shared(async move { stopping_rx.await.ok() });
         // Graceful shutdown waits for in-flight calls; past the grace period they are cut off.
@@ -319,16 +334,19 @@ async fn count_connections(
     }
 }
 
-async fn sweep_expired_states(vault: Vault, stop: CancellationToken) {
+/// Deletes pending authorizations that can no longer be completed: expired ones, and used ones
+/// that older versions kept. Neither is needed for the answer to a late or repeated callback,
+/// which is INVALID_STATE for a missing row just as for a used or expired one.
+async fn sweep_used_and_expired_states(vault: Vault, every: Duration, stop: CancellationToken) {
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
-            _ = stop.cancelled() => return,
-        }
-        match vault.store().pending().delete_expired(KEEP_EXPIRED_STATES).await {
+        match vault.store().pending().delete_finished().await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "deleted expired pending authorizations"),
-            Err(e) => tracing::warn!(error = %e, "could not delete expired pending authorizations"),
+            Ok(n) => tracing::debug!(deleted = n, "deleted used and expired pending authorizations"),
+            Err(e) => tracing::warn!(error = %e, "could not delete used and expired pending authorizations"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
         }
     }
 }

@@ -1,7 +1,7 @@
-//! The tower layer in front of every gRPC service: lets health and reflection through, and
-//! for everything else identifies the caller, checks that its policy names the RPC, admits the
-//! call under the caller's limits and attaches the [`Caller`] for the handler. A refusal is
-//! answered here, counted in the audit trail, and never reaches a handler.
+//! The tower layer in front of every gRPC service: lets health through, and for everything
+//! else identifies the caller, checks that its policy names the RPC, admits the call under the
+//! caller's limits and attaches the [`Caller`] for the handler. A refusal is answered here,
+//! counted in the audit trail, and never reaches a handler.
 
 use std::{
     sync::Arc,
@@ -18,9 +18,15 @@ use crate::{
     vault::VaultError,
 };
 
-/// Services anyone may call: Kubernetes probes and `grpcurl list` carry no credentials.
-const PUBLIC_PREFIXES: [&str; 3] = [
-    "/grpc.health.v1.Health/",
+/// The service anyone may call: Kubernetes probes carry no credentials.
+const PUBLIC_PREFIX: &str = "/grpc.health.v1.Health/";
+
+/// Reflection needs a configured caller (any one: it lists the API, which every caller knows),
+/// or insecure-dev. Why not public: it is a bidirectional stream that lives as long as the
+/// client keeps it open, it hands the whole API to whoever asks, and nothing in a cluster needs
+/// it without credentials (probes use health; an operator's grpcurl can send a caller's token or
+/// certificate). So unauthenticated peers get health only.
+const REFLECTION_PREFIXES: [&str; 2] = [
     "/grpc.reflection.v1.ServerReflection/",
     "/grpc.reflection.v1alpha.ServerReflection/",
 ];
@@ -46,8 +52,14 @@ impl AuthLayer {
 
     /// The caller and its permit, or why the call is refused.
     fn admit<B>(&self, request: &http::Request<B>) -> Result<(Caller, super::Permit), VaultError> {
-        let rpc = Rpc::from_path(request.uri().path());
-        let rpc_name = rpc.map_or("unknown RPC", Rpc::name);
+        let path = request.uri().path();
+        let rpc = Rpc::from_path(path);
+        let reflection = REFLECTION_PREFIXES.iter().any(|p| path.starts_with(p));
+        let rpc_name = match rpc {
+            Some(rpc) => rpc.name(),
+            None if reflection => "ServerReflection",
+            None => "unknown RPC",
+        };
         let certs = request
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
@@ -66,7 +78,7 @@ impl AuthLayer {
             }
         };
         // An unknown method is refused like a forbidden one: its name is the caller's input.
-        if !rpc.is_some_and(|rpc| caller.allows_rpc(rpc)) {
+        if !reflection && !rpc.is_some_and(|rpc| caller.allows_rpc(rpc)) {
             self.audit.count(
                 AuditEvent::new(EventKind::Denied, caller.name(), "CALLER_NOT_ALLOWED")
                     .detail(format!("{rpc_name}: RPC not in policy")),
@@ -75,7 +87,7 @@ impl AuthLayer {
                 caller: caller.name().to_string(),
             });
         }
-        match caller.admit() {
+        match caller.admit(rpc) {
             Ok(permit) => Ok((caller, permit)),
             Err(refused) => {
                 let (why, retry_after) = match refused {
@@ -132,7 +144,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let path = request.uri().path();
-        if PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p)) {
+        if path.starts_with(PUBLIC_PREFIX) {
             return Box::pin(inner.call(request));
         }
         match self.layer.admit(&request) {

@@ -4,8 +4,9 @@
 //! it may use, and its limits cap its calls in flight and its rate. Default deny: an unknown
 //! caller gets UNAUTHENTICATED, a known one outside its policy PERMISSION_DENIED.
 //!
-//! [`AuthLayer`] applies this in front of every service but health and reflection; the tenant
-//! and provider checks happen in the handlers, once the request is parsed.
+//! [`AuthLayer`] applies this in front of every service but health (reflection needs a caller
+//! too, without an RPC check); the tenant and provider checks happen in the handlers, once the
+//! request is parsed.
 
 mod identity;
 mod layer;
@@ -20,7 +21,7 @@ use rustls::pki_types::CertificateDer;
 
 pub use identity::{hash_token, parse_token_hash};
 pub use layer::AuthLayer;
-pub use limit::{Permit, Refused};
+pub use limit::{Permit, Rate, Refused};
 pub use policy::{Policy, Rpc};
 
 use crate::{
@@ -62,8 +63,10 @@ impl Caller {
         &self.0.name
     }
 
-    pub fn admit(&self) -> Result<Permit, Refused> {
-        self.0.limits.admit()
+    /// Admits a call to `rpc` (None: a call outside the vault's RPCs, such as reflection) under
+    /// the caller's limits.
+    pub fn admit(&self, rpc: Option<Rpc>) -> Result<Permit, Refused> {
+        self.0.limits.admit(rpc)
     }
 
     /// The provider a request means (an empty name is the default provider).
@@ -132,6 +135,10 @@ impl Authenticator {
                  (local development only)",
             ));
         }
+        let default_begin = Rate {
+            per_second: settings.auth.default_begin_authorization_per_second,
+            burst: settings.auth.default_begin_authorization_burst,
+        };
         let known_providers: Vec<&str> = settings.providers.keys().map(String::as_str).collect();
         let mut auth = Self {
             callers: Vec::with_capacity(callers.len()),
@@ -210,10 +217,19 @@ impl Authenticator {
                 }
                 auth.tokens.push((hash, index));
             }
-            if c.max_concurrent_calls == Some(0) || c.requests_per_second == Some(0) || c.burst == Some(0) {
+            if [
+                c.max_concurrent_calls,
+                c.requests_per_second,
+                c.burst,
+                c.begin_authorization_per_second,
+                c.begin_authorization_burst,
+            ]
+            .contains(&Some(0))
+            {
                 return Err(invalid(
                     field,
-                    "max_concurrent_calls, requests_per_second and burst must be at least 1",
+                    "max_concurrent_calls, requests_per_second, burst, begin_authorization_per_second and \
+                     begin_authorization_burst must be at least 1",
                 ));
             }
             let policy = Policy::parse(
@@ -230,6 +246,17 @@ impl Authenticator {
                     .max(1),
                 c.requests_per_second,
                 c.burst,
+                Rate {
+                    per_second: c.begin_authorization_per_second.unwrap_or(default_begin.per_second),
+                    // A caller that sets only its rate gets a second's worth as its burst, as for
+                    // requests_per_second.
+                    burst: c
+                        .begin_authorization_burst
+                        .unwrap_or(match c.begin_authorization_per_second {
+                            Some(rate) => rate,
+                            None => default_begin.burst,
+                        }),
+                },
             );
             auth.callers.push(Caller::new(&c.name, policy, limits));
         }

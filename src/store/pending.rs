@@ -1,4 +1,6 @@
 //! Pending authorizations: begun by BeginAuthorization, consumed once by CompleteAuthorization.
+//! Bounded: at most `max_open` open per tenant and provider (the oldest give way), deleted when
+//! consumed, and swept once expired.
 
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -17,6 +19,8 @@ pub struct NewPendingAuthorization<'a> {
     pub scopes: &'a [String],
     pub pkce_verifier: Option<Vec<u8>>,
     pub expires_at: OffsetDateTime,
+    /// Open (unconsumed, unexpired) states this tenant and provider may have, this one included.
+    pub max_open: u32,
 }
 
 #[derive(Debug)]
@@ -34,8 +38,22 @@ impl<'a> PendingAuthorizations<'a> {
         Self { pool }
     }
 
+    /// Stores a new state and, in the same transaction, deletes the tenant's oldest open states
+    /// beyond `max_open`; returns how many were deleted. Giving way rather than refusing: a
+    /// customer who clicks "connect" again and again keeps getting working states, and only the
+    /// oldest, most likely abandoned ones stop working (INVALID_STATE on their callback).
     #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "INSERT pending_authorizations", db.system.name = "postgresql", db.operation.name = "INSERT", db.collection.name = "pending_authorizations"))]
-    pub async fn insert(&self, new: NewPendingAuthorization<'_>) -> Result<(), StoreError> {
+    pub async fn insert(&self, new: NewPendingAuthorization<'_>) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Serializes the begins of one tenant and provider, so that two at once can't each keep
+        // `max_open` of the others and end above it together. Released at commit.
+        sqlx::query!(
+            r#"SELECT 1 AS "locked!" FROM pg_advisory_xact_lock(hashtext($1), hashtext($2))"#,
+            new.tenant_id,
+            new.provider,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         sqlx::query!(
             r#"INSERT INTO pending_authorizations
                    (state_hash, tenant_id, provider, redirect_uri, scopes, pkce_verifier, expires_at)
@@ -48,19 +66,40 @@ impl<'a> PendingAuthorizations<'a> {
             new.pkce_verifier,
             new.expires_at,
         )
-        .execute(self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        // The new state is never among those deleted, whatever its created_at (the time its
+        // transaction began, possibly before a state committed ahead of it).
+        let keep_others = i64::from(new.max_open.max(1) - 1);
+        let superseded = sqlx::query!(
+            r#"DELETE FROM pending_authorizations
+                WHERE state_hash IN (
+                    SELECT state_hash FROM pending_authorizations
+                     WHERE tenant_id = $1 AND provider = $2 AND state_hash <> $3
+                       AND consumed_at IS NULL AND expires_at > now()
+                     ORDER BY created_at DESC, expires_at DESC
+                    OFFSET $4)"#,
+            new.tenant_id,
+            new.provider,
+            new.state_hash,
+            keep_others,
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(superseded)
     }
 
-    /// Marks the state used and returns it, if it exists, is unused and has not expired. One
-    /// statement, so two concurrent callbacks with the same state can't both succeed.
-    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPDATE pending_authorizations", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "pending_authorizations"))]
+    /// Deletes the state and returns it, if it exists, is unused and has not expired. One
+    /// statement, so two concurrent callbacks with the same state can't both succeed. Nothing
+    /// of a used state is kept: a repeated callback finds no row and gets INVALID_STATE, the
+    /// answer it got when used rows were kept (`consumed_at` is only set by older versions).
+    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "DELETE pending_authorizations", db.system.name = "postgresql", db.operation.name = "DELETE", db.collection.name = "pending_authorizations"))]
     pub async fn consume(&self, state_hash: &[u8]) -> Result<Option<PendingAuthorization>, StoreError> {
         let row = sqlx::query_as!(
             PendingAuthorization,
-            r#"UPDATE pending_authorizations
-                  SET consumed_at = now()
+            r#"DELETE FROM pending_authorizations
                 WHERE state_hash = $1 AND consumed_at IS NULL AND expires_at > now()
             RETURNING state_hash, tenant_id, provider, redirect_uri, scopes, pkce_verifier"#,
             state_hash,
@@ -70,15 +109,13 @@ impl<'a> PendingAuthorizations<'a> {
         Ok(row)
     }
 
-    /// Deletes flows that expired more than `keep` ago; returns how many.
-    pub async fn delete_expired(&self, keep: std::time::Duration) -> Result<u64, StoreError> {
-        let keep_secs = keep.as_secs_f64();
-        let done = sqlx::query!(
-            "DELETE FROM pending_authorizations WHERE expires_at < now() - make_interval(secs => $1)",
-            keep_secs,
-        )
-        .execute(self.pool)
-        .await?;
+    /// Deletes the states that can no longer be completed: expired, or used (rows of older
+    /// versions, which kept them); returns how many.
+    pub async fn delete_finished(&self) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query!("DELETE FROM pending_authorizations WHERE expires_at <= now() OR consumed_at IS NOT NULL")
+                .execute(self.pool)
+                .await?;
         Ok(done.rows_affected())
     }
 }

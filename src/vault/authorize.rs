@@ -82,6 +82,7 @@ impl Vault {
                 scopes: &scopes,
                 pkce_verifier: sealed_verifier,
                 expires_at,
+                max_open: self.inner.settings.max_open_states,
             })
             .await?;
         let challenge = verifier.as_ref().map(PkceVerifier::challenge);

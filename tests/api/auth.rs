@@ -273,7 +273,7 @@ async fn a_revoked_token_is_unauthenticated() {
 }
 
 #[tokio::test]
-async fn health_and_reflection_need_no_credentials() {
+async fn health_needs_no_credentials_and_reflection_needs_a_caller() {
     let app = bearer_app().await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
         .unwrap()
@@ -301,14 +301,31 @@ async fn health_and_reflection_need_no_credentials() {
         server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
         ServerReflectionRequest,
     };
-    let mut reflection = ServerReflectionClient::new(channel.clone());
-    let mut stream = reflection
-        .server_reflection_info(tokio_stream::iter([ServerReflectionRequest {
+    let list = || {
+        tokio_stream::iter([ServerReflectionRequest {
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),
-        }]))
+        }])
+    };
+    // Reflection is a long-lived stream that lists the whole API: not for anyone who reaches
+    // the port, but for any configured caller.
+    let err = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(list())
         .await
-        .expect("reflection answers without credentials")
+        .expect_err("reflection needs credentials");
+    assert_reason(&err, Code::Unauthenticated, "CALLER_UNKNOWN");
+    // team-b's policy names no RPC but GetAccessToken: reflection is not an RPC of the policy.
+    let authenticated = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let bearer = Bearer(Some("Bearer token-team-b".parse().unwrap()));
+    let mut reflection = ServerReflectionClient::with_interceptor(authenticated, bearer);
+    let mut stream = reflection
+        .server_reflection_info(list())
+        .await
+        .expect("reflection answers a configured caller")
         .into_inner();
     assert!(stream.next().await.unwrap().is_ok());
 

@@ -111,6 +111,9 @@ async fn rewrap_moves_every_value_to_the_new_key_and_the_old_key_can_be_removed(
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     app.get_token("acme").await.unwrap(); // a refresh: generation 2, history of two
     let pending = app.begin("pending-tenant").await; // a sealed PKCE verifier, not yet used
+                                                     // Completing a state deletes it, verifier and all: only states still pending hold one.
+    app.begin("pending-tenant-2").await;
+    app.begin("pending-tenant-3").await;
 
     let before = key_usage(&store).await.unwrap();
     assert!(before.values_under("key-a") >= 8, "{before:?}");

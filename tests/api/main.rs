@@ -13,6 +13,8 @@ mod grant_safety;
 mod helpers;
 mod hostile;
 mod keys;
+mod listener;
+mod pending;
 mod private_postgres;
 mod provider;
 mod refresh;

@@ -218,7 +218,7 @@ table per provider. Helm's toToml is not used because it writes
 every number as a float, which the vault's integer settings reject.
 */}}
 {{- define "token-vault.settingsToml" -}}
-{{- $types := dict "max_connections" "int" "cache_max_entries" "int" "max_attempts" "int" "max_margin_fraction" "float" "create_if_missing" "bool" "queue_capacity" "int" "max_aggregate_keys" "int" -}}
+{{- $types := dict "max_connections" "int" "cache_max_entries" "int" "max_attempts" "int" "max_margin_fraction" "float" "create_if_missing" "bool" "queue_capacity" "int" "max_aggregate_keys" "int" "max_concurrent_streams" "int" "max_health_watches" "int" "max_health_watches_per_connection" "int" "max_open_states" "int" -}}
 {{- $host := .Values.grpc.host -}}
 {{- if contains ":" $host }}{{ $host = printf "[%s]" $host }}{{ end -}}
 # Rendered by the token-vault Helm chart; edit the chart's values, not this file.
@@ -264,14 +264,14 @@ client_ca_file = {{ printf "%s/%s" $.Values.tls.mountPath . | toJson }}
 plaintext_health_listen = {{ printf "%s:%d" $host (int .Values.tls.healthPort) | toJson }}
 {{- end }}
 {{- $auth := .Values.settings.auth }}
-{{- $authTypes := dict "allow_bearer_without_tls" "bool" "default_max_concurrent_calls" "int" }}
+{{- $authTypes := dict "allow_bearer_without_tls" "bool" "default_max_concurrent_calls" "int" "default_begin_authorization_per_second" "int" "default_begin_authorization_burst" "int" }}
 
 [auth]
 mode = {{ $auth.mode | toJson }}
 {{- range $k, $v := omit $auth "mode" "callers" }}
 {{ $k }} = {{ include "token-vault.tomlScalar" (dict "value" $v "type" (get $authTypes $k)) }}
 {{- end }}
-{{- $callerTypes := dict "mtls_uris" "list" "mtls_dns_names" "list" "bearer_token_sha256" "list" "rpcs" "list" "providers" "list" "tenants" "list" "max_concurrent_calls" "int" "requests_per_second" "int" "burst" "int" }}
+{{- $callerTypes := dict "mtls_uris" "list" "mtls_dns_names" "list" "bearer_token_sha256" "list" "rpcs" "list" "providers" "list" "tenants" "list" "max_concurrent_calls" "int" "requests_per_second" "int" "burst" "int" "begin_authorization_per_second" "int" "begin_authorization_burst" "int" }}
 {{- range $auth.callers }}
 
 [[auth.callers]]

@@ -1,0 +1,38 @@
+//! Before authentication: how connections are accepted and how much each may hold before
+//! anyone knows who is calling. A connection cap and a handshake deadline (`accept`),
+//! HTTP/2 keepalive, a stream cap per connection and a call timeout (the tonic builder here),
+//! and bounded health Watch streams (`health`). Every bound is a `server.*` setting; see
+//! config/defaults.toml for the reasons behind the defaults and docs/security.md for the whole.
+
+mod accept;
+mod health;
+
+pub use accept::{incoming, AcceptLimits, Accepted, Handshake, Plaintext};
+pub use health::{health_server, LimitedHealth, HEALTH_WATCH_LIMITED};
+
+use crate::config::ServerSettings;
+
+/// A tonic server builder with `server.*`'s HTTP/2 bounds. Its TCP settings are not used: the
+/// connections come from [`incoming`], which sets them itself.
+pub fn builder(settings: &ServerSettings) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        // Dead peers (a pod gone without a FIN, a dropped route) are found and their
+        // connections, calls and slots freed.
+        .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout))
+        // Advertised to the client, which queues calls beyond it; a client that ignores it has
+        // the extra streams refused by the HTTP/2 layer.
+        .max_concurrent_streams(Some(settings.max_concurrent_streams))
+        // Until the answer starts: CANCELLED past it. A handler stuck on something that never
+        // answers can't hold its task forever.
+        .timeout(settings.call_timeout)
+}
+
+/// The accept loop's bounds from `server.*`.
+pub fn accept_limits(settings: &ServerSettings) -> AcceptLimits {
+    AcceptLimits {
+        max_connections: settings.max_connections as usize,
+        handshake_timeout: settings.handshake_timeout,
+        tcp_keepalive: settings.tcp_keepalive,
+    }
+}
