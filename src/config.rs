@@ -908,11 +908,11 @@ mod tests {
 
     fn load(extra: &str) -> Result<Settings, ConfigError> {
         let base = r#"
+mode = "development"
 [database]
 url = "postgres://x@127.0.0.1/x"
 [encryption]
 keyring = "k:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
-mode = "development"
 [auth]
 mode = "insecure-dev"
 [providers.understory]
