@@ -12,6 +12,7 @@ use token_vault::{
     audit::{Audit, AuditEvent, EventKind},
     auth::{hash_token, Authenticator, Rpc},
     config::Settings,
+    connection_key::ConnectionKey,
     store::{PoolOptions, Store},
 };
 
@@ -71,9 +72,8 @@ fn authentication(c: &mut Criterion) {
             let caller = auth.identify(black_box(&headers), None).expect("known");
             assert!(caller.allows_rpc(Rpc::GetAccessToken));
             let permit = caller.admit(Some(Rpc::GetAccessToken)).expect("within limits");
-            caller
-                .authorize("understory", black_box("team-9-acme"))
-                .expect("allowed");
+            let key = ConnectionKey::from_stored(black_box("team-9-acme"), "understory");
+            caller.may_use(&key).expect("allowed");
             drop(permit);
         })
     });
@@ -86,9 +86,8 @@ fn authentication(c: &mut Criterion) {
                 .map_err(|u| u.detail)
                 .expect("known");
             let permit = caller.admit(Some(Rpc::GetAccessToken)).expect("within limits");
-            caller
-                .authorize("understory", black_box("team-9-acme"))
-                .expect("allowed");
+            let key = ConnectionKey::from_stored(black_box("team-9-acme"), "understory");
+            caller.may_use(&key).expect("allowed");
             drop(permit);
         })
     });

@@ -14,6 +14,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod connection_key;
 pub mod crypto;
 #[doc(hidden)]
 // The fuzz targets' logic: compiled for the unit tests (which replay the corpus on stable) and
@@ -21,6 +22,7 @@ pub mod crypto;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod keys;
+mod layers;
 pub mod listener;
 pub mod metrics;
 pub mod oauth;

@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
-    api::TokenVaultService,
+    api::{AuthLayer, TokenVaultService},
     audit::Audit,
-    auth::{AuthLayer, Authenticator},
+    auth::Authenticator,
     config::{AuthMode, Settings},
     crypto::SharedKeyring,
     keys::{load_keyring, watch_keyring, KeyringReloader},

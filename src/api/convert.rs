@@ -11,7 +11,7 @@ use crate::{
     proto,
     vault::{
         AccessToken, AccessTokenRequest, AuthorizationCompleted, AuthorizationStarted, BeginAuthorization,
-        ConnectionInfo, TenantId, VaultError,
+        ConnectionInfo, ConnectionRequest, TenantId, VaultError,
     },
 };
 
@@ -21,11 +21,15 @@ const MAX_REDIRECT_URI_LEN: usize = 2048;
 /// The largest `min_valid_for` that makes sense: a token is never valid for longer than a day.
 const MAX_MIN_VALID_FOR: Duration = Duration::from_secs(24 * 3600);
 
-fn provider(name: String) -> Result<String, VaultError> {
-    if name.len() > MAX_PROVIDER_LEN {
+/// The connection a request names, validated; the provider is resolved later, by the vault.
+fn connection(tenant_id: &str, provider: String) -> Result<ConnectionRequest, VaultError> {
+    if provider.len() > MAX_PROVIDER_LEN {
         return Err(VaultError::invalid("provider", "is too long"));
     }
-    Ok(name)
+    Ok(ConnectionRequest {
+        tenant_id: TenantId::parse(tenant_id, "tenant_id")?,
+        provider,
+    })
 }
 
 fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
@@ -35,19 +39,21 @@ fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
     }
 }
 
-impl TryFrom<proto::BeginAuthorizationRequest> for BeginAuthorization {
+impl TryFrom<proto::BeginAuthorizationRequest> for (ConnectionRequest, BeginAuthorization) {
     type Error = VaultError;
 
     fn try_from(req: proto::BeginAuthorizationRequest) -> Result<Self, Self::Error> {
+        let asked = connection(&req.tenant_id, req.provider)?;
         if req.redirect_uri.len() > MAX_REDIRECT_URI_LEN {
             return Err(VaultError::invalid("redirect_uri", "is too long"));
         }
-        Ok(Self {
-            tenant_id: TenantId::parse(&req.tenant_id, "tenant_id")?,
-            provider: provider(req.provider)?,
-            scopes: req.scopes,
-            redirect_uri: req.redirect_uri,
-        })
+        Ok((
+            asked,
+            BeginAuthorization {
+                scopes: req.scopes,
+                redirect_uri: req.redirect_uri,
+            },
+        ))
     }
 }
 
@@ -92,10 +98,11 @@ impl From<AuthorizationCompleted> for proto::CompleteAuthorizationResponse {
     }
 }
 
-impl TryFrom<proto::GetAccessTokenRequest> for AccessTokenRequest {
+impl TryFrom<proto::GetAccessTokenRequest> for (ConnectionRequest, AccessTokenRequest) {
     type Error = VaultError;
 
     fn try_from(req: proto::GetAccessTokenRequest) -> Result<Self, Self::Error> {
+        let asked = connection(&req.tenant_id, req.provider)?;
         let min_valid_for = req
             .min_valid_for
             .map(|d| {
@@ -105,11 +112,7 @@ impl TryFrom<proto::GetAccessTokenRequest> for AccessTokenRequest {
                     .ok_or_else(|| VaultError::invalid("min_valid_for", "must be between 0 and 24 hours"))
             })
             .transpose()?;
-        Ok(Self {
-            tenant_id: TenantId::parse(&req.tenant_id, "tenant_id")?,
-            provider: provider(req.provider)?,
-            min_valid_for,
-        })
+        Ok((asked, AccessTokenRequest { min_valid_for }))
     }
 }
 
@@ -125,8 +128,8 @@ impl From<AccessToken> for proto::GetAccessTokenResponse {
     }
 }
 
-pub fn connection_request(req: proto::GetConnectionRequest) -> Result<(TenantId, String), VaultError> {
-    Ok((TenantId::parse(&req.tenant_id, "tenant_id")?, provider(req.provider)?))
+pub fn connection_request(req: proto::GetConnectionRequest) -> Result<ConnectionRequest, VaultError> {
+    connection(&req.tenant_id, req.provider)
 }
 
 impl From<ConnectionInfo> for proto::GetConnectionResponse {

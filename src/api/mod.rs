@@ -4,22 +4,24 @@
 //! status code is recorded on its RPC span.
 
 mod convert;
+mod layer;
 mod status;
 
-use std::{sync::OnceLock, time::Instant};
+use std::{future::Future, time::Instant};
 
 use tonic::{Request, Response, Status};
 
 use crate::{
     audit::{Audit, AuditEvent, EventKind},
-    auth::{Caller, Rpc},
+    auth::{Caller, Denied, Rpc},
     metrics::{self, kv},
     proto::{self, token_vault_server::TokenVault},
     telemetry::record_status,
-    vault::{AccessTokenRequest, BeginAuthorization, TokenSource, Vault, VaultError},
+    vault::{AccessTokenRequest, BeginAuthorization, ConnectionKey, ConnectionRequest, TokenSource, Vault, VaultError},
 };
 
-pub use status::{code as status_code, to_status, ERROR_DOMAIN};
+pub use layer::AuthLayer;
+pub use status::{code as status_code, to_status, CallError, ERROR_DOMAIN};
 
 pub struct TokenVaultService {
     vault: Vault,
@@ -32,8 +34,8 @@ impl TokenVaultService {
     }
 }
 
-/// Turns a flow's result into the RPC's, recording the status code on the RPC span.
-fn respond<T, U: From<T>>(result: Result<T, VaultError>) -> Result<Response<U>, Status> {
+/// Turns a call's result into the RPC's, recording the status code on the RPC span.
+fn respond<T, U: From<T>>(result: Result<T, CallError>) -> Result<Response<U>, Status> {
     match result {
         Ok(value) => {
             record_status(tonic::Code::Ok);
@@ -51,12 +53,37 @@ fn respond<T, U: From<T>>(result: Result<T, VaultError>) -> Result<Response<U>, 
 fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     request.extensions().get::<Caller>().cloned().ok_or_else(|| {
         record_status(tonic::Code::Unauthenticated);
-        to_status(VaultError::CallerUnknown)
+        to_status(Denied::Unknown.into())
     })
 }
 
-fn outcome<T>(result: &Result<T, VaultError>) -> &'static str {
-    result.as_ref().map_or_else(VaultError::reason, |_| "ok")
+fn outcome<T>(result: &Result<T, CallError>) -> &'static str {
+    result.as_ref().map_or_else(CallError::reason, |_| "ok")
+}
+
+impl TokenVaultService {
+    /// The ladder every call on one connection climbs: the request parsed (INVALID_ARGUMENT
+    /// naming the field), its connection resolved (the default provider for an empty name),
+    /// the caller's policy checked for that connection, then the flow. `event` learns the
+    /// tenant and provider as soon as they are known, for the audit trail.
+    async fn on_connection<O, T, F, Fut>(
+        &self,
+        caller: &Caller,
+        parsed: Result<(ConnectionRequest, O), VaultError>,
+        event: &mut AuditEvent,
+        flow: F,
+    ) -> Result<T, CallError>
+    where
+        F: FnOnce(ConnectionKey, O) -> Fut,
+        Fut: Future<Output = Result<T, VaultError>>,
+    {
+        let (asked, options) = parsed?;
+        event.tenant_id = Some(asked.tenant_id.as_str().into());
+        let key = self.vault.connection_key(asked)?;
+        event.provider = Some(key.provider().as_str().into());
+        caller.may_use(&key)?;
+        Ok(flow(key, options).await?)
+    }
 }
 
 #[tonic::async_trait]
@@ -67,17 +94,12 @@ impl TokenVault for TokenVaultService {
     ) -> Result<Response<proto::BeginAuthorizationResponse>, Status> {
         let caller = caller(&request)?;
         let mut event = AuditEvent::new(EventKind::BeginAuthorization, caller.name(), "ok");
-        let result = match BeginAuthorization::try_from(request.into_inner()) {
-            Ok(req) => {
-                let (tenant, provider) = (req.tenant_id.as_str(), caller.provider(&req.provider));
-                event = event.tenant(tenant).provider(provider);
-                match caller.authorize(provider, tenant) {
-                    Ok(()) => self.vault.begin_authorization(req).await,
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        };
+        let parsed = <(ConnectionRequest, BeginAuthorization)>::try_from(request.into_inner());
+        let result = self
+            .on_connection(&caller, parsed, &mut event, |key, options| async move {
+                self.vault.begin_authorization(&key, options).await
+            })
+            .await;
         self.record(event, &result, Rpc::BeginAuthorization);
         respond(result)
     }
@@ -87,22 +109,19 @@ impl TokenVault for TokenVaultService {
         request: Request<proto::CompleteAuthorizationRequest>,
     ) -> Result<Response<proto::CompleteAuthorizationResponse>, Status> {
         let caller = caller(&request)?;
-        // The tenant and provider are the state's; the vault shows them to the policy check.
-        let issued_for = OnceLock::new();
-        let result = match convert::callback(request.into_inner()) {
-            Ok(callback) => {
-                let check = |tenant: &str, provider: &str| {
-                    let _ = issued_for.set((tenant.to_owned(), provider.to_owned()));
-                    caller.authorize(provider, tenant)
-                };
-                self.vault.complete_authorization_for(callback, check).await
-            }
-            Err(e) => Err(e),
-        };
         let mut event = AuditEvent::new(EventKind::CompleteAuthorization, caller.name(), "ok");
-        if let Some((tenant, provider)) = issued_for.into_inner() {
-            event = event.tenant(tenant).provider(provider);
+        // The connection is the state's: the state is spent first, then the caller's policy is
+        // checked against the connection it was issued for, then the code is exchanged.
+        let result = async {
+            let callback = convert::callback(request.into_inner())?;
+            let consumed = self.vault.consume_state(callback).await?;
+            let key = consumed.key();
+            event.tenant_id = Some(key.tenant().as_str().into());
+            event.provider = Some(key.provider().as_str().into());
+            caller.may_use(key)?;
+            Ok::<_, CallError>(self.vault.exchange_code(consumed).await?)
         }
+        .await;
         self.record(event, &result, Rpc::CompleteAuthorization);
         respond(result)
     }
@@ -114,17 +133,12 @@ impl TokenVault for TokenVaultService {
         let caller = caller(&request)?;
         let deadline = convert::deadline(request.metadata(), Instant::now());
         let mut event = AuditEvent::new(EventKind::GetAccessToken, caller.name(), "ok");
-        let result = match AccessTokenRequest::try_from(request.into_inner()) {
-            Ok(req) => {
-                let (tenant, provider) = (req.tenant_id.as_str(), caller.provider(&req.provider));
-                event = event.tenant(tenant).provider(provider);
-                match caller.authorize(provider, tenant) {
-                    Ok(()) => self.vault.get_access_token(req, deadline).await,
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        };
+        let parsed = <(ConnectionRequest, AccessTokenRequest)>::try_from(request.into_inner());
+        let result = self
+            .on_connection(&caller, parsed, &mut event, |key, options| {
+                self.vault.get_access_token(key, options, deadline)
+            })
+            .await;
         let (outcome, source) = match &result {
             Ok((_, source)) => ("ok", source.as_str()),
             Err(e) => (e.reason(), ""),
@@ -142,19 +156,14 @@ impl TokenVault for TokenVaultService {
     ) -> Result<Response<proto::GetConnectionResponse>, Status> {
         let caller = caller(&request)?;
         let mut event = AuditEvent::new(EventKind::GetConnection, caller.name(), "ok");
-        let result = match convert::connection_request(request.into_inner()) {
-            Ok((tenant_id, provider)) => {
-                let provider = caller.provider(&provider);
-                event = event.tenant(tenant_id.as_str()).provider(provider);
-                match caller.authorize(provider, tenant_id.as_str()) {
-                    Ok(()) => self.vault.get_connection(&tenant_id, provider).await,
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        };
+        let parsed = convert::connection_request(request.into_inner()).map(|asked| (asked, ()));
+        let result = self
+            .on_connection(&caller, parsed, &mut event, |key, ()| async move {
+                self.vault.get_connection(&key).await
+            })
+            .await;
         match &result {
-            Err(VaultError::CallerNotAllowed { .. }) => self.count_denied_event(event, Rpc::GetConnection),
+            Err(CallError::Denied(Denied::NotAllowed { .. })) => self.count_denied_event(event, Rpc::GetConnection),
             _ => self.audit.count(AuditEvent {
                 outcome: outcome(&result),
                 ..event
@@ -167,9 +176,9 @@ impl TokenVault for TokenVaultService {
 impl TokenVaultService {
     /// BeginAuthorization and CompleteAuthorization: one row each; a policy refusal is counted
     /// with the other refusals.
-    fn record<T>(&self, event: AuditEvent, result: &Result<T, VaultError>, rpc: Rpc) {
+    fn record<T>(&self, event: AuditEvent, result: &Result<T, CallError>, rpc: Rpc) {
         match result {
-            Err(VaultError::CallerNotAllowed { .. }) => self.count_denied_event(event, rpc),
+            Err(CallError::Denied(Denied::NotAllowed { .. })) => self.count_denied_event(event, rpc),
             _ => self.audit.record(AuditEvent {
                 outcome: outcome(result),
                 ..event
@@ -188,7 +197,7 @@ impl TokenVaultService {
 
     /// GetAccessToken is the hot path: counted, never written per call. What a caller saw of
     /// a refresh or of a dead connection is also recorded once as its own event.
-    fn audit_access(&self, event: AuditEvent, result: &Result<(crate::vault::AccessToken, TokenSource), VaultError>) {
+    fn audit_access(&self, event: AuditEvent, result: &Result<(crate::vault::AccessToken, TokenSource), CallError>) {
         match result {
             Ok((token, source)) => {
                 if *source == TokenSource::Refresh {
@@ -200,9 +209,9 @@ impl TokenVaultService {
                 }
                 self.audit.count(event.detail(source.as_str()));
             }
-            Err(VaultError::CallerNotAllowed { .. }) => self.count_denied_event(event, Rpc::GetAccessToken),
+            Err(CallError::Denied(Denied::NotAllowed { .. })) => self.count_denied_event(event, Rpc::GetAccessToken),
             Err(e) => {
-                if let VaultError::ReauthorizationRequired { reason } = e {
+                if let CallError::Vault(VaultError::ReauthorizationRequired { reason }) = e {
                     self.audit.record_once(AuditEvent {
                         kind: EventKind::ReauthorizationRequired,
                         outcome: e.reason(),

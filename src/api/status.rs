@@ -1,17 +1,57 @@
-//! The one place where vault errors become gRPC statuses: a code, a stable reason in a
-//! `google.rpc.ErrorInfo` (domain `tokenvault`), and for bad input a `google.rpc.BadRequest`
-//! naming the field. Internal failures are logged with an id that the caller also sees.
+//! The one place where errors become gRPC statuses: the vault's ([`VaultError`]) and auth's
+//! ([`Denied`]), each with a code, a stable reason in a `google.rpc.ErrorInfo` (domain
+//! `tokenvault`), and for bad input a `google.rpc.BadRequest` naming the field. Internal
+//! failures are logged with an id that the caller also sees.
 
 use std::collections::HashMap;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::vault::VaultError;
+use crate::{auth::Denied, vault::VaultError};
 
 pub const ERROR_DOMAIN: &str = "tokenvault";
 
-pub fn code(e: &VaultError) -> Code {
+/// How a call can fail: refused by auth before or after its request was read, or ended by a
+/// flow.
+#[derive(Debug, Clone)]
+pub enum CallError {
+    Denied(Denied),
+    Vault(VaultError),
+}
+
+impl From<Denied> for CallError {
+    fn from(e: Denied) -> Self {
+        CallError::Denied(e)
+    }
+}
+
+impl From<VaultError> for CallError {
+    fn from(e: VaultError) -> Self {
+        CallError::Vault(e)
+    }
+}
+
+impl CallError {
+    /// The stable reason code, as documented in the proto.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CallError::Denied(e) => e.reason(),
+            CallError::Vault(e) => e.reason(),
+        }
+    }
+}
+
+pub fn code(e: &CallError) -> Code {
+    match e {
+        CallError::Denied(Denied::Unknown) => Code::Unauthenticated,
+        CallError::Denied(Denied::NotAllowed { .. }) => Code::PermissionDenied,
+        CallError::Denied(Denied::RateLimited { .. }) => Code::ResourceExhausted,
+        CallError::Vault(e) => vault_code(e),
+    }
+}
+
+fn vault_code(e: &VaultError) -> Code {
     match e {
         VaultError::InvalidArgument { .. } => Code::InvalidArgument,
         VaultError::InvalidState
@@ -27,15 +67,34 @@ pub fn code(e: &VaultError) -> Code {
             Code::Internal
         }
         VaultError::DeadlineExceeded => Code::DeadlineExceeded,
-        VaultError::CallerUnknown => Code::Unauthenticated,
-        VaultError::CallerNotAllowed { .. } => Code::PermissionDenied,
-        VaultError::CallerRateLimited { .. } => Code::ResourceExhausted,
     }
 }
 
-pub fn to_status(e: VaultError) -> Status {
+pub fn to_status(e: CallError) -> Status {
     let mut metadata = HashMap::new();
     let mut details = ErrorDetails::new();
+    let (code, reason) = (code(&e), e.reason());
+    let e = match e {
+        CallError::Denied(denied) => {
+            let message = denied.to_string();
+            match denied {
+                Denied::Unknown => {}
+                Denied::NotAllowed { caller } => {
+                    metadata.insert("caller".to_owned(), caller);
+                }
+                Denied::RateLimited { caller, retry_after } => {
+                    metadata.insert("caller".to_owned(), caller);
+                    if let Some(after) = retry_after {
+                        metadata.insert("retry_after_ms".to_owned(), after.as_millis().to_string());
+                        details.set_retry_info(Some(after));
+                    }
+                }
+            }
+            details.set_error_info(reason, ERROR_DOMAIN, metadata);
+            return Status::with_error_details(code, message, details);
+        }
+        CallError::Vault(e) => e,
+    };
     let mut message = e.to_string();
     match &e {
         VaultError::InvalidArgument { field, description } => {
@@ -63,16 +122,6 @@ pub fn to_status(e: VaultError) -> Status {
                        configuration"
                 .into();
         }
-        VaultError::CallerNotAllowed { caller } => {
-            metadata.insert("caller".to_owned(), caller.clone());
-        }
-        VaultError::CallerRateLimited { caller, retry_after } => {
-            metadata.insert("caller".to_owned(), caller.clone());
-            if let Some(after) = retry_after {
-                metadata.insert("retry_after_ms".to_owned(), after.as_millis().to_string());
-                details.set_retry_info(Some(*after));
-            }
-        }
         VaultError::Internal(internal) => {
             let error_id = uuid::Uuid::new_v4().to_string();
             tracing::error!(%error_id, error = %internal, "internal error");
@@ -81,6 +130,6 @@ pub fn to_status(e: VaultError) -> Status {
         }
         _ => {}
     }
-    details.set_error_info(e.reason(), ERROR_DOMAIN, metadata);
-    Status::with_error_details(code(&e), message, details)
+    details.set_error_info(reason, ERROR_DOMAIN, metadata);
+    Status::with_error_details(code, message, details)
 }

@@ -4,12 +4,13 @@
 //! it may use, and its limits cap its calls in flight and its rate. Default deny: an unknown
 //! caller gets UNAUTHENTICATED, a known one outside its policy PERMISSION_DENIED.
 //!
-//! [`AuthLayer`] applies this in front of every service but health (reflection needs a caller
-//! too, without an RPC check); the tenant and provider checks happen in the handlers, once the
-//! request is parsed.
+//! The API's tower layer (`api::layer`) applies this in front of every service but health
+//! (reflection needs a caller too, without an RPC check); the connection check
+//! ([`Caller::may_use`]) happens in the handlers, once the request is parsed. Refusals are
+//! [`Denied`], auth's own error.
 
+mod denied;
 mod identity;
-mod layer;
 mod limit;
 mod policy;
 pub mod tls;
@@ -19,14 +20,14 @@ use std::{collections::HashMap, fmt, sync::Arc};
 use http::HeaderMap;
 use rustls::pki_types::CertificateDer;
 
+pub use denied::Denied;
 pub use identity::{hash_token, parse_token_hash};
-pub use layer::AuthLayer;
 pub use limit::{Permit, Rate, Refused};
 pub use policy::{Policy, Rpc};
 
 use crate::{
     config::{invalid, AuthMode, ConfigError, Settings},
-    vault::VaultError,
+    connection_key::ConnectionKey,
 };
 use identity::{SanKind, TokenHash};
 use limit::Limits;
@@ -69,21 +70,16 @@ impl Caller {
         self.0.limits.admit(rpc)
     }
 
-    /// The provider a request means (an empty name is the default provider).
-    pub fn provider<'a>(&'a self, requested: &'a str) -> &'a str {
-        self.0.policy.resolve(requested)
-    }
-
     pub fn allows_rpc(&self, rpc: Rpc) -> bool {
         self.0.policy.allows_rpc(rpc)
     }
 
-    /// The handlers' check, once tenant and provider are known.
-    pub fn authorize(&self, provider: &str, tenant: &str) -> Result<(), VaultError> {
-        if self.0.policy.allows(provider, tenant) {
+    /// The handlers' check, once the connection a call touches is known.
+    pub fn may_use(&self, key: &ConnectionKey) -> Result<(), Denied> {
+        if self.0.policy.allows(key) {
             Ok(())
         } else {
-            Err(VaultError::CallerNotAllowed {
+            Err(Denied::NotAllowed {
                 caller: self.0.name.to_string(),
             })
         }
@@ -122,7 +118,7 @@ impl Authenticator {
                 tokens: Vec::new(),
                 insecure: Some(Caller::new(
                     INSECURE_DEV_CALLER,
-                    Policy::allow_all(settings.default_provider()),
+                    Policy::allow_all(),
                     Limits::unlimited(),
                 )),
             });
@@ -232,14 +228,7 @@ impl Authenticator {
                      begin_authorization_burst must be at least 1",
                 ));
             }
-            let policy = Policy::parse(
-                &field,
-                &c.rpcs,
-                &c.providers,
-                &c.tenants,
-                &known_providers,
-                settings.default_provider(),
-            )?;
+            let policy = Policy::parse(&field, &c.rpcs, &c.providers, &c.tenants, &known_providers)?;
             let limits = Limits::new(
                 c.max_concurrent_calls
                     .unwrap_or(settings.auth.default_max_concurrent_calls)

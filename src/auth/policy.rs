@@ -3,7 +3,10 @@
 
 use std::collections::HashSet;
 
-use crate::config::{invalid, ConfigError};
+use crate::{
+    config::{invalid, ConfigError},
+    connection_key::ConnectionKey,
+};
 
 /// The vault's RPCs, as named in policies and in the audit trail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,14 +75,11 @@ pub struct Policy {
     rpcs: u8,
     providers: Names,
     tenants: Tenants,
-    /// What an empty `provider` in a request means, so that a caller limited to some providers
-    /// can't reach another one by leaving the field empty.
-    default_provider: Option<String>,
 }
 
 impl Policy {
     /// Everything: only for `auth.mode = "insecure-dev"`.
-    pub fn allow_all(default_provider: Option<String>) -> Self {
+    pub fn allow_all() -> Self {
         Self {
             rpcs: u8::MAX,
             providers: Names::Any,
@@ -87,15 +87,6 @@ impl Policy {
                 any: true,
                 ..Default::default()
             },
-            default_provider,
-        }
-    }
-
-    /// The provider a request means: its own, or the default for an empty one.
-    pub fn resolve<'a>(&'a self, provider: &'a str) -> &'a str {
-        match (provider, &self.default_provider) {
-            ("", Some(default)) => default,
-            _ => provider,
         }
     }
 
@@ -106,7 +97,6 @@ impl Policy {
         providers: &[String],
         tenants: &[String],
         known_providers: &[&str],
-        default_provider: Option<String>,
     ) -> Result<Self, ConfigError> {
         let mut rpc_bits = 0u8;
         for name in rpcs {
@@ -155,7 +145,6 @@ impl Policy {
             rpcs: rpc_bits,
             providers,
             tenants: parsed,
-            default_provider,
         })
     }
 
@@ -163,18 +152,15 @@ impl Policy {
         self.rpcs & rpc.bit() != 0
     }
 
-    /// Whether the caller may touch `tenant` at `provider` (empty means the default provider).
-    /// An empty provider with no default is let through: the vault rejects it as invalid.
-    pub fn allows(&self, provider: &str, tenant: &str) -> bool {
+    /// Whether the caller may touch the connection. The key's provider is already resolved
+    /// (an empty name in a request is the default provider), so a caller limited to some
+    /// providers can't reach another one by leaving the field empty.
+    pub fn allows(&self, key: &ConnectionKey) -> bool {
         let provider_ok = match &self.providers {
             Names::Any => true,
-            // Still empty: no default, and the vault will reject the request as invalid.
-            Names::Listed(names) => match self.resolve(provider) {
-                "" => true,
-                resolved => names.contains(resolved),
-            },
+            Names::Listed(names) => names.contains(key.provider().as_str()),
         };
-        provider_ok && self.tenants.allows(tenant)
+        provider_ok && self.tenants.allows(key.tenant().as_str())
     }
 }
 
@@ -193,34 +179,39 @@ mod tests {
             &strings(providers),
             &strings(tenants),
             &["understory", "other"],
-            Some("understory".into()),
         )
+    }
+
+    fn key(provider: &str, tenant: &str) -> ConnectionKey {
+        ConnectionKey::from_stored(tenant, provider)
     }
 
     #[test]
     fn tenants_match_exactly_or_by_prefix() {
         let p = policy(&["GetAccessToken"], &["*"], &["acme", "team-a-*"]).unwrap();
-        assert!(p.allows("", "acme"));
-        assert!(p.allows("", "team-a-42"));
-        assert!(!p.allows("", "acme-2"));
-        assert!(!p.allows("", "team-b-1"));
+        assert!(p.allows(&key("understory", "acme")));
+        assert!(p.allows(&key("understory", "team-a-42")));
+        assert!(!p.allows(&key("understory", "acme-2")));
+        assert!(!p.allows(&key("understory", "team-b-1")));
         assert!(p.allows_rpc(Rpc::GetAccessToken));
         assert!(!p.allows_rpc(Rpc::BeginAuthorization));
     }
 
     #[test]
-    fn an_empty_provider_is_the_default_one() {
+    fn only_listed_providers_are_allowed() {
         let p = policy(&["*"], &["other"], &["*"]).unwrap();
-        assert!(p.allows("other", "x"));
-        assert!(!p.allows("understory", "x"));
-        assert!(!p.allows("", "x"), "the default provider is not in the list");
+        assert!(p.allows(&key("other", "x")));
+        assert!(
+            !p.allows(&key("understory", "x")),
+            "the default provider is not in the list"
+        );
     }
 
     #[test]
     fn nothing_listed_allows_nothing() {
         let p = policy(&[], &[], &[]).unwrap();
         assert!(Rpc::ALL.iter().all(|r| !p.allows_rpc(*r)));
-        assert!(!p.allows("understory", "acme"));
+        assert!(!p.allows(&key("understory", "acme")));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use secrecy::SecretString;
 use zeroize::Zeroizing;
 
 use super::{KeyId, Keyring};
+use crate::connection_key::ConnectionKey;
 
 const FORMAT_V1: u8 = 1;
 const NONCE_LEN: usize = 12;
@@ -54,6 +55,13 @@ pub struct Aad<'a> {
 }
 
 impl<'a> Aad<'a> {
+    /// The associated data of a connection's token at `generation`.
+    pub fn for_connection(purpose: Purpose, key: &'a ConnectionKey, generation: i64) -> Self {
+        Self::for_generation(purpose, key.tenant().as_str(), key.provider().as_str(), generation)
+    }
+
+    /// The same from the stored tenant and provider of a row (for `keys rewrap`, which reads
+    /// rows, not requests).
     pub fn for_generation(purpose: Purpose, tenant_id: &'a str, provider: &'a str, generation: i64) -> Self {
         Self {
             purpose,

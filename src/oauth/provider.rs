@@ -1,66 +1,9 @@
-//! A provider's validated configuration and the authorization URL built from it.
+//! The authorization URL and the requested scopes, built from a provider's resolved
+//! configuration (`config::ProviderConfig`, which `config` validates).
 
-use std::{collections::BTreeMap, time::Duration};
-
-use secrecy::SecretString;
-use serde::Deserialize;
 use url::Url;
 
-/// How the vault authenticates to the token endpoint (RFC 6749 §2.3.1). Hydra holds one per
-/// client and rejects the other with `invalid_client`, so it must match the registration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthMethod {
-    /// `client_id` and `client_secret` in the form body (Understory's guide).
-    ClientSecretPost,
-    /// HTTP Basic with the form-urlencoded id and secret (Hydra's default).
-    ClientSecretBasic,
-}
-
-#[derive(Clone)]
-pub struct ProviderConfig {
-    pub name: String,
-    pub authorization_endpoint: Url,
-    pub token_endpoint: Url,
-    pub client_id: String,
-    pub client_secret: SecretString,
-    pub auth_method: AuthMethod,
-    pub audience: Option<String>,
-    pub audience_parameter: String,
-    pub extra_authorization_params: BTreeMap<String, String>,
-    pub default_scopes: Vec<String>,
-    pub offline_scope: Option<String>,
-    pub redirect_uris: Vec<Url>,
-    pub pkce: bool,
-    pub user_agent: String,
-    pub request_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub assumed_token_lifetime: Duration,
-}
-
-impl std::fmt::Debug for ProviderConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProviderConfig")
-            .field("name", &self.name)
-            .field("authorization_endpoint", &self.authorization_endpoint.as_str())
-            .field("token_endpoint", &self.token_endpoint.as_str())
-            .field("client_id", &self.client_id)
-            .field("client_secret", &"[redacted]")
-            .field("auth_method", &self.auth_method)
-            .field("audience", &self.audience)
-            .field("pkce", &self.pkce)
-            .finish_non_exhaustive()
-    }
-}
-
-/// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
-pub fn is_valid_scope(scope: &str) -> bool {
-    !scope.is_empty()
-        && scope.len() <= 256
-        && scope
-            .bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
-}
+pub use crate::config::{is_valid_scope, AuthMethod, ProviderConfig};
 
 /// What one authorization request asks for.
 pub struct AuthorizationRequest<'a> {
@@ -128,6 +71,10 @@ impl ProviderConfig {
 
 #[cfg(test)]
 mod tests {
+    use std::{collections::BTreeMap, time::Duration};
+
+    use secrecy::SecretString;
+
     use super::*;
 
     fn provider() -> ProviderConfig {

@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::StoreError;
+use crate::connection_key::ConnectionKey;
 
 pub struct Connections<'a> {
     pool: &'a PgPool,
@@ -72,15 +73,15 @@ impl<'a> Connections<'a> {
 
     /// The hot path's one query.
     #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "SELECT connections", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "connections"))]
-    pub async fn find(&self, tenant_id: &str, provider: &str) -> Result<Option<ConnectionRow>, StoreError> {
+    pub async fn find(&self, key: &ConnectionKey) -> Result<Option<ConnectionRow>, StoreError> {
         let row = sqlx::query_as!(
             ConnectionRow,
             r#"SELECT id, tenant_id, provider, status, status_reason, status_changed_at, scopes, generation,
                       token_type, access_token, access_token_issued_at, access_token_expires_at,
                       authorized_at, refreshed_at
                  FROM connections WHERE tenant_id = $1 AND provider = $2"#,
-            tenant_id,
-            provider,
+            key.tenant().as_str(),
+            key.provider().as_str(),
         )
         .fetch_optional(self.pool)
         .await?;
@@ -100,103 +101,102 @@ impl<'a> Connections<'a> {
         Ok(row)
     }
 
-    /// Stores the tokens of a completed authorization: creates the connection, or replaces the
-    /// grant of an existing one (its old refresh tokens are kept, marked superseded). `seal`
-    /// receives the generation the tokens will be written at, since their associated data
-    /// binds it. Returns the connection's id.
+    /// The generation a new authorization of `key` replaces; `None` when there is no
+    /// connection yet. Read right before [`Self::store_authorization`], which is fenced on it.
+    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "SELECT connections", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "connections"))]
+    pub async fn generation(&self, key: &ConnectionKey) -> Result<Option<i64>, StoreError> {
+        let generation = sqlx::query_scalar!(
+            "SELECT generation FROM connections WHERE tenant_id = $1 AND provider = $2",
+            key.tenant().as_str(),
+            key.provider().as_str(),
+        )
+        .fetch_optional(self.pool)
+        .await?;
+        Ok(generation)
+    }
+
+    /// Stores the tokens of a completed authorization, fenced on what it replaces: the
+    /// connection at generation `replaces` (its old refresh tokens are kept, marked
+    /// superseded), or, for `None`, no connection at all. `Fenced` if the connection changed
+    /// since it was read (a refresh, another authorization): read the generation again and
+    /// seal again, since the associated data binds the generation. One transaction. Returns the
+    /// connection's id.
     #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPSERT connections", db.system.name = "postgresql", db.operation.name = "UPSERT", db.collection.name = "connections"))]
-    pub async fn store_authorization<E>(
+    pub async fn store_authorization(
         &self,
-        tenant_id: &str,
-        provider: &str,
-        seal: impl Fn(i64) -> Result<NewTokens, E>,
-    ) -> Result<Result<i64, E>, StoreError> {
+        key: &ConnectionKey,
+        replaces: Option<i64>,
+        tokens: &NewTokens,
+    ) -> Result<i64, StoreError> {
+        debug_assert_eq!(tokens.generation, replaces.map_or(1, |g| g + 1));
+        let (tenant_id, provider) = (key.tenant().as_str(), key.provider().as_str());
         let mut tx = self.pool.begin().await?;
-        loop {
-            let existing = sqlx::query!(
-                "SELECT id, generation FROM connections WHERE tenant_id = $1 AND provider = $2 FOR UPDATE",
-                tenant_id,
-                provider,
-            )
-            .fetch_optional(&mut *tx)
-            .await?;
-            let (id, tokens) = match existing {
-                Some(row) => {
-                    let tokens = match seal(row.generation + 1) {
-                        Ok(t) => t,
-                        Err(e) => return Ok(Err(e)),
-                    };
-                    sqlx::query!(
-                        r#"UPDATE connections
-                              SET status = 'active', status_reason = NULL, status_changed_at = now(),
-                                  scopes = $2, generation = $3, token_type = $4, access_token = $5,
-                                  access_token_issued_at = $6, access_token_expires_at = $7,
-                                  authorized_at = now(), refreshed_at = NULL,
-                                  refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
-                            WHERE id = $1"#,
-                        row.id,
-                        &tokens.scopes,
-                        tokens.generation,
-                        tokens.token_type,
-                        tokens.access_token,
-                        tokens.access_token_issued_at,
-                        tokens.access_token_expires_at,
-                    )
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query!(
-                        "UPDATE refresh_tokens SET superseded_at = now() WHERE connection_id = $1 AND superseded_at IS NULL",
-                        row.id,
-                    )
-                    .execute(&mut *tx)
-                    .await?;
-                    (row.id, tokens)
-                }
-                None => {
-                    let tokens = match seal(1) {
-                        Ok(t) => t,
-                        Err(e) => return Ok(Err(e)),
-                    };
-                    let inserted = sqlx::query_scalar!(
-                        r#"INSERT INTO connections
-                               (tenant_id, provider, status, scopes, generation, token_type, access_token,
-                                access_token_issued_at, access_token_expires_at, authorized_at)
-                           VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, now())
-                           ON CONFLICT (tenant_id, provider) DO NOTHING
-                           RETURNING id"#,
-                        tenant_id,
-                        provider,
-                        &tokens.scopes,
-                        tokens.generation,
-                        tokens.token_type,
-                        tokens.access_token,
-                        tokens.access_token_issued_at,
-                        tokens.access_token_expires_at,
-                    )
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    match inserted {
-                        Some(id) => (id, tokens),
-                        // A concurrent authorization of the same new tenant committed first; its
-                        // row is visible now, so go round and replace it under its row lock.
-                        None => continue,
-                    }
-                }
-            };
-            if let Some(refresh_token) = &tokens.refresh_token {
-                sqlx::query!(
-                    r#"INSERT INTO refresh_tokens (connection_id, generation, token, source)
-                       VALUES ($1, $2, $3, 'authorization_code')"#,
-                    id,
+        let id = match replaces {
+            Some(generation) => {
+                let id = sqlx::query_scalar!(
+                    r#"UPDATE connections
+                          SET status = 'active', status_reason = NULL, status_changed_at = now(),
+                              scopes = $4, generation = $5, token_type = $6, access_token = $7,
+                              access_token_issued_at = $8, access_token_expires_at = $9,
+                              authorized_at = now(), refreshed_at = NULL,
+                              refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
+                        WHERE tenant_id = $1 AND provider = $2 AND generation = $3
+                    RETURNING id"#,
+                    tenant_id,
+                    provider,
+                    generation,
+                    &tokens.scopes,
                     tokens.generation,
-                    refresh_token,
+                    tokens.token_type,
+                    tokens.access_token,
+                    tokens.access_token_issued_at,
+                    tokens.access_token_expires_at,
+                )
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::Fenced)?;
+                sqlx::query!(
+                    "UPDATE refresh_tokens SET superseded_at = now() WHERE connection_id = $1 AND superseded_at IS NULL",
+                    id,
                 )
                 .execute(&mut *tx)
                 .await?;
+                id
             }
-            tx.commit().await?;
-            return Ok(Ok(id));
+            None => sqlx::query_scalar!(
+                r#"INSERT INTO connections
+                       (tenant_id, provider, status, scopes, generation, token_type, access_token,
+                        access_token_issued_at, access_token_expires_at, authorized_at)
+                   VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, now())
+                   ON CONFLICT (tenant_id, provider) DO NOTHING
+                   RETURNING id"#,
+                tenant_id,
+                provider,
+                &tokens.scopes,
+                tokens.generation,
+                tokens.token_type,
+                tokens.access_token,
+                tokens.access_token_issued_at,
+                tokens.access_token_expires_at,
+            )
+            .fetch_optional(&mut *tx)
+            .await?
+            // A concurrent authorization of the same new tenant committed first.
+            .ok_or(StoreError::Fenced)?,
+        };
+        if let Some(refresh_token) = &tokens.refresh_token {
+            sqlx::query!(
+                r#"INSERT INTO refresh_tokens (connection_id, generation, token, source)
+                   VALUES ($1, $2, $3, 'authorization_code')"#,
+                id,
+                tokens.generation,
+                refresh_token,
+            )
+            .execute(&mut *tx)
+            .await?;
         }
+        tx.commit().await?;
+        Ok(id)
     }
 
     /// Takes the refresh exclusion for `holder` if the tenant's connection is still at
@@ -207,8 +207,7 @@ impl<'a> Connections<'a> {
     #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPDATE connections", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "connections"))]
     pub async fn try_acquire_lease(
         &self,
-        tenant_id: &str,
-        provider: &str,
+        key: &ConnectionKey,
         generation: i64,
         holder: Uuid,
         ttl: Duration,
@@ -233,8 +232,8 @@ impl<'a> Connections<'a> {
                       SELECT generation, token FROM refresh_tokens
                        WHERE connection_id = lease.id AND superseded_at IS NULL
                        ORDER BY generation DESC LIMIT 1) current ON true"#,
-            tenant_id,
-            provider,
+            key.tenant().as_str(),
+            key.provider().as_str(),
             generation,
             holder,
             ttl_secs,

@@ -6,6 +6,7 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 
 use super::StoreError;
+use crate::connection_key::ConnectionKey;
 
 pub struct PendingAuthorizations<'a> {
     pool: &'a PgPool,
@@ -13,8 +14,7 @@ pub struct PendingAuthorizations<'a> {
 
 pub struct NewPendingAuthorization<'a> {
     pub state_hash: &'a [u8],
-    pub tenant_id: &'a str,
-    pub provider: &'a str,
+    pub key: &'a ConnectionKey,
     pub redirect_uri: &'a str,
     pub scopes: &'a [String],
     pub pkce_verifier: Option<Vec<u8>>,
@@ -49,8 +49,8 @@ impl<'a> PendingAuthorizations<'a> {
         // `max_open` of the others and end above it together. Released at commit.
         sqlx::query!(
             r#"SELECT 1 AS "locked!" FROM pg_advisory_xact_lock(hashtext($1), hashtext($2))"#,
-            new.tenant_id,
-            new.provider,
+            new.key.tenant().as_str(),
+            new.key.provider().as_str(),
         )
         .fetch_one(&mut *tx)
         .await?;
@@ -59,8 +59,8 @@ impl<'a> PendingAuthorizations<'a> {
                    (state_hash, tenant_id, provider, redirect_uri, scopes, pkce_verifier, expires_at)
                VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
             new.state_hash,
-            new.tenant_id,
-            new.provider,
+            new.key.tenant().as_str(),
+            new.key.provider().as_str(),
             new.redirect_uri,
             new.scopes,
             new.pkce_verifier,
@@ -79,8 +79,8 @@ impl<'a> PendingAuthorizations<'a> {
                        AND consumed_at IS NULL AND expires_at > now()
                      ORDER BY created_at DESC, expires_at DESC
                     OFFSET $4)"#,
-            new.tenant_id,
-            new.provider,
+            new.key.tenant().as_str(),
+            new.key.provider().as_str(),
             new.state_hash,
             keep_others,
         )

@@ -5,9 +5,7 @@ use std::time::Instant;
 use futures::FutureExt;
 use time::OffsetDateTime;
 
-use super::{
-    cache::CacheKey, tokens, AccessToken, AccessTokenRequest, ConnectionInfo, TenantId, TokenSource, Vault, VaultError,
-};
+use super::{tokens, AccessToken, AccessTokenRequest, ConnectionInfo, ConnectionKey, TokenSource, Vault, VaultError};
 use crate::store::{ConnectionRow, Store};
 
 impl Vault {
@@ -16,14 +14,13 @@ impl Vault {
     /// whose `deadline` passes while waiting gets `DeadlineExceeded`; the refresh goes on.
     pub async fn get_access_token(
         &self,
+        key: ConnectionKey,
         req: AccessTokenRequest,
         deadline: Option<Instant>,
     ) -> Result<(AccessToken, TokenSource), VaultError> {
-        let client = self.provider(&req.provider)?;
-        let provider = &client.config().name;
+        let client = self.provider(&key)?;
         let margin = req.min_valid_for.unwrap_or(self.inner.settings.default_min_valid_for);
         let fraction = self.inner.settings.max_margin_fraction;
-        let key = CacheKey::new(provider, req.tenant_id.as_str());
 
         if let Some(token) = self.inner.cache.get(&key) {
             if token.is_valid_for(margin, fraction, OffsetDateTime::now_utc()) {
@@ -44,7 +41,7 @@ impl Vault {
         }
 
         let row = self.read_active_connection(&key).await?;
-        let token = tokens::open_access_token(&self.inner.keyring, &row)?;
+        let token = tokens::open_access_token(&self.inner.keyring, &key, &row)?;
         self.inner.cache.put(key.clone(), token.clone());
         if token.is_valid_for(margin, fraction, OffsetDateTime::now_utc()) {
             return Ok((token, TokenSource::Database));
@@ -58,24 +55,21 @@ impl Vault {
     }
 
     /// The connection's row, read once however many callers miss the cache for it at once.
-    async fn read_active_connection(&self, key: &CacheKey) -> Result<ConnectionRow, VaultError> {
+    async fn read_active_connection(&self, key: &ConnectionKey) -> Result<ConnectionRow, VaultError> {
         let store = self.inner.store.clone();
-        let (tenant_id, provider) = (key.tenant_id().to_owned(), key.provider().to_owned());
+        let read_key = key.clone();
         self.inner
             .reads
             .run(key.clone(), move || {
-                async move { active_connection(&store, &tenant_id, &provider).await }.boxed()
+                async move { active_connection(&store, &read_key).await }.boxed()
             })
             .await
     }
 
-    pub async fn get_connection(&self, tenant_id: &TenantId, provider: &str) -> Result<ConnectionInfo, VaultError> {
-        let provider = &self.provider(provider)?.config().name;
+    pub async fn get_connection(&self, key: &ConnectionKey) -> Result<ConnectionInfo, VaultError> {
+        self.provider(key)?;
         let connections = self.inner.store.connections();
-        let row = connections
-            .find(tenant_id.as_str(), provider)
-            .await?
-            .ok_or(VaultError::ConnectionNotFound)?;
+        let row = connections.find(key).await?.ok_or(VaultError::ConnectionNotFound)?;
         let has_refresh_token = connections.current_refresh_token(row.id).await?.is_some();
         Ok(ConnectionInfo {
             active: row.is_active(),
@@ -94,14 +88,10 @@ impl Vault {
 
 /// The tenant's connection, which must exist and be active. Shared by the cache-miss read and
 /// the refresh's re-reads.
-pub(super) async fn active_connection(
-    store: &Store,
-    tenant_id: &str,
-    provider: &str,
-) -> Result<ConnectionRow, VaultError> {
+pub(super) async fn active_connection(store: &Store, key: &ConnectionKey) -> Result<ConnectionRow, VaultError> {
     let row = store
         .connections()
-        .find(tenant_id, provider)
+        .find(key)
         .await?
         .ok_or(VaultError::ConnectionNotFound)?;
     if !row.is_active() {

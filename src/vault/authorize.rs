@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::{
-    cache::CacheKey, tokens, AuthorizationCompleted, AuthorizationStarted, BeginAuthorization, Vault, VaultError,
+    tokens, AuthorizationCompleted, AuthorizationStarted, BeginAuthorization, ConnectionKey, Vault, VaultError,
     MAX_SCOPES,
 };
 use crate::{
@@ -13,7 +13,7 @@ use crate::{
     oauth::{
         is_valid_scope, AmbiguousCause, CallbackOutcome, CallbackParams, PkceVerifier, ProviderConfig, TokenError,
     },
-    store::NewPendingAuthorization,
+    store::{NewPendingAuthorization, StoreError},
 };
 
 /// Random bytes in a state: 32, as the design requires (Hydra needs at least 8 characters).
@@ -24,13 +24,39 @@ fn state_hash(state: &str) -> Vec<u8> {
 }
 
 /// Defined in `crypto` because `keys rewrap` must build the same associated data.
-fn verifier_aad<'a>(tenant_id: &'a str, provider: &'a str, state_hash: &[u8]) -> Aad<'a> {
-    Aad::for_pending_verifier(tenant_id, provider, state_hash)
+fn verifier_aad<'a>(key: &'a ConnectionKey, state_hash: &[u8]) -> Aad<'a> {
+    Aad::for_pending_verifier(key.tenant().as_str(), key.provider().as_str(), state_hash)
+}
+
+/// How many times storing a completed authorization starts over when a refresh or another
+/// authorization changed the connection between reading its generation and writing.
+const MAX_STORE_ROUNDS: usize = 8;
+
+/// A callback whose state was consumed: the connection it was issued for, and what the code
+/// exchange needs. The API checks the caller's policy against [`Self::key`] before
+/// [`Vault::exchange_code`]; the state is spent either way.
+pub struct ConsumedState {
+    key: ConnectionKey,
+    outcome: CallbackOutcome,
+    state_hash: Vec<u8>,
+    redirect_uri: String,
+    scopes: Vec<String>,
+    pkce_verifier: Option<Vec<u8>>,
+}
+
+impl ConsumedState {
+    pub fn key(&self) -> &ConnectionKey {
+        &self.key
+    }
 }
 
 impl Vault {
-    pub async fn begin_authorization(&self, req: BeginAuthorization) -> Result<AuthorizationStarted, VaultError> {
-        let client = self.provider(&req.provider)?;
+    pub async fn begin_authorization(
+        &self,
+        key: &ConnectionKey,
+        req: BeginAuthorization,
+    ) -> Result<AuthorizationStarted, VaultError> {
+        let client = self.provider(key)?;
         let provider = client.config();
         if req.scopes.len() > MAX_SCOPES {
             return Err(VaultError::invalid(
@@ -64,11 +90,7 @@ impl Vault {
         let verifier = provider.pkce.then(PkceVerifier::generate);
         let sealed_verifier = verifier
             .as_ref()
-            .map(|v| {
-                self.inner
-                    .keyring
-                    .seal_str(&verifier_aad(req.tenant_id.as_str(), &provider.name, &hash), v.secret())
-            })
+            .map(|v| self.inner.keyring.seal_str(&verifier_aad(key, &hash), v.secret()))
             .transpose()?;
         let expires_at = OffsetDateTime::now_utc() + self.inner.settings.state_ttl;
         self.inner
@@ -76,8 +98,7 @@ impl Vault {
             .pending()
             .insert(NewPendingAuthorization {
                 state_hash: &hash,
-                tenant_id: req.tenant_id.as_str(),
-                provider: &provider.name,
+                key,
                 redirect_uri: redirect_uri.as_str(),
                 scopes: &scopes,
                 pkce_verifier: sealed_verifier,
@@ -92,7 +113,7 @@ impl Vault {
             state: &state,
             code_challenge: challenge.as_deref(),
         });
-        tracing::info!(tenant_id = req.tenant_id.as_str(), provider = %provider.name, "authorization begun");
+        tracing::info!(tenant_id = %key.tenant(), provider = %key.provider(), "authorization begun");
         Ok(AuthorizationStarted {
             authorization_url: url.into(),
             state,
@@ -108,17 +129,14 @@ impl Vault {
     /// can't see (a timeout), and presenting it twice would make Hydra revoke what it issued.
     /// The customer starts over instead.
     pub async fn complete_authorization(&self, callback: CallbackParams) -> Result<AuthorizationCompleted, VaultError> {
-        self.complete_authorization_for(callback, |_, _| Ok(())).await
+        let consumed = self.consume_state(callback).await?;
+        self.exchange_code(consumed).await
     }
 
-    /// `complete_authorization` for a caller whose policy `allow` checks against the tenant
-    /// and provider the state was issued for: after the state is consumed (a state presented
-    /// by a caller outside its tenant's policy stays burned) and before the code is exchanged.
-    pub async fn complete_authorization_for(
-        &self,
-        callback: CallbackParams,
-        allow: impl FnOnce(&str, &str) -> Result<(), VaultError> + Send,
-    ) -> Result<AuthorizationCompleted, VaultError> {
+    /// The first half of CompleteAuthorization: spends the callback's state and says which
+    /// connection it was issued for. A state presented by a caller outside its tenant's policy
+    /// stays spent.
+    pub async fn consume_state(&self, callback: CallbackParams) -> Result<ConsumedState, VaultError> {
         let hash = state_hash(&callback.state);
         let pending = self
             .inner
@@ -127,74 +145,95 @@ impl Vault {
             .consume(&hash)
             .await?
             .ok_or(VaultError::InvalidState)?;
-        let client = self.inner.providers.get(&pending.provider).ok_or_else(|| {
+        if self.provider_named(&pending.provider).is_err() {
             tracing::warn!(provider = %pending.provider, "a pending authorization names a provider no longer configured");
-            VaultError::InvalidState
-        })?;
+            return Err(VaultError::InvalidState);
+        }
+        Ok(ConsumedState {
+            key: ConnectionKey::from_stored(&pending.tenant_id, &pending.provider),
+            outcome: callback.outcome,
+            state_hash: hash,
+            redirect_uri: pending.redirect_uri,
+            scopes: pending.scopes,
+            pkce_verifier: pending.pkce_verifier,
+        })
+    }
+
+    /// The second half: exchanges the callback's code and stores the tokens.
+    pub async fn exchange_code(&self, consumed: ConsumedState) -> Result<AuthorizationCompleted, VaultError> {
+        let key = &consumed.key;
+        let client = self.provider(key)?;
         let provider = client.config();
-        allow(&pending.tenant_id, &provider.name)?;
-        let code = match callback.outcome {
+        let code = match consumed.outcome {
             CallbackOutcome::Error { error, description } => {
-                tracing::info!(tenant_id = %pending.tenant_id, provider = %provider.name, error = %error, "authorization denied on the callback");
+                tracing::info!(tenant_id = %key.tenant(), provider = %key.provider(), error = %error, "authorization denied on the callback");
                 return Err(VaultError::AuthorizationDenied { error, description });
             }
             CallbackOutcome::Code(code) => code,
         };
-        let verifier = pending
+        let verifier = consumed
             .pkce_verifier
             .as_deref()
             .map(|sealed| {
                 self.inner
                     .keyring
-                    .open_str(&verifier_aad(&pending.tenant_id, &provider.name, &hash), sealed)
+                    .open_str(&verifier_aad(key, &consumed.state_hash), sealed)
                     .map(PkceVerifier::from_secret)
             })
             .transpose()?;
 
         let sent_at = OffsetDateTime::now_utc();
         let response = client
-            .exchange_code(&code, &pending.redirect_uri, verifier.as_ref())
+            .exchange_code(&code, &consumed.redirect_uri, verifier.as_ref())
             .await
-            .map_err(|e| exchange_error(e, provider, &pending.tenant_id))?;
+            .map_err(|e| exchange_error(e, provider, key.tenant().as_str()))?;
 
-        let keyring = &self.inner.keyring;
-        let sealed = self
-            .inner
-            .store
-            .connections()
-            .store_authorization(&pending.tenant_id, &provider.name, |generation| {
-                tokens::seal_token_response(
-                    keyring,
-                    provider,
-                    &pending.tenant_id,
-                    generation,
-                    &response,
-                    sent_at,
-                    &pending.scopes,
-                )
-                .map(|(new, _)| new)
-            })
-            .await?;
-        sealed?;
-        self.inner
-            .cache
-            .remove(&CacheKey::new(&provider.name, &pending.tenant_id));
+        // The associated data binds the generation, so the tokens are sealed for the generation
+        // read just before the fenced write, and sealed again if the write finds it moved.
+        let connections = self.inner.store.connections();
+        let mut stored = false;
+        for _ in 0..MAX_STORE_ROUNDS {
+            let replaces = connections.generation(key).await?;
+            let (tokens, _) = tokens::seal_token_response(
+                &self.inner.keyring,
+                provider,
+                key,
+                replaces.map_or(1, |g| g + 1),
+                &response,
+                sent_at,
+                &consumed.scopes,
+            )?;
+            match connections.store_authorization(key, replaces, &tokens).await {
+                Ok(_) => {
+                    stored = true;
+                    break;
+                }
+                Err(StoreError::Fenced) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !stored {
+            return Err(VaultError::Internal(
+                "the connection kept changing while a completed authorization was stored".into(),
+            ));
+        }
+        self.inner.cache.remove(key);
 
         let refresh_token_issued = response.refresh_token.is_some();
         if refresh_token_issued {
-            tracing::info!(tenant_id = %pending.tenant_id, provider = %provider.name, "authorization completed");
+            tracing::info!(tenant_id = %key.tenant(), provider = %key.provider(), "authorization completed");
         } else {
             tracing::warn!(
-                tenant_id = %pending.tenant_id, provider = %provider.name,
+                tenant_id = %key.tenant(), provider = %key.provider(),
                 offline_scope = ?provider.offline_scope,
                 "authorization completed WITHOUT a refresh token: the connection will need a new authorization when the access token expires (was the offline scope granted?)"
             );
         }
         let access_token_expires_at = sent_at + response.expires_in.unwrap_or(provider.assumed_token_lifetime);
         Ok(AuthorizationCompleted {
-            tenant_id: pending.tenant_id,
-            provider: provider.name.clone(),
-            scopes: response.scope.unwrap_or(pending.scopes),
+            tenant_id: key.tenant().to_string(),
+            provider: key.provider().to_string(),
+            scopes: response.scope.unwrap_or(consumed.scopes),
             access_token_expires_at,
             refresh_token_issued,
         })

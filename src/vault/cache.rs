@@ -3,33 +3,16 @@
 //! `max_age`, which bounds how long a replica can hand out a token that another replica's
 //! refresh has replaced.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use moka::sync::Cache;
 
-use super::AccessToken;
+use super::{AccessToken, ConnectionKey};
 
 #[derive(Clone)]
 pub(super) struct TokenCache {
-    entries: Cache<CacheKey, AccessToken>,
-}
-
-/// Provider and tenant. An `Arc<str>` pair keeps clones cheap.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub(super) struct CacheKey(Arc<str>, Arc<str>);
-
-impl CacheKey {
-    pub fn new(provider: &str, tenant_id: &str) -> Self {
-        Self(provider.into(), tenant_id.into())
-    }
-
-    pub fn provider(&self) -> &str {
-        &self.0
-    }
-
-    pub fn tenant_id(&self) -> &str {
-        &self.1
-    }
+    /// Keyed by connection; the key's two `Arc<str>` keep clones cheap.
+    entries: Cache<ConnectionKey, AccessToken>,
 }
 
 impl TokenCache {
@@ -39,12 +22,12 @@ impl TokenCache {
         }
     }
 
-    pub fn get(&self, key: &CacheKey) -> Option<AccessToken> {
+    pub fn get(&self, key: &ConnectionKey) -> Option<AccessToken> {
         self.entries.get(key)
     }
 
     /// Keeps the newest generation: a slow reader never replaces a newer token with an older.
-    pub fn put(&self, key: CacheKey, token: AccessToken) {
+    pub fn put(&self, key: ConnectionKey, token: AccessToken) {
         let generation = token.generation;
         self.entries.entry(key).and_compute_with(|existing| match existing {
             Some(e) if e.value().generation > generation => moka::ops::compute::Op::Nop,
@@ -52,7 +35,7 @@ impl TokenCache {
         });
     }
 
-    pub fn remove(&self, key: &CacheKey) {
+    pub fn remove(&self, key: &ConnectionKey) {
         self.entries.invalidate(key);
     }
 }

@@ -34,18 +34,6 @@ pub enum VaultError {
     DeadlineExceeded,
     #[error("the vault is shutting down")]
     ShuttingDown,
-    /// No credentials, or none of a configured caller (see `auth`).
-    #[error("the caller is not authenticated: present the client certificate or bearer token of a configured caller")]
-    CallerUnknown,
-    /// A known caller reaching outside its policy (RPC, provider or tenant).
-    #[error("caller {caller} is not allowed to do this")]
-    CallerNotAllowed { caller: String },
-    /// A known caller over its concurrency or rate limit.
-    #[error("caller {caller} is over its limit of calls")]
-    CallerRateLimited {
-        caller: String,
-        retry_after: Option<Duration>,
-    },
     /// Unexpected. The message is for the log (it never holds a secret); callers see an id.
     #[error("internal error: {0}")]
     Internal(String),
@@ -69,9 +57,6 @@ impl VaultError {
             VaultError::DeadlineExceeded => "DEADLINE_EXCEEDED",
             VaultError::ShuttingDown => "SHUTTING_DOWN",
             VaultError::Internal(_) => "INTERNAL_ERROR",
-            VaultError::CallerUnknown => "CALLER_UNKNOWN",
-            VaultError::CallerNotAllowed { .. } => "CALLER_NOT_ALLOWED",
-            VaultError::CallerRateLimited { .. } => "CALLER_RATE_LIMITED",
         }
     }
 
@@ -89,6 +74,15 @@ impl From<crate::store::StoreError> for VaultError {
             VaultError::StoreUnavailable
         } else {
             VaultError::Internal(e.to_string())
+        }
+    }
+}
+
+impl From<crate::connection_key::InvalidField> for VaultError {
+    fn from(e: crate::connection_key::InvalidField) -> Self {
+        VaultError::InvalidArgument {
+            field: e.field,
+            description: e.description,
         }
     }
 }

@@ -26,6 +26,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use tokio_util::sync::CancellationToken;
 
+pub use authorize::ConsumedState;
 pub use error::VaultError;
 pub use types::*;
 
@@ -45,13 +46,14 @@ pub struct Vault {
 struct Inner {
     store: Store,
     keyring: SharedKeyring,
-    providers: BTreeMap<String, ProviderClient>,
-    default_provider: Option<String>,
+    /// Each configured provider under its name, made once so that a key costs no allocation.
+    providers: BTreeMap<String, (ProviderName, ProviderClient)>,
+    default_provider: Option<ProviderName>,
     settings: VaultSettings,
     cache: cache::TokenCache,
     refresher: refresh::Refresher,
     /// The database read behind a cache miss, once per key at a time.
-    reads: coalesce::Coalescer<cache::CacheKey, Result<ConnectionRow, VaultError>>,
+    reads: coalesce::Coalescer<ConnectionKey, Result<ConnectionRow, VaultError>>,
 }
 
 /// How long callers missing the cache join a read of the same row already in flight; a read
@@ -74,12 +76,22 @@ impl Vault {
             refresh_policy(&settings.refresh),
             shutdown,
         );
+        let providers: BTreeMap<_, _> = providers
+            .into_iter()
+            .map(|(name, client)| {
+                let interned = ProviderName::new(&name);
+                (name, (interned, client))
+            })
+            .collect();
+        let default_provider = settings
+            .default_provider()
+            .and_then(|name| providers.get(&name).map(|(interned, _)| interned.clone()));
         Self {
             inner: Arc::new(Inner {
                 store,
                 keyring,
                 providers,
-                default_provider: settings.default_provider(),
+                default_provider,
                 settings: settings.vault.clone(),
                 cache,
                 refresher,
@@ -108,21 +120,37 @@ impl Vault {
         self.inner.refresher.drain(budget).await
     }
 
-    /// The provider a request names, or the default for an empty name.
-    fn provider(&self, name: &str) -> Result<&ProviderClient, VaultError> {
-        let name = if name.is_empty() {
-            self.inner.default_provider.as_deref().ok_or_else(|| {
+    /// The connection a request names, its provider resolved: an empty name is the default
+    /// provider. Built once at the API boundary; everything below takes the key. A name that
+    /// is not configured still makes a key (the policy may refuse it first); the flows answer
+    /// it with INVALID_ARGUMENT.
+    pub fn connection_key(&self, asked: ConnectionRequest) -> Result<ConnectionKey, VaultError> {
+        let provider = if asked.provider.is_empty() {
+            self.inner.default_provider.clone().ok_or_else(|| {
                 VaultError::invalid(
                     "provider",
                     "is required: several providers are configured and none is the default",
                 )
             })?
         } else {
-            name
+            match self.inner.providers.get(&asked.provider) {
+                Some((interned, _)) => interned.clone(),
+                None => ProviderName::new(&asked.provider),
+            }
         };
+        Ok(ConnectionKey::new(asked.tenant_id, provider))
+    }
+
+    /// The client of the provider a key names.
+    fn provider(&self, key: &ConnectionKey) -> Result<&ProviderClient, VaultError> {
+        self.provider_named(key.provider().as_str())
+    }
+
+    fn provider_named(&self, name: &str) -> Result<&ProviderClient, VaultError> {
         self.inner
             .providers
             .get(name)
+            .map(|(_, client)| client)
             .ok_or_else(|| VaultError::invalid("provider", "names no configured provider"))
     }
 }

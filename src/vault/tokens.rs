@@ -3,16 +3,20 @@
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
-use super::{AccessToken, VaultError};
+use super::{AccessToken, ConnectionKey, VaultError};
 use crate::{
     crypto::{Aad, Purpose, SharedKeyring},
     oauth::{ProviderConfig, TokenResponse},
     store::{ConnectionRow, NewTokens},
 };
 
-/// Opens a row's access token.
-pub(super) fn open_access_token(keyring: &SharedKeyring, row: &ConnectionRow) -> Result<AccessToken, VaultError> {
-    let aad = Aad::for_generation(Purpose::AccessToken, &row.tenant_id, &row.provider, row.generation);
+/// Opens the access token of `key`'s row.
+pub(super) fn open_access_token(
+    keyring: &SharedKeyring,
+    key: &ConnectionKey,
+    row: &ConnectionRow,
+) -> Result<AccessToken, VaultError> {
+    let aad = Aad::for_connection(Purpose::AccessToken, key, row.generation);
     Ok(AccessToken {
         token: keyring.open_str(&aad, &row.access_token)?,
         token_type: row.token_type.clone(),
@@ -25,12 +29,11 @@ pub(super) fn open_access_token(keyring: &SharedKeyring, row: &ConnectionRow) ->
 
 pub(super) fn open_refresh_token(
     keyring: &SharedKeyring,
-    tenant_id: &str,
-    provider: &str,
+    key: &ConnectionKey,
     generation: i64,
     sealed: &[u8],
 ) -> Result<SecretString, VaultError> {
-    let aad = Aad::for_generation(Purpose::RefreshToken, tenant_id, provider, generation);
+    let aad = Aad::for_connection(Purpose::RefreshToken, key, generation);
     Ok(keyring.open_str(&aad, sealed)?)
 }
 
@@ -40,7 +43,7 @@ pub(super) fn open_refresh_token(
 pub(super) fn seal_token_response(
     keyring: &SharedKeyring,
     provider: &ProviderConfig,
-    tenant_id: &str,
+    key: &ConnectionKey,
     generation: i64,
     response: &TokenResponse,
     sent_at: OffsetDateTime,
@@ -48,7 +51,7 @@ pub(super) fn seal_token_response(
 ) -> Result<(NewTokens, AccessToken), VaultError> {
     let lifetime = response.expires_in.unwrap_or(provider.assumed_token_lifetime);
     let expires_at = sent_at + lifetime;
-    let aad = |purpose| Aad::for_generation(purpose, tenant_id, &provider.name, generation);
+    let aad = |purpose| Aad::for_connection(purpose, key, generation);
     let access_token = keyring.seal_str(&aad(Purpose::AccessToken), &response.access_token)?;
     let refresh_token = response
         .refresh_token

@@ -5,43 +5,21 @@ use std::time::Duration;
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
-use super::VaultError;
-
-/// The longest tenant id accepted.
-pub const MAX_TENANT_ID_LEN: usize = 255;
 /// The most scopes one request may name.
 pub const MAX_SCOPES: usize = 50;
 
-/// A caller's id for a customer: 1 to 255 characters, no control characters. Opaque otherwise.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TenantId(String);
+pub use crate::connection_key::{ConnectionKey, ProviderName, TenantId, MAX_TENANT_ID_LEN};
 
-impl TenantId {
-    pub fn parse(id: &str, field: &'static str) -> Result<Self, VaultError> {
-        if id.is_empty() {
-            return Err(VaultError::invalid(field, "is required"));
-        }
-        if id.len() > MAX_TENANT_ID_LEN {
-            return Err(VaultError::invalid(
-                field,
-                format!("is longer than {MAX_TENANT_ID_LEN} bytes"),
-            ));
-        }
-        if id.chars().any(char::is_control) {
-            return Err(VaultError::invalid(field, "contains control characters"));
-        }
-        Ok(Self(id.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+/// The connection a request names, as asked: a tenant, and a provider name that may be empty
+/// for the default provider. `Vault::connection_key` turns it into a [`ConnectionKey`].
+#[derive(Debug, Clone)]
+pub struct ConnectionRequest {
+    pub tenant_id: TenantId,
+    pub provider: String,
 }
 
+/// BeginAuthorization's options, beside its [`ConnectionRequest`].
 pub struct BeginAuthorization {
-    pub tenant_id: TenantId,
-    /// Empty means the default provider.
-    pub provider: String,
     pub scopes: Vec<String>,
     pub redirect_uri: String,
 }
@@ -65,9 +43,8 @@ pub struct AuthorizationCompleted {
     pub refresh_token_issued: bool,
 }
 
+/// GetAccessToken's options, beside its [`ConnectionRequest`].
 pub struct AccessTokenRequest {
-    pub tenant_id: TenantId,
-    pub provider: String,
     pub min_valid_for: Option<Duration>,
 }
 
@@ -157,13 +134,5 @@ mod tests {
         assert!(hour.is_valid_for(Duration::from_secs(60), 0.5, at(3539)));
         assert!(!hour.is_valid_for(Duration::from_secs(60), 0.5, at(3540)));
         assert!(!hour.is_valid_for(Duration::ZERO, 0.5, at(3599)));
-    }
-
-    #[test]
-    fn tenant_ids_are_checked() {
-        assert!(TenantId::parse("acme-42", "tenant_id").is_ok());
-        assert!(TenantId::parse("", "tenant_id").is_err());
-        assert!(TenantId::parse(&"x".repeat(256), "tenant_id").is_err());
-        assert!(TenantId::parse("a\u{0}b", "tenant_id").is_err());
     }
 }

@@ -8,7 +8,7 @@ use figment::providers::{Format, Toml};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose, SanType};
 use time::OffsetDateTime;
 use token_vault::{
-    auth::hash_token,
+    auth::{hash_token, Authenticator},
     config::Settings,
     proto::{self, token_vault_client::TokenVaultClient},
 };
@@ -574,12 +574,17 @@ client_id = "c"
 client_secret = "s"
 redirect_uris = ["https://app.example/cb"]
 "#;
-    let load = |extra: &str| {
-        Settings::from_figment(
+    // What start-up checks before serving: the settings, then the callers compiled from them.
+    let load = |extra: &str| -> Result<(), String> {
+        let settings = Settings::from_figment(
             Settings::defaults()
                 .merge(Toml::string(base))
                 .merge(Toml::string(extra)),
         )
+        .map_err(|e| e.to_string())?;
+        Authenticator::from_settings(&settings)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     };
     let err = load("").unwrap_err().to_string();
     assert!(err.contains("auth.callers") && err.contains("insecure-dev"), "{err}");
@@ -605,4 +610,52 @@ redirect_uris = ["https://app.example/cb"]
     .unwrap_err()
     .to_string();
     assert!(err.contains("tls.cert_file"), "{err}");
+}
+
+/// An empty provider in a request is the default provider, resolved before the policy is
+/// checked: a caller limited to another provider can't reach the default one by leaving the
+/// field empty.
+#[tokio::test]
+async fn an_empty_provider_is_checked_as_the_default_provider() {
+    let hex: String = hash_token("token-other-only")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let app = spawn_app_with(TestOptions {
+        extra_toml: format!(
+            r#"
+[vault]
+default_provider = "understory"
+[providers.other]
+authorization_endpoint = "https://other.example/authorize"
+token_endpoint = "https://other.example/token"
+client_id = "c"
+client_secret = "s"
+redirect_uris = ["https://app.example/oauth/callback"]
+request_timeout = "1s"
+[auth]
+mode = "enforce"
+allow_bearer_without_tls = true
+[[auth.callers]]
+name = "other-only"
+bearer_token_sha256 = ["{hex}"]
+rpcs = ["GetConnection"]
+providers = ["other"]
+tenants = ["*"]
+"#
+        ),
+        ..Default::default()
+    })
+    .await;
+    let mut client = bearer_client(app.addr, Some("token-other-only")).await;
+    let ask = |provider: &str| proto::GetConnectionRequest {
+        tenant_id: "acme".into(),
+        provider: provider.into(),
+    };
+    let err = client.get_connection(ask("")).await.unwrap_err();
+    assert_reason(&err, Code::PermissionDenied, "CALLER_NOT_ALLOWED");
+    let err = client.get_connection(ask("understory")).await.unwrap_err();
+    assert_reason(&err, Code::PermissionDenied, "CALLER_NOT_ALLOWED");
+    let err = client.get_connection(ask("other")).await.unwrap_err();
+    assert_reason(&err, Code::NotFound, "CONNECTION_NOT_FOUND");
 }

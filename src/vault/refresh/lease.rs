@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use super::{jitter, RefresherInner};
 use crate::{
     store::{ConnectionRow, Leased},
-    vault::{access, cache::CacheKey, tokens, AccessToken, VaultError},
+    vault::{access, tokens, AccessToken, ConnectionKey, VaultError},
 };
 
 /// What trying to take the exclusion found.
@@ -20,13 +20,13 @@ pub(super) enum Acquired {
 }
 
 impl RefresherInner {
-    pub(super) async fn reread(&self, key: &CacheKey) -> Result<ConnectionRow, VaultError> {
-        access::active_connection(&self.store, key.tenant_id(), key.provider()).await
+    pub(super) async fn reread(&self, key: &ConnectionKey) -> Result<ConnectionRow, VaultError> {
+        access::active_connection(&self.store, key).await
     }
 
     /// Takes the lease (with the refresh token to use), or returns the token someone else
     /// refreshed meanwhile.
-    pub(super) async fn acquire(&self, key: &CacheKey, generation: &mut i64) -> Result<Acquired, VaultError> {
+    pub(super) async fn acquire(&self, key: &ConnectionKey, generation: &mut i64) -> Result<Acquired, VaultError> {
         // A database blip while waiting is ridden out for up to a lease's lifetime: the callers
         // are bounded by their own deadlines, and answering all of them UNAVAILABLE because a
         // restart took a second helps nobody.
@@ -61,17 +61,11 @@ impl RefresherInner {
 
     /// One look; `None` while another holder is still at it. Moves `generation` on when the
     /// connection has moved on.
-    async fn try_acquire(&self, key: &CacheKey, generation: &mut i64) -> Result<Option<Acquired>, VaultError> {
+    async fn try_acquire(&self, key: &ConnectionKey, generation: &mut i64) -> Result<Option<Acquired>, VaultError> {
         let connections = self.store.connections();
         loop {
             if let Some(leased) = connections
-                .try_acquire_lease(
-                    key.tenant_id(),
-                    key.provider(),
-                    *generation,
-                    self.holder,
-                    self.policy.lease_ttl,
-                )
+                .try_acquire_lease(key, *generation, self.holder, self.policy.lease_ttl)
                 .await?
             {
                 return Ok(Some(Acquired::Lease(leased)));
@@ -85,7 +79,7 @@ impl RefresherInner {
             // Someone else refreshed. Their token is used as long as it has not expired, even
             // if it is shorter-lived than the margin asks: refreshing again would kill it for
             // whoever already holds it. An expired one is refreshed from the new generation.
-            let token = tokens::open_access_token(&self.keyring, &fresh)?;
+            let token = tokens::open_access_token(&self.keyring, key, &fresh)?;
             if token.expires_at > OffsetDateTime::now_utc() {
                 return Ok(Some(Acquired::Theirs(token)));
             }

@@ -71,7 +71,7 @@ mod round;
 use lease::Acquired;
 use round::Round;
 
-use super::{cache::CacheKey, cache::TokenCache, coalesce::Coalescer, AccessToken, VaultError};
+use super::{cache::TokenCache, coalesce::Coalescer, AccessToken, ConnectionKey, VaultError};
 use crate::{crypto::SharedKeyring, metrics::RefreshCounters, oauth::ProviderClient, store::Store};
 
 /// Time kept free at the end of a lease: no provider attempt may start unless it (at its full
@@ -93,7 +93,7 @@ type SharedRefresh = Shared<BoxFuture<'static, Result<AccessToken, VaultError>>>
 pub(super) struct Refresher {
     inner: Arc<RefresherInner>,
     /// The refresh task in flight per connection.
-    flights: Coalescer<CacheKey, Result<AccessToken, VaultError>>,
+    flights: Coalescer<ConnectionKey, Result<AccessToken, VaultError>>,
     /// Every refresh task, so that shutdown can wait for them.
     tasks: TaskTracker,
 }
@@ -173,7 +173,7 @@ impl Refresher {
     /// whose access token is stale); waits for it until `deadline`.
     pub async fn refresh(
         &self,
-        key: CacheKey,
+        key: ConnectionKey,
         client: ProviderClient,
         generation: i64,
         deadline: Option<Instant>,
@@ -185,7 +185,7 @@ impl Refresher {
         let span = tracing::info_span!(
             "vault.refresh",
             otel.name = "refresh",
-            tenant_id = %key.tenant_id(),
+            tenant_id = %key.tenant(),
             provider = %key.provider(),
         );
         let running = self.flights.run_detached(
@@ -208,7 +208,11 @@ impl Refresher {
     /// Joins the refresh in flight for `key`, if there is one. Callers holding a stale cached
     /// token ask this first, so a stampede waits on the refresh instead of queueing for the
     /// database one read each.
-    pub async fn join(&self, key: &CacheKey, deadline: Option<Instant>) -> Option<Result<AccessToken, VaultError>> {
+    pub async fn join(
+        &self,
+        key: &ConnectionKey,
+        deadline: Option<Instant>,
+    ) -> Option<Result<AccessToken, VaultError>> {
         let running = self.flights.joinable(key)?;
         Some(wait(running, deadline).await)
     }
@@ -226,7 +230,7 @@ async fn wait(refresh: SharedRefresh, deadline: Option<Instant>) -> Result<Acces
 impl RefresherInner {
     async fn run(
         &self,
-        key: &CacheKey,
+        key: &ConnectionKey,
         client: &ProviderClient,
         mut generation: i64,
     ) -> Result<AccessToken, VaultError> {

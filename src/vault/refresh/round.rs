@@ -12,7 +12,7 @@ use super::{jitter, RefresherInner, LEASE_SAFETY};
 use crate::{
     oauth::{AmbiguousCause, ProviderClient, TokenError},
     store::{ConnectionRow, CurrentRefreshToken, StoreError},
-    vault::{authorize::provider_error, cache::CacheKey, tokens, AccessToken, VaultError},
+    vault::{authorize::provider_error, tokens, AccessToken, ConnectionKey, VaultError},
 };
 
 /// How one round under the lease ended.
@@ -27,7 +27,7 @@ impl RefresherInner {
     /// when the lease was taken.
     pub(super) async fn refresh_under_lease(
         &self,
-        key: &CacheKey,
+        key: &ConnectionKey,
         client: &ProviderClient,
         row: &ConnectionRow,
         current: Option<CurrentRefreshToken>,
@@ -38,13 +38,7 @@ impl RefresherInner {
             tracing::warn!(tenant_id = %row.tenant_id, provider = %row.provider, "the access token expired and no refresh token is held");
             return self.mark_dead(key, row, "no_refresh_token").await;
         };
-        let refresh_token = match tokens::open_refresh_token(
-            &self.keyring,
-            &row.tenant_id,
-            &row.provider,
-            current.generation,
-            &current.token,
-        ) {
+        let refresh_token = match tokens::open_refresh_token(&self.keyring, key, current.generation, &current.token) {
             Ok(t) => t,
             Err(e) => {
                 self.release(row).await;
@@ -67,7 +61,7 @@ impl RefresherInner {
                     let (new_tokens, token) = tokens::seal_token_response(
                         &self.keyring,
                         provider,
-                        &row.tenant_id,
+                        key,
                         row.generation + 1,
                         &response,
                         sent_at,
@@ -136,7 +130,7 @@ impl RefresherInner {
     /// lease); if none lands, keeps the lease until it lapses and says the outcome is unknown.
     pub(super) async fn after_ambiguous_answer(
         &self,
-        key: &CacheKey,
+        key: &ConnectionKey,
         row: &ConnectionRow,
         request_timeout: Duration,
         lease_taken: Instant,
@@ -229,7 +223,7 @@ impl RefresherInner {
 
     pub(super) async fn mark_dead(
         &self,
-        key: &CacheKey,
+        key: &ConnectionKey,
         row: &ConnectionRow,
         reason: &str,
     ) -> Result<Round, VaultError> {

@@ -1,4 +1,4 @@
-//! The tower layer in front of every gRPC service: lets health through, and for everything
+//! The authentication layer in front of every gRPC service (tower, at the gRPC edge): lets health through, and for everything
 //! else identifies the caller, checks that its policy names the RPC, admits the call under the
 //! caller's limits and attaches the [`Caller`] for the handler. A refusal is answered here,
 //! counted in the audit trail, and never reaches a handler.
@@ -12,10 +12,10 @@ use futures::future::BoxFuture;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
-use super::{Authenticator, Caller, Refused, Rpc};
+use super::status::CallError;
 use crate::{
     audit::{Audit, AuditEvent, EventKind},
-    vault::VaultError,
+    auth::{Authenticator, Caller, Denied, Permit, Refused, Rpc},
 };
 
 /// The service anyone may call: Kubernetes probes carry no credentials.
@@ -51,7 +51,7 @@ impl AuthLayer {
     }
 
     /// The caller and its permit, or why the call is refused.
-    fn admit<B>(&self, request: &http::Request<B>) -> Result<(Caller, super::Permit), VaultError> {
+    fn admit<B>(&self, request: &http::Request<B>) -> Result<(Caller, Permit), Denied> {
         let path = request.uri().path();
         let rpc = Rpc::from_path(path);
         let reflection = REFLECTION_PREFIXES.iter().any(|p| path.starts_with(p));
@@ -74,7 +74,7 @@ impl AuthLayer {
                     AuditEvent::new(EventKind::Denied, &self.unknown, "CALLER_UNKNOWN")
                         .detail(format!("{rpc_name}: {}", unidentified.detail)),
                 );
-                return Err(VaultError::CallerUnknown);
+                return Err(Denied::Unknown);
             }
         };
         // An unknown method is refused like a forbidden one: its name is the caller's input.
@@ -83,7 +83,7 @@ impl AuthLayer {
                 AuditEvent::new(EventKind::Denied, caller.name(), "CALLER_NOT_ALLOWED")
                     .detail(format!("{rpc_name}: RPC not in policy")),
             );
-            return Err(VaultError::CallerNotAllowed {
+            return Err(Denied::NotAllowed {
                 caller: caller.name().to_string(),
             });
         }
@@ -98,7 +98,7 @@ impl AuthLayer {
                     AuditEvent::new(EventKind::Denied, caller.name(), "CALLER_RATE_LIMITED")
                         .detail(format!("{rpc_name}: {why}")),
                 );
-                Err(VaultError::CallerRateLimited {
+                Err(Denied::RateLimited {
                     caller: caller.name().to_string(),
                     retry_after,
                 })
@@ -158,9 +158,10 @@ where
                     response
                 })
             }
-            Err(e) => {
-                crate::telemetry::record_status(crate::api::status_code(&e));
-                let response = crate::api::to_status(e).into_http();
+            Err(denied) => {
+                let e = CallError::Denied(denied);
+                crate::telemetry::record_status(super::status::code(&e));
+                let response = super::status::to_status(e).into_http();
                 Box::pin(std::future::ready(Ok(response)))
             }
         }

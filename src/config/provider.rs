@@ -1,0 +1,243 @@
+//! A provider: as written in configuration ([`ProviderSettings`]), and resolved with its preset
+//! and validated ([`ProviderConfig`]). `oauth` builds URLs and requests from the resolved form.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+use super::{invalid, secret_setting, ConfigError};
+
+/// How the vault authenticates to the token endpoint (RFC 6749 §2.3.1). Hydra holds one per
+/// client and rejects the other with `invalid_client`, so it must match the registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// `client_id` and `client_secret` in the form body (Understory's guide).
+    ClientSecretPost,
+    /// HTTP Basic with the form-urlencoded id and secret (Hydra's default).
+    ClientSecretBasic,
+}
+
+#[derive(Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub authorization_endpoint: Url,
+    pub token_endpoint: Url,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub auth_method: AuthMethod,
+    pub audience: Option<String>,
+    pub audience_parameter: String,
+    pub extra_authorization_params: BTreeMap<String, String>,
+    pub default_scopes: Vec<String>,
+    pub offline_scope: Option<String>,
+    pub redirect_uris: Vec<Url>,
+    pub pkce: bool,
+    pub user_agent: String,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub assumed_token_lifetime: Duration,
+}
+
+impl std::fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderConfig")
+            .field("name", &self.name)
+            .field("authorization_endpoint", &self.authorization_endpoint.as_str())
+            .field("token_endpoint", &self.token_endpoint.as_str())
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .field("auth_method", &self.auth_method)
+            .field("audience", &self.audience)
+            .field("pkce", &self.pkce)
+            .finish_non_exhaustive()
+    }
+}
+
+/// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
+pub fn is_valid_scope(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope.len() <= 256
+        && scope
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+}
+
+/// A provider as written in configuration, before presets and validation.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// Fills in endpoints, audience, scopes and auth method for a known provider (`understory`).
+    pub preset: Option<String>,
+    pub authorization_endpoint: Option<Url>,
+    pub token_endpoint: Option<Url>,
+    pub client_id: Option<String>,
+    #[serde(default, deserialize_with = "secret_setting::client_secret")]
+    pub client_secret: Option<SecretString>,
+    /// A file holding the client secret (trailing whitespace ignored); wins over `client_secret`.
+    pub client_secret_file: Option<PathBuf>,
+    pub auth_method: Option<AuthMethod>,
+    pub audience: Option<String>,
+    /// The authorization parameter that carries `audience`: `audience` (Hydra) or `resource`
+    /// (RFC 8707).
+    pub audience_parameter: Option<String>,
+    /// Further authorization-request parameters, such as `prompt = "consent"`.
+    #[serde(default)]
+    pub extra_authorization_params: BTreeMap<String, String>,
+    pub default_scopes: Option<Vec<String>>,
+    /// The scope that asks for a refresh token (`offline` at Hydra, `offline_access` in OIDC);
+    /// always added to the requested scopes.
+    pub offline_scope: Option<String>,
+    #[serde(default)]
+    pub redirect_uris: Vec<Url>,
+    pub pkce: Option<bool>,
+    pub user_agent: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub request_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    /// The lifetime assumed for an access token whose response carries no `expires_in`.
+    #[serde(default, with = "humantime_serde")]
+    pub assumed_token_lifetime: Option<Duration>,
+}
+
+/// Understory's authorization server (Ory Hydra), as its integration guide describes it.
+fn understory_preset() -> ProviderSettings {
+    ProviderSettings {
+        authorization_endpoint: Url::parse("https://api.auth.understory.io/oauth2/auth").ok(),
+        token_endpoint: Url::parse("https://api.auth.understory.io/oauth2/token").ok(),
+        auth_method: Some(AuthMethod::ClientSecretPost),
+        audience: Some("https://api.understory.io".into()),
+        audience_parameter: Some("audience".into()),
+        offline_scope: Some("offline".into()),
+        default_scopes: Some(vec!["offline".into()]),
+        ..Default::default()
+    }
+}
+
+impl ProviderSettings {
+    /// Applies the preset (explicit settings win) and checks every field.
+    pub fn resolve(&self, name: &str) -> Result<ProviderConfig, ConfigError> {
+        let field = |f: &str| format!("providers.{name}.{f}");
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                format!("providers.{name}"),
+                "provider names use 1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'",
+            ));
+        }
+        let preset = match self.preset.as_deref() {
+            None => ProviderSettings::default(),
+            Some("understory") => understory_preset(),
+            Some(other) => {
+                return Err(invalid(
+                    field("preset"),
+                    format!("unknown preset {other:?} (known: understory)"),
+                ))
+            }
+        };
+        let authorization_endpoint = self
+            .authorization_endpoint
+            .clone()
+            .or(preset.authorization_endpoint)
+            .ok_or_else(|| invalid(field("authorization_endpoint"), "must be set"))?;
+        let token_endpoint = self
+            .token_endpoint
+            .clone()
+            .or(preset.token_endpoint)
+            .ok_or_else(|| invalid(field("token_endpoint"), "must be set"))?;
+        for (f, url) in [
+            ("authorization_endpoint", &authorization_endpoint),
+            ("token_endpoint", &token_endpoint),
+        ] {
+            if !matches!(url.scheme(), "https" | "http") {
+                return Err(invalid(field(f), "must be an http(s) URL"));
+            }
+        }
+        let client_id = self
+            .client_id
+            .clone()
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| invalid(field("client_id"), "must be set"))?;
+        let client_secret = match (&self.client_secret_file, &self.client_secret) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(
+                        field("client_secret_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                SecretString::from(text.trim_end().to_owned())
+            }
+            (None, Some(secret)) => secret.clone(),
+            (None, None) => return Err(invalid(field("client_secret"), "must be set (or client_secret_file)")),
+        };
+        if client_secret.expose_secret().is_empty() {
+            return Err(invalid(field("client_secret"), "must not be empty"));
+        }
+        let redirect_uris = self.redirect_uris.clone();
+        if redirect_uris.is_empty() {
+            return Err(invalid(field("redirect_uris"), "register at least one redirect URI"));
+        }
+        let default_scopes = self
+            .default_scopes
+            .clone()
+            .or(preset.default_scopes)
+            .unwrap_or_default();
+        let offline_scope = self
+            .offline_scope
+            .clone()
+            .or(preset.offline_scope)
+            .filter(|s| !s.is_empty());
+        for scope in default_scopes.iter().chain(offline_scope.iter()) {
+            if !is_valid_scope(scope) {
+                return Err(invalid(
+                    field("default_scopes"),
+                    format!("{scope:?} is not a valid scope token"),
+                ));
+            }
+        }
+        let request_timeout = self.request_timeout.unwrap_or(Duration::from_secs(10));
+        if request_timeout.is_zero() {
+            return Err(invalid(field("request_timeout"), "must be positive"));
+        }
+        Ok(ProviderConfig {
+            name: name.to_owned(),
+            authorization_endpoint,
+            token_endpoint,
+            client_id,
+            client_secret,
+            auth_method: self
+                .auth_method
+                .or(preset.auth_method)
+                .unwrap_or(AuthMethod::ClientSecretBasic),
+            audience: self.audience.clone().or(preset.audience).filter(|a| !a.is_empty()),
+            audience_parameter: self
+                .audience_parameter
+                .clone()
+                .or(preset.audience_parameter)
+                .unwrap_or_else(|| "audience".into()),
+            extra_authorization_params: self.extra_authorization_params.clone(),
+            default_scopes,
+            offline_scope,
+            redirect_uris,
+            pkce: self.pkce.unwrap_or(true),
+            user_agent: self
+                .user_agent
+                .clone()
+                .unwrap_or_else(|| format!("token-vault/{}", env!("CARGO_PKG_VERSION"))),
+            request_timeout,
+            connect_timeout: self
+                .connect_timeout
+                .unwrap_or(Duration::from_secs(5))
+                .min(request_timeout),
+            assumed_token_lifetime: self.assumed_token_lifetime.unwrap_or(Duration::from_secs(3600)),
+        })
+    }
+}
