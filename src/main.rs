@@ -89,7 +89,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Before anything can open a TLS connection (providers, or Postgres with sslmode=require).
-    token_vault::oauth::install_crypto_provider();
+    token_vault::startup::install_crypto_provider();
     match cli.command {
         Command::Keys(KeysCommand::Generate { id, decrypt_only }) => {
             let line = token_vault::crypto::Keyring::generate_line(&id, decrypt_only)?;

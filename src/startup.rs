@@ -54,6 +54,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        install_crypto_provider();
         let loaded = load_keyring(&settings.encryption, settings.mode)?;
         let keyring = SharedKeyring::new(loaded.keyring);
         let providers = settings
@@ -385,6 +386,18 @@ async fn sweep_audit_events(store: Store, retention: Duration, every: Duration, 
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// Installs ring as rustls' process-wide crypto provider, once. reqwest (the providers), sqlx
+/// (Postgres with `sslmode`) and the listener are built without a bundled provider, so this runs
+/// before any of them: first thing in `main`, and again (harmlessly) when an application is
+/// built, for tests that build one directly.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Fails only if another provider is already installed, which serves just as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -57,19 +57,10 @@ impl std::fmt::Debug for ProviderClient {
     }
 }
 
-/// reqwest (and sqlx's TLS to Postgres) are built without a bundled TLS crypto provider; ring is
-/// installed once per process.
-pub fn install_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Fails only if another provider is already installed, which serves just as well.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
 impl ProviderClient {
+    /// Needs rustls' process-wide crypto provider installed first
+    /// (`startup::install_crypto_provider`).
     pub fn new(config: ProviderConfig) -> Result<Self, reqwest::Error> {
-        install_crypto_provider();
         let http = reqwest::Client::builder()
             .user_agent(config.user_agent.clone())
             .timeout(config.request_timeout)

@@ -13,7 +13,7 @@ pub use callback::{
 };
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use client::parse_token_response;
-pub use client::{install_crypto_provider, ProviderClient, TokenResponse, MAX_EXPIRES_IN, MAX_RESPONSE_BYTES};
+pub use client::{ProviderClient, TokenResponse, MAX_EXPIRES_IN, MAX_RESPONSE_BYTES};
 pub use error::{AmbiguousCause, OAuthError, TokenError, TransientCause};
 pub use pkce::PkceVerifier;
 pub use provider::{is_valid_scope, AuthMethod, AuthorizationRequest, ProviderConfig};

@@ -2,6 +2,7 @@
 //! fenced writes that keep a lapsed holder from overwriting newer tokens.
 
 use std::time::Duration;
+use tracing::Instrument;
 
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -72,47 +73,56 @@ impl<'a> Connections<'a> {
     }
 
     /// The hot path's one query.
-    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "SELECT connections", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "connections"))]
     pub async fn find(&self, key: &ConnectionKey) -> Result<Option<ConnectionRow>, StoreError> {
-        let row = sqlx::query_as!(
-            ConnectionRow,
-            r#"SELECT id, tenant_id, provider, status, status_reason, status_changed_at, scopes, generation,
-                      token_type, access_token, access_token_issued_at, access_token_expires_at,
-                      authorized_at, refreshed_at
-                 FROM connections WHERE tenant_id = $1 AND provider = $2"#,
-            key.tenant().as_str(),
-            key.provider().as_str(),
-        )
-        .fetch_optional(self.pool)
-        .await?;
-        Ok(row)
+        async {
+            let row = sqlx::query_as!(
+                ConnectionRow,
+                r#"SELECT id, tenant_id, provider, status, status_reason, status_changed_at, scopes, generation,
+                          token_type, access_token, access_token_issued_at, access_token_expires_at,
+                          authorized_at, refreshed_at
+                     FROM connections WHERE tenant_id = $1 AND provider = $2"#,
+                key.tenant().as_str(),
+                key.provider().as_str(),
+            )
+            .fetch_optional(self.pool)
+            .await?;
+            Ok(row)
+        }
+        .instrument(db_span!("SELECT", "connections"))
+        .await
     }
 
-    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "SELECT refresh_tokens", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "refresh_tokens"))]
     pub async fn current_refresh_token(&self, connection_id: i64) -> Result<Option<CurrentRefreshToken>, StoreError> {
-        let row = sqlx::query_as!(
-            CurrentRefreshToken,
-            r#"SELECT generation, token FROM refresh_tokens WHERE connection_id = $1 AND superseded_at IS NULL
-                ORDER BY generation DESC LIMIT 1"#,
-            connection_id,
-        )
-        .fetch_optional(self.pool)
-        .await?;
-        Ok(row)
+        async {
+            let row = sqlx::query_as!(
+                CurrentRefreshToken,
+                r#"SELECT generation, token FROM refresh_tokens WHERE connection_id = $1 AND superseded_at IS NULL
+                    ORDER BY generation DESC LIMIT 1"#,
+                connection_id,
+            )
+            .fetch_optional(self.pool)
+            .await?;
+            Ok(row)
+        }
+        .instrument(db_span!("SELECT", "refresh_tokens"))
+        .await
     }
 
     /// The generation a new authorization of `key` replaces; `None` when there is no
     /// connection yet. Read right before [`Self::store_authorization`], which is fenced on it.
-    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "SELECT connections", db.system.name = "postgresql", db.operation.name = "SELECT", db.collection.name = "connections"))]
     pub async fn generation(&self, key: &ConnectionKey) -> Result<Option<i64>, StoreError> {
-        let generation = sqlx::query_scalar!(
-            "SELECT generation FROM connections WHERE tenant_id = $1 AND provider = $2",
-            key.tenant().as_str(),
-            key.provider().as_str(),
-        )
-        .fetch_optional(self.pool)
-        .await?;
-        Ok(generation)
+        async {
+            let generation = sqlx::query_scalar!(
+                "SELECT generation FROM connections WHERE tenant_id = $1 AND provider = $2",
+                key.tenant().as_str(),
+                key.provider().as_str(),
+            )
+            .fetch_optional(self.pool)
+            .await?;
+            Ok(generation)
+        }
+        .instrument(db_span!("SELECT", "connections"))
+        .await
     }
 
     /// Stores the tokens of a completed authorization, fenced on what it replaces: the
@@ -121,30 +131,57 @@ impl<'a> Connections<'a> {
     /// since it was read (a refresh, another authorization): read the generation again and
     /// seal again, since the associated data binds the generation. One transaction. Returns the
     /// connection's id.
-    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPSERT connections", db.system.name = "postgresql", db.operation.name = "UPSERT", db.collection.name = "connections"))]
     pub async fn store_authorization(
         &self,
         key: &ConnectionKey,
         replaces: Option<i64>,
         tokens: &NewTokens,
     ) -> Result<i64, StoreError> {
-        debug_assert_eq!(tokens.generation, replaces.map_or(1, |g| g + 1));
-        let (tenant_id, provider) = (key.tenant().as_str(), key.provider().as_str());
-        let mut tx = self.pool.begin().await?;
-        let id = match replaces {
-            Some(generation) => {
-                let id = sqlx::query_scalar!(
-                    r#"UPDATE connections
-                          SET status = 'active', status_reason = NULL, status_changed_at = now(),
-                              scopes = $4, generation = $5, token_type = $6, access_token = $7,
-                              access_token_issued_at = $8, access_token_expires_at = $9,
-                              authorized_at = now(), refreshed_at = NULL,
-                              refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
-                        WHERE tenant_id = $1 AND provider = $2 AND generation = $3
-                    RETURNING id"#,
+        async {
+            debug_assert_eq!(tokens.generation, replaces.map_or(1, |g| g + 1));
+            let (tenant_id, provider) = (key.tenant().as_str(), key.provider().as_str());
+            let mut tx = self.pool.begin().await?;
+            let id = match replaces {
+                Some(generation) => {
+                    let id = sqlx::query_scalar!(
+                        r#"UPDATE connections
+                              SET status = 'active', status_reason = NULL, status_changed_at = now(),
+                                  scopes = $4, generation = $5, token_type = $6, access_token = $7,
+                                  access_token_issued_at = $8, access_token_expires_at = $9,
+                                  authorized_at = now(), refreshed_at = NULL,
+                                  refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
+                            WHERE tenant_id = $1 AND provider = $2 AND generation = $3
+                        RETURNING id"#,
+                        tenant_id,
+                        provider,
+                        generation,
+                        &tokens.scopes,
+                        tokens.generation,
+                        tokens.token_type,
+                        tokens.access_token,
+                        tokens.access_token_issued_at,
+                        tokens.access_token_expires_at,
+                    )
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(StoreError::Fenced)?;
+                    sqlx::query!(
+                        "UPDATE refresh_tokens SET superseded_at = now() WHERE connection_id = $1 AND superseded_at IS NULL",
+                        id,
+                    )
+                    .execute(&mut *tx)
+                    .await?;
+                    id
+                }
+                None => sqlx::query_scalar!(
+                    r#"INSERT INTO connections
+                           (tenant_id, provider, status, scopes, generation, token_type, access_token,
+                            access_token_issued_at, access_token_expires_at, authorized_at)
+                       VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, now())
+                       ON CONFLICT (tenant_id, provider) DO NOTHING
+                       RETURNING id"#,
                     tenant_id,
                     provider,
-                    generation,
                     &tokens.scopes,
                     tokens.generation,
                     tokens.token_type,
@@ -154,49 +191,25 @@ impl<'a> Connections<'a> {
                 )
                 .fetch_optional(&mut *tx)
                 .await?
-                .ok_or(StoreError::Fenced)?;
+                // A concurrent authorization of the same new tenant committed first.
+                .ok_or(StoreError::Fenced)?,
+            };
+            if let Some(refresh_token) = &tokens.refresh_token {
                 sqlx::query!(
-                    "UPDATE refresh_tokens SET superseded_at = now() WHERE connection_id = $1 AND superseded_at IS NULL",
+                    r#"INSERT INTO refresh_tokens (connection_id, generation, token, source)
+                       VALUES ($1, $2, $3, 'authorization_code')"#,
                     id,
+                    tokens.generation,
+                    refresh_token,
                 )
                 .execute(&mut *tx)
                 .await?;
-                id
             }
-            None => sqlx::query_scalar!(
-                r#"INSERT INTO connections
-                       (tenant_id, provider, status, scopes, generation, token_type, access_token,
-                        access_token_issued_at, access_token_expires_at, authorized_at)
-                   VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, now())
-                   ON CONFLICT (tenant_id, provider) DO NOTHING
-                   RETURNING id"#,
-                tenant_id,
-                provider,
-                &tokens.scopes,
-                tokens.generation,
-                tokens.token_type,
-                tokens.access_token,
-                tokens.access_token_issued_at,
-                tokens.access_token_expires_at,
-            )
-            .fetch_optional(&mut *tx)
-            .await?
-            // A concurrent authorization of the same new tenant committed first.
-            .ok_or(StoreError::Fenced)?,
-        };
-        if let Some(refresh_token) = &tokens.refresh_token {
-            sqlx::query!(
-                r#"INSERT INTO refresh_tokens (connection_id, generation, token, source)
-                   VALUES ($1, $2, $3, 'authorization_code')"#,
-                id,
-                tokens.generation,
-                refresh_token,
-            )
-            .execute(&mut *tx)
-            .await?;
+            tx.commit().await?;
+            Ok(id)
         }
-        tx.commit().await?;
-        Ok(id)
+        .instrument(db_span!("UPSERT", "connections"))
+        .await
     }
 
     /// Takes the refresh exclusion for `holder` if the tenant's connection is still at
@@ -204,7 +217,6 @@ impl<'a> Connections<'a> {
     /// reads the connection and the refresh token to use, so a refresh that starts from a
     /// stale cached token needs no read before it. `None`: not taken. The lease is compared
     /// with the database's clock only, so replicas' clocks don't matter.
-    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPDATE connections", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "connections"))]
     pub async fn try_acquire_lease(
         &self,
         key: &ConnectionKey,
@@ -212,142 +224,155 @@ impl<'a> Connections<'a> {
         holder: Uuid,
         ttl: Duration,
     ) -> Result<Option<Leased>, StoreError> {
-        let ttl_secs = ttl.as_secs_f64();
-        let row = sqlx::query!(
-            r#"WITH lease AS (
-                   UPDATE connections
-                      SET refresh_lease_holder = $4, refresh_lease_until = now() + make_interval(secs => $5)
-                    WHERE tenant_id = $1 AND provider = $2 AND generation = $3 AND status = 'active'
-                      AND (refresh_lease_until IS NULL OR refresh_lease_until <= now())
-                RETURNING id, tenant_id, provider, status, status_reason, status_changed_at, scopes, generation,
-                          token_type, access_token, access_token_issued_at, access_token_expires_at,
-                          authorized_at, refreshed_at)
-               SELECT lease.id, lease.tenant_id, lease.provider, lease.status, lease.status_reason,
-                      lease.status_changed_at, lease.scopes, lease.generation, lease.token_type,
-                      lease.access_token, lease.access_token_issued_at, lease.access_token_expires_at,
-                      lease.authorized_at, lease.refreshed_at,
-                      current.generation AS "refresh_generation?", current.token AS "refresh_token?"
-                 FROM lease
-                 LEFT JOIN LATERAL (
-                      SELECT generation, token FROM refresh_tokens
-                       WHERE connection_id = lease.id AND superseded_at IS NULL
-                       ORDER BY generation DESC LIMIT 1) current ON true"#,
-            key.tenant().as_str(),
-            key.provider().as_str(),
-            generation,
-            holder,
-            ttl_secs,
-        )
-        .fetch_optional(self.pool)
-        .await?;
-        Ok(row.map(|r| Leased {
-            refresh_token: match (r.refresh_generation, r.refresh_token) {
-                (Some(generation), Some(token)) => Some(CurrentRefreshToken { generation, token }),
-                _ => None,
-            },
-            connection: ConnectionRow {
-                id: r.id,
-                tenant_id: r.tenant_id,
-                provider: r.provider,
-                status: r.status,
-                status_reason: r.status_reason,
-                status_changed_at: r.status_changed_at,
-                scopes: r.scopes,
-                generation: r.generation,
-                token_type: r.token_type,
-                access_token: r.access_token,
-                access_token_issued_at: r.access_token_issued_at,
-                access_token_expires_at: r.access_token_expires_at,
-                authorized_at: r.authorized_at,
-                refreshed_at: r.refreshed_at,
-            },
-        }))
+        async {
+            let ttl_secs = ttl.as_secs_f64();
+            let row = sqlx::query!(
+                r#"WITH lease AS (
+                       UPDATE connections
+                          SET refresh_lease_holder = $4, refresh_lease_until = now() + make_interval(secs => $5)
+                        WHERE tenant_id = $1 AND provider = $2 AND generation = $3 AND status = 'active'
+                          AND (refresh_lease_until IS NULL OR refresh_lease_until <= now())
+                    RETURNING id, tenant_id, provider, status, status_reason, status_changed_at, scopes, generation,
+                              token_type, access_token, access_token_issued_at, access_token_expires_at,
+                              authorized_at, refreshed_at)
+                   SELECT lease.id, lease.tenant_id, lease.provider, lease.status, lease.status_reason,
+                          lease.status_changed_at, lease.scopes, lease.generation, lease.token_type,
+                          lease.access_token, lease.access_token_issued_at, lease.access_token_expires_at,
+                          lease.authorized_at, lease.refreshed_at,
+                          current.generation AS "refresh_generation?", current.token AS "refresh_token?"
+                     FROM lease
+                     LEFT JOIN LATERAL (
+                          SELECT generation, token FROM refresh_tokens
+                           WHERE connection_id = lease.id AND superseded_at IS NULL
+                           ORDER BY generation DESC LIMIT 1) current ON true"#,
+                key.tenant().as_str(),
+                key.provider().as_str(),
+                generation,
+                holder,
+                ttl_secs,
+            )
+            .fetch_optional(self.pool)
+            .await?;
+            Ok(row.map(|r| Leased {
+                refresh_token: match (r.refresh_generation, r.refresh_token) {
+                    (Some(generation), Some(token)) => Some(CurrentRefreshToken { generation, token }),
+                    _ => None,
+                },
+                connection: ConnectionRow {
+                    id: r.id,
+                    tenant_id: r.tenant_id,
+                    provider: r.provider,
+                    status: r.status,
+                    status_reason: r.status_reason,
+                    status_changed_at: r.status_changed_at,
+                    scopes: r.scopes,
+                    generation: r.generation,
+                    token_type: r.token_type,
+                    access_token: r.access_token,
+                    access_token_issued_at: r.access_token_issued_at,
+                    access_token_expires_at: r.access_token_expires_at,
+                    authorized_at: r.authorized_at,
+                    refreshed_at: r.refreshed_at,
+                },
+            }))
+        }
+        .instrument(db_span!("UPDATE", "connections"))
+        .await
     }
 
     /// Gives the lease up early (after a failed refresh), if `holder` still has it.
-    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPDATE connections", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "connections"))]
     pub async fn release_lease(&self, connection_id: i64, holder: Uuid) -> Result<(), StoreError> {
-        sqlx::query!(
-            r#"UPDATE connections SET refresh_lease_holder = NULL, refresh_lease_until = NULL
-                WHERE id = $1 AND refresh_lease_holder = $2"#,
-            connection_id,
-            holder,
-        )
-        .execute(self.pool)
-        .await?;
-        Ok(())
+        async {
+            sqlx::query!(
+                r#"UPDATE connections SET refresh_lease_holder = NULL, refresh_lease_until = NULL
+                    WHERE id = $1 AND refresh_lease_holder = $2"#,
+                connection_id,
+                holder,
+            )
+            .execute(self.pool)
+            .await?;
+            Ok(())
+        }
+        .instrument(db_span!("UPDATE", "connections"))
+        .await
     }
 
     /// Writes refreshed tokens, fenced on the generation they were refreshed from: if anything
     /// changed the tokens since, nothing is written and `Fenced` says so. The new refresh token
     /// (if any) supersedes the old one and the lease is released, all in one statement: one
     /// round trip and one commit on the refresh path.
-    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPDATE connections", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "connections"))]
     pub async fn store_refresh(
         &self,
         connection_id: i64,
         from_generation: i64,
         tokens: &NewTokens,
     ) -> Result<(), StoreError> {
-        debug_assert_eq!(tokens.generation, from_generation + 1);
-        // The statements of one WITH share a snapshot: the supersede below cannot see the row
-        // inserted beside it, so only older tokens are marked superseded.
-        let updated = sqlx::query_scalar!(
-            r#"WITH updated AS (
-                   UPDATE connections
-                      SET generation = $3, scopes = $4, token_type = $5, access_token = $6,
-                          access_token_issued_at = $7, access_token_expires_at = $8, refreshed_at = now(),
-                          status_reason = NULL,
-                          refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
-                    WHERE id = $1 AND generation = $2
-                RETURNING id, generation),
-               superseded AS (
-                   UPDATE refresh_tokens SET superseded_at = now()
-                    WHERE connection_id = $1 AND superseded_at IS NULL
-                      AND $9::bytea IS NOT NULL AND EXISTS (SELECT 1 FROM updated)),
-               inserted AS (
-                   INSERT INTO refresh_tokens (connection_id, generation, token, source)
-                   SELECT id, generation, $9, 'refresh' FROM updated WHERE $9::bytea IS NOT NULL)
-               SELECT count(*) AS "updated!" FROM updated"#,
-            connection_id,
-            from_generation,
-            tokens.generation,
-            &tokens.scopes,
-            tokens.token_type,
-            tokens.access_token,
-            tokens.access_token_issued_at,
-            tokens.access_token_expires_at,
-            tokens.refresh_token.as_deref(),
-        )
-        .fetch_one(self.pool)
-        .await?;
-        if updated != 1 {
-            return Err(StoreError::Fenced);
+        async {
+            debug_assert_eq!(tokens.generation, from_generation + 1);
+            // The statements of one WITH share a snapshot: the supersede below cannot see the row
+            // inserted beside it, so only older tokens are marked superseded.
+            let updated = sqlx::query_scalar!(
+                r#"WITH updated AS (
+                       UPDATE connections
+                          SET generation = $3, scopes = $4, token_type = $5, access_token = $6,
+                              access_token_issued_at = $7, access_token_expires_at = $8, refreshed_at = now(),
+                              status_reason = NULL,
+                              refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
+                        WHERE id = $1 AND generation = $2
+                    RETURNING id, generation),
+                   superseded AS (
+                       UPDATE refresh_tokens SET superseded_at = now()
+                        WHERE connection_id = $1 AND superseded_at IS NULL
+                          AND $9::bytea IS NOT NULL AND EXISTS (SELECT 1 FROM updated)),
+                   inserted AS (
+                       INSERT INTO refresh_tokens (connection_id, generation, token, source)
+                       SELECT id, generation, $9, 'refresh' FROM updated WHERE $9::bytea IS NOT NULL)
+                   SELECT count(*) AS "updated!" FROM updated"#,
+                connection_id,
+                from_generation,
+                tokens.generation,
+                &tokens.scopes,
+                tokens.token_type,
+                tokens.access_token,
+                tokens.access_token_issued_at,
+                tokens.access_token_expires_at,
+                tokens.refresh_token.as_deref(),
+            )
+            .fetch_one(self.pool)
+            .await?;
+            if updated != 1 {
+                return Err(StoreError::Fenced);
+            }
+            Ok(())
         }
-        Ok(())
+        .instrument(db_span!("UPDATE", "connections"))
+        .await
     }
 
     /// Marks the connection dead after a genuine rejection, fenced on the generation whose
     /// refresh token was rejected. Returns false if the generation moved (a lost race).
-    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPDATE connections", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "connections"))]
     pub async fn mark_reauthorization_required(
         &self,
         connection_id: i64,
         generation: i64,
         reason: &str,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query!(
-            r#"UPDATE connections
-                  SET status = 'reauthorization_required', status_reason = $3, status_changed_at = now(),
-                      refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
-                WHERE id = $1 AND generation = $2"#,
-            connection_id,
-            generation,
-            reason,
-        )
-        .execute(self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        async {
+            let done = sqlx::query!(
+                r#"UPDATE connections
+                      SET status = 'reauthorization_required', status_reason = $3, status_changed_at = now(),
+                          refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
+                    WHERE id = $1 AND generation = $2"#,
+                connection_id,
+                generation,
+                reason,
+            )
+            .execute(self.pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+        .instrument(db_span!("UPDATE", "connections"))
+        .await
     }
 }
 
@@ -363,28 +388,30 @@ impl Connections<'_> {
     /// Records on a connection that `holder`'s refresh of `generation` got an answer that may
     /// mean its refresh token was consumed. The lease is left to lapse by itself, so that no
     /// replica presents the token again before then; the next successful refresh clears it.
-    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPDATE connections", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "connections"))]
     pub async fn note_refresh_outcome_unknown(
         &self,
         connection_id: i64,
         generation: i64,
         holder: Uuid,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query!(
-            r#"UPDATE connections SET status_reason = 'refresh_outcome_unknown', updated_at = now()
-                WHERE id = $1 AND generation = $2 AND refresh_lease_holder = $3 AND status = 'active'"#,
-            connection_id,
-            generation,
-            holder,
-        )
-        .execute(self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        async {
+            let done = sqlx::query!(
+                r#"UPDATE connections SET status_reason = 'refresh_outcome_unknown', updated_at = now()
+                    WHERE id = $1 AND generation = $2 AND refresh_lease_holder = $3 AND status = 'active'"#,
+                connection_id,
+                generation,
+                holder,
+            )
+            .execute(self.pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+        .instrument(db_span!("UPDATE", "connections"))
+        .await
     }
 
     /// Extends `holder`'s lease while it still holds a refreshed token it has not managed to
     /// store, so that no other replica starts a refresh with the old (now used) refresh token.
-    #[tracing::instrument(name = "db", skip_all, fields(otel.kind = "client", otel.name = "UPDATE connections", db.system.name = "postgresql", db.operation.name = "UPDATE", db.collection.name = "connections"))]
     pub async fn extend_lease(
         &self,
         connection_id: i64,
@@ -392,17 +419,21 @@ impl Connections<'_> {
         holder: Uuid,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let ttl_secs = ttl.as_secs_f64();
-        let done = sqlx::query!(
-            r#"UPDATE connections SET refresh_lease_until = now() + make_interval(secs => $4)
-                WHERE id = $1 AND generation = $2 AND refresh_lease_holder = $3"#,
-            connection_id,
-            generation,
-            holder,
-            ttl_secs,
-        )
-        .execute(self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        async {
+            let ttl_secs = ttl.as_secs_f64();
+            let done = sqlx::query!(
+                r#"UPDATE connections SET refresh_lease_until = now() + make_interval(secs => $4)
+                    WHERE id = $1 AND generation = $2 AND refresh_lease_holder = $3"#,
+                connection_id,
+                generation,
+                holder,
+                ttl_secs,
+            )
+            .execute(self.pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+        .instrument(db_span!("UPDATE", "connections"))
+        .await
     }
 }

@@ -2,10 +2,26 @@
 //! write is one transaction; every concurrency rule is in SQL (guarded updates on the
 //! connection's generation, the refresh lease compared with the database's clock).
 
+/// A `db` client span around one repository call, named as OpenTelemetry's database
+/// conventions ask (`<OPERATION> <table>`); extra fields may follow.
+macro_rules! db_span {
+    ($operation:literal, $table:literal $(, $($field:tt)+)?) => {
+        tracing::info_span!(
+            "db",
+            otel.kind = "client",
+            otel.name = concat!($operation, " ", $table),
+            db.system.name = "postgresql",
+            db.operation.name = $operation,
+            db.collection.name = $table
+            $(, $($field)+)?
+        )
+    };
+}
+
 mod audit;
 mod connections;
-mod keys;
 mod pending;
+mod sealed_values;
 
 use std::{str::FromStr, time::Duration};
 
@@ -17,8 +33,8 @@ use sqlx::{
 
 pub use audit::{AuditEvents, AuditRow};
 pub use connections::{ConnectionRow, Connections, CurrentRefreshToken, Leased, NewTokens};
-pub use keys::{Batch, Binding, HeaderCount, Position, SealedColumn, SealedRow, SealedValues};
 pub use pending::{NewPendingAuthorization, PendingAuthorization, PendingAuthorizations};
+pub use sealed_values::{Batch, Binding, HeaderCount, Position, SealedColumn, SealedRow, SealedValues};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -8,7 +8,7 @@ use token_vault::proto;
 use tonic::Code;
 
 use crate::{
-    auth::{bearer_client, callers_toml, connect_as, BILLING_SPIFFE},
+    callers::{bearer_client, callers_toml, connect_as, BILLING_SPIFFE},
     helpers::{assert_reason, dump_all_tables, spawn_app_with, TestApp, TestOptions},
 };
 

@@ -11,7 +11,7 @@ use tonic::{transport::Channel, Code, Streaming};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest, HealthCheckResponse};
 
 use crate::{
-    auth::{callers_toml, Pki, BILLING_SPIFFE},
+    callers::{callers_toml, Pki, BILLING_SPIFFE},
     helpers::{assert_reason, connect, connect_tls, spawn_app_with, TestOptions},
 };
 

@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod audit;
-mod auth;
 mod authorization;
+mod callers;
 mod errors;
 mod faulty_proxy;
 mod grant_safety;

@@ -8,7 +8,7 @@ use token_vault::proto;
 use tonic::Code;
 
 use crate::{
-    auth::{bearer_client, callers_toml, BILLING_SPIFFE},
+    callers::{bearer_client, callers_toml, BILLING_SPIFFE},
     helpers::{assert_reason, spawn_app, spawn_app_with, TestApp, TestOptions},
 };
 
