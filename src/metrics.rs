@@ -35,6 +35,16 @@ pub struct RefreshCounters {
     /// Provider answers that may mean the refresh token was consumed (a concurrent presenter,
     /// or an answer lost after success) and that no newer generation explained.
     pub outcome_unknown: AtomicU64,
+    /// Changes of database seen (a failover or a restore), by this replica first.
+    pub database_changes: AtomicU64,
+    /// Rotations this replica wrote back after the database lost them.
+    pub written_back: AtomicU64,
+    /// Rotations the database lost that no replica wrote back: the connection was marked
+    /// `rotation_lost`.
+    pub rotations_lost: AtomicU64,
+    /// 1 while the database confirms commits on a synchronous standby, 0 while it does not
+    /// (a failover may then lose commits), 2 before the first check.
+    pub synchronous_standby: AtomicU64,
 }
 
 pub fn meter() -> Meter {
@@ -118,8 +128,40 @@ pub fn observe(
         .u64_observable_counter("tokenvault.refresh.unsaved_rotation_retries")
         .with_unit("{retry}")
         .with_description("Failed attempts to store a refreshed token (each is retried until it lands)")
-        .with_callback(move |o| o.observe(refreshes.unsaved_rotation_retries.load(Relaxed), &[]))
+        .with_callback({
+            let m = refreshes.clone();
+            move |o| o.observe(m.unsaved_rotation_retries.load(Relaxed), &[])
+        })
         .build();
+    let failover = {
+        let m = refreshes.clone();
+        meter
+            .u64_observable_counter("tokenvault.database.failover")
+            .with_unit("{event}")
+            .with_description(
+                "After the database went back in time: changes of database seen, rotations written back, rotations lost",
+            )
+            .with_callback(move |o| {
+                o.observe(m.database_changes.load(Relaxed), &[kv("event", "database_changed")]);
+                o.observe(m.written_back.load(Relaxed), &[kv("event", "written_back")]);
+                o.observe(m.rotations_lost.load(Relaxed), &[kv("event", "rotation_lost")]);
+            })
+            .build()
+    };
+    let synchronous = {
+        let m = refreshes.clone();
+        meter
+            .u64_observable_gauge("tokenvault.database.synchronous_standby")
+            .with_unit("1")
+            .with_description("1 if commits wait for a synchronous standby, 0 if a failover may lose them")
+            .with_callback(move |o| {
+                let value = m.synchronous_standby.load(Relaxed);
+                if value <= 1 {
+                    o.observe(value, &[]);
+                }
+            })
+            .build()
+    };
     let connections = meter
         .i64_observable_gauge("tokenvault.connections")
         .with_unit("{connection}")
@@ -133,6 +175,8 @@ pub fn observe(
         .build();
     vec![
         Box::new(outcomes),
+        Box::new(failover),
+        Box::new(synchronous),
         Box::new(attempts),
         Box::new(unsaved),
         Box::new(connections),

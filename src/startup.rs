@@ -160,6 +160,10 @@ impl Application {
             background.clone(),
         ));
         tokio::spawn(report_health(self.vault.clone(), reporter.clone(), background.clone()));
+        tokio::spawn({
+            let (vault, stop) = (self.vault.clone(), background.clone());
+            async move { vault.watch_database(stop).await }
+        });
         tokio::spawn(sweep_used_and_expired_states(
             self.vault.clone(),
             self.settings.vault.state_sweep_interval,

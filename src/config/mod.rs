@@ -71,6 +71,7 @@ pub struct Settings {
     pub keys: KeysSettings,
     pub vault: VaultSettings,
     pub refresh: RefreshSettings,
+    pub failover: FailoverSettings,
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
     #[serde(default)]
@@ -207,6 +208,26 @@ pub struct RefreshSettings {
     /// The longest pause between attempts to store a received refresh token.
     #[serde(with = "humantime_serde")]
     pub store_retry_max_backoff: Duration,
+}
+
+/// Surviving a database that went back in time (a failover to a standby that missed commits, a
+/// restore). See `vault::failover`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverSettings {
+    /// How often each replica checks which database it talks to (and its durability).
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    /// After a change of database is first seen, how long refreshes wait, so that replicas
+    /// holding rotations the database lost write them back first. Must exceed
+    /// `check_interval`.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// How long each replica keeps the rotations it stored (sealed, in memory), to write back.
+    #[serde(with = "humantime_serde")]
+    pub rotation_window: Duration,
+    /// The most rotations kept per replica; the oldest go first.
+    pub max_rotations: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -468,6 +489,18 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.failover.grace <= self.failover.check_interval {
+            return Err(invalid(
+                "failover.grace",
+                "must exceed failover.check_interval, so that every replica has looked for lost rotations before refreshes resume",
+            ));
+        }
+        if self.failover.check_interval.is_zero() || self.failover.max_rotations == 0 {
+            return Err(invalid(
+                "failover.check_interval",
+                "and failover.max_rotations must be positive",
+            ));
+        }
         if self.database.url.expose_secret().is_empty() {
             return Err(invalid("database.url", "must be set"));
         }

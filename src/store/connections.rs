@@ -53,9 +53,22 @@ pub struct CurrentRefreshToken {
 pub struct Leased {
     pub connection: ConnectionRow,
     pub refresh_token: Option<CurrentRefreshToken>,
+    /// Which database granted the lease, read in the same statement.
+    pub database: DatabaseSeen,
+}
+
+/// The database's identity (system identifier/timeline) as the lease statement read it, beside
+/// the identity last recorded in `database_identity` and when that changed.
+#[derive(Debug, Clone)]
+pub struct DatabaseSeen {
+    pub identity: String,
+    pub recorded: Option<String>,
+    pub changed_at: Option<OffsetDateTime>,
+    pub now: OffsetDateTime,
 }
 
 /// Tokens to write at generation `generation`, sealed for it.
+#[derive(Clone)]
 pub struct NewTokens {
     pub generation: i64,
     pub scopes: Vec<String>,
@@ -239,12 +252,18 @@ impl<'a> Connections<'a> {
                           lease.status_changed_at, lease.scopes, lease.generation, lease.token_type,
                           lease.access_token, lease.access_token_issued_at, lease.access_token_expires_at,
                           lease.authorized_at, lease.refreshed_at,
-                          current.generation AS "refresh_generation?", current.token AS "refresh_token?"
+                          current.generation AS "refresh_generation?", current.token AS "refresh_token?",
+                          (SELECT system_identifier FROM pg_control_system())::text || '/'
+                              || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) AS "database_identity!",
+                          recorded.identity AS "recorded_identity?",
+                          recorded.changed_at AS "identity_changed_at?",
+                          now() AS "database_now!"
                      FROM lease
                      LEFT JOIN LATERAL (
                           SELECT generation, token FROM refresh_tokens
                            WHERE connection_id = lease.id AND superseded_at IS NULL
-                           ORDER BY generation DESC LIMIT 1) current ON true"#,
+                           ORDER BY generation DESC LIMIT 1) current ON true
+                     LEFT JOIN database_identity recorded ON true"#,
                 key.tenant().as_str(),
                 key.provider().as_str(),
                 generation,
@@ -257,6 +276,12 @@ impl<'a> Connections<'a> {
                 refresh_token: match (r.refresh_generation, r.refresh_token) {
                     (Some(generation), Some(token)) => Some(CurrentRefreshToken { generation, token }),
                     _ => None,
+                },
+                database: DatabaseSeen {
+                    identity: r.database_identity,
+                    recorded: r.recorded_identity,
+                    changed_at: r.identity_changed_at,
+                    now: r.database_now,
                 },
                 connection: ConnectionRow {
                     id: r.id,
@@ -344,6 +369,46 @@ impl<'a> Connections<'a> {
                 return Err(StoreError::Fenced);
             }
             Ok(())
+        }
+        .instrument(db_span!("UPDATE", "connections"))
+        .await
+    }
+
+    /// Writes back a rotation this replica stored and the database lost (it went back in time:
+    /// a failover to a standby that had not received it, a restore). Fenced on the database
+    /// being behind: only if the connection's generation is still older than the rotation's,
+    /// so a newer write always wins. True if written.
+    pub async fn write_back(&self, connection_id: i64, tokens: &NewTokens) -> Result<bool, StoreError> {
+        async {
+            let updated = sqlx::query_scalar!(
+                r#"WITH updated AS (
+                       UPDATE connections
+                          SET generation = $2, scopes = $3, token_type = $4, access_token = $5,
+                              access_token_issued_at = $6, access_token_expires_at = $7, refreshed_at = now(),
+                              status = 'active', status_reason = NULL, status_changed_at = now(),
+                              refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
+                        WHERE id = $1 AND generation < $2
+                    RETURNING id, generation),
+                   superseded AS (
+                       UPDATE refresh_tokens SET superseded_at = now()
+                        WHERE connection_id = $1 AND superseded_at IS NULL
+                          AND $8::bytea IS NOT NULL AND EXISTS (SELECT 1 FROM updated)),
+                   inserted AS (
+                       INSERT INTO refresh_tokens (connection_id, generation, token, source)
+                       SELECT id, generation, $8, 'write_back' FROM updated WHERE $8::bytea IS NOT NULL)
+                   SELECT count(*) AS "updated!" FROM updated"#,
+                connection_id,
+                tokens.generation,
+                &tokens.scopes,
+                tokens.token_type,
+                tokens.access_token,
+                tokens.access_token_issued_at,
+                tokens.access_token_expires_at,
+                tokens.refresh_token.as_deref(),
+            )
+            .fetch_one(self.pool)
+            .await?;
+            Ok(updated == 1)
         }
         .instrument(db_span!("UPDATE", "connections"))
         .await

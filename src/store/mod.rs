@@ -20,6 +20,7 @@ macro_rules! db_span {
 
 mod audit;
 mod connections;
+mod identity;
 mod pending;
 mod sealed_values;
 
@@ -32,7 +33,8 @@ use sqlx::{
 };
 
 pub use audit::{AuditEvents, AuditRow};
-pub use connections::{ConnectionRow, Connections, CurrentRefreshToken, Leased, NewTokens};
+pub use connections::{ConnectionRow, Connections, CurrentRefreshToken, DatabaseSeen, Leased, NewTokens};
+pub use identity::{DatabaseIdentity, Durability};
 pub use pending::{NewPendingAuthorization, PendingAuthorization, PendingAuthorizations};
 pub use sealed_values::{Batch, Binding, HeaderCount, Position, SealedColumn, SealedRow, SealedValues};
 
@@ -156,6 +158,11 @@ impl Store {
 
     pub fn connections(&self) -> Connections<'_> {
         Connections::new(&self.pool)
+    }
+
+    /// Which database this is, and whether it changed (a failover, a restore).
+    pub fn identity(&self) -> DatabaseIdentity<'_> {
+        DatabaseIdentity::new(&self.pool)
     }
 
     pub fn audit(&self) -> AuditEvents<'_> {

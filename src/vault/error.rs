@@ -24,6 +24,12 @@ pub enum VaultError {
     /// back until the lease lapses (see `vault::refresh`).
     #[error("the outcome of the refresh is unknown; the refresh token is held back until the lease lapses")]
     RefreshOutcomeUnknown { retry_after: Duration },
+    /// The database changed recently (a failover, a restore) and may have lost rotations that
+    /// replicas are writing back; refreshes wait (see `vault::failover`).
+    #[error(
+        "the database changed recently (a failover or a restore); refreshes wait for lost rotations to be written back"
+    )]
+    DatabaseFailover { retry_after: Duration },
     #[error("the provider rejected the vault's client credentials for provider {provider}")]
     ProviderRejectedClient { provider: String },
     #[error("the provider answered something unusable")]
@@ -51,6 +57,7 @@ impl VaultError {
             VaultError::ReauthorizationRequired { .. } => "REAUTHORIZATION_REQUIRED",
             VaultError::ProviderUnavailable { .. } => "PROVIDER_UNAVAILABLE",
             VaultError::RefreshOutcomeUnknown { .. } => "REFRESH_OUTCOME_UNKNOWN",
+            VaultError::DatabaseFailover { .. } => "DATABASE_FAILOVER",
             VaultError::ProviderRejectedClient { .. } => "PROVIDER_REJECTED_CLIENT",
             VaultError::ProviderProtocol => "PROVIDER_PROTOCOL_ERROR",
             VaultError::StoreUnavailable => "STORE_UNAVAILABLE",

@@ -18,6 +18,7 @@ mod authorize;
 mod cache;
 mod coalesce;
 mod error;
+mod failover;
 mod refresh;
 mod tokens;
 mod types;
@@ -33,6 +34,7 @@ pub use types::*;
 use crate::{
     config::{RefreshSettings, Settings, VaultSettings},
     crypto::SharedKeyring,
+    metrics::RefreshCounters,
     oauth::ProviderClient,
     store::{ConnectionRow, Store},
 };
@@ -54,6 +56,9 @@ struct Inner {
     refresher: refresh::Refresher,
     /// The database read behind a cache miss, once per key at a time.
     reads: coalesce::Coalescer<ConnectionKey, Result<ConnectionRow, VaultError>>,
+    /// Rotations kept for write-back after the database goes back in time.
+    failover: Arc<failover::FailoverGuard>,
+    failover_check_interval: std::time::Duration,
 }
 
 /// How long callers missing the cache join a read of the same row already in flight; a read
@@ -69,12 +74,20 @@ impl Vault {
         shutdown: CancellationToken,
     ) -> Self {
         let cache = cache::TokenCache::new(settings.vault.cache_max_entries, settings.vault.cache_max_age);
+        let counters = Arc::new(RefreshCounters::default());
+        // Unknown until the first durability check.
+        counters
+            .synchronous_standby
+            .store(2, std::sync::atomic::Ordering::Relaxed);
+        let failover = Arc::new(failover::FailoverGuard::new(&settings.failover, counters.clone()));
         let refresher = refresh::Refresher::new(
             store.clone(),
             keyring.clone(),
             cache.clone(),
             refresh_policy(&settings.refresh),
             shutdown,
+            failover.clone(),
+            counters,
         );
         let providers: BTreeMap<_, _> = providers
             .into_iter()
@@ -96,6 +109,8 @@ impl Vault {
                 cache,
                 refresher,
                 reads: coalesce::Coalescer::new(READ_JOIN_AGE),
+                failover,
+                failover_check_interval: settings.failover.check_interval,
             }),
         }
     }
@@ -112,6 +127,40 @@ impl Vault {
     /// get `SHUTTING_DOWN` and retry on another replica); refreshes in flight go on.
     pub fn stop_starting_refreshes(&self) {
         self.inner.refresher.stop_starting();
+    }
+
+    /// Checks, every `failover.check_interval` until `stop`, which database this is (a change
+    /// means a failover or a restore: this replica's kept rotations are written back) and
+    /// whether commits wait for a synchronous standby; says so when either changes.
+    pub async fn watch_database(&self, stop: CancellationToken) {
+        let counters = self.inner.refresher.metrics().clone();
+        let mut synchronous = None;
+        loop {
+            if let Err(e) = self.inner.failover.check(&self.inner.store).await {
+                tracing::debug!(error = %e, "could not check which database this is");
+            }
+            match self.inner.store.identity().durability().await {
+                Ok(durability) => {
+                    let now = durability.has_synchronous_standby();
+                    counters
+                        .synchronous_standby
+                        .store(u64::from(now), std::sync::atomic::Ordering::Relaxed);
+                    if synchronous != Some(now) {
+                        if now {
+                            tracing::info!(synchronous_standby_names = %durability.synchronous_standby_names, synchronous_commit = %durability.synchronous_commit, "commits wait for a synchronous standby: a failover keeps every rotation");
+                        } else {
+                            tracing::warn!(synchronous_standby_names = %durability.synchronous_standby_names, synchronous_commit = %durability.synchronous_commit, "NO SYNCHRONOUS STANDBY: a failover may lose rotated refresh tokens committed moments before; replicas keep their rotations in memory for failover.rotation_window and write them back, but a replica that stops meanwhile takes them along (see docs/deploy.md)");
+                        }
+                        synchronous = Some(now);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "could not read the database's durability settings"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.inner.failover_check_interval) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
     }
 
     /// Waits up to `budget` for every refresh in flight to end, its received refresh token

@@ -8,6 +8,7 @@ mod audit;
 mod authorization;
 mod callers;
 mod errors;
+mod failover;
 mod faulty_proxy;
 mod grant_safety;
 mod helpers;
@@ -23,6 +24,7 @@ mod replicas;
 mod report;
 mod secrets_in_logs;
 mod service;
+mod tcp_switch;
 mod telemetry;
 #[path = "../support/test_db.rs"]
 mod test_db;

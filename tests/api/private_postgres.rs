@@ -33,6 +33,14 @@ fn is_root() -> bool {
 
 impl PrivatePostgres {
     pub fn start() -> Self {
+        let pg = Self::empty();
+        pg.run(&["initdb", "-D", &pg.data(), "-A", "trust", "-U", "postgres", "--no-sync"]);
+        pg.ctl("start");
+        pg
+    }
+
+    /// A directory and a port, nothing running yet.
+    fn empty() -> Self {
         let bin = bin_dir();
         let dir = std::env::temp_dir().join(format!("token-vault-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -49,10 +57,7 @@ impl PrivatePostgres {
             .local_addr()
             .unwrap()
             .port();
-        let pg = Self { port, dir, bin };
-        pg.run(&["initdb", "-D", &pg.data(), "-A", "trust", "-U", "postgres", "--no-sync"]);
-        pg.ctl("start");
-        pg
+        Self { port, dir, bin }
     }
 
     fn data(&self) -> String {
@@ -61,6 +66,51 @@ impl PrivatePostgres {
 
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Whether the machine has the server binaries these clusters need.
+    pub fn available() -> bool {
+        std::path::Path::new("/usr/lib/postgresql").is_dir()
+            && std::fs::read_dir("/usr/lib/postgresql").is_ok_and(|mut d| d.next().is_some())
+    }
+
+    /// A streaming standby of the primary reachable at `primary` (host 127.0.0.1), made with
+    /// `pg_basebackup -R` and started on a port of its own.
+    pub fn standby_of(primary: std::net::SocketAddr) -> Self {
+        let pg = Self::empty();
+        pg.run(&[
+            "pg_basebackup",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary.port().to_string(),
+            "-U",
+            "postgres",
+            "-D",
+            &pg.data(),
+            "-R",
+            "-X",
+            "stream",
+            "--no-sync",
+            // An immediate checkpoint on the primary: the default spreads it over minutes.
+            "--checkpoint=fast",
+        ]);
+        pg.ctl("start");
+        pg
+    }
+
+    /// Stops the server at once, as a crash would (no shutdown checkpoint).
+    pub fn crash(&self) {
+        self.run(&["pg_ctl", "-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+    }
+
+    /// Promotes a standby to a primary on a new timeline, and waits for it.
+    pub fn promote(&self) {
+        self.run(&["pg_ctl", "-D", &self.data(), "-w", "promote"]);
     }
 
     /// Runs a Postgres binary as the `postgres` user (initdb and pg_ctl refuse root).

@@ -6,6 +6,7 @@ use std::time::Instant;
 use time::OffsetDateTime;
 
 use super::{jitter, RefresherInner};
+use crate::vault::failover::Verdict;
 use crate::{
     store::{ConnectionRow, Leased},
     vault::{access, tokens, AccessToken, ConnectionKey, VaultError},
@@ -14,12 +15,62 @@ use crate::{
 /// What trying to take the exclusion found.
 pub(super) enum Acquired {
     /// The lease is ours: the connection under it and the refresh token to present.
-    Lease(Leased),
+    Lease(Box<Leased>),
     /// Another holder refreshed meanwhile: its token, still valid.
     Theirs(AccessToken),
 }
 
 impl RefresherInner {
+    /// Before anything is presented under a fresh lease: is this the database the vault
+    /// relied on, and is the row as new as what this replica knows? `None` after writing a
+    /// lost rotation back (the caller reads again). See `vault::failover`.
+    async fn check_database(&self, key: &ConnectionKey, leased: Leased) -> Result<Option<Acquired>, VaultError> {
+        let row = &leased.connection;
+        let verdict = self.failover.judge(&self.store, &leased.database).await?;
+        if let Some(rotation) = self.failover.newer_rotation(key, row.generation) {
+            // The database lost this replica's own rotation: write it back (it also frees the
+            // lease) and adopt it.
+            if self.failover.write_back(&self.store, key, &rotation).await? {
+                return Ok(None);
+            }
+        }
+        let cached = self.cache.get(key).filter(|token| token.generation > row.generation);
+        match (verdict, cached) {
+            (Verdict::Proceed, None) => Ok(Some(Acquired::Lease(Box::new(leased)))),
+            (Verdict::Grace { remaining }, cached) => {
+                self.release(row).await;
+                match cached.filter(|t| t.expires_at > OffsetDateTime::now_utc()) {
+                    // A still valid token from before the change is served meanwhile.
+                    Some(token) => Ok(Some(Acquired::Theirs(token))),
+                    None => Err(VaultError::DatabaseFailover { retry_after: remaining }),
+                }
+            }
+            (Verdict::Proceed, Some(token)) => {
+                // This replica saw a newer generation than the database has, and nobody wrote
+                // it back within the grace: the refresh token stored is already spent.
+                self.failover.lost(key, row.generation, token.generation);
+                if token.expires_at > OffsetDateTime::now_utc() {
+                    self.release(row).await;
+                    return Ok(Some(Acquired::Theirs(token)));
+                }
+                self.cache.remove(key);
+                if self
+                    .store
+                    .connections()
+                    .mark_reauthorization_required(row.id, row.generation, "rotation_lost")
+                    .await?
+                {
+                    self.metrics
+                        .marked_reauthorization_required
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(VaultError::ReauthorizationRequired {
+                    reason: "rotation_lost".into(),
+                })
+            }
+        }
+    }
+
     pub(super) async fn reread(&self, key: &ConnectionKey) -> Result<ConnectionRow, VaultError> {
         access::active_connection(&self.store, key).await
     }
@@ -68,7 +119,11 @@ impl RefresherInner {
                 .try_acquire_lease(key, *generation, self.holder, self.policy.lease_ttl)
                 .await?
             {
-                return Ok(Some(Acquired::Lease(leased)));
+                match self.check_database(key, leased).await? {
+                    Some(outcome) => return Ok(Some(outcome)),
+                    // This replica wrote a lost rotation back: the row moved on; read it again.
+                    None => continue,
+                }
             }
             let fresh = self.reread(key).await?;
             let moved = fresh.generation != *generation;

@@ -71,7 +71,7 @@ mod round;
 use lease::Acquired;
 use round::Round;
 
-use super::{cache::TokenCache, coalesce::Coalescer, AccessToken, ConnectionKey, VaultError};
+use super::{cache::TokenCache, coalesce::Coalescer, failover::FailoverGuard, AccessToken, ConnectionKey, VaultError};
 use crate::{crypto::SharedKeyring, metrics::RefreshCounters, oauth::ProviderClient, store::Store};
 
 /// Time kept free at the end of a lease: no provider attempt may start unless it (at its full
@@ -111,6 +111,8 @@ struct RefresherInner {
     /// Fired when the drain's budget is spent: the only thing that ends a store retry loop.
     shutdown: CancellationToken,
     metrics: Arc<RefreshCounters>,
+    /// The rotations kept for write-back, and what the database's identity means.
+    failover: Arc<FailoverGuard>,
 }
 
 impl Refresher {
@@ -120,6 +122,8 @@ impl Refresher {
         cache: TokenCache,
         policy: RefreshPolicy,
         shutdown: CancellationToken,
+        failover: Arc<FailoverGuard>,
+        metrics: Arc<RefreshCounters>,
     ) -> Self {
         Self {
             inner: Arc::new(RefresherInner {
@@ -130,7 +134,8 @@ impl Refresher {
                 holder: Uuid::new_v4(),
                 draining: CancellationToken::new(),
                 shutdown,
-                metrics: Arc::default(),
+                metrics,
+                failover,
             }),
             // A refresh in flight is always joined: it is bounded by its lease, and starting a
             // second one beside it in this process would only wait on that lease.

@@ -67,7 +67,7 @@ impl RefresherInner {
                         sent_at,
                         &row.scopes,
                     )?;
-                    return self.store_refreshed(row, &new_tokens, token).await;
+                    return self.store_refreshed(key, row, &new_tokens, token).await;
                 }
                 Err(e) => e,
             };
@@ -177,6 +177,7 @@ impl RefresherInner {
     /// provider has already retired the old refresh token, so this one is the only one left.
     pub(super) async fn store_refreshed(
         &self,
+        key: &ConnectionKey,
         row: &ConnectionRow,
         new_tokens: &crate::store::NewTokens,
         token: AccessToken,
@@ -187,6 +188,8 @@ impl RefresherInner {
         loop {
             match connections.store_refresh(row.id, row.generation, new_tokens).await {
                 Ok(()) => {
+                    // Kept, sealed as stored, in case the database loses it (vault::failover).
+                    self.failover.remember(key, row.id, new_tokens);
                     self.metrics.succeeded.fetch_add(1, Ordering::Relaxed);
                     if failures > 0 {
                         tracing::warn!(tenant_id = %row.tenant_id, provider = %row.provider, failures, "the refreshed token was stored after retries");
