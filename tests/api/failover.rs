@@ -116,8 +116,19 @@ fn counted(reasons: &[String]) -> String {
         .join(", ")
 }
 
-/// One failover: `synchronous` makes the primary wait for the standby on every commit.
-async fn fail_over(synchronous: bool) -> Option<FaultReport<'static>> {
+/// A primary, its streaming standby (replication through a switch), and two vault processes
+/// whose database address is another switch, with one connected tenant already on both
+/// databases.
+struct Pair {
+    primary: PrivatePostgres,
+    standby: PrivatePostgres,
+    replication: TcpSwitch,
+    database: TcpSwitch,
+    cluster: Cluster,
+}
+
+/// `None` (and a message saying the test is skipped) without Postgres server binaries.
+async fn start_pair(synchronous: bool, env: &[(&str, &str)]) -> Option<Pair> {
     if !PrivatePostgres::available() {
         eprintln!("SKIPPED: no Postgres server binaries under /usr/lib/postgresql for a primary and a standby");
         return None;
@@ -136,6 +147,12 @@ async fn fail_over(synchronous: bool) -> Option<FaultReport<'static>> {
     }
     let database = TcpSwitch::start(primary.addr()).await;
     let vault_url = format!("postgres://postgres@{}/vault", database.addr);
+    let mut settings = vec![
+        ("TOKEN_VAULT_FAILOVER__CHECK_INTERVAL", "300ms"),
+        ("TOKEN_VAULT_FAILOVER__GRACE", "3s"),
+        ("TOKEN_VAULT_DATABASE__ACQUIRE_TIMEOUT", "2s"),
+    ];
+    settings.extend_from_slice(env);
     let cluster = Cluster::start(
         2,
         TestOptions {
@@ -143,15 +160,38 @@ async fn fail_over(synchronous: bool) -> Option<FaultReport<'static>> {
             ..Default::default()
         },
         Some(vault_url),
-        &[
-            ("TOKEN_VAULT_FAILOVER__CHECK_INTERVAL", "300ms"),
-            ("TOKEN_VAULT_FAILOVER__GRACE", "3s"),
-            ("TOKEN_VAULT_DATABASE__ACQUIRE_TIMEOUT", "2s"),
-        ],
+        &settings,
     )
     .await;
     cluster.connect_tenant("acme").await;
     wait_until_replayed(&primary.url("vault"), &standby.url("vault")).await;
+    Some(Pair {
+        primary,
+        standby,
+        replication,
+        database,
+        cluster,
+    })
+}
+
+impl Pair {
+    /// The primary crashes, the standby is promoted, the vaults' address leads there.
+    fn fail_over(&self) {
+        self.primary.crash();
+        self.standby.promote();
+        self.database.switch(Some(self.standby.addr()));
+    }
+}
+
+/// One failover: `synchronous` makes the primary wait for the standby on every commit.
+async fn fail_over(synchronous: bool) -> Option<FaultReport<'static>> {
+    let Pair {
+        primary,
+        standby,
+        replication,
+        database,
+        cluster,
+    } = start_pair(synchronous, &[]).await?;
 
     tokio::time::sleep(UNTIL_EXPIRED).await;
     let (rotated_token, pending) = if synchronous {
@@ -203,9 +243,15 @@ async fn fail_over(synchronous: bool) -> Option<FaultReport<'static>> {
     assert_eq!(generation(&standby.url("vault")).await.0, 1, "not on the standby");
 
     // The primary dies; the standby is promoted; the vaults' address now leads there.
-    primary.crash();
-    standby.promote();
-    database.switch(Some(standby.addr()));
+    let pair = Pair {
+        primary,
+        standby,
+        replication,
+        database,
+        cluster,
+    };
+    pair.fail_over();
+    let Pair { standby, cluster, .. } = &pair;
     let failed_over = Instant::now();
     if let Some(pending) = pending {
         // The store retry lands on the promoted standby: the waiting caller is served.
@@ -287,4 +333,71 @@ async fn a_failover_to_a_synchronous_standby_loses_no_grant() {
     if let Some(report) = fail_over(true).await {
         record("14-failover-sync", report);
     }
+}
+
+/// The replica that rotated is gone with its memory (killed) when the database goes back in
+/// time; the other replica had read the rotated generation. Nobody can write the rotation back,
+/// and the stored refresh token is spent: the vault never presents it. It serves the newer
+/// token while that is valid, then reports the rotation lost and marks the connection so, for
+/// a person to authorize again, instead of triggering the provider's reuse detection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rotation_nobody_holds_after_a_failover_is_reported_never_presented() {
+    let Some(mut pair) = start_pair(false, &[("TOKEN_VAULT_VAULT__CACHE_MAX_AGE", "1h")]).await else {
+        return;
+    };
+    pair.replication.switch(None);
+    tokio::time::sleep(UNTIL_EXPIRED).await;
+    let rotated = get_token(&pair.cluster, 0).await.expect("the rotation is served");
+    assert_eq!(
+        get_token(&pair.cluster, 1).await.expect("the other replica reads it"),
+        rotated
+    );
+    pair.cluster.kill(0).await;
+    pair.fail_over();
+    assert_eq!(
+        generation(&pair.standby.url("vault")).await.0,
+        1,
+        "the rotation is lost"
+    );
+
+    let started = Instant::now();
+    let mut saw = Vec::new();
+    let refused = loop {
+        match get_token(&pair.cluster, 1).await {
+            Ok(token) => {
+                assert_eq!(token, rotated, "only the newer token is ever served");
+                saw.push("token".to_owned());
+            }
+            Err(status) if status.code() == Code::Unavailable => saw.push("UNAVAILABLE".into()),
+            Err(status) => break status,
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "never settled: {saw:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let metadata = crate::helpers::assert_reason(&refused, Code::FailedPrecondition, "REAUTHORIZATION_REQUIRED");
+    assert_eq!(metadata["status_reason"], "rotation_lost");
+    let stats = pair.cluster.provider.stats();
+    assert_eq!(stats.reuse_detected, 0, "the spent refresh token was never presented");
+    assert_eq!(stats.refresh_requests, 1, "nothing was refreshed from the older row");
+    assert_eq!(
+        generation(&pair.standby.url("vault")).await.1,
+        "reauthorization_required"
+    );
+    assert!(pair
+        .cluster
+        .logs()
+        .contains("the database lost a rotation no replica wrote back"));
+    record(
+        "15-failover-rotation-lost",
+        FaultReport {
+            fault: "failover to an ASYNCHRONOUS standby that missed a rotation, and the replica that rotated killed first (its memory gone); the other replica had read the rotated token",
+            happened: format!(
+                "the spent refresh token was never presented; the newer token was served while valid, then the rotation was reported lost and the connection marked rotation_lost ({})",
+                counted(&saw)
+            ),
+            token_requests: stats.refresh_requests,
+            tenants_lost: 1,
+            callers_saw: format!("{}, then 1 × FailedPrecondition (REAUTHORIZATION_REQUIRED, rotation_lost)", counted(&saw)),
+        },
+    );
 }

@@ -126,10 +126,16 @@ impl RefresherInner {
                 }
             }
             let fresh = self.reread(key).await?;
-            let moved = fresh.generation != *generation;
-            *generation = fresh.generation;
-            if !moved {
+            if fresh.generation == *generation {
                 return Ok(None);
+            }
+            let went_back = fresh.generation < *generation;
+            *generation = fresh.generation;
+            if went_back {
+                // The database is behind what this replica knew (a failover, a restore): its
+                // token is no one's to adopt. Take the lease on what it has, and let
+                // `check_database` decide.
+                continue;
             }
             // Someone else refreshed. Their token is used as long as it has not expired, even
             // if it is shorter-lived than the margin asks: refreshing again would kill it for
