@@ -264,9 +264,9 @@ async fn fail_over(synchronous: bool) -> Option<FaultReport<'static>> {
 
     // The replica that knows nothing is asked first, once the rotated access token is stale.
     tokio::time::sleep(UNTIL_EXPIRED).await;
-    let (token, saw) = served_eventually(&cluster, 1, Duration::from_secs(30)).await;
+    let (token, saw) = served_eventually(cluster, 1, Duration::from_secs(30)).await;
     let after = failed_over.elapsed();
-    let (token0, _) = served_eventually(&cluster, 0, Duration::from_secs(30)).await;
+    let (token0, _) = served_eventually(cluster, 0, Duration::from_secs(30)).await;
     assert_eq!(token0, token, "both replicas serve the same token");
     if let Some(rotated) = &rotated_token {
         assert_ne!(&token, rotated, "a fresh token from the written-back rotation");
