@@ -671,10 +671,15 @@ impl Settings {
     /// drift between the database and this process.
     pub fn refresh_budget(&self, provider: &ProviderConfig) -> Duration {
         let attempts = self.refresh.max_attempts;
-        let backoff: Duration = (0..attempts.saturating_sub(1))
+        // Saturating throughout: absurd settings are refused by the comparison, never a panic.
+        let backoff = (0..attempts.saturating_sub(1))
             .map(|i| self.refresh.backoff.saturating_mul(1 << i.min(16)))
-            .sum();
-        provider.request_timeout.saturating_mul(attempts) + backoff + Duration::from_secs(2)
+            .fold(Duration::ZERO, Duration::saturating_add);
+        provider
+            .request_timeout
+            .saturating_mul(attempts)
+            .saturating_add(backoff)
+            .saturating_add(Duration::from_secs(2))
     }
 
     /// Every provider, resolved and validated.

@@ -203,6 +203,11 @@ impl ProviderSettings {
                 ));
             }
         }
+        // Added to timestamps on the refresh path: bounded here so that no sum can overflow.
+        let assumed_token_lifetime = self.assumed_token_lifetime.unwrap_or(Duration::from_secs(3600));
+        if assumed_token_lifetime > Duration::from_secs(365 * 24 * 3600) {
+            return Err(invalid(field("assumed_token_lifetime"), "must be at most a year"));
+        }
         let request_timeout = self.request_timeout.unwrap_or(Duration::from_secs(10));
         if request_timeout.is_zero() {
             return Err(invalid(field("request_timeout"), "must be positive"));
@@ -237,7 +242,7 @@ impl ProviderSettings {
                 .connect_timeout
                 .unwrap_or(Duration::from_secs(5))
                 .min(request_timeout),
-            assumed_token_lifetime: self.assumed_token_lifetime.unwrap_or(Duration::from_secs(3600)),
+            assumed_token_lifetime,
         })
     }
 }

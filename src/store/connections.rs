@@ -242,7 +242,7 @@ impl<'a> Connections<'a> {
             let row = sqlx::query!(
                 r#"WITH lease AS (
                        UPDATE connections
-                          SET refresh_lease_holder = $4, refresh_lease_until = now() + make_interval(secs => $5)
+                          SET refresh_lease_holder = $4, refresh_lease_until = clock_timestamp() + make_interval(secs => $5)
                         WHERE tenant_id = $1 AND provider = $2 AND generation = $3 AND status = 'active'
                           AND (refresh_lease_until IS NULL OR refresh_lease_until <= now())
                     RETURNING id, tenant_id, provider, status, status_reason, status_changed_at, scopes, generation,
@@ -378,16 +378,28 @@ impl<'a> Connections<'a> {
     /// a failover to a standby that had not received it, a restore). Fenced on the database
     /// being behind: only if the connection's generation is still older than the rotation's,
     /// so a newer write always wins. True if written.
-    pub async fn write_back(&self, connection_id: i64, tokens: &NewTokens) -> Result<bool, StoreError> {
+    /// Fenced on the grant too (`authorized_at`): a rotation of an older grant never lands on
+    /// a connection authorized again since. A connection marked dead for another reason than
+    /// the lost rotation stays so.
+    pub async fn write_back(
+        &self,
+        connection_id: i64,
+        authorized_at: OffsetDateTime,
+        tokens: &NewTokens,
+    ) -> Result<bool, StoreError> {
         async {
             let updated = sqlx::query_scalar!(
                 r#"WITH updated AS (
                        UPDATE connections
                           SET generation = $2, scopes = $3, token_type = $4, access_token = $5,
                               access_token_issued_at = $6, access_token_expires_at = $7, refreshed_at = now(),
-                              status = 'active', status_reason = NULL, status_changed_at = now(),
+                              status = CASE WHEN status = 'active' OR status_reason = 'rotation_lost'
+                                            THEN 'active' ELSE status END,
+                              status_reason = CASE WHEN status = 'active' OR status_reason = 'rotation_lost'
+                                                   THEN NULL ELSE status_reason END,
+                              status_changed_at = now(),
                               refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
-                        WHERE id = $1 AND generation < $2
+                        WHERE id = $1 AND generation < $2 AND authorized_at = $9
                     RETURNING id, generation),
                    superseded AS (
                        UPDATE refresh_tokens SET superseded_at = now()
@@ -405,6 +417,7 @@ impl<'a> Connections<'a> {
                 tokens.access_token_issued_at,
                 tokens.access_token_expires_at,
                 tokens.refresh_token.as_deref(),
+                authorized_at,
             )
             .fetch_one(self.pool)
             .await?;
@@ -487,7 +500,7 @@ impl Connections<'_> {
         async {
             let ttl_secs = ttl.as_secs_f64();
             let done = sqlx::query!(
-                r#"UPDATE connections SET refresh_lease_until = now() + make_interval(secs => $4)
+                r#"UPDATE connections SET refresh_lease_until = clock_timestamp() + make_interval(secs => $4)
                     WHERE id = $1 AND generation = $2 AND refresh_lease_holder = $3"#,
                 connection_id,
                 generation,

@@ -71,7 +71,9 @@ impl<'a> DatabaseIdentity<'a> {
     /// Records a change of identity to `identity`, once: the first replica to see it sets
     /// `changed_at`, the others get that same moment back. A row that already names `identity`
     /// but changed longer than `grace` ago (recorded as a first identity by a replica that
-    /// never saw the old one) is a change too: the caller saw the old identity.
+    /// never saw the old one) is a change too: the caller saw the old identity. The upsert
+    /// always updates, so that a caller that waited on another's row lock reads the row as that
+    /// one left it, never an older snapshot.
     pub async fn record_change(
         &self,
         identity: &str,
@@ -80,15 +82,14 @@ impl<'a> DatabaseIdentity<'a> {
         let grace_secs = grace.as_secs_f64();
         async {
             let changed_at = sqlx::query_scalar!(
-                r#"WITH changed AS (
-                       INSERT INTO database_identity (id, identity, changed_at) VALUES (1, $1, now())
-                       ON CONFLICT (id) DO UPDATE SET identity = $1, changed_at = now()
-                        WHERE database_identity.identity <> $1
-                           OR database_identity.changed_at < now() - make_interval(secs => $2)
-                       RETURNING changed_at)
-                   SELECT changed_at AS "changed_at!" FROM changed
-                   UNION ALL
-                   SELECT changed_at FROM database_identity WHERE NOT EXISTS (SELECT 1 FROM changed)"#,
+                r#"INSERT INTO database_identity AS d (id, identity, changed_at) VALUES (1, $1, now())
+                   ON CONFLICT (id) DO UPDATE
+                      SET changed_at = CASE
+                              WHEN d.identity <> $1 OR d.changed_at < now() - make_interval(secs => $2) THEN now()
+                              ELSE d.changed_at
+                          END,
+                          identity = $1
+                   RETURNING changed_at"#,
                 identity,
                 grace_secs,
             )

@@ -59,8 +59,14 @@ impl From<sqlx::Error> for StoreError {
                 StoreError::Unavailable(e)
             }
             sqlx::Error::Tls(_) => StoreError::Unavailable(e),
-            // Admin shutdown, crash shutdown, cannot connect now, terminated backend.
-            sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")) => {
+            // Admin shutdown, crash shutdown, cannot connect now, terminated backend; and what a
+            // failover answers: a read-only transaction (25006, a standby not yet promoted),
+            // recovery in progress (55000), a serialization failure or deadlock (40001, 40P01).
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| {
+                    c.starts_with("57P") || c.starts_with("08") || matches!(&*c, "25006" | "55000" | "40001" | "40P01")
+                }) =>
+            {
                 StoreError::Unavailable(e)
             }
             _ => StoreError::Database(e),

@@ -39,6 +39,8 @@ use crate::{
 #[derive(Clone)]
 pub(super) struct Rotation {
     pub connection_id: i64,
+    /// The grant the rotation belongs to: a write-back never lands on a newer authorization.
+    pub authorized_at: time::OffsetDateTime,
     pub tokens: NewTokens,
 }
 
@@ -57,6 +59,9 @@ pub(super) struct FailoverGuard {
     rotations: Cache<ConnectionKey, Rotation>,
     /// The identity this replica saw last, from its checks and its leases.
     last_seen: Mutex<Option<String>>,
+    /// Set when the database changed and cleared only once every kept rotation was written
+    /// back or found not behind: a write-back that failed is tried again at every check.
+    write_back_pending: std::sync::atomic::AtomicBool,
     counters: Arc<RefreshCounters>,
 }
 
@@ -64,21 +69,32 @@ impl FailoverGuard {
     pub fn new(settings: &FailoverSettings, counters: Arc<RefreshCounters>) -> Self {
         Self {
             grace: settings.grace,
+            // Least recently written goes first: the newest rotations are the ones a failover
+            // loses, and the default admission policy could refuse exactly those when full.
             rotations: Cache::builder()
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .max_capacity(settings.max_rotations)
                 .time_to_live(settings.rotation_window)
                 .build(),
             last_seen: Mutex::new(None),
+            write_back_pending: std::sync::atomic::AtomicBool::new(false),
             counters,
         }
     }
 
     /// Keeps a rotation this replica just stored.
-    pub fn remember(&self, key: &ConnectionKey, connection_id: i64, tokens: &NewTokens) {
+    pub fn remember(
+        &self,
+        key: &ConnectionKey,
+        connection_id: i64,
+        authorized_at: time::OffsetDateTime,
+        tokens: &NewTokens,
+    ) {
         self.rotations.insert(
             key.clone(),
             Rotation {
                 connection_id,
+                authorized_at,
                 tokens: tokens.clone(),
             },
         );
@@ -134,6 +150,9 @@ impl FailoverGuard {
             Some(_) => {}
         }
         self.saw(store, &identity).await;
+        if self.write_back_pending.load(Ordering::Acquire) {
+            self.write_back_everything(store).await;
+        }
         Ok(())
     }
 
@@ -148,24 +167,29 @@ impl FailoverGuard {
         };
         if changed {
             self.counters.database_changes.fetch_add(1, Ordering::Relaxed);
-            let written = self.write_back_all(store).await;
-            tracing::warn!(written, "rotations written back after the database changed");
+            self.write_back_pending.store(true, Ordering::Release);
+            self.write_back_everything(store).await;
         }
     }
 
-    /// Writes back every kept rotation the database is behind on. Returns how many landed.
-    pub async fn write_back_all(&self, store: &Store) -> usize {
-        let mut written = 0;
+    /// Writes back every kept rotation the database is behind on; the pending flag is cleared
+    /// only if none failed.
+    async fn write_back_everything(&self, store: &Store) {
+        let (mut written, mut failed) = (0, 0);
         for (key, rotation) in self.rotations.iter() {
             match self.write_back(store, &key, &rotation).await {
                 Ok(true) => written += 1,
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::error!(tenant_id = %key.tenant(), provider = %key.provider(), error = %e, "could not write back a rotation the database lost; it is kept and tried again at the next check or refresh");
+                    failed += 1;
+                    tracing::error!(tenant_id = %key.tenant(), provider = %key.provider(), error = %e, "could not write back a rotation the database lost; it is tried again at the next check");
                 }
             }
         }
-        written
+        if failed == 0 {
+            self.write_back_pending.store(false, Ordering::Release);
+        }
+        tracing::warn!(written, failed, "rotations written back after the database changed");
     }
 
     /// Writes one rotation back if the database is behind on it.
@@ -177,7 +201,7 @@ impl FailoverGuard {
     ) -> Result<bool, VaultError> {
         let written = store
             .connections()
-            .write_back(rotation.connection_id, &rotation.tokens)
+            .write_back(rotation.connection_id, rotation.authorized_at, &rotation.tokens)
             .await?;
         if written {
             self.counters.written_back.fetch_add(1, Ordering::Relaxed);

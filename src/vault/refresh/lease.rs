@@ -39,31 +39,38 @@ impl RefresherInner {
             (Verdict::Proceed, None) => Ok(Some(Acquired::Lease(Box::new(leased)))),
             (Verdict::Grace { remaining }, cached) => {
                 self.release(row).await;
-                match cached.filter(|t| t.expires_at > OffsetDateTime::now_utc()) {
-                    // A still valid token from before the change is served meanwhile.
+                let now = OffsetDateTime::now_utc();
+                // A still valid token is served meanwhile: the newer one this replica saw, else
+                // the row's own.
+                let valid = match cached.filter(|t| t.expires_at > now) {
+                    Some(token) => Some(token),
+                    None => Some(tokens::open_access_token(&self.keyring, key, row)?).filter(|t| t.expires_at > now),
+                };
+                match valid {
                     Some(token) => Ok(Some(Acquired::Theirs(token))),
                     None => Err(VaultError::DatabaseFailover { retry_after: remaining }),
                 }
             }
             (Verdict::Proceed, Some(token)) => {
                 // This replica saw a newer generation than the database has, and nobody wrote
-                // it back within the grace: the refresh token stored is already spent.
-                self.failover.lost(key, row.generation, token.generation);
-                if token.expires_at > OffsetDateTime::now_utc() {
-                    self.release(row).await;
-                    return Ok(Some(Acquired::Theirs(token)));
-                }
-                self.cache.remove(key);
+                // it back within the grace: the refresh token stored is already spent. Marked
+                // at once (fenced, so counted once), so that no replica presents it; the newer
+                // access token is still served here while it lasts.
                 if self
                     .store
                     .connections()
                     .mark_reauthorization_required(row.id, row.generation, "rotation_lost")
                     .await?
                 {
+                    self.failover.lost(key, row.generation, token.generation);
                     self.metrics
                         .marked_reauthorization_required
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
+                if token.expires_at > OffsetDateTime::now_utc() {
+                    return Ok(Some(Acquired::Theirs(token)));
+                }
+                self.cache.remove(key);
                 Err(VaultError::ReauthorizationRequired {
                     reason: "rotation_lost".into(),
                 })
@@ -119,10 +126,17 @@ impl RefresherInner {
                 .try_acquire_lease(key, *generation, self.holder, self.policy.lease_ttl)
                 .await?
             {
-                match self.check_database(key, leased).await? {
-                    Some(outcome) => return Ok(Some(outcome)),
+                let held = leased.connection.clone();
+                match self.check_database(key, leased).await {
+                    Ok(Some(outcome)) => return Ok(Some(outcome)),
                     // This replica wrote a lost rotation back: the row moved on; read it again.
-                    None => continue,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        // Nothing was presented: the lease goes back rather than blocking the
+                        // connection until it lapses.
+                        self.release(&held).await;
+                        return Err(e);
+                    }
                 }
             }
             let fresh = self.reread(key).await?;

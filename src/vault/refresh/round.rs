@@ -175,6 +175,35 @@ impl RefresherInner {
 
     /// Commits the refreshed tokens, retrying until it works or the process stops: the
     /// provider has already retired the old refresh token, so this one is the only one left.
+    /// A fenced store: the row is no longer at the generation this refresh started from. It is
+    /// still ours to keep (true) if the row already holds exactly these tokens (an earlier
+    /// attempt committed but its answer was lost), or if the database is behind it (it went
+    /// back in time: a failover, a restore), in which case the tokens are written back, since
+    /// the refresh token they carry is the only valid one. Anything else is another holder's
+    /// newer write (false).
+    async fn after_fenced_store(
+        &self,
+        key: &ConnectionKey,
+        row: &ConnectionRow,
+        new_tokens: &crate::store::NewTokens,
+    ) -> Result<bool, StoreError> {
+        let Some(now) = self.store.connections().find(key).await? else {
+            return Ok(false);
+        };
+        if now.generation == new_tokens.generation && now.access_token == new_tokens.access_token {
+            return Ok(true);
+        }
+        if now.generation < row.generation && now.authorized_at == row.authorized_at {
+            tracing::warn!(tenant_id = %row.tenant_id, provider = %row.provider, database_generation = now.generation, refreshed_from = row.generation, "the database is behind the generation this refresh started from (a failover or a restore): writing the received tokens back");
+            return self
+                .store
+                .connections()
+                .write_back(row.id, row.authorized_at, new_tokens)
+                .await;
+        }
+        Ok(false)
+    }
+
     pub(super) async fn store_refreshed(
         &self,
         key: &ConnectionKey,
@@ -186,10 +215,14 @@ impl RefresherInner {
         let mut pause = Duration::from_millis(50);
         let mut failures = 0u64;
         loop {
-            match connections.store_refresh(row.id, row.generation, new_tokens).await {
+            let stored = match connections.store_refresh(row.id, row.generation, new_tokens).await {
+                Err(StoreError::Fenced) => self.after_fenced_store(key, row, new_tokens).await,
+                other => other.map(|()| true),
+            };
+            match stored.and_then(|stored| if stored { Ok(()) } else { Err(StoreError::Fenced) }) {
                 Ok(()) => {
                     // Kept, sealed as stored, in case the database loses it (vault::failover).
-                    self.failover.remember(key, row.id, new_tokens);
+                    self.failover.remember(key, row.id, row.authorized_at, new_tokens);
                     self.metrics.succeeded.fetch_add(1, Ordering::Relaxed);
                     if failures > 0 {
                         tracing::warn!(tenant_id = %row.tenant_id, provider = %row.provider, failures, "the refreshed token was stored after retries");
