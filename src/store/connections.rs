@@ -253,8 +253,7 @@ impl<'a> Connections<'a> {
                           lease.access_token, lease.access_token_issued_at, lease.access_token_expires_at,
                           lease.authorized_at, lease.refreshed_at,
                           current.generation AS "refresh_generation?", current.token AS "refresh_token?",
-                          (SELECT system_identifier FROM pg_control_system())::text || '/'
-                              || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) AS "database_identity!",
+                          token_vault_database_identity() AS "database_identity!",
                           recorded.identity AS "recorded_identity?",
                           recorded.changed_at AS "identity_changed_at?",
                           now() AS "database_now!"

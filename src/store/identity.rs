@@ -35,16 +35,13 @@ impl<'a> DatabaseIdentity<'a> {
         Self { pool }
     }
 
-    /// The database's identity now: `<system identifier>/<timeline>`, as the lease statement
-    /// reads it too.
+    /// The database's identity now: `<system identifier>/<timeline>` (or `unknown` where the
+    /// platform hides them; see the migration), as the lease statement reads it too.
     pub async fn current(&self) -> Result<String, StoreError> {
         async {
-            let identity = sqlx::query_scalar!(
-                r#"SELECT (SELECT system_identifier FROM pg_control_system())::text || '/'
-                          || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) AS "identity!""#
-            )
-            .fetch_one(self.pool)
-            .await?;
+            let identity = sqlx::query_scalar!(r#"SELECT token_vault_database_identity() AS "identity!""#)
+                .fetch_one(self.pool)
+                .await?;
             Ok(identity)
         }
         .instrument(db_span!("SELECT", "pg_control_system"))

@@ -35,6 +35,10 @@ use crate::{
     store::{DatabaseSeen, NewTokens, Store},
 };
 
+/// What `token_vault_database_identity()` answers where the platform hides the system
+/// identifier or the WAL position.
+const UNKNOWN_IDENTITY: &str = "unknown";
+
 /// A rotation this replica stored: where, and the sealed tokens as written.
 #[derive(Clone)]
 pub(super) struct Rotation {
@@ -62,6 +66,8 @@ pub(super) struct FailoverGuard {
     /// Set when the database changed and cleared only once every kept rotation was written
     /// back or found not behind: a write-back that failed is tried again at every check.
     write_back_pending: std::sync::atomic::AtomicBool,
+    /// Whether the database's identity was reported unknown already (said once).
+    unknown_reported: std::sync::atomic::AtomicBool,
     counters: Arc<RefreshCounters>,
 }
 
@@ -78,6 +84,7 @@ impl FailoverGuard {
                 .build(),
             last_seen: Mutex::new(None),
             write_back_pending: std::sync::atomic::AtomicBool::new(false),
+            unknown_reported: std::sync::atomic::AtomicBool::new(false),
             counters,
         }
     }
@@ -140,6 +147,9 @@ impl FailoverGuard {
     /// last looked; a change is recorded and this replica's rotations written back.
     pub async fn check(&self, store: &Store) -> Result<(), VaultError> {
         let identity = store.identity().current().await?;
+        if identity == UNKNOWN_IDENTITY && !self.unknown_reported.swap(true, Ordering::Relaxed) {
+            tracing::warn!("this database does not say which one it is (pg_control_system() or pg_current_wal_lsn() is unavailable): a failover cannot be detected by its timeline, only by generations this replica has seen; prefer a synchronous standby (docs/deploy.md)");
+        }
         let previous = self.last_seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
         match previous {
             None => store.identity().record_first(&identity).await?,

@@ -170,6 +170,14 @@ async fn start_pair(synchronous: bool, env: &[(&str, &str)]) -> Option<Pair> {
     .await;
     cluster.connect_tenant("acme").await;
     wait_until_replayed(&primary.url("vault"), &standby.url("vault")).await;
+    // Where the WAL position can't be read (a standby in recovery, some managed services) the
+    // identity is 'unknown' rather than an error that would stop every refresh lease.
+    let mut on_standby = PgConnection::connect(&standby.url("vault")).await.unwrap();
+    let identity: String = sqlx::query_scalar("SELECT token_vault_database_identity()")
+        .fetch_one(&mut on_standby)
+        .await
+        .unwrap();
+    assert_eq!(identity, "unknown");
     Some(Pair {
         primary,
         standby,
