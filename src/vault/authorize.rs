@@ -1,5 +1,7 @@
 //! BeginAuthorization and CompleteAuthorization: state, PKCE and the code exchange.
 
+use std::time::{Duration, Instant};
+
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -31,6 +33,9 @@ fn verifier_aad<'a>(key: &'a ConnectionKey, state_hash: &[u8]) -> Aad<'a> {
 /// How many times storing a completed authorization starts over when a refresh or another
 /// authorization changed the connection between reading its generation and writing.
 const MAX_STORE_ROUNDS: usize = 8;
+/// How long storing a completed authorization rides out an unavailable database: the code is
+/// spent by then, so giving up at the first blip would make the customer start over.
+const STORE_RETRY_BUDGET: Duration = Duration::from_secs(10);
 
 /// A callback whose state was consumed: the connection it was issued for, and what the code
 /// exchange needs. The API checks the caller's policy against [`Self::key`] before
@@ -191,31 +196,43 @@ impl Vault {
         // The associated data binds the generation, so the tokens are sealed for the generation
         // read just before the fenced write, and sealed again if the write finds it moved.
         let connections = self.inner.store.connections();
-        let mut stored = false;
-        for _ in 0..MAX_STORE_ROUNDS {
-            let replaces = connections.generation(key).await?;
-            let (tokens, _) = tokens::seal_token_response(
-                &self.inner.keyring,
-                provider,
-                key,
-                replaces.map_or(1, |g| g + 1),
-                &response,
-                sent_at,
-                &consumed.scopes,
-            )?;
-            match connections.store_authorization(key, replaces, &tokens).await {
-                Ok(_) => {
-                    stored = true;
-                    break;
+        let (mut rounds, mut pause) = (0, Duration::from_millis(100));
+        let give_up_at = Instant::now() + STORE_RETRY_BUDGET;
+        loop {
+            let outcome = match connections.generation(key).await {
+                Ok(replaces) => {
+                    let (tokens, _) = tokens::seal_token_response(
+                        &self.inner.keyring,
+                        provider,
+                        key,
+                        replaces.map_or(1, |g| g + 1),
+                        &response,
+                        sent_at,
+                        &consumed.scopes,
+                    )?;
+                    connections
+                        .store_authorization(key, replaces, &tokens)
+                        .await
+                        .map(|_| ())
                 }
-                Err(StoreError::Fenced) => continue,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => break,
+                Err(StoreError::Fenced) if rounds + 1 < MAX_STORE_ROUNDS => rounds += 1,
+                Err(StoreError::Fenced) => {
+                    return Err(VaultError::Internal(
+                        "the connection kept changing while a completed authorization was stored".into(),
+                    ))
+                }
+                // The code is spent: a database blip must not throw its tokens away.
+                Err(e) if e.is_unavailable() && Instant::now() < give_up_at => {
+                    tracing::warn!(tenant_id = %key.tenant(), provider = %key.provider(), error = %e, "could not store a completed authorization; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
                 Err(e) => return Err(e.into()),
             }
-        }
-        if !stored {
-            return Err(VaultError::Internal(
-                "the connection kept changing while a completed authorization was stored".into(),
-            ));
         }
         self.inner.cache.remove(key);
 

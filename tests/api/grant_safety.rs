@@ -425,3 +425,56 @@ async fn after_a_lost_race_the_winners_valid_token_is_adopted_not_refreshed_away
         },
     );
 }
+
+/// The code is spent once the provider answers the exchange: a database that drops out right
+/// then must not throw the tokens away (the customer would have to start over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_completed_authorization_rides_out_a_database_blip() {
+    let app = spawn_app_with(TestOptions::default()).await;
+    let begun = app.begin("acme").await;
+    let code = app.provider.consent(&begun.authorization_url);
+    // The provider answers the exchange after 600 ms; meanwhile the database refuses the vault
+    // (connections killed, new ones refused) from 200 ms to 1.5 s.
+    app.provider.push_fault(Fault::Slow(Duration::from_millis(600)));
+    let database = app.database_name();
+    let outage = tokio::spawn(async move {
+        let mut admin = PgConnection::connect(&crate::helpers::admin_url()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        sqlx::query(&format!("ALTER DATABASE {database} WITH ALLOW_CONNECTIONS false"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&database)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        sqlx::query(&format!("ALTER DATABASE {database} WITH ALLOW_CONNECTIONS true"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    });
+    let completed = app
+        .client
+        .clone()
+        .complete_authorization(proto::CompleteAuthorizationRequest {
+            state: begun.state,
+            code,
+            ..Default::default()
+        })
+        .await;
+    outage.await.unwrap();
+    assert!(
+        completed.is_ok(),
+        "the authorization is stored once the database is back: {completed:?}"
+    );
+    let token = app.get_token("acme").await.expect("the tenant is connected");
+    assert_eq!(
+        token.access_token,
+        app.provider.state.lock().unwrap().issued_access_tokens[0]
+    );
+    assert_eq!(app.provider.stats().code_exchanges, 1, "the code was exchanged once");
+}
