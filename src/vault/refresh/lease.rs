@@ -14,8 +14,10 @@ use crate::{
 
 /// What trying to take the exclusion found.
 pub(super) enum Acquired {
-    /// The lease is ours: the connection under it and the refresh token to present.
-    Lease(Box<Leased>),
+    /// The lease is ours: the connection under it and the refresh token to present, and when
+    /// the lease statement was sent, which is no later than the database started the lease:
+    /// the holder budgets its time from there, never from after its own checks.
+    Lease(Box<Leased>, Instant),
     /// Another holder refreshed meanwhile: its token, still valid.
     Theirs(AccessToken),
 }
@@ -24,7 +26,12 @@ impl RefresherInner {
     /// Before anything is presented under a fresh lease: is this the database the vault
     /// relied on, and is the row as new as what this replica knows? `None` after writing a
     /// lost rotation back (the caller reads again). See `vault::failover`.
-    async fn check_database(&self, key: &ConnectionKey, leased: Leased) -> Result<Option<Acquired>, VaultError> {
+    async fn check_database(
+        &self,
+        key: &ConnectionKey,
+        leased: Leased,
+        sent: Instant,
+    ) -> Result<Option<Acquired>, VaultError> {
         let row = &leased.connection;
         let verdict = self.failover.judge(&self.store, &leased.database).await?;
         if let Some(rotation) = self.failover.newer_rotation(key, row.generation) {
@@ -36,7 +43,7 @@ impl RefresherInner {
         }
         let cached = self.cache.get(key).filter(|token| token.generation > row.generation);
         match (verdict, cached) {
-            (Verdict::Proceed, None) => Ok(Some(Acquired::Lease(Box::new(leased)))),
+            (Verdict::Proceed, None) => Ok(Some(Acquired::Lease(Box::new(leased), sent))),
             (Verdict::Grace { remaining }, cached) => {
                 self.release(row).await;
                 let now = OffsetDateTime::now_utc();
@@ -122,12 +129,13 @@ impl RefresherInner {
     async fn try_acquire(&self, key: &ConnectionKey, generation: &mut i64) -> Result<Option<Acquired>, VaultError> {
         let connections = self.store.connections();
         loop {
+            let sent = Instant::now();
             if let Some(leased) = connections
                 .try_acquire_lease(key, *generation, self.holder, self.policy.lease_ttl)
                 .await?
             {
                 let held = leased.connection.clone();
-                match self.check_database(key, leased).await {
+                match self.check_database(key, leased, sent).await {
                     Ok(Some(outcome)) => return Ok(Some(outcome)),
                     // This replica wrote a lost rotation back: the row moved on; read it again.
                     Ok(None) => continue,

@@ -246,9 +246,9 @@ impl RefresherInner {
                         self.metrics.adopted.fetch_add(1, Ordering::Relaxed);
                         return Ok(token);
                     }
-                    Acquired::Lease(leased) => {
+                    Acquired::Lease(leased, lease_taken) => {
                         match self
-                            .refresh_under_lease(key, client, &leased.connection, leased.refresh_token)
+                            .refresh_under_lease(key, client, &leased.connection, leased.refresh_token, lease_taken)
                             .await?
                         {
                             Round::Done(token) => return Ok(token),

@@ -31,8 +31,8 @@ impl RefresherInner {
         client: &ProviderClient,
         row: &ConnectionRow,
         current: Option<CurrentRefreshToken>,
+        lease_taken: Instant,
     ) -> Result<Round, VaultError> {
-        let lease_taken = Instant::now();
         let provider = client.config();
         let Some(current) = current else {
             tracing::warn!(tenant_id = %row.tenant_id, provider = %row.provider, "the access token expired and no refresh token is held");
