@@ -437,26 +437,11 @@ async fn a_completed_authorization_rides_out_a_database_blip() {
     // (connections killed, new ones refused) from 200 ms to 1.5 s.
     app.provider.push_fault(Fault::Slow(Duration::from_millis(600)));
     let database = app.database_name();
-    let outage = tokio::spawn(async move {
-        let mut admin = PgConnection::connect(&crate::helpers::admin_url()).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        sqlx::query(&format!("ALTER DATABASE {database} WITH ALLOW_CONNECTIONS false"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        sqlx::query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-        )
-        .bind(&database)
-        .execute(&mut admin)
-        .await
-        .unwrap();
-        tokio::time::sleep(Duration::from_millis(1300)).await;
-        sqlx::query(&format!("ALTER DATABASE {database} WITH ALLOW_CONNECTIONS true"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-    });
+    let outage = tokio::spawn(crate::helpers::database_outage(
+        database,
+        Duration::from_millis(200),
+        Duration::from_millis(1300),
+    ));
     let completed = app
         .client
         .clone()

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use figment::providers::{Format, Toml};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use token_vault::{
     config::Settings,
     proto::{self, token_vault_client::TokenVaultClient},
@@ -329,4 +329,27 @@ pub async fn dump_all_tables(pool: &PgPool) -> String {
         }
     }
     out
+}
+
+/// Cuts the test database off for the vault: after `after`, new connections are refused and
+/// every existing one is terminated; `lasting` later connections are allowed again.
+pub async fn database_outage(database: String, after: Duration, lasting: Duration) {
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+    tokio::time::sleep(after).await;
+    sqlx::query(&format!("ALTER DATABASE {database} WITH ALLOW_CONNECTIONS false"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&database)
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    tokio::time::sleep(lasting).await;
+    sqlx::query(&format!("ALTER DATABASE {database} WITH ALLOW_CONNECTIONS true"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
 }

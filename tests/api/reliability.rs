@@ -9,7 +9,7 @@ use token_vault::proto;
 use tonic::Code;
 
 use crate::{
-    helpers::{admin_url, assert_reason, spawn_app_with, TestOptions},
+    helpers::{assert_reason, spawn_app_with, TestOptions},
     private_postgres::PrivatePostgres,
     provider::Fault,
     replicas::Cluster,
@@ -270,26 +270,11 @@ async fn a_refreshed_token_survives_the_database_dropping_out_before_the_commit(
     // vault (connections killed, new ones refused) until 1.5 s have passed.
     app.provider.push_fault(Fault::Slow(Duration::from_millis(600)));
     let database = app.database_name();
-    let outage = tokio::spawn(async move {
-        let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        sqlx::query(&format!("ALTER DATABASE {database} WITH ALLOW_CONNECTIONS false"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        sqlx::query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-        )
-        .bind(&database)
-        .execute(&mut admin)
-        .await
-        .unwrap();
-        tokio::time::sleep(Duration::from_millis(1300)).await;
-        sqlx::query(&format!("ALTER DATABASE {database} WITH ALLOW_CONNECTIONS true"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-    });
+    let outage = tokio::spawn(crate::helpers::database_outage(
+        database,
+        Duration::from_millis(200),
+        Duration::from_millis(1300),
+    ));
     let token = app
         .get_token("acme")
         .await
