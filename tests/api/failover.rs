@@ -9,11 +9,10 @@
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
-use token_vault::proto;
 use tonic::Code;
 
 use crate::{
-    helpers::TestOptions,
+    helpers::{get_token_within, TestOptions},
     private_postgres::PrivatePostgres,
     replicas::Cluster,
     report::{record, FaultReport},
@@ -54,11 +53,6 @@ async fn wait_until_replayed(primary: &str, standby: &str) {
     }
 }
 
-fn newest_access_token(cluster: &Cluster) -> String {
-    let state = cluster.provider.state.lock().unwrap();
-    state.issued_access_tokens.last().cloned().unwrap()
-}
-
 async fn generation(url: &str) -> (i64, String) {
     let mut db = PgConnection::connect(url).await.unwrap();
     sqlx::query_as("SELECT generation, status FROM connections")
@@ -68,16 +62,7 @@ async fn generation(url: &str) -> (i64, String) {
 }
 
 async fn get_token(cluster: &Cluster, process: usize) -> Result<String, tonic::Status> {
-    let mut request = tonic::Request::new(proto::GetAccessTokenRequest {
-        tenant_id: "acme".into(),
-        ..Default::default()
-    });
-    request.set_timeout(Duration::from_secs(10));
-    cluster
-        .client(process)
-        .get_access_token(request)
-        .await
-        .map(|r| r.into_inner().access_token)
+    get_token_within(&mut cluster.client(process), "acme", Duration::from_secs(10)).await
 }
 
 /// Asks `process` until it serves a token, at most `limit`; returns the token and what the
@@ -217,17 +202,7 @@ async fn fail_over(synchronous: bool) -> Option<FaultReport<'static>> {
             .push_fault(crate::provider::Fault::Slow(Duration::from_millis(500)));
         let pending = tokio::spawn({
             let mut client = cluster.client(0);
-            async move {
-                let mut request = tonic::Request::new(proto::GetAccessTokenRequest {
-                    tenant_id: "acme".into(),
-                    ..Default::default()
-                });
-                request.set_timeout(Duration::from_secs(30));
-                client
-                    .get_access_token(request)
-                    .await
-                    .map(|r| r.into_inner().access_token)
-            }
+            async move { get_token_within(&mut client, "acme", Duration::from_secs(30)).await }
         });
         let started = Instant::now();
         while cluster.provider.stats().refresh_requests < 1 {
@@ -279,7 +254,7 @@ async fn fail_over(synchronous: bool) -> Option<FaultReport<'static>> {
     // until a refresh after the failover has served a fresh token: meanwhile it may answer
     // DATABASE_FAILOVER, or the still valid rotated token.
     tokio::time::sleep(UNTIL_EXPIRED).await;
-    let before = newest_access_token(cluster);
+    let before = cluster.provider.newest_access_token();
     let mut saw = Vec::new();
     let token = loop {
         let (token, waited) = served_eventually(cluster, 1, Duration::from_secs(30)).await;

@@ -7,11 +7,11 @@
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
-use token_vault::proto::{self, token_vault_client::TokenVaultClient};
-use tonic::{transport::Channel, Code};
+use token_vault::proto;
+use tonic::Code;
 
 use crate::{
-    helpers::{assert_reason, spawn_app_with, TestOptions},
+    helpers::{assert_reason, get_token_within, spawn_app_with, TestOptions},
     provider::Fault,
     replicas::Cluster,
     report::{record, FaultReport},
@@ -31,34 +31,6 @@ fn opts() -> TestOptions {
         access_ttl: TTL,
         ..Default::default()
     }
-}
-
-async fn get_token(
-    client: &mut TokenVaultClient<Channel>,
-    tenant: &str,
-    timeout: Duration,
-) -> Result<String, tonic::Status> {
-    let mut request = tonic::Request::new(proto::GetAccessTokenRequest {
-        tenant_id: tenant.into(),
-        ..Default::default()
-    });
-    request.set_timeout(timeout);
-    client
-        .get_access_token(request)
-        .await
-        .map(|r| r.into_inner().access_token)
-}
-
-fn newest_access_token(cluster: &Cluster) -> String {
-    cluster
-        .provider
-        .state
-        .lock()
-        .unwrap()
-        .issued_access_tokens
-        .last()
-        .cloned()
-        .unwrap()
 }
 
 async fn wait_for_refresh_requests(cluster: &Cluster, n: usize) {
@@ -114,7 +86,7 @@ async fn sigterm_while_a_refresh_waits_on_the_provider_stores_the_rotated_token_
     tokio::time::sleep(UNTIL_EXPIRED).await;
     // Rotated at once, answered after 3 s.
     cluster.provider.push_fault(Fault::Slow(Duration::from_secs(3)));
-    let gave_up = get_token(&mut cluster.client(0), "acme", Duration::from_secs(1)).await;
+    let gave_up = get_token_within(&mut cluster.client(0), "acme", Duration::from_secs(1)).await;
     assert_eq!(
         gave_up.unwrap_err().code(),
         Code::DeadlineExceeded,
@@ -130,9 +102,9 @@ async fn sigterm_while_a_refresh_waits_on_the_provider_stores_the_rotated_token_
     cluster.terminate(0);
     let status = cluster.wait_exit(0, Duration::from_secs(20)).await;
     assert!(status.success(), "a drained process exits cleanly: {status:?}");
-    let rotated = newest_access_token(&cluster);
+    let rotated = cluster.provider.newest_access_token();
 
-    let served = get_token(&mut cluster.client(1), "acme", Duration::from_secs(15))
+    let served = get_token_within(&mut cluster.client(1), "acme", Duration::from_secs(15))
         .await
         .expect("the other replica serves the tenant");
     assert_eq!(served, rotated, "with the token the terminated replica stored");
@@ -178,7 +150,7 @@ async fn callers_giving_up_by_the_thousand_leave_the_pool_idle() {
         let mut client = app.client.clone();
         // Deadlines of 0.5 to 8 ms: most expire while their read is queued or in flight.
         let timeout = Duration::from_micros(500 + (i * 7919) % 7500);
-        async move { get_token(&mut client, &format!("ghost-{i}"), timeout).await }
+        async move { get_token_within(&mut client, &format!("ghost-{i}"), timeout).await }
     });
     let outcomes = futures::future::join_all(calls).await;
     let gave_up = outcomes
@@ -191,14 +163,14 @@ async fn callers_giving_up_by_the_thousand_leave_the_pool_idle() {
     // after so many reset streams (its rapid-reset defence), which is its business.
     let mut caller = crate::helpers::connect(app.addr).await;
     let asked = Instant::now();
-    let served = get_token(&mut caller, "acme", Duration::from_secs(5)).await;
+    let served = get_token_within(&mut caller, "acme", Duration::from_secs(5)).await;
     assert!(served.is_ok(), "a connected tenant is served: {served:?}");
     assert!(
         asked.elapsed() < Duration::from_secs(1),
         "at once: {:?}",
         asked.elapsed()
     );
-    let unknown = get_token(&mut caller, "ghost-again", Duration::from_secs(5)).await;
+    let unknown = get_token_within(&mut caller, "ghost-again", Duration::from_secs(5)).await;
     assert_reason(&unknown.unwrap_err(), Code::NotFound, "CONNECTION_NOT_FOUND");
 
     let pool = app.vault.store().pool();
@@ -229,7 +201,7 @@ async fn an_absurd_retry_after_is_capped_and_the_tenant_recovers_when_the_provid
     cluster
         .provider
         .push_fault(Fault::RetryAfter(503, "18446744073709551615"));
-    let refused = get_token(&mut cluster.client(0), "acme", Duration::from_secs(5))
+    let refused = get_token_within(&mut cluster.client(0), "acme", Duration::from_secs(5))
         .await
         .unwrap_err();
     let metadata = assert_reason(&refused, Code::Unavailable, "PROVIDER_UNAVAILABLE");
@@ -239,10 +211,10 @@ async fn an_absurd_retry_after_is_capped_and_the_tenant_recovers_when_the_provid
         "capped at the lease (10 s here): {retry_after_ms} ms"
     );
 
-    let served = get_token(&mut cluster.client(0), "acme", Duration::from_secs(5)).await;
+    let served = get_token_within(&mut cluster.client(0), "acme", Duration::from_secs(5)).await;
     assert_eq!(
         served.expect("the tenant is served once the provider is healthy"),
-        newest_access_token(&cluster)
+        cluster.provider.newest_access_token()
     );
     let stats = cluster.provider.stats();
     assert_eq!(stats.reuse_detected, 0);
@@ -284,12 +256,12 @@ async fn the_loser_of_a_race_told_concurrent_adopts_the_winners_token_and_the_ch
     cluster.provider.push_fault(Fault::Slow(Duration::from_millis(1500)));
     let winner = tokio::spawn({
         let mut client = cluster.client(0);
-        async move { get_token(&mut client, "acme", Duration::from_secs(8)).await }
+        async move { get_token_within(&mut client, "acme", Duration::from_secs(8)).await }
     });
     wait_for_refresh_requests(&cluster, 1).await;
     lapse_lease(&cluster).await;
     cluster.provider.push_fault(Fault::Answer(400, CONCURRENT));
-    let loser = get_token(&mut cluster.client(1), "acme", Duration::from_secs(8)).await;
+    let loser = get_token_within(&mut cluster.client(1), "acme", Duration::from_secs(8)).await;
     let winners = winner.await.unwrap().expect("the winner's caller is served");
 
     let stats = cluster.provider.stats();
@@ -298,7 +270,7 @@ async fn the_loser_of_a_race_told_concurrent_adopts_the_winners_token_and_the_ch
     assert_eq!(loser.expect("the loser's caller gets the winner's token"), winners);
     // The chain is intact: the next expiry refreshes normally.
     tokio::time::sleep(UNTIL_EXPIRED).await;
-    let next = get_token(&mut cluster.client(1), "acme", Duration::from_secs(5))
+    let next = get_token_within(&mut cluster.client(1), "acme", Duration::from_secs(5))
         .await
         .expect("the next refresh works");
     assert_ne!(next, winners);
@@ -338,7 +310,7 @@ async fn an_unexplained_concurrent_answer_holds_the_token_back_until_the_lease_l
     tokio::time::sleep(UNTIL_EXPIRED).await;
     cluster.provider.push_fault(Fault::Answer(400, CONCURRENT));
     let asked = Instant::now();
-    let refused = get_token(&mut cluster.client(0), "acme", Duration::from_secs(8))
+    let refused = get_token_within(&mut cluster.client(0), "acme", Duration::from_secs(8))
         .await
         .unwrap_err();
     let metadata = assert_reason(&refused, Code::Unavailable, "REFRESH_OUTCOME_UNKNOWN");
@@ -351,11 +323,11 @@ async fn an_unexplained_concurrent_answer_holds_the_token_back_until_the_lease_l
     );
 
     // Nothing presents the token while the lease holds; afterwards it is the only way on.
-    let served = get_token(&mut cluster.client(0), "acme", Duration::from_secs(10))
+    let served = get_token_within(&mut cluster.client(0), "acme", Duration::from_secs(10))
         .await
         .expect("served once the lease has lapsed");
     assert!(asked.elapsed() >= Duration::from_secs(5), "{:?}", asked.elapsed());
-    assert_eq!(served, newest_access_token(&cluster));
+    assert_eq!(served, cluster.provider.newest_access_token());
     assert_eq!(cluster.provider.stats().refresh_requests, 2);
     let (_, reason, _) = connection_status(cluster.database_url()).await;
     assert_eq!(reason, None, "a successful refresh clears the reason");
@@ -395,7 +367,7 @@ async fn after_a_lost_race_the_winners_valid_token_is_adopted_not_refreshed_away
     cluster.provider.push_fault(Fault::Slow(Duration::from_millis(800)));
     let winner = tokio::spawn({
         let mut client = cluster.client(0);
-        async move { get_token(&mut client, "acme", Duration::from_secs(8)).await }
+        async move { get_token_within(&mut client, "acme", Duration::from_secs(8)).await }
     });
     wait_for_refresh_requests(&cluster, 1).await;
     lapse_lease(&cluster).await;
@@ -403,7 +375,7 @@ async fn after_a_lost_race_the_winners_valid_token_is_adopted_not_refreshed_away
     cluster
         .provider
         .push_fault(Fault::AnswerAfter(Duration::from_millis(1800), 400, ALREADY_USED));
-    let loser = get_token(&mut cluster.client(1), "acme", Duration::from_secs(8)).await;
+    let loser = get_token_within(&mut cluster.client(1), "acme", Duration::from_secs(8)).await;
     let winners = winner.await.unwrap().expect("the winner's caller is served");
     assert_eq!(loser.expect("the loser's caller is served"), winners);
     let stats = cluster.provider.stats();
@@ -411,7 +383,7 @@ async fn after_a_lost_race_the_winners_valid_token_is_adopted_not_refreshed_away
         stats.refresh_requests, 2,
         "no third refresh killed the winner's access token"
     );
-    assert_eq!(newest_access_token(&cluster), winners);
+    assert_eq!(cluster.provider.newest_access_token(), winners);
     let (status, _, generation) = connection_status(cluster.database_url()).await;
     assert_eq!((status.as_str(), generation), ("active", 2));
     record(

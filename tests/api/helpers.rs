@@ -276,6 +276,23 @@ impl TestApp {
     }
 }
 
+/// GetAccessToken for `tenant` with a deadline of `timeout`, as a caller that gives up would.
+pub async fn get_token_within(
+    client: &mut TokenVaultClient<Channel>,
+    tenant: &str,
+    timeout: Duration,
+) -> Result<String, Status> {
+    let mut request = tonic::Request::new(proto::GetAccessTokenRequest {
+        tenant_id: tenant.into(),
+        ..Default::default()
+    });
+    request.set_timeout(timeout);
+    client
+        .get_access_token(request)
+        .await
+        .map(|r| r.into_inner().access_token)
+}
+
 /// Asserts the status code and the stable ErrorInfo reason; returns the ErrorInfo metadata.
 pub fn assert_reason(status: &Status, code: Code, reason: &str) -> std::collections::HashMap<String, String> {
     assert_eq!(status.code(), code, "unexpected status: {status:?}");

@@ -325,6 +325,15 @@ impl ScriptedProvider {
         self.state.lock().unwrap().requests.clone()
     }
 
+    /// The access token issued last.
+    pub fn newest_access_token(&self) -> String {
+        let st = self.state.lock().unwrap();
+        st.issued_access_tokens
+            .last()
+            .cloned()
+            .expect("an access token was issued")
+    }
+
     /// Every token string the server ever issued, for scanning logs and tables.
     pub fn issued_secrets(&self) -> Vec<String> {
         let st = self.state.lock().unwrap();

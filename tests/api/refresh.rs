@@ -189,15 +189,7 @@ async fn concurrent_callers_in_one_process_share_one_refresh() {
     app.provider.push_fault(Fault::Slow(Duration::from_millis(300)));
     let calls = (0..100).map(|_| app.get_token("acme"));
     let results = futures::future::join_all(calls).await;
-    let newest = app
-        .provider
-        .state
-        .lock()
-        .unwrap()
-        .issued_access_tokens
-        .last()
-        .cloned()
-        .unwrap();
+    let newest = app.provider.newest_access_token();
     for r in results {
         assert_eq!(r.unwrap().access_token, newest);
     }
@@ -233,17 +225,7 @@ async fn a_caller_past_its_deadline_leaves_without_cancelling_the_refresh() {
     let err = client.get_access_token(impatient).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     let token = patient.await.unwrap().unwrap().into_inner();
-    assert_eq!(
-        token.access_token,
-        app.provider
-            .state
-            .lock()
-            .unwrap()
-            .issued_access_tokens
-            .last()
-            .cloned()
-            .unwrap()
-    );
+    assert_eq!(token.access_token, app.provider.newest_access_token());
     assert_eq!(app.provider.stats().refresh_requests, 1);
 }
 

@@ -29,18 +29,6 @@ fn opts() -> TestOptions {
     }
 }
 
-fn newest_access_token(cluster: &Cluster) -> String {
-    cluster
-        .provider
-        .state
-        .lock()
-        .unwrap()
-        .issued_access_tokens
-        .last()
-        .cloned()
-        .unwrap()
-}
-
 async fn active_connections(database_url: &str) -> (i64, i64) {
     let mut conn = PgConnection::connect(database_url).await.unwrap();
     sqlx::query_as("SELECT count(*) FILTER (WHERE status = 'active'), count(*) FROM connections")
@@ -60,7 +48,7 @@ async fn a_stampede_across_three_replicas_refreshes_once_per_expiry() {
         // A slow answer keeps the refresh in flight while all 300 calls arrive.
         cluster.provider.push_fault(Fault::Slow(Duration::from_millis(200)));
         let results = cluster.stampede("acme", &[0, 1, 2], 100).await;
-        let newest = newest_access_token(&cluster);
+        let newest = cluster.provider.newest_access_token();
         for r in &results {
             assert_eq!(
                 r.as_ref().unwrap(),
@@ -194,7 +182,7 @@ async fn a_hung_provider_gets_one_holders_bounded_retries_and_no_second_refresh(
         stats.refresh_requests, 4,
         "3 hung attempts by one holder, then 1 that worked"
     );
-    let newest = newest_access_token(&cluster);
+    let newest = cluster.provider.newest_access_token();
     let mut unavailable = 0;
     for r in &results {
         match r {
@@ -350,7 +338,7 @@ async fn a_replica_killed_while_holding_the_exclusion_is_taken_over_after_the_le
 
     let results = cluster.stampede("acme", &[1, 2], 100).await;
     let waited = killed_at.elapsed();
-    let newest = newest_access_token(&cluster);
+    let newest = cluster.provider.newest_access_token();
     for r in &results {
         assert_eq!(r.as_ref().unwrap(), &newest);
     }
@@ -433,7 +421,7 @@ async fn postgres_restarting_during_a_stampede_loses_nothing() {
             }
         }
     }
-    let newest = newest_access_token(&cluster);
+    let newest = cluster.provider.newest_access_token();
     assert_eq!(after.as_ref(), Some(&newest));
     for r in results.iter().flatten() {
         assert_eq!(r, &newest, "no caller got a stale or foreign token");
