@@ -379,7 +379,8 @@ impl<'a> Connections<'a> {
     /// so a newer write always wins. True if written.
     /// Fenced on the grant too (`authorized_at`): a rotation of an older grant never lands on
     /// a connection authorized again since. A connection marked dead for another reason than
-    /// the lost rotation stays so.
+    /// the lost rotation stays so. Its own statement rather than `store_refresh` with a looser
+    /// fence: that one is on every refresh and stays the simple, exact fence.
     pub async fn write_back(
         &self,
         connection_id: i64,
