@@ -109,6 +109,7 @@ pub fn token_response(data: &[u8]) {
                 token_type: r.token_type.clone(),
                 expires_in: r.expires_in,
                 scope: r.scope.clone(),
+                refresh_token_expires_in: r.refresh_token_expires_in,
             };
             assert_eq!(format!("{r:?}"), format!("{other:?}"), "a token leaked into Debug");
         }

@@ -46,6 +46,36 @@ impl TokenVault for Floor {
         Err(Status::unimplemented("floor"))
     }
 
+    async fn list_connections(
+        &self,
+        _: Request<proto::ListConnectionsRequest>,
+    ) -> Result<Response<proto::ListConnectionsResponse>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
+
+    async fn delete_connection(
+        &self,
+        _: Request<proto::DeleteConnectionRequest>,
+    ) -> Result<Response<proto::DeleteConnectionResponse>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
+
+    async fn import_connection(
+        &self,
+        _: Request<proto::ImportConnectionRequest>,
+    ) -> Result<Response<proto::ImportConnectionResponse>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
+
+    type WatchConnectionEventsStream = futures::stream::Empty<Result<proto::ConnectionEvent, Status>>;
+
+    async fn watch_connection_events(
+        &self,
+        _: Request<proto::WatchConnectionEventsRequest>,
+    ) -> Result<Response<Self::WatchConnectionEventsStream>, Status> {
+        Err(Status::unimplemented("floor"))
+    }
+
     async fn get_access_token(
         &self,
         request: Request<proto::GetAccessTokenRequest>,

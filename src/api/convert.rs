@@ -11,7 +11,7 @@ use crate::{
     proto,
     vault::{
         AccessToken, AccessTokenRequest, AuthorizationCompleted, AuthorizationStarted, BeginAuthorization,
-        ConnectionInfo, ConnectionRequest, TenantId, VaultError,
+        ConnectionInfo, ConnectionRequest, ConnectionStatus, TenantId, VaultError,
     },
 };
 
@@ -134,10 +134,10 @@ pub fn connection_request(req: proto::GetConnectionRequest) -> Result<Connection
 
 impl From<ConnectionInfo> for proto::GetConnectionResponse {
     fn from(c: ConnectionInfo) -> Self {
-        let status = if c.active {
-            proto::ConnectionStatus::Active
-        } else {
-            proto::ConnectionStatus::ReauthorizationRequired
+        let status = match c.status {
+            ConnectionStatus::Active => proto::ConnectionStatus::Active,
+            ConnectionStatus::ReauthorizationRequired => proto::ConnectionStatus::ReauthorizationRequired,
+            ConnectionStatus::Disconnected => proto::ConnectionStatus::Disconnected,
         };
         Self {
             tenant_id: c.tenant_id,
@@ -150,6 +150,11 @@ impl From<ConnectionInfo> for proto::GetConnectionResponse {
             has_refresh_token: c.has_refresh_token,
             authorized_at: Some(timestamp(c.authorized_at)),
             refreshed_at: c.refreshed_at.map(timestamp),
+            refresh_token_expires_at: c.refresh_token_expires_at.map(timestamp),
+            keepalive_due_at: c.keepalive_due_at.map(timestamp),
+            last_error: c.last_error.unwrap_or_default(),
+            last_error_at: c.last_error_at.map(timestamp),
+            disconnected_at: c.disconnected_at.map(timestamp),
         }
     }
 }

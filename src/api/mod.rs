@@ -171,6 +171,37 @@ impl TokenVault for TokenVaultService {
         }
         respond(result)
     }
+
+    async fn list_connections(
+        &self,
+        _request: Request<proto::ListConnectionsRequest>,
+    ) -> Result<Response<proto::ListConnectionsResponse>, Status> {
+        Err(Status::unimplemented("ListConnections is not implemented yet"))
+    }
+
+    async fn delete_connection(
+        &self,
+        _request: Request<proto::DeleteConnectionRequest>,
+    ) -> Result<Response<proto::DeleteConnectionResponse>, Status> {
+        Err(Status::unimplemented("DeleteConnection is not implemented yet"))
+    }
+
+    async fn import_connection(
+        &self,
+        _request: Request<proto::ImportConnectionRequest>,
+    ) -> Result<Response<proto::ImportConnectionResponse>, Status> {
+        Err(Status::unimplemented("ImportConnection is not implemented yet"))
+    }
+
+    type WatchConnectionEventsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<proto::ConnectionEvent, Status>> + Send + 'static>>;
+
+    async fn watch_connection_events(
+        &self,
+        _request: Request<proto::WatchConnectionEventsRequest>,
+    ) -> Result<Response<Self::WatchConnectionEventsStream>, Status> {
+        Err(Status::unimplemented("WatchConnectionEvents is not implemented yet"))
+    }
 }
 
 impl TokenVaultService {

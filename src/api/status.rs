@@ -57,7 +57,11 @@ fn vault_code(e: &VaultError) -> Code {
         VaultError::InvalidState
         | VaultError::AuthorizationDenied { .. }
         | VaultError::InvalidGrant
-        | VaultError::ReauthorizationRequired { .. } => Code::FailedPrecondition,
+        | VaultError::ReauthorizationRequired { .. }
+        | VaultError::ConnectionDisconnected => Code::FailedPrecondition,
+        VaultError::ConnectionExists => Code::AlreadyExists,
+        VaultError::WatchTooSlow => Code::ResourceExhausted,
+        VaultError::EventCursorExpired => Code::OutOfRange,
         VaultError::ConnectionNotFound => Code::NotFound,
         VaultError::ProviderUnavailable { .. }
         | VaultError::RefreshOutcomeUnknown { .. }

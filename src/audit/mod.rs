@@ -49,6 +49,10 @@ pub enum EventKind {
     CompleteAuthorization,
     GetAccessToken,
     GetConnection,
+    ListConnections,
+    WatchConnectionEvents,
+    DeleteConnection,
+    ImportConnection,
     /// A caller received a token from a refresh (detail: the new generation).
     Refresh,
     /// A caller was told the connection needs a new authorization (detail: why).
@@ -64,6 +68,10 @@ impl EventKind {
             EventKind::CompleteAuthorization => "complete_authorization",
             EventKind::GetAccessToken => "get_access_token",
             EventKind::GetConnection => "get_connection",
+            EventKind::ListConnections => "list_connections",
+            EventKind::WatchConnectionEvents => "watch_connection_events",
+            EventKind::DeleteConnection => "delete_connection",
+            EventKind::ImportConnection => "import_connection",
             EventKind::Refresh => "refresh",
             EventKind::ReauthorizationRequired => "reauthorization_required",
             EventKind::Denied => "denied",

@@ -1,5 +1,7 @@
 //! What one caller may do: which RPCs, which providers, which tenants. Nothing is allowed that
-//! the caller's entry does not list; `*` must be written out to mean "all".
+//! the caller's entry does not list; `*` must be written out to mean "all". `*` among the RPCs
+//! leaves out ImportConnection, which writes tokens no customer authorized here: it is granted
+//! only by name, so that no existing policy gains it silently.
 
 use std::collections::HashSet;
 
@@ -15,17 +17,25 @@ pub enum Rpc {
     CompleteAuthorization,
     GetAccessToken,
     GetConnection,
+    ListConnections,
+    DeleteConnection,
+    ImportConnection,
+    WatchConnectionEvents,
 }
 
 /// The path prefix of every vault RPC (`/<package>.<Service>/`).
 const SERVICE_PATH: &str = "/tokenvault.v1.TokenVault/";
 
 impl Rpc {
-    pub const ALL: [Rpc; 4] = [
+    pub const ALL: [Rpc; 8] = [
         Rpc::BeginAuthorization,
         Rpc::CompleteAuthorization,
         Rpc::GetAccessToken,
         Rpc::GetConnection,
+        Rpc::ListConnections,
+        Rpc::DeleteConnection,
+        Rpc::ImportConnection,
+        Rpc::WatchConnectionEvents,
     ];
 
     pub fn name(self) -> &'static str {
@@ -34,6 +44,10 @@ impl Rpc {
             Rpc::CompleteAuthorization => "CompleteAuthorization",
             Rpc::GetAccessToken => "GetAccessToken",
             Rpc::GetConnection => "GetConnection",
+            Rpc::ListConnections => "ListConnections",
+            Rpc::DeleteConnection => "DeleteConnection",
+            Rpc::ImportConnection => "ImportConnection",
+            Rpc::WatchConnectionEvents => "WatchConnectionEvents",
         }
     }
 
@@ -43,8 +57,13 @@ impl Rpc {
         Rpc::ALL.into_iter().find(|rpc| rpc.name() == method)
     }
 
-    fn bit(self) -> u8 {
-        1 << (self as u8)
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+
+    /// Whether `*` grants this RPC.
+    fn in_wildcard(self) -> bool {
+        self != Rpc::ImportConnection
     }
 }
 
@@ -72,7 +91,7 @@ impl Tenants {
 /// One caller's permissions, checked on every call.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    rpcs: u8,
+    rpcs: u16,
     providers: Names,
     tenants: Tenants,
 }
@@ -81,7 +100,7 @@ impl Policy {
     /// Everything: only for `auth.mode = "insecure-dev"`.
     pub fn allow_all() -> Self {
         Self {
-            rpcs: u8::MAX,
+            rpcs: u16::MAX,
             providers: Names::Any,
             tenants: Tenants {
                 any: true,
@@ -98,15 +117,18 @@ impl Policy {
         tenants: &[String],
         known_providers: &[&str],
     ) -> Result<Self, ConfigError> {
-        let mut rpc_bits = 0u8;
+        let mut rpc_bits = 0u16;
         for name in rpcs {
             if name == "*" {
-                rpc_bits = u8::MAX;
+                rpc_bits |= Rpc::ALL
+                    .into_iter()
+                    .filter(|r| r.in_wildcard())
+                    .fold(0, |bits, r| bits | r.bit());
             } else {
                 let rpc = Rpc::ALL.into_iter().find(|r| r.name() == name).ok_or_else(|| {
                     invalid(
                         format!("{field}.rpcs"),
-                        format!("{name:?} is no RPC (known: BeginAuthorization, CompleteAuthorization, GetAccessToken, GetConnection, *)"),
+                        format!("{name:?} is no RPC (known: {}, *)", Rpc::ALL.map(Rpc::name).join(", ")),
                     )
                 })?;
                 rpc_bits |= rpc.bit();
@@ -222,6 +244,16 @@ mod tests {
         assert!(e.contains("auth.callers[0].providers"), "{e}");
         let e = policy(&["*"], &["*"], &["a*b"]).unwrap_err().to_string();
         assert!(e.contains("auth.callers[0].tenants"), "{e}");
+    }
+
+    #[test]
+    fn the_wildcard_does_not_grant_import() {
+        let p = policy(&["*"], &["*"], &["*"]).unwrap();
+        assert!(p.allows_rpc(Rpc::DeleteConnection));
+        assert!(p.allows_rpc(Rpc::WatchConnectionEvents));
+        assert!(!p.allows_rpc(Rpc::ImportConnection));
+        let p = policy(&["*", "ImportConnection"], &["*"], &["*"]).unwrap();
+        assert!(p.allows_rpc(Rpc::ImportConnection));
     }
 
     #[test]

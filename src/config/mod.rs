@@ -72,6 +72,9 @@ pub struct Settings {
     pub vault: VaultSettings,
     pub refresh: RefreshSettings,
     pub failover: FailoverSettings,
+    pub keepalive: KeepaliveSettings,
+    pub events: EventsSettings,
+    pub retention: RetentionSettings,
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
     #[serde(default)]
@@ -208,6 +211,56 @@ pub struct RefreshSettings {
     /// The longest pause between attempts to store a received refresh token.
     #[serde(with = "humantime_serde")]
     pub store_retry_max_backoff: Duration,
+}
+
+/// The keeper: refreshes idle connections before their refresh token expires. Every replica
+/// runs one; they claim work through Postgres, so no leader is needed. See `vault::keeper`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepaliveSettings {
+    pub enabled: bool,
+    /// How often each replica looks for due connections.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// The most keep-alive refreshes one replica starts per second: the provider never sees a
+    /// stampede however many connections fall due together.
+    pub max_per_second: u32,
+    /// How long a claimed connection is skipped by other replicas' keepers; also the pause
+    /// before a failed keep-alive is tried again.
+    #[serde(with = "humantime_serde")]
+    pub claim_ttl: Duration,
+}
+
+/// The connection events table and its watchers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSettings {
+    /// Events older than this are deleted; a cursor older than this is refused.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Watchers read the table at least this often, even without a notification.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Events queued for one watcher; a watcher further behind is ended (WATCH_TOO_SLOW).
+    pub watch_buffer: usize,
+    /// Watch streams open at once on one replica.
+    pub max_watchers: usize,
+}
+
+/// How long rotated (superseded) refresh tokens keep their ciphertext. A superseded token is
+/// never sent again; it is kept only as evidence for an investigation. Its row (metadata)
+/// stays; the ciphertext is purged once it is outside both bounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Keep the ciphertexts of the newest N superseded generations of each connection.
+    pub keep_generations: u32,
+    /// Keep ciphertexts superseded less than this long ago.
+    #[serde(with = "humantime_serde")]
+    pub keep_for: Duration,
+    /// How often the purge runs (in the keeper's loop).
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
 }
 
 /// Surviving a database that went back in time (a failover to a standby that missed commits, a
@@ -500,6 +553,22 @@ impl Settings {
                 "failover.check_interval",
                 "and failover.max_rotations must be positive",
             ));
+        }
+        if self.keepalive.interval.is_zero() || self.keepalive.max_per_second == 0 || self.keepalive.claim_ttl.is_zero()
+        {
+            return Err(invalid(
+                "keepalive.interval",
+                "keepalive.max_per_second and keepalive.claim_ttl must be positive (set keepalive.enabled = false to turn the keeper off)",
+            ));
+        }
+        if self.events.poll_interval.is_zero() || self.events.watch_buffer == 0 || self.events.retention.is_zero() {
+            return Err(invalid(
+                "events.poll_interval",
+                "events.watch_buffer and events.retention must be positive",
+            ));
+        }
+        if self.retention.sweep_interval.is_zero() {
+            return Err(invalid("retention.sweep_interval", "must be positive"));
         }
         if self.database.url.expose_secret().is_empty() {
             return Err(invalid("database.url", "must be set"));

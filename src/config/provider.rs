@@ -39,6 +39,13 @@ pub struct ProviderConfig {
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub assumed_token_lifetime: Duration,
+    /// RFC 7009 revocation endpoint; `None`: DeleteConnection wipes locally only.
+    pub revocation_endpoint: Option<Url>,
+    /// How long a refresh token lives from its issue when the provider does not say
+    /// (`refresh_token_expires_in`); `None`: unknown, and no keep-alive without the provider's word.
+    pub refresh_token_lifetime: Option<Duration>,
+    /// How long before its refresh token expires the keeper refreshes an idle connection.
+    pub keepalive_before: Duration,
 }
 
 impl std::fmt::Debug for ProviderConfig {
@@ -52,6 +59,11 @@ impl std::fmt::Debug for ProviderConfig {
             .field("auth_method", &self.auth_method)
             .field("audience", &self.audience)
             .field("pkce", &self.pkce)
+            .field(
+                "revocation_endpoint",
+                &self.revocation_endpoint.as_ref().map(Url::as_str),
+            )
+            .field("refresh_token_lifetime", &self.refresh_token_lifetime)
             .finish_non_exhaustive()
     }
 }
@@ -101,6 +113,16 @@ pub struct ProviderSettings {
     /// The lifetime assumed for an access token whose response carries no `expires_in`.
     #[serde(default, with = "humantime_serde")]
     pub assumed_token_lifetime: Option<Duration>,
+    /// The RFC 7009 revocation endpoint DeleteConnection sends the refresh token to.
+    pub revocation_endpoint: Option<Url>,
+    /// How long a refresh token lives from its issue, when the token response does not carry
+    /// `refresh_token_expires_in` (Hydra's `ttl.refresh_token`, 720 h by default).
+    #[serde(default, with = "humantime_serde")]
+    pub refresh_token_lifetime: Option<Duration>,
+    /// How long before the refresh token expires the keeper refreshes a connection nobody
+    /// uses (7 days by default).
+    #[serde(default, with = "humantime_serde")]
+    pub keepalive_before: Option<Duration>,
 }
 
 /// Understory's authorization server (Ory Hydra), as its integration guide describes it.
@@ -113,6 +135,10 @@ fn understory_preset() -> ProviderSettings {
         audience_parameter: Some("audience".into()),
         offline_scope: Some("offline".into()),
         default_scopes: Some(vec!["offline".into()]),
+        revocation_endpoint: Url::parse("https://api.auth.understory.io/oauth2/revoke").ok(),
+        // Hydra's default `ttl.refresh_token` (../shared/reference/PROVIDER_FACTS.md).
+        refresh_token_lifetime: Some(Duration::from_secs(720 * 3600)),
+        keepalive_before: Some(Duration::from_secs(7 * 24 * 3600)),
         ..Default::default()
     }
 }
@@ -208,6 +234,25 @@ impl ProviderSettings {
         if assumed_token_lifetime > Duration::from_secs(365 * 24 * 3600) {
             return Err(invalid(field("assumed_token_lifetime"), "must be at most a year"));
         }
+        let revocation_endpoint = self.revocation_endpoint.clone().or(preset.revocation_endpoint);
+        if revocation_endpoint
+            .as_ref()
+            .is_some_and(|url| !matches!(url.scheme(), "https" | "http"))
+        {
+            return Err(invalid(field("revocation_endpoint"), "must be an http(s) URL"));
+        }
+        let refresh_token_lifetime = self.refresh_token_lifetime.or(preset.refresh_token_lifetime);
+        let keepalive_before = self
+            .keepalive_before
+            .or(preset.keepalive_before)
+            .unwrap_or(Duration::from_secs(7 * 24 * 3600));
+        const TEN_YEARS: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+        if refresh_token_lifetime.is_some_and(|d| d.is_zero() || d > TEN_YEARS) || keepalive_before > TEN_YEARS {
+            return Err(invalid(
+                field("refresh_token_lifetime"),
+                "and keepalive_before must be positive and at most ten years",
+            ));
+        }
         let request_timeout = self.request_timeout.unwrap_or(Duration::from_secs(10));
         if request_timeout.is_zero() {
             return Err(invalid(field("request_timeout"), "must be positive"));
@@ -243,6 +288,9 @@ impl ProviderSettings {
                 .unwrap_or(Duration::from_secs(5))
                 .min(request_timeout),
             assumed_token_lifetime,
+            revocation_endpoint,
+            refresh_token_lifetime,
+            keepalive_before,
         })
     }
 }

@@ -31,6 +31,9 @@ pub struct TokenResponse {
     pub expires_in: Option<Duration>,
     pub refresh_token: Option<SecretString>,
     pub scope: Option<Vec<String>>,
+    /// How long the refresh token lives, where the provider says (`refresh_token_expires_in`,
+    /// not in RFC 6749 but sent by several providers); bounded like `expires_in`.
+    pub refresh_token_expires_in: Option<Duration>,
 }
 
 impl std::fmt::Debug for TokenResponse {
@@ -41,6 +44,7 @@ impl std::fmt::Debug for TokenResponse {
             .field("expires_in", &self.expires_in)
             .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
             .field("scope", &self.scope)
+            .field("refresh_token_expires_in", &self.refresh_token_expires_in)
             .finish()
     }
 }
@@ -233,6 +237,19 @@ struct RawTokenResponse {
     expires_in: Option<serde_json::Value>,
     refresh_token: Option<String>,
     scope: Option<String>,
+    refresh_token_expires_in: Option<serde_json::Value>,
+}
+
+/// A lifetime in seconds as providers send it (a number, or a numeric string), at most
+/// `MAX_EXPIRES_IN`; anything else is no lifetime.
+fn lifetime(value: Option<serde_json::Value>) -> Option<Duration> {
+    match value {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<u64>().ok(),
+        Some(_) => None,
+    }
+    .map(|secs| Duration::from_secs(secs).min(MAX_EXPIRES_IN))
 }
 
 /// Parses a 2xx answer. Lenient where real providers differ (a string `expires_in`, a missing
@@ -245,13 +262,8 @@ pub(crate) fn parse_token_response(body: &[u8]) -> Result<TokenResponse, TokenEr
         .access_token
         .filter(|t| !t.is_empty())
         .ok_or_else(|| TokenError::Protocol("token response has no access_token".into()))?;
-    let expires_in = match raw.expires_in {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0) as u64)),
-        Some(serde_json::Value::String(s)) => s.trim().parse::<u64>().ok(),
-        Some(_) => None,
-    }
-    .map(|secs| Duration::from_secs(secs).min(MAX_EXPIRES_IN));
+    let expires_in = lifetime(raw.expires_in);
+    let refresh_token_expires_in = lifetime(raw.refresh_token_expires_in).filter(|d| !d.is_zero());
     let token_type = raw
         .token_type
         .filter(|t| !t.is_empty())
@@ -268,6 +280,7 @@ pub(crate) fn parse_token_response(body: &[u8]) -> Result<TokenResponse, TokenEr
             .scope
             .map(|s| s.split_ascii_whitespace().map(str::to_owned).collect::<Vec<_>>())
             .filter(|s| !s.is_empty()),
+        refresh_token_expires_in,
     })
 }
 

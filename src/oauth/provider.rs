@@ -96,6 +96,9 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             assumed_token_lifetime: Duration::from_secs(3600),
+            revocation_endpoint: None,
+            refresh_token_lifetime: None,
+            keepalive_before: Duration::from_secs(7 * 24 * 3600),
         }
     }
 

@@ -42,6 +42,40 @@ impl ConnectionRow {
 
 const STATUS_ACTIVE: &str = "active";
 
+/// Where the tokens of a new connection come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A customer completed an authorization.
+    Authorization,
+    /// ImportConnection: a refresh token from another system.
+    Import,
+}
+
+impl Origin {
+    fn source(self) -> &'static str {
+        match self {
+            Origin::Authorization => "authorization_code",
+            Origin::Import => "import",
+        }
+    }
+
+    fn event(self) -> &'static str {
+        match self {
+            Origin::Authorization => "authorized",
+            Origin::Import => "imported",
+        }
+    }
+}
+
+/// Who asked for a refresh, as its connection event says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshCause {
+    /// A caller needed a valid token (or reported a rejected one): no event.
+    Caller,
+    /// The keeper, before the refresh token expires unused: `refreshed_by_keepalive`.
+    Keepalive,
+}
+
 /// The refresh token to use, with the generation its associated data is bound to.
 pub struct CurrentRefreshToken {
     pub generation: i64,
@@ -78,6 +112,10 @@ pub struct NewTokens {
     pub access_token_expires_at: OffsetDateTime,
     /// `None` when the provider sent no new refresh token: the current one stays current.
     pub refresh_token: Option<Vec<u8>>,
+    /// When `refresh_token` is expected to expire (`None`: unknown, or no new refresh token).
+    pub refresh_token_expires_at: Option<OffsetDateTime>,
+    /// When the keeper should refresh, if nobody uses the connection before.
+    pub keepalive_due_at: Option<OffsetDateTime>,
 }
 
 impl<'a> Connections<'a> {
@@ -91,8 +129,8 @@ impl<'a> Connections<'a> {
             let row = sqlx::query_as!(
                 ConnectionRow,
                 r#"SELECT id, tenant_id, provider, status, status_reason, status_changed_at, scopes, generation,
-                          token_type, access_token, access_token_issued_at, access_token_expires_at,
-                          authorized_at, refreshed_at
+                          token_type, COALESCE(access_token, ''::bytea) AS "access_token!",
+                          access_token_issued_at, access_token_expires_at, authorized_at, refreshed_at
                      FROM connections WHERE tenant_id = $1 AND provider = $2"#,
                 key.tenant().as_str(),
                 key.provider().as_str(),
@@ -109,7 +147,8 @@ impl<'a> Connections<'a> {
         async {
             let row = sqlx::query_as!(
                 CurrentRefreshToken,
-                r#"SELECT generation, token FROM refresh_tokens WHERE connection_id = $1 AND superseded_at IS NULL
+                r#"SELECT generation, token AS "token!" FROM refresh_tokens
+                    WHERE connection_id = $1 AND superseded_at IS NULL AND token IS NOT NULL
                     ORDER BY generation DESC LIMIT 1"#,
                 connection_id,
             )
@@ -138,17 +177,19 @@ impl<'a> Connections<'a> {
         .await
     }
 
-    /// Stores the tokens of a completed authorization, fenced on what it replaces: the
+    /// Stores the tokens of a completed authorization (or an import: `origin`), fenced on what
+    /// it replaces: the
     /// connection at generation `replaces` (its old refresh tokens are kept, marked
     /// superseded), or, for `None`, no connection at all. `Fenced` if the connection changed
     /// since it was read (a refresh, another authorization): read the generation again and
-    /// seal again, since the associated data binds the generation. One transaction. Returns the
-    /// connection's id.
+    /// seal again, since the associated data binds the generation. One transaction, with its
+    /// connection event. Returns the connection's id.
     pub async fn store_authorization(
         &self,
         key: &ConnectionKey,
         replaces: Option<i64>,
         tokens: &NewTokens,
+        origin: Origin,
     ) -> Result<i64, StoreError> {
         async {
             debug_assert_eq!(tokens.generation, replaces.map_or(1, |g| g + 1));
@@ -162,6 +203,9 @@ impl<'a> Connections<'a> {
                                   scopes = $4, generation = $5, token_type = $6, access_token = $7,
                                   access_token_issued_at = $8, access_token_expires_at = $9,
                                   authorized_at = now(), refreshed_at = NULL,
+                                  refresh_token_expires_at = $10, keepalive_due_at = $11,
+                                  keepalive_claimed_until = NULL, last_error = NULL, last_error_at = NULL,
+                                  disconnected_at = NULL,
                                   refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
                             WHERE tenant_id = $1 AND provider = $2 AND generation = $3
                         RETURNING id"#,
@@ -174,6 +218,8 @@ impl<'a> Connections<'a> {
                         tokens.access_token,
                         tokens.access_token_issued_at,
                         tokens.access_token_expires_at,
+                        tokens.refresh_token_expires_at,
+                        tokens.keepalive_due_at,
                     )
                     .fetch_optional(&mut *tx)
                     .await?
@@ -189,8 +235,9 @@ impl<'a> Connections<'a> {
                 None => sqlx::query_scalar!(
                     r#"INSERT INTO connections
                            (tenant_id, provider, status, scopes, generation, token_type, access_token,
-                            access_token_issued_at, access_token_expires_at, authorized_at)
-                       VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, now())
+                            access_token_issued_at, access_token_expires_at, authorized_at,
+                            refresh_token_expires_at, keepalive_due_at)
+                       VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, $8, now(), $9, $10)
                        ON CONFLICT (tenant_id, provider) DO NOTHING
                        RETURNING id"#,
                     tenant_id,
@@ -201,6 +248,8 @@ impl<'a> Connections<'a> {
                     tokens.access_token,
                     tokens.access_token_issued_at,
                     tokens.access_token_expires_at,
+                    tokens.refresh_token_expires_at,
+                    tokens.keepalive_due_at,
                 )
                 .fetch_optional(&mut *tx)
                 .await?
@@ -210,14 +259,26 @@ impl<'a> Connections<'a> {
             if let Some(refresh_token) = &tokens.refresh_token {
                 sqlx::query!(
                     r#"INSERT INTO refresh_tokens (connection_id, generation, token, source)
-                       VALUES ($1, $2, $3, 'authorization_code')"#,
+                       VALUES ($1, $2, $3, $4)"#,
                     id,
                     tokens.generation,
                     refresh_token,
+                    origin.source(),
                 )
                 .execute(&mut *tx)
                 .await?;
             }
+            sqlx::query!(
+                r#"INSERT INTO connection_events (connection_id, tenant_id, provider, kind, status, generation)
+                   VALUES ($1, $2, $3, $4, 'active', $5)"#,
+                id,
+                tenant_id,
+                provider,
+                origin.event(),
+                tokens.generation,
+            )
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             Ok(id)
         }
@@ -250,7 +311,7 @@ impl<'a> Connections<'a> {
                               authorized_at, refreshed_at)
                    SELECT lease.id, lease.tenant_id, lease.provider, lease.status, lease.status_reason,
                           lease.status_changed_at, lease.scopes, lease.generation, lease.token_type,
-                          lease.access_token, lease.access_token_issued_at, lease.access_token_expires_at,
+                          lease.access_token AS "access_token!", lease.access_token_issued_at, lease.access_token_expires_at,
                           lease.authorized_at, lease.refreshed_at,
                           current.generation AS "refresh_generation?", current.token AS "refresh_token?",
                           token_vault_database_identity() AS "database_identity!",
@@ -260,7 +321,7 @@ impl<'a> Connections<'a> {
                      FROM lease
                      LEFT JOIN LATERAL (
                           SELECT generation, token FROM refresh_tokens
-                           WHERE connection_id = lease.id AND superseded_at IS NULL
+                           WHERE connection_id = lease.id AND superseded_at IS NULL AND token IS NOT NULL
                            ORDER BY generation DESC LIMIT 1) current ON true
                      LEFT JOIN database_identity recorded ON true"#,
                 key.tenant().as_str(),
@@ -330,27 +391,43 @@ impl<'a> Connections<'a> {
         connection_id: i64,
         from_generation: i64,
         tokens: &NewTokens,
+        cause: RefreshCause,
     ) -> Result<(), StoreError> {
         async {
             debug_assert_eq!(tokens.generation, from_generation + 1);
             // The statements of one WITH share a snapshot: the supersede below cannot see the row
-            // inserted beside it, so only older tokens are marked superseded.
+            // inserted beside it, so only older tokens are marked superseded, and `before` reads
+            // the reason the update clears. A refresh token's expiry (and so the keep-alive) only
+            // moves when a new refresh token came. The event: a keep-alive's, or a recovery from
+            // an unknown outcome; an ordinary refresh writes none.
             let updated = sqlx::query_scalar!(
-                r#"WITH updated AS (
+                r#"WITH before AS (
+                       SELECT status_reason FROM connections WHERE id = $1 AND generation = $2),
+                   updated AS (
                        UPDATE connections
                           SET generation = $3, scopes = $4, token_type = $5, access_token = $6,
                               access_token_issued_at = $7, access_token_expires_at = $8, refreshed_at = now(),
+                              refresh_token_expires_at = CASE WHEN $9::bytea IS NOT NULL THEN $10 ELSE refresh_token_expires_at END,
+                              keepalive_due_at = CASE WHEN $9::bytea IS NOT NULL THEN $11 ELSE keepalive_due_at END,
+                              keepalive_claimed_until = NULL, last_error = NULL, last_error_at = NULL,
                               status_reason = NULL,
                               refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
                         WHERE id = $1 AND generation = $2
-                    RETURNING id, generation),
+                    RETURNING id, generation, tenant_id, provider),
                    superseded AS (
                        UPDATE refresh_tokens SET superseded_at = now()
                         WHERE connection_id = $1 AND superseded_at IS NULL
                           AND $9::bytea IS NOT NULL AND EXISTS (SELECT 1 FROM updated)),
                    inserted AS (
                        INSERT INTO refresh_tokens (connection_id, generation, token, source)
-                       SELECT id, generation, $9, 'refresh' FROM updated WHERE $9::bytea IS NOT NULL)
+                       SELECT id, generation, $9, 'refresh' FROM updated WHERE $9::bytea IS NOT NULL),
+                   event AS (
+                       INSERT INTO connection_events (connection_id, tenant_id, provider, kind, status, reason, generation)
+                       SELECT u.id, u.tenant_id, u.provider,
+                              CASE WHEN $12 THEN 'refreshed_by_keepalive' ELSE 'recovered' END,
+                              'active', b.status_reason, u.generation
+                         FROM updated u, before b
+                        WHERE $12 OR b.status_reason = 'refresh_outcome_unknown')
                    SELECT count(*) AS "updated!" FROM updated"#,
                 connection_id,
                 from_generation,
@@ -361,6 +438,9 @@ impl<'a> Connections<'a> {
                 tokens.access_token_issued_at,
                 tokens.access_token_expires_at,
                 tokens.refresh_token.as_deref(),
+                tokens.refresh_token_expires_at,
+                tokens.keepalive_due_at,
+                cause == RefreshCause::Keepalive,
             )
             .fetch_one(self.pool)
             .await?;
@@ -389,10 +469,14 @@ impl<'a> Connections<'a> {
     ) -> Result<bool, StoreError> {
         async {
             let updated = sqlx::query_scalar!(
-                r#"WITH updated AS (
+                r#"WITH before AS (
+                       SELECT status FROM connections WHERE id = $1),
+                   updated AS (
                        UPDATE connections
                           SET generation = $2, scopes = $3, token_type = $4, access_token = $5,
                               access_token_issued_at = $6, access_token_expires_at = $7, refreshed_at = now(),
+                              refresh_token_expires_at = CASE WHEN $8::bytea IS NOT NULL THEN $10 ELSE refresh_token_expires_at END,
+                              keepalive_due_at = CASE WHEN $8::bytea IS NOT NULL THEN $11 ELSE keepalive_due_at END,
                               status = CASE WHEN status = 'active' OR status_reason = 'rotation_lost'
                                             THEN 'active' ELSE status END,
                               status_reason = CASE WHEN status = 'active' OR status_reason = 'rotation_lost'
@@ -400,14 +484,19 @@ impl<'a> Connections<'a> {
                               status_changed_at = now(),
                               refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
                         WHERE id = $1 AND generation < $2 AND authorized_at = $9
-                    RETURNING id, generation),
+                    RETURNING id, generation, tenant_id, provider, status),
                    superseded AS (
                        UPDATE refresh_tokens SET superseded_at = now()
                         WHERE connection_id = $1 AND superseded_at IS NULL
                           AND $8::bytea IS NOT NULL AND EXISTS (SELECT 1 FROM updated)),
                    inserted AS (
                        INSERT INTO refresh_tokens (connection_id, generation, token, source)
-                       SELECT id, generation, $8, 'write_back' FROM updated WHERE $8::bytea IS NOT NULL)
+                       SELECT id, generation, $8, 'write_back' FROM updated WHERE $8::bytea IS NOT NULL),
+                   event AS (
+                       INSERT INTO connection_events (connection_id, tenant_id, provider, kind, status, reason, generation)
+                       SELECT u.id, u.tenant_id, u.provider, 'recovered', u.status, 'rotation_written_back', u.generation
+                         FROM updated u, before b
+                        WHERE b.status <> 'active' AND u.status = 'active')
                    SELECT count(*) AS "updated!" FROM updated"#,
                 connection_id,
                 tokens.generation,
@@ -418,6 +507,8 @@ impl<'a> Connections<'a> {
                 tokens.access_token_expires_at,
                 tokens.refresh_token.as_deref(),
                 authorized_at,
+                tokens.refresh_token_expires_at,
+                tokens.keepalive_due_at,
             )
             .fetch_one(self.pool)
             .await?;
@@ -436,25 +527,122 @@ impl<'a> Connections<'a> {
         reason: &str,
     ) -> Result<bool, StoreError> {
         async {
-            let done = sqlx::query!(
-                r#"UPDATE connections
-                      SET status = 'reauthorization_required', status_reason = $3, status_changed_at = now(),
-                          refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
-                    WHERE id = $1 AND generation = $2"#,
+            let marked = sqlx::query_scalar!(
+                r#"WITH marked AS (
+                       UPDATE connections
+                          SET status = 'reauthorization_required', status_reason = $3, status_changed_at = now(),
+                              keepalive_due_at = NULL, keepalive_claimed_until = NULL,
+                              last_error = $3, last_error_at = now(),
+                              refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
+                        WHERE id = $1 AND generation = $2 AND status = 'active'
+                    RETURNING id, tenant_id, provider, generation),
+                   event AS (
+                       INSERT INTO connection_events (connection_id, tenant_id, provider, kind, status, reason, generation)
+                       SELECT id, tenant_id, provider, 'reauthorization_required', 'reauthorization_required', $3, generation
+                         FROM marked)
+                   SELECT count(*) AS "marked!" FROM marked"#,
                 connection_id,
                 generation,
                 reason,
             )
-            .execute(self.pool)
+            .fetch_one(self.pool)
             .await?;
-            Ok(done.rows_affected() == 1)
+            Ok(marked == 1)
         }
         .instrument(db_span!("UPDATE", "connections"))
         .await
     }
 }
 
+/// A connection as GetConnection and ListConnections describe it: never a token.
+#[derive(Debug, Clone)]
+pub struct ConnectionSummary {
+    pub tenant_id: String,
+    pub provider: String,
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub status_changed_at: OffsetDateTime,
+    pub scopes: Vec<String>,
+    pub access_token_expires_at: OffsetDateTime,
+    pub has_refresh_token: bool,
+    pub authorized_at: OffsetDateTime,
+    pub refreshed_at: Option<OffsetDateTime>,
+    pub refresh_token_expires_at: Option<OffsetDateTime>,
+    pub keepalive_due_at: Option<OffsetDateTime>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<OffsetDateTime>,
+    pub disconnected_at: Option<OffsetDateTime>,
+}
+
+/// Which connections ListConnections wants, and where its page starts.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionFilter {
+    pub provider: Option<String>,
+    pub status: Option<String>,
+    pub tenant_prefix: Option<String>,
+    /// The (provider, tenant) the previous page ended with.
+    pub after: Option<(String, String)>,
+}
+
 impl Connections<'_> {
+    /// One connection, described.
+    pub async fn describe(&self, key: &ConnectionKey) -> Result<Option<ConnectionSummary>, StoreError> {
+        async {
+            let row = sqlx::query_as!(
+                ConnectionSummary,
+                r#"SELECT tenant_id, provider, status, status_reason, status_changed_at, scopes,
+                          access_token_expires_at, authorized_at, refreshed_at, refresh_token_expires_at,
+                          keepalive_due_at, last_error, last_error_at, disconnected_at,
+                          EXISTS (SELECT 1 FROM refresh_tokens r
+                                   WHERE r.connection_id = c.id AND r.superseded_at IS NULL AND r.token IS NOT NULL)
+                              AS "has_refresh_token!"
+                     FROM connections c WHERE tenant_id = $1 AND provider = $2"#,
+                key.tenant().as_str(),
+                key.provider().as_str(),
+            )
+            .fetch_optional(self.pool)
+            .await?;
+            Ok(row)
+        }
+        .instrument(db_span!("SELECT", "connections"))
+        .await
+    }
+
+    /// A page of connections in (provider, tenant) order, after `filter.after`. The prefix is
+    /// matched with `starts_with`, so no character in it is a pattern.
+    pub async fn list(&self, filter: &ConnectionFilter, limit: i64) -> Result<Vec<ConnectionSummary>, StoreError> {
+        async {
+            let (after_provider, after_tenant) = filter.after.clone().unzip();
+            let rows = sqlx::query_as!(
+                ConnectionSummary,
+                r#"SELECT tenant_id, provider, status, status_reason, status_changed_at, scopes,
+                          access_token_expires_at, authorized_at, refreshed_at, refresh_token_expires_at,
+                          keepalive_due_at, last_error, last_error_at, disconnected_at,
+                          EXISTS (SELECT 1 FROM refresh_tokens r
+                                   WHERE r.connection_id = c.id AND r.superseded_at IS NULL AND r.token IS NOT NULL)
+                              AS "has_refresh_token!"
+                     FROM connections c
+                    WHERE ($1::text IS NULL OR provider = $1)
+                      AND ($2::text IS NULL OR status = $2)
+                      AND ($3::text IS NULL OR starts_with(tenant_id, $3))
+                      AND ($4::text IS NULL OR (provider, tenant_id) > ($4, $5::text))
+                    ORDER BY provider, tenant_id
+                    LIMIT $6"#,
+                filter.provider.as_deref(),
+                filter.status.as_deref(),
+                filter.tenant_prefix.as_deref(),
+                after_provider,
+                after_tenant,
+                limit,
+            )
+            .fetch_all(self.pool)
+            .await?;
+            Ok(rows)
+        }
+        .instrument(db_span!("SELECT", "connections"))
+        .await
+    }
+
     /// How many connections there are in each status (for the `tokenvault.connections` gauge).
     pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query!(r#"SELECT status, count(*) AS "count!" FROM connections GROUP BY status"#)

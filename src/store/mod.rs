@@ -33,7 +33,10 @@ use sqlx::{
 };
 
 pub use audit::{AuditEvents, AuditRow};
-pub use connections::{ConnectionRow, Connections, CurrentRefreshToken, DatabaseSeen, Leased, NewTokens};
+pub use connections::{
+    ConnectionFilter, ConnectionRow, ConnectionSummary, Connections, CurrentRefreshToken, DatabaseSeen, Leased,
+    NewTokens, Origin, RefreshCause,
+};
 pub use identity::{DatabaseIdentity, Durability};
 pub use pending::{NewPendingAuthorization, PendingAuthorization, PendingAuthorizations};
 pub use sealed_values::{Batch, Binding, HeaderCount, Position, SealedColumn, SealedRow, SealedValues};

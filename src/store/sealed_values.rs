@@ -125,12 +125,12 @@ impl<'a> SealedValues<'a> {
                    SELECT 'access_token' AS col,
                           CASE WHEN length(access_token) < 2 THEN access_token
                                ELSE substring(access_token FROM 1 FOR 2 + get_byte(access_token, 1)) END AS header
-                     FROM connections
+                     FROM connections WHERE access_token IS NOT NULL
                    UNION ALL
                    SELECT 'refresh_token',
                           CASE WHEN length(token) < 2 THEN token
                                ELSE substring(token FROM 1 FOR 2 + get_byte(token, 1)) END
-                     FROM refresh_tokens
+                     FROM refresh_tokens WHERE token IS NOT NULL
                    UNION ALL
                    SELECT 'pkce_verifier',
                           CASE WHEN length(pkce_verifier) < 2 THEN pkce_verifier
@@ -197,8 +197,9 @@ async fn select_batch(
 ) -> Result<Vec<SealedRow>, StoreError> {
     let rows = match from {
         Key::Connection(after) => sqlx::query!(
-            r#"SELECT id, tenant_id, provider, generation, access_token FROM connections
-                WHERE id > $1 AND substring(access_token FROM 1 FOR length($2::bytea)) <> $2
+            r#"SELECT id, tenant_id, provider, generation, access_token AS "access_token!" FROM connections
+                WHERE id > $1 AND access_token IS NOT NULL
+                  AND substring(access_token FROM 1 FOR length($2::bytea)) <> $2
                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED"#,
             after,
             keep_header,
@@ -216,9 +217,9 @@ async fn select_batch(
         })
         .collect(),
         Key::RefreshToken(after_connection, after_generation) => sqlx::query!(
-            r#"SELECT r.connection_id, r.generation, r.token, c.tenant_id, c.provider
+            r#"SELECT r.connection_id, r.generation, r.token AS "token!", c.tenant_id, c.provider
                  FROM refresh_tokens r JOIN connections c ON c.id = r.connection_id
-                WHERE (r.connection_id, r.generation) > ($1, $2)
+                WHERE (r.connection_id, r.generation) > ($1, $2) AND r.token IS NOT NULL
                   AND substring(r.token FROM 1 FOR length($3::bytea)) <> $3
                 ORDER BY r.connection_id, r.generation LIMIT $4 FOR UPDATE OF r SKIP LOCKED"#,
             after_connection,

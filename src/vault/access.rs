@@ -68,21 +68,14 @@ impl Vault {
 
     pub async fn get_connection(&self, key: &ConnectionKey) -> Result<ConnectionInfo, VaultError> {
         self.provider(key)?;
-        let connections = self.inner.store.connections();
-        let row = connections.find(key).await?.ok_or(VaultError::ConnectionNotFound)?;
-        let has_refresh_token = connections.current_refresh_token(row.id).await?.is_some();
-        Ok(ConnectionInfo {
-            active: row.is_active(),
-            tenant_id: row.tenant_id,
-            provider: row.provider,
-            status_reason: row.status_reason,
-            status_changed_at: row.status_changed_at,
-            scopes: row.scopes,
-            access_token_expires_at: row.access_token_expires_at,
-            has_refresh_token,
-            authorized_at: row.authorized_at,
-            refreshed_at: row.refreshed_at,
-        })
+        let summary = self
+            .inner
+            .store
+            .connections()
+            .describe(key)
+            .await?
+            .ok_or(VaultError::ConnectionNotFound)?;
+        Ok(summary.into())
     }
 }
 
@@ -94,6 +87,9 @@ pub(super) async fn active_connection(store: &Store, key: &ConnectionKey) -> Res
         .find(key)
         .await?
         .ok_or(VaultError::ConnectionNotFound)?;
+    if row.status == "disconnected" {
+        return Err(VaultError::ConnectionDisconnected);
+    }
     if !row.is_active() {
         return Err(VaultError::ReauthorizationRequired {
             reason: row.status_reason.unwrap_or_else(|| "unknown".into()),

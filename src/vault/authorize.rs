@@ -15,7 +15,7 @@ use crate::{
     oauth::{
         is_valid_scope, AmbiguousCause, CallbackOutcome, CallbackParams, PkceVerifier, ProviderConfig, TokenError,
     },
-    store::{NewPendingAuthorization, StoreError},
+    store::{NewPendingAuthorization, Origin, StoreError},
 };
 
 /// Random bytes in a state: 32, as the design requires (Hydra needs at least 8 characters).
@@ -211,7 +211,7 @@ impl Vault {
                         &consumed.scopes,
                     )?;
                     connections
-                        .store_authorization(key, replaces, &tokens)
+                        .store_authorization(key, replaces, &tokens, Origin::Authorization)
                         .await
                         .map(|_| ())
                 }

@@ -18,6 +18,14 @@ pub enum VaultError {
     ConnectionNotFound,
     #[error("the connection needs a new authorization ({reason})")]
     ReauthorizationRequired { reason: String },
+    #[error("the connection was disconnected")]
+    ConnectionDisconnected,
+    #[error("the tenant already has an active connection with this provider")]
+    ConnectionExists,
+    #[error("the watcher fell too far behind")]
+    WatchTooSlow,
+    #[error("the event cursor is malformed or older than the retention")]
+    EventCursorExpired,
     #[error("the provider is unavailable")]
     ProviderUnavailable { retry_after: Option<Duration> },
     /// The provider's answer to a refresh may mean the refresh token was consumed; it is held
@@ -55,6 +63,10 @@ impl VaultError {
             VaultError::InvalidGrant => "INVALID_GRANT",
             VaultError::ConnectionNotFound => "CONNECTION_NOT_FOUND",
             VaultError::ReauthorizationRequired { .. } => "REAUTHORIZATION_REQUIRED",
+            VaultError::ConnectionDisconnected => "CONNECTION_DISCONNECTED",
+            VaultError::ConnectionExists => "CONNECTION_EXISTS",
+            VaultError::WatchTooSlow => "WATCH_TOO_SLOW",
+            VaultError::EventCursorExpired => "EVENT_CURSOR_EXPIRED",
             VaultError::ProviderUnavailable { .. } => "PROVIDER_UNAVAILABLE",
             VaultError::RefreshOutcomeUnknown { .. } => "REFRESH_OUTCOME_UNKNOWN",
             VaultError::DatabaseFailover { .. } => "DATABASE_FAILOVER",

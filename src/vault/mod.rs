@@ -19,6 +19,7 @@ mod cache;
 mod coalesce;
 mod error;
 mod failover;
+mod lifetime;
 mod refresh;
 mod tokens;
 mod types;

@@ -3,7 +3,7 @@
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
-use super::{AccessToken, ConnectionKey, VaultError};
+use super::{lifetime, AccessToken, ConnectionKey, VaultError};
 use crate::{
     crypto::{Aad, Purpose, SharedKeyring},
     oauth::{ProviderConfig, TokenResponse},
@@ -59,6 +59,10 @@ pub(super) fn seal_token_response(
         .map(|rt| keyring.seal_str(&aad(Purpose::RefreshToken), rt))
         .transpose()?;
     let scopes = response.scope.clone().unwrap_or_else(|| fallback_scopes.to_vec());
+    let refresh_token_expires_at = response
+        .refresh_token
+        .as_ref()
+        .and_then(|_| lifetime::refresh_token_expires_at(provider, sent_at, response.refresh_token_expires_in));
     let token = AccessToken {
         token: response.access_token.clone(),
         token_type: response.token_type.clone(),
@@ -75,6 +79,9 @@ pub(super) fn seal_token_response(
         access_token_issued_at: sent_at,
         access_token_expires_at: expires_at,
         refresh_token,
+        refresh_token_expires_at,
+        keepalive_due_at: refresh_token_expires_at
+            .map(|rt_expires| lifetime::keepalive_due_at(provider, sent_at, expires_at, rt_expires)),
     };
     Ok((new, token))
 }

@@ -96,7 +96,7 @@ impl TokenSource {
 pub struct ConnectionInfo {
     pub tenant_id: String,
     pub provider: String,
-    pub active: bool,
+    pub status: ConnectionStatus,
     pub status_reason: Option<String>,
     pub status_changed_at: OffsetDateTime,
     pub scopes: Vec<String>,
@@ -104,6 +104,60 @@ pub struct ConnectionInfo {
     pub has_refresh_token: bool,
     pub authorized_at: OffsetDateTime,
     pub refreshed_at: Option<OffsetDateTime>,
+    pub refresh_token_expires_at: Option<OffsetDateTime>,
+    pub keepalive_due_at: Option<OffsetDateTime>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<OffsetDateTime>,
+    pub disconnected_at: Option<OffsetDateTime>,
+}
+
+/// A connection's status, as stored (`connections.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionStatus {
+    Active,
+    ReauthorizationRequired,
+    Disconnected,
+}
+
+impl ConnectionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionStatus::Active => "active",
+            ConnectionStatus::ReauthorizationRequired => "reauthorization_required",
+            ConnectionStatus::Disconnected => "disconnected",
+        }
+    }
+
+    /// The stored name; anything unknown (a newer version's status) reads as needing a person.
+    pub fn from_stored(status: &str) -> Self {
+        match status {
+            "active" => ConnectionStatus::Active,
+            "disconnected" => ConnectionStatus::Disconnected,
+            _ => ConnectionStatus::ReauthorizationRequired,
+        }
+    }
+}
+
+impl From<crate::store::ConnectionSummary> for ConnectionInfo {
+    fn from(c: crate::store::ConnectionSummary) -> Self {
+        Self {
+            status: ConnectionStatus::from_stored(&c.status),
+            tenant_id: c.tenant_id,
+            provider: c.provider,
+            status_reason: c.status_reason,
+            status_changed_at: c.status_changed_at,
+            scopes: c.scopes,
+            access_token_expires_at: c.access_token_expires_at,
+            has_refresh_token: c.has_refresh_token,
+            authorized_at: c.authorized_at,
+            refreshed_at: c.refreshed_at,
+            refresh_token_expires_at: c.refresh_token_expires_at,
+            keepalive_due_at: c.keepalive_due_at,
+            last_error: c.last_error,
+            last_error_at: c.last_error_at,
+            disconnected_at: c.disconnected_at,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -72,6 +72,7 @@ async fn malformed_requests_name_the_field() {
         tenant_id: tenant_id.into(),
         provider: provider.into(),
         min_valid_for: min,
+        ..Default::default()
     };
     let negative = prost_types::Duration { seconds: -1, nanos: 0 };
     let too_long = prost_types::Duration {

@@ -258,6 +258,7 @@ async fn oversized_fields_are_invalid_argument_naming_the_field() {
             tenant_id: "acme".into(),
             provider: long(65),
             min_valid_for: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use super::{jitter, RefresherInner, LEASE_SAFETY};
 use crate::{
     oauth::{AmbiguousCause, ProviderClient, TokenError},
-    store::{ConnectionRow, CurrentRefreshToken, StoreError},
+    store::{ConnectionRow, CurrentRefreshToken, RefreshCause, StoreError},
     vault::{authorize::provider_error, tokens, AccessToken, ConnectionKey, VaultError},
 };
 
@@ -215,7 +215,10 @@ impl RefresherInner {
         let mut pause = Duration::from_millis(50);
         let mut failures = 0u64;
         loop {
-            let stored = match connections.store_refresh(row.id, row.generation, new_tokens).await {
+            let stored = match connections
+                .store_refresh(row.id, row.generation, new_tokens, RefreshCause::Caller)
+                .await
+            {
                 Err(StoreError::Fenced) => self.after_fenced_store(key, row, new_tokens).await,
                 other => other.map(|()| true),
             };
