@@ -218,7 +218,7 @@ table per provider. Helm's toToml is not used because it writes
 every number as a float, which the vault's integer settings reject.
 */}}
 {{- define "token-vault.settingsToml" -}}
-{{- $types := dict "max_connections" "int" "cache_max_entries" "int" "max_attempts" "int" "max_margin_fraction" "float" "create_if_missing" "bool" "queue_capacity" "int" "max_aggregate_keys" "int" "max_concurrent_streams" "int" "max_health_watches" "int" "max_health_watches_per_connection" "int" "max_open_states" "int" "max_rotations" "int" -}}
+{{- $types := dict "max_connections" "int" "cache_max_entries" "int" "max_attempts" "int" "max_margin_fraction" "float" "create_if_missing" "bool" "queue_capacity" "int" "max_aggregate_keys" "int" "max_concurrent_streams" "int" "max_health_watches" "int" "max_health_watches_per_connection" "int" "max_open_states" "int" "max_rotations" "int" "enabled" "bool" "max_per_second" "int" "watch_buffer" "int" "max_watchers" "int" "keep_generations" "int" -}}
 {{- $host := .Values.grpc.host -}}
 {{- if contains ":" $host }}{{ $host = printf "[%s]" $host }}{{ end -}}
 # Rendered by the token-vault Helm chart; edit the chart's values, not this file.
@@ -242,7 +242,7 @@ keyring_file = {{ printf "%s/keyring" (include "token-vault.keyringDir" .) | toJ
 {{- range $k, $v := .Values.settings.encryption }}
 {{ $k }} = {{ include "token-vault.tomlScalar" (dict "value" $v "type" (get $types $k)) }}
 {{- end }}
-{{- range $section := list "vault" "refresh" "failover" "log" "telemetry" "audit" }}
+{{- range $section := list "vault" "refresh" "failover" "keepalive" "events" "retention" "log" "telemetry" "audit" }}
 {{- with get $.Values.settings $section }}
 
 [{{ $section }}]
