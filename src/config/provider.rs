@@ -234,7 +234,15 @@ impl ProviderSettings {
         if assumed_token_lifetime > Duration::from_secs(365 * 24 * 3600) {
             return Err(invalid(field("assumed_token_lifetime"), "must be at most a year"));
         }
-        let revocation_endpoint = self.revocation_endpoint.clone().or(preset.revocation_endpoint);
+        // The preset's revocation endpoint belongs with the preset's token endpoint: a
+        // configuration that points the token endpoint elsewhere (a staging server, a test
+        // double) must not send refresh tokens to the production server on disconnect.
+        let preset_revocation = if self.token_endpoint.is_none() {
+            preset.revocation_endpoint
+        } else {
+            None
+        };
+        let revocation_endpoint = self.revocation_endpoint.clone().or(preset_revocation);
         if revocation_endpoint
             .as_ref()
             .is_some_and(|url| !matches!(url.scheme(), "https" | "http"))
@@ -292,5 +300,44 @@ impl ProviderSettings {
             refresh_token_lifetime,
             keepalive_before,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn understory(token_endpoint: Option<&str>, revocation_endpoint: Option<&str>) -> ProviderConfig {
+        ProviderSettings {
+            preset: Some("understory".into()),
+            token_endpoint: token_endpoint.map(|u| u.parse().unwrap()),
+            revocation_endpoint: revocation_endpoint.map(|u| u.parse().unwrap()),
+            client_id: Some("id".into()),
+            client_secret: Some("secret".to_owned().into()),
+            redirect_uris: vec!["https://app.test/cb".parse().unwrap()],
+            ..Default::default()
+        }
+        .resolve("understory")
+        .unwrap()
+    }
+
+    #[test]
+    fn the_presets_revocation_endpoint_goes_with_its_token_endpoint() {
+        let p = understory(None, None);
+        assert_eq!(
+            p.revocation_endpoint.unwrap().as_str(),
+            "https://api.auth.understory.io/oauth2/revoke"
+        );
+        assert_eq!(p.refresh_token_lifetime, Some(Duration::from_secs(720 * 3600)));
+        assert_eq!(p.keepalive_before, Duration::from_secs(7 * 24 * 3600));
+        // A token endpoint elsewhere (staging, a test double): no refresh token is sent to the
+        // production revocation endpoint unless configured so.
+        let p = understory(Some("http://127.0.0.1:9/oauth2/token"), None);
+        assert_eq!(p.revocation_endpoint, None);
+        let p = understory(
+            Some("http://127.0.0.1:9/oauth2/token"),
+            Some("http://127.0.0.1:9/oauth2/revoke"),
+        );
+        assert_eq!(p.revocation_endpoint.unwrap().as_str(), "http://127.0.0.1:9/oauth2/revoke");
     }
 }
