@@ -338,6 +338,9 @@ mod tests {
             Some("http://127.0.0.1:9/oauth2/token"),
             Some("http://127.0.0.1:9/oauth2/revoke"),
         );
-        assert_eq!(p.revocation_endpoint.unwrap().as_str(), "http://127.0.0.1:9/oauth2/revoke");
+        assert_eq!(
+            p.revocation_endpoint.unwrap().as_str(),
+            "http://127.0.0.1:9/oauth2/revoke"
+        );
     }
 }

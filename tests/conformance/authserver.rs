@@ -51,6 +51,8 @@ pub struct ServerOptions {
     pub access_ttl: u64,
     /// How long an authorization code is accepted, in seconds.
     pub code_ttl: u64,
+    /// How long a refresh token lives from its issue, in seconds (Hydra: 30 days).
+    pub refresh_ttl: u64,
 }
 
 impl Default for ServerOptions {
@@ -58,6 +60,7 @@ impl Default for ServerOptions {
         Self {
             access_ttl: 3599,
             code_ttl: 600,
+            refresh_ttl: 30 * 24 * 3600,
         }
     }
 }
@@ -133,6 +136,7 @@ impl AuthServer {
             .arg(self.dir.join("events.jsonl"))
             .args(["--access-ttl", &self.options.access_ttl.to_string()])
             .args(["--code-ttl", &self.options.code_ttl.to_string()])
+            .args(["--refresh-ttl", &self.options.refresh_ttl.to_string()])
             .args(["--redirect-uri", REDIRECT_URI])
             .arg("--exit-with-stdin")
             .stdin(Stdio::piped())

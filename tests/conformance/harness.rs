@@ -41,6 +41,9 @@ pub struct VaultOptions {
     /// Adds `prompt=consent` to the authorization request, which OpenID Connect servers need
     /// before they grant `offline_access`.
     pub prompt_consent: bool,
+    /// TOML appended to the settings (after the provider's table, so a bare key lands in it;
+    /// start with a `[section]` header for anything else).
+    pub extra_toml: String,
 }
 
 impl VaultOptions {
@@ -51,6 +54,7 @@ impl VaultOptions {
             pkce: true,
             offline_scope: None,
             prompt_consent: false,
+            extra_toml: String::new(),
         }
     }
 }
@@ -93,6 +97,7 @@ request_timeout = "2s"
     if opts.prompt_consent {
         provider.push_str("extra_authorization_params = { prompt = \"consent\" }\n");
     }
+    provider.push_str(&opts.extra_toml);
     format!(
         r#"
 # Development mode only because authentication is off (insecure-dev, refused in production).

@@ -15,6 +15,7 @@ mod browser;
 mod failures;
 mod flow;
 mod harness;
+mod keepalive;
 mod outage;
 mod refresh;
 mod replicas;

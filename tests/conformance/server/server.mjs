@@ -16,6 +16,8 @@
 //          [--events FILE]      append one JSON line per event to FILE (always also on stdout)
 //          [--access-ttl SECS]  access token lifetime (default 3599, as Understory)
 //          [--code-ttl SECS]    authorization code lifetime (default 600, as Hydra)
+//          [--refresh-ttl SECS] refresh token lifetime from its issue (default 30 days, as
+//                               Hydra's ttl.refresh_token); a rotated token gets a fresh one
 //          [--redirect-uri URI] the clients' registered redirect URI
 //          [--exit-with-stdin]  exit when standard input closes, so a test that dies (even by
 //                               SIGKILL) cannot leave its server running
@@ -37,6 +39,7 @@ const { values: args } = parseArgs({
     events: { type: 'string' },
     'access-ttl': { type: 'string', default: '3599' },
     'code-ttl': { type: 'string', default: '600' },
+    'refresh-ttl': { type: 'string', default: String(30 * 24 * 3600) },
     'redirect-uri': { type: 'string', default: 'http://localhost:3000/oauth/callback' },
     'exit-with-stdin': { type: 'boolean', default: false },
   },
@@ -48,6 +51,7 @@ if (!args.port) {
 const port = Number(args.port);
 const accessTtl = Number(args['access-ttl']);
 const codeTtl = Number(args['code-ttl']);
+const refreshTtl = Number(args['refresh-ttl']);
 const issuer = `http://${args.host}:${port}`;
 
 // The audience Understory's guide names; the only resource server this server knows.
@@ -203,7 +207,7 @@ const configuration = {
   ttl: {
     AccessToken: () => accessTtl,
     AuthorizationCode: () => codeTtl,
-    RefreshToken: () => 30 * 24 * 3600,
+    RefreshToken: () => refreshTtl,
     Grant: () => 30 * 24 * 3600,
     Session: () => 24 * 3600,
     Interaction: () => 3600,
