@@ -36,6 +36,8 @@ pub mod proto {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("tokenvault.v1");
 
+    mod redacted;
+
     /// The encoded descriptors, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tokenvault_descriptor");
 }

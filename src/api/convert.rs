@@ -11,7 +11,8 @@ use crate::{
     proto,
     vault::{
         AccessToken, AccessTokenRequest, AuthorizationCompleted, AuthorizationStarted, BeginAuthorization,
-        ConnectionInfo, ConnectionRequest, ConnectionStatus, TenantId, VaultError,
+        ConnectionInfo, ConnectionRequest, ConnectionStatus, ImportConnection, ImportedConnection, TenantId,
+        TokenDigest, VaultError,
     },
 };
 
@@ -20,6 +21,10 @@ const MAX_PROVIDER_LEN: usize = 64;
 const MAX_REDIRECT_URI_LEN: usize = 2048;
 /// The largest `min_valid_for` that makes sense: a token is never valid for longer than a day.
 const MAX_MIN_VALID_FOR: Duration = Duration::from_secs(24 * 3600);
+/// The longest tokens ImportConnection accepts. Hydra's are well under 100 bytes; a JWT access
+/// token from another provider may run to a few kilobytes.
+const MAX_IMPORTED_REFRESH_TOKEN_LEN: usize = 8 * 1024;
+const MAX_IMPORTED_ACCESS_TOKEN_LEN: usize = 16 * 1024;
 
 /// The connection a request names, validated; the provider is resolved later, by the vault.
 fn connection(tenant_id: &str, provider: String) -> Result<ConnectionRequest, VaultError> {
@@ -112,7 +117,96 @@ impl TryFrom<proto::GetAccessTokenRequest> for (ConnectionRequest, AccessTokenRe
                     .ok_or_else(|| VaultError::invalid("min_valid_for", "must be between 0 and 24 hours"))
             })
             .transpose()?;
-        Ok((asked, AccessTokenRequest { min_valid_for }))
+        // Hashed at once: the plaintext goes no further than this function.
+        let rejected = match (
+            req.rejected_access_token.is_empty(),
+            req.rejected_access_token_sha256.is_empty(),
+        ) {
+            (true, true) => None,
+            (false, true) => Some(TokenDigest::of(&req.rejected_access_token)),
+            (true, false) => Some(
+                TokenDigest::from_bytes(&req.rejected_access_token_sha256).ok_or_else(|| {
+                    VaultError::invalid("rejected_access_token_sha256", "must be 32 bytes (a SHA-256 digest)")
+                })?,
+            ),
+            (false, false) => {
+                return Err(VaultError::invalid(
+                    "rejected_access_token_sha256",
+                    "must not be combined with rejected_access_token",
+                ))
+            }
+        };
+        Ok((
+            asked,
+            AccessTokenRequest {
+                min_valid_for,
+                rejected,
+            },
+        ))
+    }
+}
+
+impl TryFrom<proto::ImportConnectionRequest> for (ConnectionRequest, ImportConnection) {
+    type Error = VaultError;
+
+    fn try_from(req: proto::ImportConnectionRequest) -> Result<Self, Self::Error> {
+        let asked = connection(&req.tenant_id, req.provider)?;
+        if req.refresh_token.is_empty() {
+            return Err(VaultError::invalid("refresh_token", "is required"));
+        }
+        if req.refresh_token.len() > MAX_IMPORTED_REFRESH_TOKEN_LEN {
+            return Err(VaultError::invalid("refresh_token", "is too long"));
+        }
+        if req.refresh_token.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(VaultError::invalid(
+                "refresh_token",
+                "contains spaces or control characters",
+            ));
+        }
+        let access_token = match (req.access_token.is_empty(), req.access_token_expires_at) {
+            (true, None) => None,
+            (true, Some(_)) => {
+                return Err(VaultError::invalid(
+                    "access_token_expires_at",
+                    "must not be set without access_token",
+                ))
+            }
+            (false, None) => {
+                return Err(VaultError::invalid(
+                    "access_token_expires_at",
+                    "is required with access_token",
+                ))
+            }
+            (false, Some(expires_at)) => {
+                if req.access_token.len() > MAX_IMPORTED_ACCESS_TOKEN_LEN {
+                    return Err(VaultError::invalid("access_token", "is too long"));
+                }
+                let expires_at = OffsetDateTime::from_unix_timestamp(expires_at.seconds)
+                    .ok()
+                    .and_then(|t| t.replace_nanosecond(u32::try_from(expires_at.nanos).ok()?).ok())
+                    .ok_or_else(|| VaultError::invalid("access_token_expires_at", "is not a valid timestamp"))?;
+                Some((req.access_token.into(), expires_at))
+            }
+        };
+        Ok((
+            asked,
+            ImportConnection {
+                refresh_token: req.refresh_token.into(),
+                access_token,
+                scopes: req.scopes,
+                validate: !req.skip_validation,
+                replace_existing: req.replace_existing,
+            },
+        ))
+    }
+}
+
+impl From<ImportedConnection> for proto::ImportConnectionResponse {
+    fn from(i: ImportedConnection) -> Self {
+        Self {
+            connection: Some(i.connection.into()),
+            validated: i.validated,
+        }
     }
 }
 
@@ -197,6 +291,40 @@ mod tests {
         assert_eq!(deadline(&m, now), Some(now + Duration::from_millis(1950)));
         m.insert("grpc-timeout", "xS".parse().unwrap());
         assert_eq!(deadline(&m, now), None);
+    }
+
+    fn rejected(token: &str, digest: Vec<u8>) -> Result<Option<TokenDigest>, VaultError> {
+        <(ConnectionRequest, AccessTokenRequest)>::try_from(proto::GetAccessTokenRequest {
+            tenant_id: "acme".into(),
+            rejected_access_token: token.into(),
+            rejected_access_token_sha256: digest,
+            ..Default::default()
+        })
+        .map(|(_, options)| options.rejected)
+    }
+
+    #[test]
+    fn a_rejected_token_becomes_its_digest_in_either_form() {
+        use sha2::{Digest, Sha256};
+        let token = secrecy::SecretString::from("at_1");
+        let plain = rejected("at_1", Vec::new()).unwrap().unwrap();
+        let digest = rejected("", Sha256::digest(b"at_1").to_vec()).unwrap().unwrap();
+        assert!(plain.matches(&token) && digest.matches(&token));
+        assert!(!plain.matches(&secrecy::SecretString::from("at_2")));
+        assert!(rejected("", Vec::new()).unwrap().is_none());
+        for bad in [
+            rejected("at_1", Sha256::digest(b"at_1").to_vec()),
+            rejected("", vec![1; 31]),
+        ] {
+            assert!(matches!(
+                bad,
+                Err(VaultError::InvalidArgument {
+                    field: "rejected_access_token_sha256",
+                    ..
+                })
+            ));
+        }
+        assert!(!format!("{plain:?}").contains("at_1"));
     }
 
     #[test]

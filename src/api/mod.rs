@@ -17,7 +17,10 @@ use crate::{
     metrics::{self, kv},
     proto::{self, token_vault_server::TokenVault},
     telemetry::record_status,
-    vault::{AccessTokenRequest, BeginAuthorization, ConnectionKey, ConnectionRequest, TokenSource, Vault, VaultError},
+    vault::{
+        AccessTokenRequest, BeginAuthorization, ConnectionKey, ConnectionRequest, ImportConnection, TokenSource, Vault,
+        VaultError,
+    },
 };
 
 pub use layer::AuthLayer;
@@ -134,6 +137,7 @@ impl TokenVault for TokenVaultService {
         let deadline = convert::deadline(request.metadata(), Instant::now());
         let mut event = AuditEvent::new(EventKind::GetAccessToken, caller.name(), "ok");
         let parsed = <(ConnectionRequest, AccessTokenRequest)>::try_from(request.into_inner());
+        let rejected = matches!(&parsed, Ok((_, options)) if options.rejected.is_some());
         let result = self
             .on_connection(&caller, parsed, &mut event, |key, options| {
                 self.vault.get_access_token(key, options, deadline)
@@ -143,10 +147,15 @@ impl TokenVault for TokenVaultService {
             Ok((_, source)) => ("ok", source.as_str()),
             Err(e) => (e.reason(), ""),
         };
-        metrics::get()
-            .access_token_requests
-            .add(1, &[kv("outcome", outcome), kv("source", source)]);
-        self.audit_access(event, &result);
+        metrics::get().access_token_requests.add(
+            1,
+            &[
+                kv("outcome", outcome),
+                kv("source", source),
+                kv("rejected_token", rejected),
+            ],
+        );
+        self.audit_access(event, &result, rejected);
         respond(result.map(|(token, _)| token))
     }
 
@@ -188,9 +197,31 @@ impl TokenVault for TokenVaultService {
 
     async fn import_connection(
         &self,
-        _request: Request<proto::ImportConnectionRequest>,
+        request: Request<proto::ImportConnectionRequest>,
     ) -> Result<Response<proto::ImportConnectionResponse>, Status> {
-        Err(Status::unimplemented("ImportConnection is not implemented yet"))
+        let caller = caller(&request)?;
+        let deadline = convert::deadline(request.metadata(), Instant::now());
+        let mut event = AuditEvent::new(EventKind::ImportConnection, caller.name(), "ok");
+        let parsed = <(ConnectionRequest, ImportConnection)>::try_from(request.into_inner());
+        let result = self
+            .on_connection(&caller, parsed, &mut event, |key, options| {
+                self.vault.import_connection(key, options, deadline)
+            })
+            .await;
+        if let Ok(imported) = &result {
+            let replaced = imported
+                .replaced
+                .map(|g| format!(", replacing generation {g}"))
+                .unwrap_or_default();
+            let validated = if imported.validated {
+                "validated"
+            } else {
+                "not validated"
+            };
+            event.detail = Some(format!("generation {}{replaced}, {validated}", imported.generation).into());
+        }
+        self.record(event, &result, Rpc::ImportConnection);
+        respond(result)
     }
 
     type WatchConnectionEventsStream =
@@ -228,17 +259,38 @@ impl TokenVaultService {
 
     /// GetAccessToken is the hot path: counted, never written per call. What a caller saw of
     /// a refresh or of a dead connection is also recorded once as its own event.
-    fn audit_access(&self, event: AuditEvent, result: &Result<(crate::vault::AccessToken, TokenSource), CallError>) {
+    /// A call that reported a rejected token is counted apart (`rejected_token:<source>`), and a
+    /// refresh it saw says so.
+    fn audit_access(
+        &self,
+        event: AuditEvent,
+        result: &Result<(crate::vault::AccessToken, TokenSource), CallError>,
+        rejected: bool,
+    ) {
         match result {
             Ok((token, source)) => {
                 if *source == TokenSource::Refresh {
+                    let detail = if rejected {
+                        format!(
+                            "generation {}, after a token rejected by the provider",
+                            token.generation
+                        )
+                    } else {
+                        format!("generation {}", token.generation)
+                    };
                     self.audit.record_once(AuditEvent {
                         kind: EventKind::Refresh,
-                        detail: Some(format!("generation {}", token.generation).into()),
+                        detail: Some(detail.into()),
                         ..event.clone()
                     });
                 }
-                self.audit.count(event.detail(source.as_str()));
+                let detail = match (rejected, source) {
+                    (false, _) => source.as_str(),
+                    (true, TokenSource::Cache) => "rejected_token:cache",
+                    (true, TokenSource::Database) => "rejected_token:database",
+                    (true, TokenSource::Refresh) => "rejected_token:refresh",
+                };
+                self.audit.count(event.detail(detail));
             }
             Err(CallError::Denied(Denied::NotAllowed { .. })) => self.count_denied_event(event, Rpc::GetAccessToken),
             Err(e) => {

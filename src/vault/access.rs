@@ -1,12 +1,23 @@
-//! GetAccessToken's decision (cache, database, or refresh) and GetConnection.
+//! GetAccessToken's decision (cache, database, or refresh), a caller's report that the
+//! provider rejected a token, and GetConnection.
 
 use std::time::Instant;
 
 use futures::FutureExt;
 use time::OffsetDateTime;
 
-use super::{tokens, AccessToken, AccessTokenRequest, ConnectionInfo, ConnectionKey, TokenSource, Vault, VaultError};
-use crate::store::{ConnectionRow, Store};
+use super::{
+    tokens, AccessToken, AccessTokenRequest, ConnectionInfo, ConnectionKey, TokenDigest, TokenSource, Vault, VaultError,
+};
+use crate::{
+    oauth::ProviderClient,
+    store::{ConnectionRow, Store},
+};
+
+/// How many refreshes one rejection report may wait on before giving up. The second is needed
+/// only when the first one this caller joined had started from an older generation and adopted
+/// the very token reported rejected.
+const REJECTED_ROUNDS: usize = 3;
 
 impl Vault {
     /// Returns a token valid for the requested margin: from this replica's cache, else from the
@@ -21,6 +32,10 @@ impl Vault {
         let client = self.provider(&key)?;
         let margin = req.min_valid_for.unwrap_or(self.inner.settings.default_min_valid_for);
         let fraction = self.inner.settings.max_margin_fraction;
+
+        if let Some(rejected) = req.rejected {
+            return self.after_rejection(key, client, rejected, margin, deadline).await;
+        }
 
         if let Some(token) = self.inner.cache.get(&key) {
             if token.is_valid_for(margin, fraction, OffsetDateTime::now_utc()) {
@@ -52,6 +67,66 @@ impl Vault {
             .refresh(key, client.clone(), row.generation, deadline)
             .await?;
         Ok((token, TokenSource::Refresh))
+    }
+
+    /// GetAccessToken with a token the provider rejected. This replica's cache is not asked:
+    /// another replica may have refreshed, and the cache may hold the very token rejected. The
+    /// row decides. If its token is not the rejected one, it is newer (or at least not known
+    /// dead) and is served as usual, without a refresh. If it is, the connection is refreshed
+    /// from the row's generation through the refresher, which coalesces every reporter on this
+    /// replica into one task and fences across replicas on the generation: if it moved
+    /// meanwhile, the newer token is adopted, never refreshed away. So a report never refreshes
+    /// a token that is no longer current, and a naive "force refresh" (which would kill tokens
+    /// other callers hold) never happens.
+    async fn after_rejection(
+        &self,
+        key: ConnectionKey,
+        client: &ProviderClient,
+        rejected: TokenDigest,
+        margin: std::time::Duration,
+        deadline: Option<Instant>,
+    ) -> Result<(AccessToken, TokenSource), VaultError> {
+        let fraction = self.inner.settings.max_margin_fraction;
+        let row = self.read_active_connection(&key).await?;
+        let current = tokens::open_access_token(&self.inner.keyring, &key, &row)?;
+        if !rejected.matches(&current.token) {
+            self.inner.cache.put(key.clone(), current.clone());
+            // A read joined a moment before this replica stored a newer generation would be
+            // older than the cache: serve the newer of the two (the cache keeps the newest).
+            let newest = self
+                .inner
+                .cache
+                .get(&key)
+                .filter(|t| t.generation > current.generation && !rejected.matches(&t.token))
+                .unwrap_or(current);
+            if newest.is_valid_for(margin, fraction, OffsetDateTime::now_utc()) {
+                return Ok((newest, TokenSource::Database));
+            }
+            let token = self
+                .inner
+                .refresher
+                .refresh(key, client.clone(), newest.generation, deadline)
+                .await?;
+            return Ok((token, TokenSource::Refresh));
+        }
+        tracing::info!(tenant_id = %key.tenant(), provider = %key.provider(), generation = row.generation, "a caller reports the current access token rejected by the provider; refreshing");
+        let mut generation = row.generation;
+        for _ in 0..REJECTED_ROUNDS {
+            let token = self
+                .inner
+                .refresher
+                .refresh(key.clone(), client.clone(), generation, deadline)
+                .await?;
+            if !rejected.matches(&token.token) {
+                return Ok((token, TokenSource::Refresh));
+            }
+            // The refresh joined had started from an older generation and adopted the token
+            // reported rejected: refresh from that token's own generation.
+            generation = token.generation;
+        }
+        Err(VaultError::Internal(
+            "the refreshes joined kept handing out the token reported rejected".into(),
+        ))
     }
 
     /// The connection's row, read once however many callers miss the cache for it at once.

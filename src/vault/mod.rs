@@ -6,7 +6,8 @@
 //! | flow | file |
 //! |---|---|
 //! | BeginAuthorization, CompleteAuthorization | `authorize.rs` |
-//! | GetAccessToken (cache, database, refresh), GetConnection | `access.rs` |
+//! | GetAccessToken (cache, database, refresh, a rejected token), GetConnection | `access.rs` |
+//! | ImportConnection | `import.rs` |
 //! | the refresh: one task per connection, the lease, the provider round | `refresh/` |
 //! | one evaluation per key for reads and refreshes | `coalesce.rs` |
 //! | this replica's token cache | `cache.rs` |
@@ -19,6 +20,7 @@ mod cache;
 mod coalesce;
 mod error;
 mod failover;
+mod import;
 mod lifetime;
 mod refresh;
 mod tokens;

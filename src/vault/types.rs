@@ -46,6 +46,65 @@ pub struct AuthorizationCompleted {
 /// GetAccessToken's options, beside its [`ConnectionRequest`].
 pub struct AccessTokenRequest {
     pub min_valid_for: Option<Duration>,
+    /// The access token the provider rejected, if the caller reports one: never the token
+    /// itself, only its digest, made at the API boundary.
+    pub rejected: Option<TokenDigest>,
+}
+
+/// The SHA-256 of an access token a caller reports rejected. Compared in constant time, and
+/// never printed: a digest of a live token is not a secret one can use, but it identifies one.
+#[derive(Clone, Copy)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    /// The digest of a token given in plaintext; the plaintext is not kept.
+    pub fn of(token: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        Self(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// A digest given as bytes; `None` unless it is 32 bytes long.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
+    }
+
+    /// Whether `token` is the token this digest was made from.
+    pub fn matches(&self, token: &SecretString) -> bool {
+        use secrecy::ExposeSecret;
+        use subtle::ConstantTimeEq;
+        Self::of(token.expose_secret()).0.ct_eq(&self.0).into()
+    }
+}
+
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenDigest([redacted])")
+    }
+}
+
+/// ImportConnection's options, beside its [`ConnectionRequest`]: tokens another system holds.
+pub struct ImportConnection {
+    pub refresh_token: SecretString,
+    /// An access token to serve until it expires, with its expiry.
+    pub access_token: Option<(SecretString, OffsetDateTime)>,
+    /// The scopes the grant carries; empty means the provider's default scopes.
+    pub scopes: Vec<String>,
+    /// Refresh once with the imported refresh token before answering.
+    pub validate: bool,
+    /// Overwrite an active connection instead of answering CONNECTION_EXISTS.
+    pub replace_existing: bool,
+}
+
+/// What ImportConnection did.
+#[derive(Debug)]
+pub struct ImportedConnection {
+    pub connection: ConnectionInfo,
+    /// A refresh with the imported refresh token succeeded.
+    pub validated: bool,
+    /// The generation stored by the import (1 for a new connection).
+    pub generation: i64,
+    /// The generation the import replaced, if the tenant had a connection.
+    pub replaced: Option<i64>,
 }
 
 /// An access token handed to a caller.

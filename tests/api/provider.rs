@@ -314,6 +314,20 @@ impl ScriptedProvider {
         self.state.lock().unwrap().access_ttl = secs;
     }
 
+    /// A valid refresh token of a new grant, made outside any authorization the vault saw: what
+    /// another system migrating to the vault would hold.
+    pub fn mint_refresh_token(&self) -> String {
+        let mut st = self.state.lock().unwrap();
+        st.next_chain += 1;
+        let chain = st.next_chain;
+        let refresh = format!("ory_rt_{}", uuid::Uuid::new_v4().simple());
+        st.refresh_tokens
+            .insert(refresh.clone(), RefreshState { chain, used: false });
+        st.issued_refresh_tokens.push(refresh.clone());
+        st.chain_latest.insert(chain, refresh.clone());
+        refresh
+    }
+
     /// Revokes every token of every chain, as a customer revoking consent would.
     pub fn revoke_all(&self) {
         let mut st = self.state.lock().unwrap();
