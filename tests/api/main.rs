@@ -13,6 +13,7 @@ mod faulty_proxy;
 mod grant_safety;
 mod helpers;
 mod hostile;
+mod keepalive;
 mod keys;
 mod listener;
 mod pending;
