@@ -42,6 +42,14 @@ pub struct RefreshCounters {
     /// Rotations the database lost that no replica wrote back: the connection was marked
     /// `rotation_lost`.
     pub rotations_lost: AtomicU64,
+    /// Keep-alive refreshes this replica's keeper started (or joined), and how they ended:
+    /// succeeded (the connection has a fresh refresh token, by this refresh or another's) or
+    /// failed (retried after `keepalive.claim_ttl`, or the connection was marked dead).
+    pub keepalive_started: AtomicU64,
+    pub keepalive_succeeded: AtomicU64,
+    pub keepalive_failed: AtomicU64,
+    /// Superseded refresh tokens whose ciphertext this replica's sweeper purged.
+    pub retention_purged: AtomicU64,
     /// 1 while the database confirms commits on a synchronous standby, 0 while it does not
     /// (a failover may then lose commits), 2 before the first check.
     pub synchronous_standby: AtomicU64,
@@ -162,6 +170,28 @@ pub fn observe(
             })
             .build()
     };
+    let keepalive = {
+        let m = refreshes.clone();
+        meter
+            .u64_observable_counter("tokenvault.keepalive.refreshes")
+            .with_unit("{refresh}")
+            .with_description("Keep-alive refreshes of idle connections by outcome: started, succeeded, failed")
+            .with_callback(move |o| {
+                o.observe(m.keepalive_started.load(Relaxed), &[kv("outcome", "started")]);
+                o.observe(m.keepalive_succeeded.load(Relaxed), &[kv("outcome", "succeeded")]);
+                o.observe(m.keepalive_failed.load(Relaxed), &[kv("outcome", "failed")]);
+            })
+            .build()
+    };
+    let purged = {
+        let m = refreshes.clone();
+        meter
+            .u64_observable_counter("tokenvault.retention.purged")
+            .with_unit("{token}")
+            .with_description("Superseded refresh tokens whose ciphertext was purged by retention")
+            .with_callback(move |o| o.observe(m.retention_purged.load(Relaxed), &[]))
+            .build()
+    };
     let connections = meter
         .i64_observable_gauge("tokenvault.connections")
         .with_unit("{connection}")
@@ -179,6 +209,8 @@ pub fn observe(
         Box::new(synchronous),
         Box::new(attempts),
         Box::new(unsaved),
+        Box::new(keepalive),
+        Box::new(purged),
         Box::new(connections),
     ]
 }

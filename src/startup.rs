@@ -164,6 +164,16 @@ impl Application {
             let (vault, stop) = (self.vault.clone(), background.clone());
             async move { vault.watch_database(stop).await }
         });
+        if self.settings.keepalive.enabled {
+            // Stops by itself when refreshes stop starting (the first step of shutdown), so it
+            // never starts one that the drain would have to wait for.
+            let (vault, stop) = (self.vault.clone(), background.clone());
+            tokio::spawn(async move { vault.keep_alive(stop).await });
+        }
+        tokio::spawn({
+            let (vault, stop) = (self.vault.clone(), background.clone());
+            async move { vault.purge_rotated_refresh_tokens(stop).await }
+        });
         tokio::spawn(sweep_used_and_expired_states(
             self.vault.clone(),
             self.settings.vault.state_sweep_interval,

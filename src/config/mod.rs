@@ -258,7 +258,8 @@ pub struct RetentionSettings {
     /// Keep ciphertexts superseded less than this long ago.
     #[serde(with = "humantime_serde")]
     pub keep_for: Duration,
-    /// How often the purge runs (in the keeper's loop).
+    /// How often the purge runs (its own task on every replica, whether or not the keeper is
+    /// enabled).
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
 }
@@ -560,6 +561,12 @@ impl Settings {
                 "keepalive.interval",
                 "keepalive.max_per_second and keepalive.claim_ttl must be positive (set keepalive.enabled = false to turn the keeper off)",
             ));
+        }
+        // A replica takes up to one interval to start what it claimed: a shorter claim would
+        // lapse before its last keep-alive starts, and another replica would claim it too (the
+        // refresh lease still keeps it to one refresh, but the claim is meant to spare that).
+        if self.keepalive.claim_ttl <= self.keepalive.interval {
+            return Err(invalid("keepalive.claim_ttl", "must be longer than keepalive.interval"));
         }
         if self.events.poll_interval.is_zero() || self.events.watch_buffer == 0 || self.events.retention.is_zero() {
             return Err(invalid(
@@ -885,6 +892,19 @@ redirect_uris = ["https://app.example/cb"]
         ] {
             let err = load(extra).unwrap_err().to_string();
             assert!(err.contains(field), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_keeper_claim_must_outlast_its_interval() {
+        let s = load("").unwrap();
+        assert!(s.keepalive.claim_ttl > s.keepalive.interval);
+        for extra in [
+            "[keepalive]\ninterval = \"2m\"\nclaim_ttl = \"2m\"",
+            "[keepalive]\ninterval = \"10s\"\nclaim_ttl = \"5s\"",
+        ] {
+            let err = load(extra).unwrap_err().to_string();
+            assert!(err.contains("keepalive.claim_ttl"), "{extra}: {err}");
         }
     }
 

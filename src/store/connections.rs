@@ -398,8 +398,11 @@ impl<'a> Connections<'a> {
             // The statements of one WITH share a snapshot: the supersede below cannot see the row
             // inserted beside it, so only older tokens are marked superseded, and `before` reads
             // the reason the update clears. A refresh token's expiry (and so the keep-alive) only
-            // moves when a new refresh token came. The event: a keep-alive's, or a recovery from
-            // an unknown outcome; an ordinary refresh writes none.
+            // moves when a new refresh token came. A keep-alive that brought none (a provider
+            // that does not rotate) clears the due moment: refreshing again would not renew the
+            // refresh token either, and the keeper would otherwise claim it over and over. The
+            // event: a keep-alive's, or a recovery from an unknown outcome; an ordinary refresh
+            // writes none.
             let updated = sqlx::query_scalar!(
                 r#"WITH before AS (
                        SELECT status_reason FROM connections WHERE id = $1 AND generation = $2),
@@ -408,7 +411,8 @@ impl<'a> Connections<'a> {
                           SET generation = $3, scopes = $4, token_type = $5, access_token = $6,
                               access_token_issued_at = $7, access_token_expires_at = $8, refreshed_at = now(),
                               refresh_token_expires_at = CASE WHEN $9::bytea IS NOT NULL THEN $10 ELSE refresh_token_expires_at END,
-                              keepalive_due_at = CASE WHEN $9::bytea IS NOT NULL THEN $11 ELSE keepalive_due_at END,
+                              keepalive_due_at = CASE WHEN $9::bytea IS NOT NULL THEN $11
+                                                      WHEN $12 THEN NULL ELSE keepalive_due_at END,
                               keepalive_claimed_until = NULL, last_error = NULL, last_error_at = NULL,
                               status_reason = NULL,
                               refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()

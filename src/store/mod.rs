@@ -21,7 +21,9 @@ macro_rules! db_span {
 mod audit;
 mod connections;
 mod identity;
+mod keepalive;
 mod pending;
+mod retention;
 mod sealed_values;
 
 use std::{str::FromStr, time::Duration};
@@ -38,7 +40,9 @@ pub use connections::{
     NewTokens, Origin, RefreshCause,
 };
 pub use identity::{DatabaseIdentity, Durability};
+pub use keepalive::{Claim, Claimed, Keepalive};
 pub use pending::{NewPendingAuthorization, PendingAuthorization, PendingAuthorizations};
+pub use retention::{Purged, Retention, SweepPosition};
 pub use sealed_values::{Batch, Binding, HeaderCount, Position, SealedColumn, SealedRow, SealedValues};
 
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +176,16 @@ impl Store {
     /// Which database this is, and whether it changed (a failover, a restore).
     pub fn identity(&self) -> DatabaseIdentity<'_> {
         DatabaseIdentity::new(&self.pool)
+    }
+
+    /// The keeper's claims on connections whose refresh token nears its end.
+    pub fn keepalive(&self) -> Keepalive<'_> {
+        Keepalive::new(&self.pool)
+    }
+
+    /// Purging the ciphertexts of rotated refresh tokens.
+    pub fn retention(&self) -> Retention<'_> {
+        Retention::new(&self.pool)
     }
 
     pub fn audit(&self) -> AuditEvents<'_> {

@@ -12,6 +12,8 @@
 //! | one evaluation per key for reads and refreshes | `coalesce.rs` |
 //! | this replica's token cache | `cache.rs` |
 //! | sealing and opening tokens for the store | `tokens.rs` |
+//! | keep-alive of idle connections before their refresh token expires | `keeper.rs` |
+//! | purging the ciphertexts of rotated refresh tokens past retention | `retention.rs` |
 //! | shutdown: stop starting refreshes, drain those in flight | this file |
 
 mod access;
@@ -21,8 +23,10 @@ mod coalesce;
 mod error;
 mod failover;
 mod import;
+mod keeper;
 mod lifetime;
 mod refresh;
+mod retention;
 mod tokens;
 mod types;
 
@@ -35,7 +39,7 @@ pub use error::VaultError;
 pub use types::*;
 
 use crate::{
-    config::{RefreshSettings, Settings, VaultSettings},
+    config::{KeepaliveSettings, RefreshSettings, RetentionSettings, Settings, VaultSettings},
     crypto::SharedKeyring,
     metrics::RefreshCounters,
     oauth::ProviderClient,
@@ -62,6 +66,10 @@ struct Inner {
     /// Rotations kept for write-back after the database goes back in time.
     failover: Arc<failover::FailoverGuard>,
     failover_check_interval: std::time::Duration,
+    /// The keeper's pace and claims.
+    keepalive: KeepaliveSettings,
+    /// How long rotated refresh tokens keep their ciphertext.
+    retention: RetentionSettings,
 }
 
 /// How long callers missing the cache join a read of the same row already in flight; a read
@@ -114,6 +122,8 @@ impl Vault {
                 reads: coalesce::Coalescer::new(READ_JOIN_AGE),
                 failover,
                 failover_check_interval: settings.failover.check_interval,
+                keepalive: settings.keepalive.clone(),
+                retention: settings.retention.clone(),
             }),
         }
     }
@@ -127,7 +137,8 @@ impl Vault {
     }
 
     /// The first step of shutdown: no refresh starts from now on (callers that would need one
-    /// get `SHUTTING_DOWN` and retry on another replica); refreshes in flight go on.
+    /// get `SHUTTING_DOWN` and retry on another replica; the keeper stops); refreshes in
+    /// flight go on.
     pub fn stop_starting_refreshes(&self) {
         self.inner.refresher.stop_starting();
     }

@@ -15,6 +15,7 @@ mod grant_safety;
 mod helpers;
 mod hostile;
 mod import;
+mod keepalive;
 mod keys;
 mod listener;
 mod pending;

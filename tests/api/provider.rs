@@ -43,6 +43,8 @@ pub struct Stats {
     /// Refresh requests that presented an already used refresh token.
     pub reuse_detected: usize,
     pub refreshes_ok: usize,
+    /// Refresh requests that presented a refresh token past its `refresh_ttl`.
+    pub expired_presented: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +65,8 @@ struct CodeGrant {
 struct RefreshState {
     chain: u64,
     used: bool,
+    /// When the refresh token dies unused (`refresh_ttl`), like Hydra's `ttl.refresh_token`.
+    expires_at: Option<std::time::Instant>,
 }
 
 pub struct ProviderState {
@@ -72,6 +76,9 @@ pub struct ProviderState {
     /// `expires_in` of issued access tokens.
     pub access_ttl: u64,
     pub issue_refresh_tokens: bool,
+    /// How long issued refresh tokens live (sent as `refresh_token_expires_in`); `None`:
+    /// forever, and not sent.
+    pub refresh_ttl: Option<Duration>,
     pub faults: VecDeque<Fault>,
     pub stats: Stats,
     pub requests: Vec<RecordedRequest>,
@@ -220,6 +227,10 @@ impl ProviderState {
         if self.revoked_chains.contains(&chain) {
             return oauth_error(400, "invalid_grant", "The refresh token is malformed or not valid.");
         }
+        if rt.expires_at.is_some_and(|at| std::time::Instant::now() >= at) {
+            self.stats.expired_presented += 1;
+            return oauth_error(400, "invalid_grant", "Token expired. The refresh token expired.");
+        }
         rt.used = true;
         self.stats.refreshes_ok += 1;
         self.issue(chain)
@@ -236,8 +247,18 @@ impl ProviderState {
         });
         if self.issue_refresh_tokens {
             let refresh = format!("ory_rt_{}", uuid::Uuid::new_v4().simple());
-            self.refresh_tokens
-                .insert(refresh.clone(), RefreshState { chain, used: false });
+            let expires_at = self.refresh_ttl.map(|ttl| std::time::Instant::now() + ttl);
+            self.refresh_tokens.insert(
+                refresh.clone(),
+                RefreshState {
+                    chain,
+                    used: false,
+                    expires_at,
+                },
+            );
+            if let Some(ttl) = self.refresh_ttl {
+                body["refresh_token_expires_in"] = ttl.as_secs().into();
+            }
             self.issued_refresh_tokens.push(refresh.clone());
             self.chain_latest.insert(chain, refresh.clone());
             body["refresh_token"] = refresh.into();
@@ -255,6 +276,7 @@ impl ScriptedProvider {
             auth,
             access_ttl: 3600,
             issue_refresh_tokens: true,
+            refresh_ttl: None,
             faults: VecDeque::new(),
             stats: Stats::default(),
             requests: Vec::new(),
@@ -321,11 +343,35 @@ impl ScriptedProvider {
         st.next_chain += 1;
         let chain = st.next_chain;
         let refresh = format!("ory_rt_{}", uuid::Uuid::new_v4().simple());
-        st.refresh_tokens
-            .insert(refresh.clone(), RefreshState { chain, used: false });
+        let expires_at = st.refresh_ttl.map(|ttl| std::time::Instant::now() + ttl);
+        st.refresh_tokens.insert(
+            refresh.clone(),
+            RefreshState {
+                chain,
+                used: false,
+                expires_at,
+            },
+        );
         st.issued_refresh_tokens.push(refresh.clone());
         st.chain_latest.insert(chain, refresh.clone());
         refresh
+    }
+
+    /// Issued refresh tokens from now on live `ttl` (and say so in `refresh_token_expires_in`).
+    pub fn set_refresh_ttl(&self, ttl: Duration) {
+        self.state.lock().unwrap().refresh_ttl = Some(ttl);
+    }
+
+    /// Every refresh request as received: when, and the refresh token it presented.
+    pub fn refresh_requests(&self) -> Vec<(std::time::Instant, String)> {
+        self.state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|r| r.form.get("grant_type").map(String::as_str) == Some("refresh_token"))
+            .map(|r| (r.received_at, r.form.get("refresh_token").cloned().unwrap_or_default()))
+            .collect()
     }
 
     /// Revokes every token of every chain, as a customer revoking consent would.

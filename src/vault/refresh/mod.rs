@@ -72,7 +72,12 @@ use lease::Acquired;
 use round::Round;
 
 use super::{cache::TokenCache, coalesce::Coalescer, failover::FailoverGuard, AccessToken, ConnectionKey, VaultError};
-use crate::{crypto::SharedKeyring, metrics::RefreshCounters, oauth::ProviderClient, store::Store};
+use crate::{
+    crypto::SharedKeyring,
+    metrics::RefreshCounters,
+    oauth::ProviderClient,
+    store::{RefreshCause, Store},
+};
 
 /// Time kept free at the end of a lease: no provider attempt may start unless it (at its full
 /// timeout) ends this long before the lease does.
@@ -170,6 +175,11 @@ impl Refresher {
         }
     }
 
+    /// Fired when refreshes stop starting (shutdown): the keeper stops with it.
+    pub fn stopping(&self) -> CancellationToken {
+        self.inner.draining.clone()
+    }
+
     pub fn metrics(&self) -> &Arc<RefreshCounters> {
         &self.inner.metrics
     }
@@ -181,6 +191,23 @@ impl Refresher {
         key: ConnectionKey,
         client: ProviderClient,
         generation: i64,
+        deadline: Option<Instant>,
+    ) -> Result<AccessToken, VaultError> {
+        self.refresh_because(key, client, generation, RefreshCause::Caller, deadline)
+            .await
+    }
+
+    /// [`Self::refresh`], saying who asked: the cause is recorded with the stored tokens (a
+    /// keep-alive writes its connection event). A refresh already in flight is joined
+    /// whoever started it. From the connection's current generation the lease is taken and
+    /// the token refreshed even though the access token is still valid: only a moved
+    /// generation (someone else refreshed) is adopted instead.
+    pub async fn refresh_because(
+        &self,
+        key: ConnectionKey,
+        client: ProviderClient,
+        generation: i64,
+        cause: RefreshCause,
         deadline: Option<Instant>,
     ) -> Result<AccessToken, VaultError> {
         let inner = self.inner.clone();
@@ -198,7 +225,7 @@ impl Refresher {
             &self.tasks,
             !self.inner.draining.is_cancelled(),
             move || {
-                async move { inner.run(&task_key, &client, generation).await }
+                async move { inner.run(&task_key, &client, generation, cause).await }
                     .instrument(span)
                     .boxed()
             },
@@ -238,6 +265,7 @@ impl RefresherInner {
         key: &ConnectionKey,
         client: &ProviderClient,
         mut generation: i64,
+        cause: RefreshCause,
     ) -> Result<AccessToken, VaultError> {
         let result = async {
             for _ in 0..MAX_ROUNDS {
@@ -248,7 +276,14 @@ impl RefresherInner {
                     }
                     Acquired::Lease(leased, lease_taken) => {
                         match self
-                            .refresh_under_lease(key, client, &leased.connection, leased.refresh_token, lease_taken)
+                            .refresh_under_lease(
+                                key,
+                                client,
+                                &leased.connection,
+                                leased.refresh_token,
+                                lease_taken,
+                                cause,
+                            )
                             .await?
                         {
                             Round::Done(token) => return Ok(token),

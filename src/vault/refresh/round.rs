@@ -32,6 +32,7 @@ impl RefresherInner {
         row: &ConnectionRow,
         current: Option<CurrentRefreshToken>,
         lease_taken: Instant,
+        cause: RefreshCause,
     ) -> Result<Round, VaultError> {
         let provider = client.config();
         let Some(current) = current else {
@@ -67,7 +68,7 @@ impl RefresherInner {
                         sent_at,
                         &row.scopes,
                     )?;
-                    return self.store_refreshed(key, row, &new_tokens, token).await;
+                    return self.store_refreshed(key, row, &new_tokens, token, cause).await;
                 }
                 Err(e) => e,
             };
@@ -210,13 +211,14 @@ impl RefresherInner {
         row: &ConnectionRow,
         new_tokens: &crate::store::NewTokens,
         token: AccessToken,
+        cause: RefreshCause,
     ) -> Result<Round, VaultError> {
         let connections = self.store.connections();
         let mut pause = Duration::from_millis(50);
         let mut failures = 0u64;
         loop {
             let stored = match connections
-                .store_refresh(row.id, row.generation, new_tokens, RefreshCause::Caller)
+                .store_refresh(row.id, row.generation, new_tokens, cause)
                 .await
             {
                 Err(StoreError::Fenced) => self.after_fenced_store(key, row, new_tokens).await,
