@@ -54,11 +54,13 @@ struct Plan {
     cache_entries: u64,
     refresh_samples: usize,
     stampede_callers: usize,
+    /// Seeded connections whose keep-alive is due when the keeper scenario starts.
+    keeper_due: u64,
 }
 
 /// The names `--only` takes.
-const SCENARIOS: [&str; 8] = [
-    "hot", "auth", "h2load", "cold", "refresh", "stampede", "scale", "crypto",
+const SCENARIOS: [&str; 9] = [
+    "hot", "auth", "h2load", "cold", "refresh", "stampede", "keeper", "scale", "crypto",
 ];
 
 impl Plan {
@@ -87,6 +89,7 @@ impl Plan {
             cache_entries: if short { 5_000 } else { 100_000 },
             refresh_samples: if short { 20 } else { 200 },
             stampede_callers: 1_000,
+            keeper_due: if short { 2_000 } else { 20_000 },
         }
     }
 
@@ -208,12 +211,28 @@ impl Bench {
     /// otherwise authentication is off (`insecure-dev`), as for the floors. `cache_max_age`
     /// replaces the vault's default (5 s) when given.
     async fn vault(&self, authenticated: bool, cache_max_age: Option<&str>) -> (Proc, Duration) {
+        self.vault_with(authenticated, cache_max_age, None).await
+    }
+
+    /// As [`Self::vault`]; `keeper_rate`: the keeper runs at this many keep-alives a second
+    /// (otherwise it is off, so that no scenario but the keeper's sees it work).
+    async fn vault_with(
+        &self,
+        authenticated: bool,
+        cache_max_age: Option<&str>,
+        keeper_rate: Option<u32>,
+    ) -> (Proc, Duration) {
         let addr = free_addr();
         let config = self.dir.join(format!(
-            "vault-{}-{}.toml",
+            "vault-{}-{}-{}.toml",
             if authenticated { "auth" } else { "open" },
-            cache_max_age.unwrap_or("default-age")
+            cache_max_age.unwrap_or("default-age"),
+            keeper_rate.map_or("no-keeper".to_string(), |r| format!("keeper-{r}"))
         ));
+        let keepalive = match keeper_rate {
+            Some(rate) => format!("enabled = true\ninterval = \"1s\"\nmax_per_second = {rate}"),
+            None => "enabled = false".to_string(),
+        };
         let cache_max_age = cache_max_age
             .map(|age| format!("cache_max_age = \"{age}\""))
             .unwrap_or_default();
@@ -246,6 +265,8 @@ keyring = "{keys}"
 [vault]
 cache_max_entries = {cache}
 {cache_max_age}
+[keepalive]
+{keepalive}
 [log]
 format = "text"
 level = "warn"
@@ -467,7 +488,7 @@ async fn all(plan: Plan) {
     }
 
     let mut seeded_in = None;
-    if plan.runs("cold") || plan.runs("scale") {
+    if plan.runs("cold") || plan.runs("scale") || plan.runs("keeper") {
         let seeding = Instant::now();
         seed::connections(&pool, &keyring, plan.cold_tenants).await;
         seeded_in = Some(seeding.elapsed());
@@ -480,6 +501,9 @@ async fn all(plan: Plan) {
     }
     if plan.runs("stampede") {
         stampede(&bench, &mut report, &vault, &grpc_floor).await;
+    }
+    if plan.runs("keeper") {
+        keeper(&bench, &mut report, &pool, &keyring, &grpc_floor).await;
     }
     drop(grpc_floor);
     drop(vault);
@@ -657,6 +681,82 @@ async fn stampede(bench: &Bench, report: &mut Report, vault: &Proc, grpc_floor: 
     let floor_answers = load::burst(&floor_clients, "stampede", callers).await;
     report.stampede_row(&answers, &floor_answers, refreshes, PROVIDER_DELAY);
     bench.provider.set_expires_in(3600);
+}
+
+/// Keep-alive at scale. Every seeded connection is in the keeper's index and `keeper_due` of
+/// them are due. First the cost of finding due connections: the keeper's claim statement (the
+/// store's own) taking batches of 200, timed, and its plan, which must be a range scan of the
+/// partial index and not a scan of the table. Then the hot path while a keeper works through the
+/// due connections (each a real refresh against the provider), against the gRPC floor, beside
+/// the hot path's own row.
+async fn keeper(bench: &Bench, report: &mut Report, pool: &PgPool, keyring: &Keyring, grpc_floor: &Proc) {
+    const CLAIM_BATCH: i64 = 200;
+    let plan = &bench.plan;
+    let due = plan.keeper_due;
+    seed::keepalive(pool, keyring, due).await;
+    let indexed: i64 = sqlx::query_scalar("SELECT count(*) FROM connections WHERE keepalive_due_at IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let explained: Vec<String> = sqlx::query_scalar(
+        r#"EXPLAIN SELECT id FROM connections
+            WHERE status = 'active' AND keepalive_due_at IS NOT NULL AND keepalive_due_at <= now()
+              AND (keepalive_claimed_until IS NULL OR keepalive_claimed_until <= now())
+              AND (refresh_lease_until IS NULL OR refresh_lease_until <= now())
+            ORDER BY keepalive_due_at LIMIT 200 FOR UPDATE SKIP LOCKED"#,
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let index_scan = explained.iter().any(|line| line.contains("connections_keepalive_due"))
+        && !explained.iter().any(|line| line.contains("Seq Scan"));
+    let store = token_vault::store::Store::from_pool(pool.clone());
+    let claims = (due as i64 / CLAIM_BATCH).clamp(1, 50);
+    let mut claim_us = Vec::new();
+    for _ in 0..claims {
+        let started = Instant::now();
+        let claim = store
+            .keepalive()
+            .claim(CLAIM_BATCH, Duration::from_secs(60))
+            .await
+            .expect("the claim statement runs");
+        claim_us.push(started.elapsed().as_micros() as u32);
+        assert_eq!(
+            claim.connections.len() as i64,
+            CLAIM_BATCH,
+            "enough connections are due"
+        );
+    }
+    claim_us.sort_unstable();
+    // The timed claims are given back, for the keeper to take.
+    sqlx::query("UPDATE connections SET keepalive_claimed_until = NULL WHERE keepalive_claimed_until IS NOT NULL")
+        .execute(pool)
+        .await
+        .unwrap();
+    report.keeper_claim_row(indexed, due, CLAIM_BATCH, &claim_us, index_scan, &explained);
+
+    // The hot path while the keeper refreshes: the `hot-*` tenants, cached after the warm-up.
+    let hot: Vec<String> = (0..100).map(|i| format!("hot-{i:03}")).collect();
+    let (busy, _) = bench.vault_with(false, None, Some(200)).await;
+    bench.connect_tenants(&busy, &hot).await;
+    let hot = Arc::new(hot);
+    let pick_hot = Arc::new(move |w: usize, i: u64| hot[(w + i as usize * 7) % hot.len()].clone());
+    let before = bench.provider.refreshes();
+    let started = Instant::now();
+    let pairs = bench.compare(&busy, None, grpc_floor, pick_hot).await;
+    let refreshed = bench.provider.refreshes() - before;
+    let took = started.elapsed();
+    assert!(refreshed > 0, "the keeper refreshed while the hot path was measured");
+    report.ratio_row(
+        &format!(
+            "hot path while the keeper refreshes ({refreshed} keep-alives in {:.0} s)",
+            took.as_secs_f64()
+        ),
+        &pairs,
+        "gRPC floor",
+        0.90,
+        Some(1.2),
+    );
 }
 
 /// How many times the scale scenario sweeps the same tokens again.

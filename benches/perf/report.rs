@@ -152,6 +152,41 @@ impl Report {
         });
     }
 
+    /// The keeper's claim statement among `indexed` connections with `due` due: its latency
+    /// per batch (µs, sorted) and whether its plan is a scan of the partial index.
+    pub fn keeper_claim_row(
+        &mut self,
+        indexed: i64,
+        due: u64,
+        batch: i64,
+        claim_us: &[u32],
+        index_scan: bool,
+        plan: &[String],
+    ) {
+        let at = |q| quantile(claim_us, q).map_or(0.0, |us| f64::from(us) / 1000.0);
+        self.push(Row {
+            scenario: format!("keeper: claim {batch} due among {indexed} connections ({due} due)"),
+            vault: format!(
+                "p50 {} p99 {} per claim ({} claims)",
+                ms(at(0.5)),
+                ms(at(0.99)),
+                claim_us.len()
+            ),
+            floor: "-".into(),
+            ratio: if index_scan {
+                "index scan".into()
+            } else {
+                "NOT an index scan".into()
+            },
+            target: "a range scan of connections_keepalive_due".into(),
+            met: Some(index_scan),
+        });
+        self.note(format!(
+            "keeper claim plan: {}",
+            plan.join(" / ").split_whitespace().collect::<Vec<_>>().join(" ")
+        ));
+    }
+
     /// One refresh path's row. `reads`: whether the path reads the row before taking the lease
     /// (a cache miss does; a stale cached token does not). `vault_us`: each refreshing call's
     /// latency through the vault; `floor_us`: the same call against the provider floor (a

@@ -41,3 +41,50 @@ pub async fn connections(pool: &PgPool, keyring: &Keyring, count: u64) {
     }
     sqlx::query("ANALYZE connections").execute(pool).await.expect("analyze");
 }
+
+/// Gives the first `due` seeded tenants a sealed refresh token and a keep-alive due now (most
+/// overdue first, a second apart), and every other seeded tenant a keep-alive due over the next
+/// 30 days: the keeper's index holds every connection, and only `due` of them are due.
+pub async fn keepalive(pool: &PgPool, keyring: &Keyring, due: u64) {
+    const BATCH: u64 = 5_000;
+    let mut start = 0;
+    while start < due {
+        let end = (start + BATCH).min(due);
+        let tenants: Vec<String> = (start..end).map(tenant).collect();
+        let tokens: Vec<Vec<u8>> = tenants
+            .iter()
+            .map(|t| {
+                let aad = Aad::for_generation(Purpose::RefreshToken, t, "understory", 1);
+                keyring
+                    .seal(&aad, format!("ory_rt_seeded_{t}").as_bytes())
+                    .expect("sealing works")
+            })
+            .collect();
+        sqlx::query(
+            r#"INSERT INTO refresh_tokens (connection_id, generation, token, source)
+               SELECT c.id, 1, u.r, 'authorization_code'
+                 FROM UNNEST($1::text[], $2::bytea[]) AS u(t, r)
+                 JOIN connections c ON c.tenant_id = u.t AND c.provider = 'understory'"#,
+        )
+        .bind(&tenants)
+        .bind(&tokens)
+        .execute(pool)
+        .await
+        .expect("seeding refresh tokens works");
+        start = end;
+    }
+    sqlx::query(
+        r#"UPDATE connections
+              SET keepalive_due_at = CASE WHEN tenant_id < $1
+                                          THEN now() - make_interval(secs => $2 - substr(tenant_id, 3)::int)
+                                          ELSE now() + make_interval(secs => (hashtext(tenant_id)::bigint & 2147483647) % (30 * 86400)) END,
+                  refresh_token_expires_at = now() + interval '30 days'
+            WHERE provider = 'understory' AND tenant_id LIKE 't-%'"#,
+    )
+    .bind(tenant(due))
+    .bind(due as f64)
+    .execute(pool)
+    .await
+    .expect("seeding keep-alive moments works");
+    sqlx::query("ANALYZE connections").execute(pool).await.expect("analyze");
+}
