@@ -12,7 +12,7 @@ use super::StoreError;
 use crate::connection_key::ConnectionKey;
 
 pub struct Connections<'a> {
-    pool: &'a PgPool,
+    pub(super) pool: &'a PgPool,
 }
 
 /// A connection as stored; token columns are sealed.

@@ -20,6 +20,7 @@ macro_rules! db_span {
 
 mod audit;
 mod connections;
+mod disconnect;
 mod identity;
 mod pending;
 mod sealed_values;
@@ -37,6 +38,7 @@ pub use connections::{
     ConnectionFilter, ConnectionRow, ConnectionSummary, Connections, CurrentRefreshToken, DatabaseSeen, Leased,
     NewTokens, Origin, RefreshCause,
 };
+pub use disconnect::DisconnectLease;
 pub use identity::{DatabaseIdentity, Durability};
 pub use pending::{NewPendingAuthorization, PendingAuthorization, PendingAuthorizations};
 pub use sealed_values::{Batch, Binding, HeaderCount, Position, SealedColumn, SealedRow, SealedValues};
