@@ -9,13 +9,13 @@ use token_vault::{
     crypto::Keyring,
     keys::{key_usage, rewrap, RewrapOptions},
     proto::{self, ConnectionStatus, Revocation},
-    store::Store,
+    store::{NewTokens, Store},
 };
 use tonic::Code;
 
 use crate::{
     helpers::{assert_reason, dump_all_tables, spawn_app, spawn_app_with, TestApp, TestOptions},
-    provider::Fault,
+    provider::{ClientAuth, Fault},
 };
 
 /// Sealed values the connection of `tenant` still holds: its access token and every refresh
@@ -225,6 +225,41 @@ async fn a_provider_error_on_revocation_is_reported_and_the_connection_wiped() {
     assert_eq!(app.provider.stats().revocation_requests, 2);
 }
 
+/// client_secret_basic at the revocation endpoint too (the token endpoint's code, shared), and a
+/// revocation endpoint that does not answer within `request_timeout` (1 s here) does not hold
+/// the wipe back.
+#[tokio::test]
+async fn revocation_authenticates_like_the_token_endpoint_and_is_bounded_by_its_timeout() {
+    let app = spawn_app_with(TestOptions {
+        auth: ClientAuth::Basic,
+        ..Default::default()
+    })
+    .await;
+    app.connect_tenant("acme").await;
+    app.connect_tenant("globex").await;
+    let deleted = app.delete("acme").await.unwrap();
+    assert_eq!(deleted.revocation(), Revocation::Revoked);
+    let revocation = &app.provider.revocations()[0];
+    assert!(revocation
+        .authorization
+        .as_deref()
+        .is_some_and(|a| a.starts_with("Basic ")));
+    assert!(!revocation.form.contains_key("client_secret"));
+
+    app.provider
+        .state
+        .lock()
+        .unwrap()
+        .revocation_faults
+        .push_back(Fault::Hang(Duration::from_secs(5)));
+    let deleted = app.delete("globex").await.unwrap();
+    assert_eq!(
+        (deleted.revocation(), deleted.revocation_error.as_str()),
+        (Revocation::Failed, "revocation_timeout")
+    );
+    assert_eq!(ciphertexts_left(&app, "globex").await, 0);
+}
+
 #[tokio::test]
 async fn a_connection_that_needs_reauthorization_is_disconnected_too() {
     let app = spawn_app_with(TestOptions {
@@ -370,4 +405,38 @@ async fn delete_is_recorded_in_the_audit_trail_with_the_revocation_outcome() {
         rows,
         [row("revocation revoked"), row("revocation already_disconnected")]
     );
+}
+
+/// A rotation a replica kept for write-back after a failover never lands on a connection
+/// disconnected since, even one whose generation is behind it.
+#[tokio::test]
+async fn a_kept_rotation_is_never_written_back_into_a_disconnected_connection() {
+    let app = spawn_app().await;
+    app.connect_tenant("acme").await;
+    app.delete("acme").await.unwrap();
+    let (id, generation, authorized_at): (i64, i64, time::OffsetDateTime) =
+        sqlx::query_as("SELECT id, generation, authorized_at FROM connections WHERE tenant_id = 'acme'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let rotation = NewTokens {
+        generation: generation + 1,
+        scopes: vec!["booking.read".into()],
+        token_type: "bearer".into(),
+        access_token: vec![1, 2, 3],
+        access_token_issued_at: now,
+        access_token_expires_at: now + time::Duration::hours(1),
+        refresh_token: Some(vec![4, 5, 6]),
+        refresh_token_expires_at: None,
+        keepalive_due_at: None,
+    };
+    let store = Store::from_pool(app.pool.clone());
+    let written = store
+        .connections()
+        .write_back(id, authorized_at, &rotation)
+        .await
+        .unwrap();
+    assert!(!written);
+    assert_eq!(ciphertexts_left(&app, "acme").await, 0);
 }
