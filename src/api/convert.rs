@@ -11,8 +11,8 @@ use crate::{
     proto,
     vault::{
         AccessToken, AccessTokenRequest, AuthorizationCompleted, AuthorizationStarted, BeginAuthorization,
-        ConnectionInfo, ConnectionRequest, ConnectionStatus, ImportConnection, ImportedConnection, TenantId,
-        TokenDigest, VaultError,
+        ConnectionInfo, ConnectionPage, ConnectionRequest, ConnectionStatus, Disconnected, ImportConnection,
+        ImportedConnection, ListConnections, Revocation, TenantId, TokenDigest, VaultError, MAX_TENANT_ID_LEN,
     },
 };
 
@@ -253,6 +253,112 @@ impl From<ConnectionInfo> for proto::GetConnectionResponse {
     }
 }
 
+pub fn delete_request(req: proto::DeleteConnectionRequest) -> Result<ConnectionRequest, VaultError> {
+    connection(&req.tenant_id, req.provider)
+}
+
+impl From<Disconnected> for proto::DeleteConnectionResponse {
+    fn from(d: Disconnected) -> Self {
+        let (revocation, revocation_error) = match d.revocation {
+            Revocation::Revoked => (proto::Revocation::Revoked, ""),
+            Revocation::NotConfigured => (proto::Revocation::NotConfigured, ""),
+            Revocation::Failed(reason) => (proto::Revocation::Failed, reason),
+            Revocation::NoToken => (proto::Revocation::NoToken, ""),
+            Revocation::AlreadyDisconnected => (proto::Revocation::AlreadyDisconnected, ""),
+        };
+        Self {
+            tenant_id: d.tenant_id,
+            provider: d.provider,
+            revocation: revocation.into(),
+            revocation_error: revocation_error.into(),
+            disconnected_at: d.disconnected_at.map(timestamp),
+        }
+    }
+}
+
+/// ListConnections' page size when the request names none.
+const DEFAULT_PAGE_SIZE: u32 = 100;
+/// What a page token starts with: a version, so that its format can change.
+const PAGE_TOKEN_VERSION: &str = "1";
+
+impl TryFrom<proto::ListConnectionsRequest> for ListConnections {
+    type Error = VaultError;
+
+    /// A page size over the maximum is cut to it (the answer's `next_page_token` goes on), not
+    /// refused: a caller asking for "everything" still gets pages.
+    fn try_from(req: proto::ListConnectionsRequest) -> Result<Self, Self::Error> {
+        if req.provider.len() > MAX_PROVIDER_LEN {
+            return Err(VaultError::invalid("provider", "is too long"));
+        }
+        if req.tenant_prefix.len() > MAX_TENANT_ID_LEN {
+            return Err(VaultError::invalid(
+                "tenant_prefix",
+                format!("is longer than a tenant id ({MAX_TENANT_ID_LEN} bytes)"),
+            ));
+        }
+        let status = match proto::ConnectionStatus::try_from(req.status) {
+            Ok(proto::ConnectionStatus::Unspecified) => None,
+            Ok(proto::ConnectionStatus::Active) => Some(ConnectionStatus::Active),
+            Ok(proto::ConnectionStatus::ReauthorizationRequired) => Some(ConnectionStatus::ReauthorizationRequired),
+            Ok(proto::ConnectionStatus::Disconnected) => Some(ConnectionStatus::Disconnected),
+            Err(_) => return Err(VaultError::invalid("status", "is not a known connection status")),
+        };
+        let page_size = match req.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n,
+        };
+        let after = match req.page_token.as_str() {
+            "" => None,
+            token => {
+                Some(parse_page_token(token).ok_or_else(|| VaultError::invalid("page_token", "is not a page token"))?)
+            }
+        };
+        Ok(Self {
+            provider: Some(req.provider).filter(|p| !p.is_empty()),
+            status,
+            tenant_prefix: Some(req.tenant_prefix).filter(|p| !p.is_empty()),
+            page_size: (page_size as usize).min(crate::vault::MAX_PAGE_SIZE),
+            after,
+        })
+    }
+}
+
+/// A page token: base64url of `1\0provider\0tenant`, the position the previous page ended
+/// after. Opaque to callers; nothing in it is secret.
+fn page_token(provider: &str, tenant: &str) -> String {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+    URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_VERSION}\0{provider}\0{tenant}"))
+}
+
+fn parse_page_token(token: &str) -> Option<(String, String)> {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+    if token.len() > 4 * (MAX_PROVIDER_LEN + MAX_TENANT_ID_LEN) {
+        return None;
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let mut parts = text.splitn(3, '\0');
+    let (version, provider, tenant) = (parts.next()?, parts.next()?, parts.next()?);
+    let fits = version == PAGE_TOKEN_VERSION
+        && !provider.is_empty()
+        && provider.len() <= MAX_PROVIDER_LEN
+        && !tenant.is_empty()
+        && tenant.len() <= MAX_TENANT_ID_LEN;
+    fits.then(|| (provider.to_owned(), tenant.to_owned()))
+}
+
+impl From<ConnectionPage> for proto::ListConnectionsResponse {
+    fn from(page: ConnectionPage) -> Self {
+        Self {
+            connections: page.connections.into_iter().map(Into::into).collect(),
+            next_page_token: page
+                .next_after
+                .map(|(provider, tenant)| page_token(&provider, &tenant))
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// The caller's deadline from the `grpc-timeout` header (gRPC over HTTP/2 spec: 1-8 digits and
 /// a unit H, M, S, m, u or n), a little early so that our DEADLINE_EXCEEDED reaches the caller
 /// before its own timer fires.
@@ -325,6 +431,33 @@ mod tests {
             ));
         }
         assert!(!format!("{plain:?}").contains("at_1"));
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_garbage_is_refused() {
+        let token = page_token("understory", "team-a/1");
+        assert_eq!(parse_page_token(&token), Some(("understory".into(), "team-a/1".into())));
+        for bad in ["", "!!!", "bm90IGEgdG9rZW4", &page_token("", "t"), &"A".repeat(10_000)] {
+            assert_eq!(parse_page_token(bad), None, "{bad}");
+        }
+        let err = ListConnections::try_from(proto::ListConnectionsRequest {
+            page_token: "bm90IGEgdG9rZW4".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            VaultError::InvalidArgument {
+                field: "page_token",
+                ..
+            }
+        ));
+        let clamped = ListConnections::try_from(proto::ListConnectionsRequest {
+            page_size: 5000,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(clamped.page_size, crate::vault::MAX_PAGE_SIZE);
     }
 
     #[test]

@@ -18,7 +18,8 @@ use crate::{
     proto::{self, token_vault_server::TokenVault},
     telemetry::record_status,
     vault::{
-        AccessTokenRequest, BeginAuthorization, ConnectionKey, ConnectionRequest, ImportConnection, TokenSource, Vault,
+        AccessTokenRequest, BeginAuthorization, ConnectionKey, ConnectionRequest, ImportConnection, Revocation,
+        TokenSource, Vault,
         VaultError,
     },
 };
@@ -183,16 +184,46 @@ impl TokenVault for TokenVaultService {
 
     async fn list_connections(
         &self,
-        _request: Request<proto::ListConnectionsRequest>,
+        request: Request<proto::ListConnectionsRequest>,
     ) -> Result<Response<proto::ListConnectionsResponse>, Status> {
-        Err(Status::unimplemented("ListConnections is not implemented yet"))
+        let caller = caller(&request)?;
+        let mut event = AuditEvent::new(EventKind::ListConnections, caller.name(), "ok");
+        let result = async {
+            let asked = crate::vault::ListConnections::try_from(request.into_inner())?;
+            event.provider = asked.provider.clone();
+            // Filtered, not refused: a caller sees the connections its policy covers.
+            let page = self
+                .vault
+                .list_connections(asked, |key| caller.may_use(key).is_ok())
+                .await?;
+            Ok::<_, CallError>(page)
+        }
+        .await;
+        self.audit.count(AuditEvent {
+            outcome: outcome(&result),
+            ..event
+        });
+        respond(result)
     }
 
     async fn delete_connection(
         &self,
-        _request: Request<proto::DeleteConnectionRequest>,
+        request: Request<proto::DeleteConnectionRequest>,
     ) -> Result<Response<proto::DeleteConnectionResponse>, Status> {
-        Err(Status::unimplemented("DeleteConnection is not implemented yet"))
+        let caller = caller(&request)?;
+        let mut event = AuditEvent::new(EventKind::DeleteConnection, caller.name(), "ok");
+        let parsed = convert::delete_request(request.into_inner()).map(|asked| (asked, ()));
+        let result = self
+            .on_connection(&caller, parsed, &mut event, |key, ()| self.vault.delete_connection(key))
+            .await;
+        if let Ok(done) = &result {
+            event.detail = Some(match done.revocation {
+                Revocation::Failed(reason) => format!("revocation failed: {reason}").into(),
+                ref other => format!("revocation {}", other.as_str()).into(),
+            });
+        }
+        self.record(event, &result, Rpc::DeleteConnection);
+        respond(result)
     }
 
     async fn import_connection(
@@ -236,8 +267,8 @@ impl TokenVault for TokenVaultService {
 }
 
 impl TokenVaultService {
-    /// BeginAuthorization and CompleteAuthorization: one row each; a policy refusal is counted
-    /// with the other refusals.
+    /// BeginAuthorization, CompleteAuthorization and DeleteConnection: one row each; a policy
+    /// refusal is counted with the other refusals.
     fn record<T>(&self, event: AuditEvent, result: &Result<T, CallError>, rpc: Rpc) {
         match result {
             Err(CallError::Denied(Denied::NotAllowed { .. })) => self.count_denied_event(event, rpc),

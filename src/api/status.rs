@@ -66,6 +66,7 @@ fn vault_code(e: &VaultError) -> Code {
         VaultError::ProviderUnavailable { .. }
         | VaultError::RefreshOutcomeUnknown { .. }
         | VaultError::DatabaseFailover { .. }
+        | VaultError::ConnectionBusy { .. }
         | VaultError::StoreUnavailable
         | VaultError::ShuttingDown => Code::Unavailable,
         VaultError::ProviderRejectedClient { .. } | VaultError::ProviderProtocol | VaultError::Internal(_) => {
@@ -119,7 +120,8 @@ pub fn to_status(e: CallError) -> Status {
             retry_after: Some(after),
         }
         | VaultError::RefreshOutcomeUnknown { retry_after: after }
-        | VaultError::DatabaseFailover { retry_after: after } => {
+        | VaultError::DatabaseFailover { retry_after: after }
+        | VaultError::ConnectionBusy { retry_after: after } => {
             metadata.insert("retry_after_ms".to_owned(), after.as_millis().to_string());
             details.set_retry_info(Some(*after));
         }

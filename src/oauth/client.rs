@@ -149,12 +149,16 @@ impl ProviderClient {
         result
     }
 
-    async fn send_token_request(&self, mut form: Vec<(&str, &str)>) -> Result<TokenResponse, TokenError> {
+    /// A form POST to one of the provider's endpoints, with the client authentication the
+    /// provider is configured for: the token endpoint's, which RFC 7009 §2.1 asks of the
+    /// revocation endpoint too.
+    pub(super) fn authenticated_post<'f>(
+        &'f self,
+        endpoint: &url::Url,
+        mut form: Vec<(&'f str, &'f str)>,
+    ) -> reqwest::RequestBuilder {
         let config = &*self.config;
-        let mut request = self
-            .http
-            .post(config.token_endpoint.clone())
-            .header("accept", "application/json");
+        let mut request = self.http.post(endpoint.clone()).header("accept", "application/json");
         match config.auth_method {
             AuthMethod::ClientSecretPost => {
                 form.push(("client_id", &config.client_id));
@@ -167,7 +171,12 @@ impl ProviderClient {
                 request = request.basic_auth(id, Some(secret));
             }
         }
-        let response = request.form(&form).send().await.map_err(transport_error)?;
+        request.form(&form)
+    }
+
+    async fn send_token_request(&self, form: Vec<(&str, &str)>) -> Result<TokenResponse, TokenError> {
+        let request = self.authenticated_post(&self.config.token_endpoint, form);
+        let response = request.send().await.map_err(transport_error)?;
         let status = response.status().as_u16();
         tracing::Span::current().record("http.response.status_code", i64::from(status));
         let retry_after = response

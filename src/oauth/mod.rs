@@ -1,11 +1,13 @@
 //! The OAuth 2.0 provider side (RFC 6749, RFC 7636): authorization URLs, the callback's
-//! parameters, and the token endpoint's requests, answers and errors. Knows nothing of storage.
+//! parameters, the token endpoint's requests, answers and errors, and token revocation (RFC 7009).
+//! Knows nothing of storage.
 
 mod callback;
 mod client;
 mod error;
 mod pkce;
 mod provider;
+mod revoke;
 
 pub use callback::{
     CallbackOutcome, CallbackParams, CallbackUrlError, MAX_CALLBACK_URL_LEN, MAX_ERROR_DESCRIPTION_LEN, MAX_ERROR_LEN,
@@ -17,3 +19,4 @@ pub use client::{ProviderClient, TokenResponse, MAX_EXPIRES_IN, MAX_RESPONSE_BYT
 pub use error::{AmbiguousCause, OAuthError, TokenError, TransientCause};
 pub use pkce::PkceVerifier;
 pub use provider::{is_valid_scope, AuthMethod, AuthorizationRequest, ProviderConfig};
+pub use revoke::RevocationError;

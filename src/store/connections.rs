@@ -12,7 +12,7 @@ use super::StoreError;
 use crate::connection_key::ConnectionKey;
 
 pub struct Connections<'a> {
-    pool: &'a PgPool,
+    pub(super) pool: &'a PgPool,
 }
 
 /// A connection as stored; token columns are sealed.
@@ -463,8 +463,10 @@ impl<'a> Connections<'a> {
     /// so a newer write always wins. True if written.
     /// Fenced on the grant too (`authorized_at`): a rotation of an older grant never lands on
     /// a connection authorized again since. A connection marked dead for another reason than
-    /// the lost rotation stays so. Its own statement rather than `store_refresh` with a looser
-    /// fence: that one is on every refresh and stays the simple, exact fence.
+    /// the lost rotation stays so; a disconnected one is never written (its tokens were
+    /// revoked and wiped on purpose, and its generation may be behind the rotation). Its own
+    /// statement rather than `store_refresh` with a looser fence: that one is on every refresh
+    /// and stays the simple, exact fence.
     pub async fn write_back(
         &self,
         connection_id: i64,
@@ -487,7 +489,7 @@ impl<'a> Connections<'a> {
                                                    THEN NULL ELSE status_reason END,
                               status_changed_at = now(),
                               refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
-                        WHERE id = $1 AND generation < $2 AND authorized_at = $9
+                        WHERE id = $1 AND generation < $2 AND authorized_at = $9 AND status <> 'disconnected'
                     RETURNING id, generation, tenant_id, provider, status),
                    superseded AS (
                        UPDATE refresh_tokens SET superseded_at = now()

@@ -20,6 +20,7 @@ macro_rules! db_span {
 
 mod audit;
 mod connections;
+mod disconnect;
 mod identity;
 mod keepalive;
 mod pending;
@@ -39,6 +40,7 @@ pub use connections::{
     ConnectionFilter, ConnectionRow, ConnectionSummary, Connections, CurrentRefreshToken, DatabaseSeen, Leased,
     NewTokens, Origin, RefreshCause,
 };
+pub use disconnect::DisconnectLease;
 pub use identity::{DatabaseIdentity, Durability};
 pub use keepalive::{Claim, Claimed, Keepalive};
 pub use pending::{NewPendingAuthorization, PendingAuthorization, PendingAuthorizations};

@@ -20,6 +20,10 @@ pub enum VaultError {
     ReauthorizationRequired { reason: String },
     #[error("the connection was disconnected")]
     ConnectionDisconnected,
+    /// DeleteConnection waited a lease's lifetime for a refresh of the connection to end, and
+    /// it still held the exclusion; nothing was changed.
+    #[error("a refresh of the connection is still in flight; nothing was changed")]
+    ConnectionBusy { retry_after: Duration },
     #[error("the tenant already has an active connection with this provider")]
     ConnectionExists,
     #[error("the watcher fell too far behind")]
@@ -64,6 +68,7 @@ impl VaultError {
             VaultError::ConnectionNotFound => "CONNECTION_NOT_FOUND",
             VaultError::ReauthorizationRequired { .. } => "REAUTHORIZATION_REQUIRED",
             VaultError::ConnectionDisconnected => "CONNECTION_DISCONNECTED",
+            VaultError::ConnectionBusy { .. } => "CONNECTION_BUSY",
             VaultError::ConnectionExists => "CONNECTION_EXISTS",
             VaultError::WatchTooSlow => "WATCH_TOO_SLOW",
             VaultError::EventCursorExpired => "EVENT_CURSOR_EXPIRED",

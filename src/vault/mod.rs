@@ -8,6 +8,8 @@
 //! | BeginAuthorization, CompleteAuthorization | `authorize.rs` |
 //! | GetAccessToken (cache, database, refresh, a rejected token), GetConnection | `access.rs` |
 //! | ImportConnection | `import.rs` |
+//! | DeleteConnection (revoke, wipe, disconnect) | `disconnect.rs` |
+//! | ListConnections (pages, filtered by the caller's policy) | `listing.rs` |
 //! | the refresh: one task per connection, the lease, the provider round | `refresh/` |
 //! | one evaluation per key for reads and refreshes | `coalesce.rs` |
 //! | this replica's token cache | `cache.rs` |
@@ -20,11 +22,13 @@ mod access;
 mod authorize;
 mod cache;
 mod coalesce;
+mod disconnect;
 mod error;
 mod failover;
 mod import;
 mod keeper;
 mod lifetime;
+mod listing;
 mod refresh;
 mod retention;
 mod tokens;
@@ -35,7 +39,9 @@ use std::{collections::BTreeMap, sync::Arc};
 use tokio_util::sync::CancellationToken;
 
 pub use authorize::ConsumedState;
+pub use disconnect::{Disconnected, Revocation};
 pub use error::VaultError;
+pub use listing::{ConnectionPage, ListConnections, MAX_PAGE_SIZE};
 pub use types::*;
 
 use crate::{

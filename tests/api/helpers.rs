@@ -109,6 +109,7 @@ store_retry_max_backoff = "200ms"
 preset = "understory"
 authorization_endpoint = "{provider_uri}/oauth2/auth"
 token_endpoint = "{provider_uri}/oauth2/token"
+revocation_endpoint = "{provider_uri}/oauth2/revoke"
 client_id = "test-client"
 client_secret = "{client_secret}"
 auth_method = "{auth_method}"
@@ -262,6 +263,28 @@ impl TestApp {
             .await
             .expect("CompleteAuthorization succeeds")
             .into_inner()
+    }
+
+    pub async fn delete(&self, tenant: &str) -> Result<proto::DeleteConnectionResponse, Status> {
+        self.client
+            .clone()
+            .delete_connection(proto::DeleteConnectionRequest {
+                tenant_id: tenant.into(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn connection(&self, tenant: &str) -> Result<proto::GetConnectionResponse, Status> {
+        self.client
+            .clone()
+            .get_connection(proto::GetConnectionRequest {
+                tenant_id: tenant.into(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner())
     }
 
     pub async fn get_token(&self, tenant: &str) -> Result<proto::GetAccessTokenResponse, Status> {

@@ -1,7 +1,9 @@
 //! A scripted authorization server that behaves like Ory Hydra at the token endpoint: it
 //! rotates the refresh token on every refresh, answers a reused refresh token with
 //! `invalid_grant` and revokes the whole chain, checks client authentication and PKCE, counts
-//! every request, and can be made slow or failing on demand.
+//! every request, and can be made slow or failing on demand. Its RFC 7009 revocation endpoint
+//! (`/oauth2/revoke`) checks client authentication too, records every revocation, and revokes
+//! the whole chain of a refresh token, as Hydra does.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -45,6 +47,8 @@ pub struct Stats {
     pub refreshes_ok: usize,
     /// Refresh requests that presented a refresh token past its `refresh_ttl`.
     pub expired_presented: usize,
+    /// Requests to the revocation endpoint, whatever their answer.
+    pub revocation_requests: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +88,10 @@ pub struct ProviderState {
     pub requests: Vec<RecordedRequest>,
     pub issued_access_tokens: Vec<String>,
     pub issued_refresh_tokens: Vec<String>,
+    /// Requests to the revocation endpoint, in order.
+    pub revocations: Vec<RecordedRequest>,
+    /// What the next revocation requests get instead of the normal answer.
+    pub revocation_faults: VecDeque<Fault>,
     codes: HashMap<String, CodeGrant>,
     refresh_tokens: HashMap<String, RefreshState>,
     revoked_chains: HashSet<u64>,
@@ -99,6 +107,9 @@ pub struct ScriptedProvider {
 }
 
 struct Responder(Arc<Mutex<ProviderState>>);
+
+/// The revocation endpoint.
+struct Revoker(Arc<Mutex<ProviderState>>);
 
 fn json(status: u16, body: &str) -> ResponseTemplate {
     ResponseTemplate::new(status).set_body_raw(body.as_bytes().to_vec(), "application/json")
@@ -118,7 +129,51 @@ impl Respond for Responder {
     }
 }
 
+impl Respond for Revoker {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let mut st = self.0.lock().unwrap();
+        st.revoke(request)
+    }
+}
+
 impl ProviderState {
+    /// RFC 7009: client authentication as at the token endpoint; 200 for any token, known or
+    /// not (§2.2); a known refresh token's whole chain is revoked (Hydra).
+    fn revoke(&mut self, request: &Request) -> ResponseTemplate {
+        let form: HashMap<String, String> = url::form_urlencoded::parse(&request.body).into_owned().collect();
+        let header = |name: &str| {
+            request
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        self.revocations.push(RecordedRequest {
+            form: form.clone(),
+            authorization: header("authorization"),
+            user_agent: header("user-agent"),
+            received_at: std::time::Instant::now(),
+        });
+        self.stats.revocation_requests += 1;
+        match self.revocation_faults.pop_front() {
+            Some(Fault::Answer(status, body)) => return json(status, body),
+            Some(Fault::Hang(d)) => return json(503, "{}").set_delay(d),
+            Some(other) => panic!("no such revocation fault: {other:?}"),
+            None => {}
+        }
+        if let Some(rejection) = self.check_client(&form, header("authorization")) {
+            return rejection;
+        }
+        let Some(token) = form.get("token") else {
+            return oauth_error(400, "invalid_request", "The token parameter is missing.");
+        };
+        if let Some(rt) = self.refresh_tokens.get(token) {
+            let chain = rt.chain;
+            self.revoked_chains.insert(chain);
+        }
+        ResponseTemplate::new(200)
+    }
+
     fn respond(&mut self, request: &Request) -> ResponseTemplate {
         let form: HashMap<String, String> = url::form_urlencoded::parse(&request.body).into_owned().collect();
         let header = |name: &str| {
@@ -282,6 +337,8 @@ impl ScriptedProvider {
             requests: Vec::new(),
             issued_access_tokens: Vec::new(),
             issued_refresh_tokens: Vec::new(),
+            revocations: Vec::new(),
+            revocation_faults: VecDeque::new(),
             codes: HashMap::new(),
             refresh_tokens: HashMap::new(),
             revoked_chains: HashSet::new(),
@@ -291,6 +348,11 @@ impl ScriptedProvider {
         Mock::given(method("POST"))
             .and(path("/oauth2/token"))
             .respond_with(Responder(state.clone()))
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/oauth2/revoke"))
+            .respond_with(Revoker(state.clone()))
             .mount(&server)
             .await;
         Self {
@@ -379,6 +441,20 @@ impl ScriptedProvider {
         let mut st = self.state.lock().unwrap();
         let chains: Vec<u64> = (1..=st.next_chain).collect();
         st.revoked_chains.extend(chains);
+    }
+
+    /// The requests the revocation endpoint received.
+    pub fn revocations(&self) -> Vec<RecordedRequest> {
+        self.state.lock().unwrap().revocations.clone()
+    }
+
+    /// The refresh token issued last.
+    pub fn newest_refresh_token(&self) -> String {
+        let st = self.state.lock().unwrap();
+        st.issued_refresh_tokens
+            .last()
+            .cloned()
+            .expect("a refresh token was issued")
     }
 
     pub fn requests(&self) -> Vec<RecordedRequest> {

@@ -1,5 +1,6 @@
 //! Every log line the vault writes at the most verbose level, through a whole life of flows
-//! (authorizations, refreshes, rotation, denial, rejected codes, provider failures, bad input),
+//! (authorizations, refreshes, rotation, denial, rejected codes, provider failures, bad input,
+//! disconnects with their revocations),
 //! holds none of the secrets involved: tokens, codes, PKCE verifiers, the client secret. Nor does
 //! the error a start-up with a mistyped secret setting prints.
 
@@ -102,6 +103,16 @@ async fn no_secret_reaches_a_log_line_even_at_trace_level() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     app.provider.revoke_all();
     assert!(app.get_token("globex").await.is_err());
+    // Disconnects: one revoked at the provider, one whose revocation is refused; a listing.
+    assert!(app.delete("acme").await.is_ok());
+    app.provider
+        .state
+        .lock()
+        .unwrap()
+        .revocation_faults
+        .push_back(Fault::Answer(503, "{}"));
+    assert!(app.delete("globex").await.is_ok());
+    let _ = client.list_connections(proto::ListConnectionsRequest::default()).await;
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("refreshed"), "the trace was captured");
@@ -117,6 +128,9 @@ async fn no_secret_reaches_a_log_line_even_at_trace_level() {
         secrets.extend(request.form.get("code_verifier").cloned());
         secrets.extend(request.form.get("refresh_token").cloned());
     }
+    let revocations = app.provider.revocations();
+    assert_eq!(revocations.len(), 2);
+    secrets.extend(revocations.iter().filter_map(|r| r.form.get("token").cloned()));
     assert!(secrets.len() >= 12, "{} secrets", secrets.len());
     for secret in &secrets {
         assert!(

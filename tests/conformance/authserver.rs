@@ -232,6 +232,19 @@ impl AuthServer {
         self.introspect(client, token).await["active"] == Value::Bool(true)
     }
 
+    /// Presents `refresh_token` at the token endpoint as `client` would: the HTTP status and
+    /// the JSON answer.
+    pub async fn refresh_directly(&self, client: &OAuthClient, refresh_token: &str) -> (u16, Value) {
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", refresh_token.to_owned()),
+        ];
+        let request = self.authenticated(client, format!("{}/token", self.issuer()), &mut form);
+        let response = request.form(&form).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
     /// Revokes `token` at the RFC 7009 endpoint, as `client`; the server revokes its whole grant,
     /// as Hydra does.
     pub async fn revoke(&self, client: &OAuthClient, token: &str) {

@@ -69,12 +69,18 @@ impl Default for VaultOptions {
 /// the audience sent as RFC 8707 `resource`, which is what oidc-provider understands.
 pub fn settings_toml(issuer: &str, database_url: &str, opts: &VaultOptions) -> String {
     let (_, keyring) = token_vault::crypto::Keyring::generate("conformance");
+    settings_toml_with_keyring(issuer, database_url, opts, &keyring)
+}
+
+/// [`settings_toml`] with a given keyring line, for a test that opens what the vault stored.
+pub fn settings_toml_with_keyring(issuer: &str, database_url: &str, opts: &VaultOptions, keyring: &str) -> String {
     let mut provider = format!(
         r#"
 [providers.understory]
 preset = "understory"
 authorization_endpoint = "{issuer}/auth"
 token_endpoint = "{issuer}/token"
+revocation_endpoint = "{issuer}/token/revocation"
 client_id = {client_id}
 client_secret = {client_secret}
 auth_method = "{auth_method}"
@@ -135,6 +141,8 @@ fn toml_string(s: &str) -> String {
 /// A vault served in-process on port 0 with its own database.
 pub struct TestVault {
     pub client: TokenVaultClient<Channel>,
+    /// The keyring the vault seals with, for a test that opens what it stored.
+    pub keyring: token_vault::crypto::Keyring,
     /// Dropping the sender stops the server.
     _stop: tokio::sync::oneshot::Sender<()>,
     _db: TestDb,
@@ -143,10 +151,12 @@ pub struct TestVault {
 impl TestVault {
     pub async fn start(server: &AuthServer, opts: &VaultOptions) -> Self {
         let db = TestDb::create("tv_conf").await;
-        let settings = Settings::from_figment(Settings::defaults().merge(Toml::string(&settings_toml(
+        let (keyring, line) = token_vault::crypto::Keyring::generate("conformance");
+        let settings = Settings::from_figment(Settings::defaults().merge(Toml::string(&settings_toml_with_keyring(
             &server.issuer(),
             &db.url,
             opts,
+            &line,
         ))))
         .expect("the conformance settings are valid");
         let app = Application::build(settings).await.expect("the vault builds");
@@ -157,9 +167,15 @@ impl TestVault {
         }));
         Self {
             client: connect(addr).await,
+            keyring,
             _stop: stop,
             _db: db,
         }
+    }
+
+    /// The vault's database, as the test itself would reach it.
+    pub fn database_url(&self) -> &str {
+        &self._db.url
     }
 }
 
@@ -239,6 +255,17 @@ impl Api {
         self.0
             .clone()
             .get_connection(proto::GetConnectionRequest {
+                tenant_id: tenant.into(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn delete(&self, tenant: &str) -> Result<proto::DeleteConnectionResponse, Status> {
+        self.0
+            .clone()
+            .delete_connection(proto::DeleteConnectionRequest {
                 tenant_id: tenant.into(),
                 ..Default::default()
             })

@@ -12,6 +12,7 @@
 
 mod authserver;
 mod browser;
+mod disconnect;
 mod failures;
 mod flow;
 mod harness;

@@ -184,6 +184,24 @@ impl Refresher {
         &self.inner.metrics
     }
 
+    pub fn policy(&self) -> &RefreshPolicy {
+        &self.inner.policy
+    }
+
+    /// Runs `work` as a task owned like a refresh: it goes on when its caller leaves, and
+    /// shutdown's drain waits for it. `None` once the process is draining: nothing new starts.
+    /// For work that holds the refresh exclusion (a disconnect), which, like a refresh, must
+    /// not stop halfway.
+    pub fn spawn_owned<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Option<tokio::task::JoinHandle<T>> {
+        if self.inner.draining.is_cancelled() {
+            return None;
+        }
+        Some(self.tasks.spawn(work))
+    }
+
     /// Joins the refresh in flight for `key`, or starts one from `generation` (the generation
     /// whose access token is stale); waits for it until `deadline`.
     pub async fn refresh(

@@ -8,7 +8,8 @@
 //   `offline_access` (OpenID Connect, which also needs prompt=consent);
 // - a client is registered with ONE token endpoint auth method; the other gets 401 invalid_client;
 // - the audience is an RFC 8707 `resource` (https://api.understory.io by default);
-// - revoking any token of a grant (RFC 7009) revokes the whole grant;
+// - revoking any token of a grant (RFC 7009) revokes the whole grant, and is logged
+//   (`revocation.success`, which oidc-provider itself does not emit);
 // - tokens outlive the login session, and authorization codes are single use.
 //
 // Usage: node tests/conformance/server/server.mjs --port 4444
@@ -255,6 +256,23 @@ provider.use(async (ctx, next) => {
     }
   }
   await next();
+});
+
+// oidc-provider emits no event for a successful revocation: one is logged here, after the
+// endpoint has done its work, naming the token it revoked (by fingerprint, as the grant events
+// do) and its grant, so that a test can tell which refresh token of a chain was revoked.
+provider.use(async (ctx, next) => {
+  await next();
+  if (ctx.method === 'POST' && ctx.path === '/token/revocation' && ctx.status === 200) {
+    const token = ctx.oidc?.entities?.RefreshToken ?? ctx.oidc?.entities?.AccessToken;
+    log('revocation.success', {
+      client_id: ctx.oidc?.client?.clientId,
+      token_type_hint: ctx.oidc?.params?.token_type_hint,
+      kind: token?.kind,
+      token: token ? fp(token.jti) : undefined,
+      grant_id: token?.grantId,
+    });
+  }
 });
 
 const grantType = (ctx) => ctx.oidc?.params?.grant_type;
