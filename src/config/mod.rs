@@ -245,6 +245,9 @@ pub struct EventsSettings {
     pub watch_buffer: usize,
     /// Watch streams open at once on one replica.
     pub max_watchers: usize,
+    /// How often each replica deletes events past `retention`.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
 }
 
 /// How long rotated (superseded) refresh tokens keep their ciphertext. A superseded token is
@@ -561,10 +564,14 @@ impl Settings {
                 "keepalive.max_per_second and keepalive.claim_ttl must be positive (set keepalive.enabled = false to turn the keeper off)",
             ));
         }
-        if self.events.poll_interval.is_zero() || self.events.watch_buffer == 0 || self.events.retention.is_zero() {
+        if self.events.poll_interval.is_zero()
+            || self.events.watch_buffer == 0
+            || self.events.retention.is_zero()
+            || self.events.sweep_interval.is_zero()
+        {
             return Err(invalid(
                 "events.poll_interval",
-                "events.watch_buffer and events.retention must be positive",
+                "events.watch_buffer, events.retention and events.sweep_interval must be positive",
             ));
         }
         if self.retention.sweep_interval.is_zero() {

@@ -20,6 +20,7 @@ macro_rules! db_span {
 
 mod audit;
 mod connections;
+mod events;
 mod identity;
 mod pending;
 mod sealed_values;
@@ -37,6 +38,7 @@ pub use connections::{
     ConnectionFilter, ConnectionRow, ConnectionSummary, Connections, CurrentRefreshToken, DatabaseSeen, Leased,
     NewTokens, Origin, RefreshCause,
 };
+pub use events::{ConnectionEvents, EventBatch, EventNotifications, EventPosition, EventRow};
 pub use identity::{DatabaseIdentity, Durability};
 pub use pending::{NewPendingAuthorization, PendingAuthorization, PendingAuthorizations};
 pub use sealed_values::{Batch, Binding, HeaderCount, Position, SealedColumn, SealedRow, SealedValues};
@@ -167,6 +169,16 @@ impl Store {
 
     pub fn connections(&self) -> Connections<'_> {
         Connections::new(&self.pool)
+    }
+
+    /// Status changes of connections, for watchers and the retention sweep.
+    pub fn events(&self) -> ConnectionEvents<'_> {
+        ConnectionEvents::new(&self.pool)
+    }
+
+    /// Wake-ups for event watchers: a connection of its own, listening.
+    pub async fn event_notifications(&self) -> Result<EventNotifications, StoreError> {
+        EventNotifications::listen(&self.pool).await
     }
 
     /// Which database this is, and whether it changed (a failover, a restore).

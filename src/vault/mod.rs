@@ -11,6 +11,7 @@
 //! | one evaluation per key for reads and refreshes | `coalesce.rs` |
 //! | this replica's token cache | `cache.rs` |
 //! | sealing and opening tokens for the store | `tokens.rs` |
+//! | WatchConnectionEvents: the listener, the watchers | `events.rs` |
 //! | shutdown: stop starting refreshes, drain those in flight | this file |
 
 mod access;
@@ -18,6 +19,7 @@ mod authorize;
 mod cache;
 mod coalesce;
 mod error;
+mod events;
 mod failover;
 mod lifetime;
 mod refresh;
@@ -30,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use authorize::ConsumedState;
 pub use error::VaultError;
+pub use events::{ConnectionEvent, ConnectionEventKind, EventCursor, EventStream, EventVisibility, WatchEvents};
 pub use types::*;
 
 use crate::{
@@ -60,6 +63,8 @@ struct Inner {
     /// Rotations kept for write-back after the database goes back in time.
     failover: Arc<failover::FailoverGuard>,
     failover_check_interval: std::time::Duration,
+    /// Event watchers' wake-ups and slots.
+    events: events::EventHub,
 }
 
 /// How long callers missing the cache join a read of the same row already in flight; a read
@@ -112,6 +117,7 @@ impl Vault {
                 reads: coalesce::Coalescer::new(READ_JOIN_AGE),
                 failover,
                 failover_check_interval: settings.failover.check_interval,
+                events: events::EventHub::new(&settings.events),
             }),
         }
     }
