@@ -8,7 +8,10 @@
 //! passed a position, no row can ever appear behind it; ordering by id alone would skip a row
 //! whose transaction took its id early and committed late.
 
-use sqlx::{postgres::PgListener, PgPool};
+use sqlx::{
+    postgres::{PgListener, PgPoolOptions},
+    PgPool,
+};
 use time::OffsetDateTime;
 use tracing::Instrument;
 
@@ -18,15 +21,20 @@ use super::StoreError;
 /// `connection_events_notify`).
 const CHANNEL: &str = "token_vault_connection_events";
 
-/// Notifications of new events, on one connection of its own (taken from the pool for as long
-/// as it listens).
+/// Notifications of new events, on one connection of its own: outside the vault's pool, so that
+/// a listener held for the replica's whole life never takes a connection from the calls.
 pub struct EventNotifications {
     listener: PgListener,
 }
 
 impl EventNotifications {
     pub(super) async fn listen(pool: &PgPool) -> Result<Self, StoreError> {
-        let mut listener = PgListener::connect_with(pool).await?;
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with((*pool.connect_options()).clone());
+        let mut listener = PgListener::connect_with(&own).await?;
         listener.listen(CHANNEL).await?;
         Ok(Self { listener })
     }
@@ -63,7 +71,13 @@ pub struct EventRow {
 #[derive(Debug)]
 pub enum EventBatch {
     /// The next finished events, in order (possibly none).
-    Events(Vec<EventRow>),
+    Events {
+        rows: Vec<EventRow>,
+        /// Events after the position are committed but held back behind a transaction still
+        /// running (anywhere on the Postgres cluster): read again soon, as no notification
+        /// will say when it ends.
+        held: bool,
+    },
     /// The sweep deleted events after the position: the reader can't continue from it.
     Expired,
     /// The position names a transaction this database never started (a forged cursor, or one
@@ -122,6 +136,9 @@ impl<'a> ConnectionEvents<'a> {
             let rows = sqlx::query!(
                 r#"SELECT (p.txid, p.id) > ($1::text::xid8, $2::bigint) AS "expired!",
                           $1::text::xid8 > pg_snapshot_xmax(pg_current_snapshot()) AS "unknown!",
+                          EXISTS (SELECT 1 FROM connection_events
+                                   WHERE (txid, id) > ($1::text::xid8, $2::bigint)
+                                     AND txid >= pg_snapshot_xmin(pg_current_snapshot())) AS "held!",
                           e.id AS "id?", e.txid::text AS "txid?", e.occurred_at AS "occurred_at?",
                           e.tenant_id AS "tenant_id?", e.provider AS "provider?", e.kind AS "kind?",
                           e.status AS "status?", e.reason
@@ -149,6 +166,7 @@ impl<'a> ConnectionEvents<'a> {
             if first.expired {
                 return Ok(EventBatch::Expired);
             }
+            let held = first.held;
             let mut events = Vec::with_capacity(rows.len());
             for row in rows {
                 // The LEFT JOIN's one row of NULLs when nothing is new.
@@ -173,7 +191,7 @@ impl<'a> ConnectionEvents<'a> {
                     reason: row.reason,
                 });
             }
-            Ok(EventBatch::Events(events))
+            Ok(EventBatch::Events { rows: events, held })
         }
         .instrument(db_span!("SELECT", "connection_events"))
         .await

@@ -39,6 +39,9 @@ const BATCH: i64 = 256;
 /// The first pause after the listener fails to connect; it doubles up to `events.poll_interval`
 /// (watchers poll meanwhile, so nothing is missed, only later).
 const LISTEN_RETRY: Duration = Duration::from_millis(250);
+/// The first pause before reading again while events are held back behind a running
+/// transaction; it doubles up to `events.poll_interval`.
+const HELD_RETRY: Duration = Duration::from_millis(20);
 /// The version tag of the cursor's text.
 const CURSOR_VERSION: &str = "v1";
 
@@ -214,7 +217,7 @@ impl Vault {
         let position = match request.cursor {
             None => store.events().head().await?,
             Some(EventCursor(position)) => match store.events().after(position, 0).await? {
-                EventBatch::Events(_) => position,
+                EventBatch::Events { .. } => position,
                 EventBatch::Expired | EventBatch::Unknown => return Err(VaultError::EventCursorExpired),
             },
         };
@@ -319,6 +322,9 @@ struct Watcher {
 enum Round {
     /// Everything finished so far was delivered; wait for more.
     CaughtUp,
+    /// Everything finished was delivered, but committed events wait behind an older
+    /// transaction still running; its end sends no notification, so read again soon.
+    Held,
     /// The stream was dropped (the client went away).
     ConsumerGone,
 }
@@ -326,6 +332,7 @@ enum Round {
 impl Watcher {
     async fn run(mut self, end: oneshot::Sender<VaultError>) {
         let mut wake_alive = true;
+        let mut held_pause = HELD_RETRY;
         let outcome = loop {
             // Marked seen before reading, so a notification during the read wakes us again.
             self.wake.borrow_and_update();
@@ -337,17 +344,25 @@ impl Watcher {
                 _ = events.closed() => Ok(Round::ConsumerGone),
             };
             drop(events);
-            match round {
-                Ok(Round::CaughtUp) => {}
+            let pause = match round {
+                Ok(Round::CaughtUp) => {
+                    held_pause = HELD_RETRY;
+                    self.poll_interval
+                }
+                Ok(Round::Held) => {
+                    let pause = held_pause;
+                    held_pause = (held_pause * 2).min(self.poll_interval);
+                    pause.min(self.poll_interval)
+                }
                 Ok(Round::ConsumerGone) => return,
                 Err(e) => break e,
-            }
+            };
             tokio::select! {
                 changed = self.wake.changed(), if wake_alive => {
                     // The hub is gone (the vault is being dropped): polling still works.
                     wake_alive = changed.is_ok();
                 }
-                _ = tokio::time::sleep(self.poll_interval) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = self.events.closed() => return,
                 _ = self.closing.cancelled() => break VaultError::ShuttingDown,
             }
@@ -363,8 +378,8 @@ impl Watcher {
     /// Reads and queues batches until caught up.
     async fn deliver(&mut self) -> Result<Round, VaultError> {
         loop {
-            let rows = match self.store.events().after(self.position, BATCH).await? {
-                EventBatch::Events(rows) => rows,
+            let (rows, held) = match self.store.events().after(self.position, BATCH).await? {
+                EventBatch::Events { rows, held } => (rows, held),
                 EventBatch::Expired | EventBatch::Unknown => return Err(VaultError::EventCursorExpired),
             };
             let full_batch = rows.len() as i64 == BATCH;
@@ -391,7 +406,7 @@ impl Watcher {
                 }
             }
             if !full_batch {
-                return Ok(Round::CaughtUp);
+                return Ok(if held { Round::Held } else { Round::CaughtUp });
             }
         }
     }
