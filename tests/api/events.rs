@@ -9,7 +9,8 @@ use tonic::{Code, Streaming};
 
 use crate::{
     callers::{bearer_client, connect_as},
-    helpers::{assert_bad_field, assert_reason, spawn_app_with, TestOptions},
+    helpers::{assert_bad_field, assert_reason, get_token_within, spawn_app_with, TestOptions},
+    provider::Fault,
     replicas::Cluster,
 };
 
@@ -137,6 +138,51 @@ async fn a_watcher_on_another_replica_sees_every_transition_in_order() {
         cursors.iter().all(|c| !c.is_empty()) && cursors[0] != cursors[1] && cursors[1] != cursors[2],
         "every event has its own cursor: {cursors:?}"
     );
+    assert_quiet(&mut stream).await;
+}
+
+/// Hydra's words to the loser of a concurrent refresh (fosite `flow_refresh.go`).
+const CONCURRENT: &str = r#"{"error":"invalid_request","error_description":"Failed to refresh token because of multiple concurrent requests using the same token which is not allowed."}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_in_doubt_that_refreshes_again_is_reported_recovered() {
+    let app = spawn_app_with(TestOptions {
+        access_ttl: 2,
+        extra_toml: "[refresh]\nlease_ttl = \"6s\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut stream = app
+        .client
+        .clone()
+        .watch_connection_events(watch_request(""))
+        .await
+        .unwrap()
+        .into_inner();
+    app.connect_tenant("acme").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // An answer that may mean the refresh token was consumed: the connection is in doubt
+    // (`refresh_outcome_unknown`) until a refresh succeeds after the lease.
+    app.provider.push_fault(Fault::Answer(400, CONCURRENT));
+    let mut client = app.client.clone();
+    let doubt = get_token_within(&mut client, "acme", Duration::from_secs(8))
+        .await
+        .unwrap_err();
+    assert_reason(&doubt, Code::Unavailable, "REFRESH_OUTCOME_UNKNOWN");
+    get_token_within(&mut client, "acme", Duration::from_secs(15))
+        .await
+        .expect("served once the lease has lapsed");
+
+    let authorized = next_event(&mut stream).await;
+    let recovered = next_event(&mut stream).await;
+    assert_eq!(
+        [&authorized, &recovered].map(summary),
+        [
+            owned("acme", Kind::Authorized, Status::Active),
+            owned("acme", Kind::Recovered, Status::Active),
+        ]
+    );
+    assert_eq!(recovered.reason, "refresh_outcome_unknown", "what it recovered from");
     assert_quiet(&mut stream).await;
 }
 
