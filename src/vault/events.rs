@@ -367,9 +367,8 @@ impl Watcher {
                 _ = self.closing.cancelled() => break VaultError::ShuttingDown,
             }
         };
-        if let VaultError::Internal(e) = &outcome {
-            tracing::error!(error = %e, "a connection event watcher failed");
-        }
+        // An internal error is logged, with the id its caller sees, where it becomes a status.
+        tracing::debug!(reason = outcome.reason(), "an event watch ended");
         // Before the queue's sender is dropped (with self), so that the stream sees the reason
         // no later than the end of the queue.
         let _ = end.send(outcome);
