@@ -174,6 +174,16 @@ impl Application {
             let (vault, stop) = (self.vault.clone(), background.clone());
             async move { vault.purge_rotated_refresh_tokens(stop).await }
         });
+        tokio::spawn({
+            let (vault, stop) = (self.vault.clone(), background.clone());
+            async move { vault.listen_for_events(stop).await }
+        });
+        tokio::spawn(sweep_connection_events(
+            self.vault.store().clone(),
+            self.settings.events.retention,
+            self.settings.events.sweep_interval,
+            background.clone(),
+        ));
         tokio::spawn(sweep_used_and_expired_states(
             self.vault.clone(),
             self.settings.vault.state_sweep_interval,
@@ -228,6 +238,9 @@ impl Application {
                     .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
                     .await;
                 vault.stop_starting_refreshes();
+                // Event watches never end on their own: end them (clients resume elsewhere)
+                // so that the server's graceful shutdown is not held up by them.
+                vault.close_event_watches();
                 let _ = stopping_tx.send(std::time::Instant::now());
             }
         };
@@ -267,6 +280,7 @@ impl Application {
             }
         };
         reporter.set_service_status("", ServingStatus::NotServing).await;
+        self.vault.close_event_watches();
         // A refresh whose provider has rotated the token must store the new one before the
         // process exits: aborting it would lose the only valid refresh token, and the next
         // presentation of the old one revokes the customer's grant. Each is bounded by its
@@ -394,6 +408,38 @@ async fn sweep_audit_events(store: Store, retention: Duration, every: Duration, 
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, ?retention, "deleted audit events past retention"),
             Err(e) => tracing::warn!(error = %e, "could not delete audit events past retention"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Events deleted per statement: a large backlog is deleted in several short transactions.
+const EVENT_SWEEP_BATCH: i64 = 10_000;
+
+/// Deletes connection events past `events.retention`, in batches; cursors from before them then
+/// answer EVENT_CURSOR_EXPIRED.
+async fn sweep_connection_events(store: Store, retention: Duration, every: Duration, stop: CancellationToken) {
+    loop {
+        let mut total = 0;
+        loop {
+            match store.events().delete_older_than(retention, EVENT_SWEEP_BATCH).await {
+                Ok(n) => {
+                    total += n;
+                    if n < EVENT_SWEEP_BATCH as u64 || stop.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not delete connection events past retention");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            tracing::info!(deleted = total, ?retention, "deleted connection events past retention");
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

@@ -67,7 +67,7 @@ impl TokenVault for Floor {
         Err(Status::unimplemented("floor"))
     }
 
-    type WatchConnectionEventsStream = futures::stream::Empty<Result<proto::ConnectionEvent, Status>>;
+    type WatchConnectionEventsStream = futures::stream::Empty<Result<proto::WatchConnectionEventsResponse, Status>>;
 
     async fn watch_connection_events(
         &self,

@@ -11,8 +11,9 @@ use crate::{
     proto,
     vault::{
         AccessToken, AccessTokenRequest, AuthorizationCompleted, AuthorizationStarted, BeginAuthorization,
-        ConnectionInfo, ConnectionPage, ConnectionRequest, ConnectionStatus, Disconnected, ImportConnection,
-        ImportedConnection, ListConnections, Revocation, TenantId, TokenDigest, VaultError, MAX_TENANT_ID_LEN,
+        ConnectionEvent, ConnectionEventKind, ConnectionInfo, ConnectionPage, ConnectionRequest, ConnectionStatus,
+        Disconnected, EventCursor, ImportConnection, ImportedConnection, ListConnections, Revocation, TenantId,
+        TokenDigest, VaultError, WatchEvents, MAX_TENANT_ID_LEN,
     },
 };
 
@@ -226,17 +227,20 @@ pub fn connection_request(req: proto::GetConnectionRequest) -> Result<Connection
     connection(&req.tenant_id, req.provider)
 }
 
+fn status(s: ConnectionStatus) -> proto::ConnectionStatus {
+    match s {
+        ConnectionStatus::Active => proto::ConnectionStatus::Active,
+        ConnectionStatus::ReauthorizationRequired => proto::ConnectionStatus::ReauthorizationRequired,
+        ConnectionStatus::Disconnected => proto::ConnectionStatus::Disconnected,
+    }
+}
+
 impl From<ConnectionInfo> for proto::GetConnectionResponse {
     fn from(c: ConnectionInfo) -> Self {
-        let status = match c.status {
-            ConnectionStatus::Active => proto::ConnectionStatus::Active,
-            ConnectionStatus::ReauthorizationRequired => proto::ConnectionStatus::ReauthorizationRequired,
-            ConnectionStatus::Disconnected => proto::ConnectionStatus::Disconnected,
-        };
         Self {
             tenant_id: c.tenant_id,
             provider: c.provider,
-            status: status.into(),
+            status: status(c.status).into(),
             status_reason: c.status_reason.unwrap_or_default(),
             status_changed_at: Some(timestamp(c.status_changed_at)),
             scopes: c.scopes,
@@ -355,6 +359,59 @@ impl From<ConnectionPage> for proto::ListConnectionsResponse {
                 .next_after
                 .map(|(provider, tenant)| page_token(&provider, &tenant))
                 .unwrap_or_default(),
+        }
+    }
+}
+
+/// A watch as asked: a malformed cursor is EVENT_CURSOR_EXPIRED (as the proto says), a bad
+/// provider or tenant prefix INVALID_ARGUMENT naming it. Empty fields mean "from now", "every
+/// provider", "every tenant".
+impl TryFrom<proto::WatchConnectionEventsRequest> for WatchEvents {
+    type Error = VaultError;
+
+    fn try_from(req: proto::WatchConnectionEventsRequest) -> Result<Self, Self::Error> {
+        let cursor = match req.cursor.as_str() {
+            "" => None,
+            text => Some(EventCursor::parse(text)?),
+        };
+        if req.provider.len() > MAX_PROVIDER_LEN {
+            return Err(VaultError::invalid("provider", "is too long"));
+        }
+        if req.tenant_prefix.len() > MAX_TENANT_ID_LEN {
+            return Err(VaultError::invalid(
+                "tenant_prefix",
+                format!("is longer than {MAX_TENANT_ID_LEN} bytes"),
+            ));
+        }
+        if req.tenant_prefix.chars().any(char::is_control) {
+            return Err(VaultError::invalid("tenant_prefix", "contains control characters"));
+        }
+        Ok(Self {
+            cursor,
+            provider: Some(req.provider).filter(|p| !p.is_empty()),
+            tenant_prefix: Some(req.tenant_prefix).filter(|p| !p.is_empty()),
+        })
+    }
+}
+
+impl From<ConnectionEvent> for proto::WatchConnectionEventsResponse {
+    fn from(e: ConnectionEvent) -> Self {
+        let kind = match e.kind {
+            ConnectionEventKind::Authorized => proto::ConnectionEventKind::Authorized,
+            ConnectionEventKind::RefreshedByKeepalive => proto::ConnectionEventKind::RefreshedByKeepalive,
+            ConnectionEventKind::ReauthorizationRequired => proto::ConnectionEventKind::ReauthorizationRequired,
+            ConnectionEventKind::Recovered => proto::ConnectionEventKind::Recovered,
+            ConnectionEventKind::Disconnected => proto::ConnectionEventKind::Disconnected,
+            ConnectionEventKind::Imported => proto::ConnectionEventKind::Imported,
+        };
+        Self {
+            cursor: e.cursor.to_string(),
+            occurred_at: Some(timestamp(e.occurred_at)),
+            tenant_id: e.tenant_id,
+            provider: e.provider,
+            kind: kind.into(),
+            status: status(e.status).into(),
+            reason: e.reason.unwrap_or_default(),
         }
     }
 }

@@ -7,7 +7,9 @@ mod convert;
 mod layer;
 mod status;
 
-use std::{future::Future, time::Instant};
+use std::{future::Future, sync::Arc, time::Instant};
+
+use futures::StreamExt;
 
 use tonic::{Request, Response, Status};
 
@@ -18,9 +20,8 @@ use crate::{
     proto::{self, token_vault_server::TokenVault},
     telemetry::record_status,
     vault::{
-        AccessTokenRequest, BeginAuthorization, ConnectionKey, ConnectionRequest, ImportConnection, Revocation,
-        TokenSource, Vault,
-        VaultError,
+        AccessTokenRequest, BeginAuthorization, ConnectionKey, ConnectionRequest, EventVisibility, ImportConnection,
+        Revocation, TokenSource, Vault, VaultError, WatchEvents,
     },
 };
 
@@ -255,14 +256,51 @@ impl TokenVault for TokenVaultService {
         respond(result)
     }
 
-    type WatchConnectionEventsStream =
-        std::pin::Pin<Box<dyn futures::Stream<Item = Result<proto::ConnectionEvent, Status>> + Send + 'static>>;
+    type WatchConnectionEventsStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<proto::WatchConnectionEventsResponse, Status>> + Send + 'static>,
+    >;
 
+    /// The watch is audited once, when it starts. A provider the caller may use none of is
+    /// refused (PERMISSION_DENIED); otherwise events of connections outside the caller's policy
+    /// are skipped without a word, as if they were filtered out.
     async fn watch_connection_events(
         &self,
-        _request: Request<proto::WatchConnectionEventsRequest>,
+        request: Request<proto::WatchConnectionEventsRequest>,
     ) -> Result<Response<Self::WatchConnectionEventsStream>, Status> {
-        Err(Status::unimplemented("WatchConnectionEvents is not implemented yet"))
+        let caller = caller(&request)?;
+        let mut event = AuditEvent::new(EventKind::WatchConnectionEvents, caller.name(), "ok");
+        let result = async {
+            let asked = WatchEvents::try_from(request.into_inner())?;
+            event.provider.clone_from(&asked.provider);
+            if let Some(prefix) = &asked.tenant_prefix {
+                event.detail = Some(format!("tenant_prefix {prefix}").into());
+            }
+            if let Some(provider) = &asked.provider {
+                caller.may_use_provider(provider)?;
+            }
+            let visible: EventVisibility = {
+                let caller = caller.clone();
+                Arc::new(move |key: &ConnectionKey| caller.may_use(key).is_ok())
+            };
+            Ok::<_, CallError>(self.vault.watch_events(asked, visible).await?)
+        }
+        .await;
+        self.record(event, &result, Rpc::WatchConnectionEvents);
+        respond(result.map(|events| {
+            WatchStream(Box::pin(events.map(|item| {
+                item.map(proto::WatchConnectionEventsResponse::from)
+                    .map_err(|e| to_status(CallError::Vault(e)))
+            })))
+        }))
+    }
+}
+
+/// The stream a watch answers with, as `respond` wants it (`From` itself).
+struct WatchStream(<TokenVaultService as TokenVault>::WatchConnectionEventsStream);
+
+impl From<WatchStream> for <TokenVaultService as TokenVault>::WatchConnectionEventsStream {
+    fn from(s: WatchStream) -> Self {
+        s.0
     }
 }
 

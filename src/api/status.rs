@@ -60,7 +60,7 @@ fn vault_code(e: &VaultError) -> Code {
         | VaultError::ReauthorizationRequired { .. }
         | VaultError::ConnectionDisconnected => Code::FailedPrecondition,
         VaultError::ConnectionExists => Code::AlreadyExists,
-        VaultError::WatchTooSlow => Code::ResourceExhausted,
+        VaultError::WatchTooSlow | VaultError::WatchersLimited => Code::ResourceExhausted,
         VaultError::EventCursorExpired => Code::OutOfRange,
         VaultError::ConnectionNotFound => Code::NotFound,
         VaultError::ProviderUnavailable { .. }

@@ -74,6 +74,18 @@ impl Caller {
         self.0.policy.allows_rpc(rpc)
     }
 
+    /// A watch limited to one provider: refused when the caller may use none of its
+    /// connections.
+    pub fn may_use_provider(&self, provider: &str) -> Result<(), Denied> {
+        if self.0.policy.allows_provider(provider) {
+            Ok(())
+        } else {
+            Err(Denied::NotAllowed {
+                caller: self.0.name.to_string(),
+            })
+        }
+    }
+
     /// The handlers' check, once the connection a call touches is known.
     pub fn may_use(&self, key: &ConnectionKey) -> Result<(), Denied> {
         if self.0.policy.allows(key) {

@@ -174,15 +174,19 @@ impl Policy {
         self.rpcs & rpc.bit() != 0
     }
 
+    /// Whether the caller may use any connection of `provider`.
+    pub fn allows_provider(&self, provider: &str) -> bool {
+        match &self.providers {
+            Names::Any => true,
+            Names::Listed(names) => names.contains(provider),
+        }
+    }
+
     /// Whether the caller may touch the connection. The key's provider is already resolved
     /// (an empty name in a request is the default provider), so a caller limited to some
     /// providers can't reach another one by leaving the field empty.
     pub fn allows(&self, key: &ConnectionKey) -> bool {
-        let provider_ok = match &self.providers {
-            Names::Any => true,
-            Names::Listed(names) => names.contains(key.provider().as_str()),
-        };
-        provider_ok && self.tenants.allows(key.tenant().as_str())
+        self.allows_provider(key.provider().as_str()) && self.tenants.allows(key.tenant().as_str())
     }
 }
 
@@ -223,6 +227,8 @@ mod tests {
     fn only_listed_providers_are_allowed() {
         let p = policy(&["*"], &["other"], &["*"]).unwrap();
         assert!(p.allows(&key("other", "x")));
+        assert!(p.allows_provider("other"));
+        assert!(!p.allows_provider("understory"));
         assert!(
             !p.allows(&key("understory", "x")),
             "the default provider is not in the list"

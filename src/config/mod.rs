@@ -245,6 +245,9 @@ pub struct EventsSettings {
     pub watch_buffer: usize,
     /// Watch streams open at once on one replica.
     pub max_watchers: usize,
+    /// How often each replica deletes events past `retention`.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
 }
 
 /// How long rotated (superseded) refresh tokens keep their ciphertext. A superseded token is
@@ -568,10 +571,14 @@ impl Settings {
         if self.keepalive.claim_ttl <= self.keepalive.interval {
             return Err(invalid("keepalive.claim_ttl", "must be longer than keepalive.interval"));
         }
-        if self.events.poll_interval.is_zero() || self.events.watch_buffer == 0 || self.events.retention.is_zero() {
+        if self.events.poll_interval.is_zero()
+            || self.events.watch_buffer == 0
+            || self.events.retention.is_zero()
+            || self.events.sweep_interval.is_zero()
+        {
             return Err(invalid(
                 "events.poll_interval",
-                "events.watch_buffer and events.retention must be positive",
+                "events.watch_buffer, events.retention and events.sweep_interval must be positive",
             ));
         }
         if self.retention.sweep_interval.is_zero() {

@@ -21,6 +21,7 @@ macro_rules! db_span {
 mod audit;
 mod connections;
 mod disconnect;
+mod events;
 mod identity;
 mod keepalive;
 mod pending;
@@ -41,6 +42,7 @@ pub use connections::{
     NewTokens, Origin, RefreshCause,
 };
 pub use disconnect::DisconnectLease;
+pub use events::{ConnectionEvents, EventBatch, EventNotifications, EventPosition, EventRow};
 pub use identity::{DatabaseIdentity, Durability};
 pub use keepalive::{Claim, Claimed, Keepalive};
 pub use pending::{NewPendingAuthorization, PendingAuthorization, PendingAuthorizations};
@@ -173,6 +175,16 @@ impl Store {
 
     pub fn connections(&self) -> Connections<'_> {
         Connections::new(&self.pool)
+    }
+
+    /// Status changes of connections, for watchers and the retention sweep.
+    pub fn events(&self) -> ConnectionEvents<'_> {
+        ConnectionEvents::new(&self.pool)
+    }
+
+    /// Wake-ups for event watchers: a connection of its own, listening.
+    pub async fn event_notifications(&self) -> Result<EventNotifications, StoreError> {
+        EventNotifications::listen(&self.pool).await
     }
 
     /// Which database this is, and whether it changed (a failover, a restore).

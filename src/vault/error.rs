@@ -30,6 +30,8 @@ pub enum VaultError {
     WatchTooSlow,
     #[error("the event cursor is malformed or older than the retention")]
     EventCursorExpired,
+    #[error("this replica has as many event watchers as it allows (events.max_watchers)")]
+    WatchersLimited,
     #[error("the provider is unavailable")]
     ProviderUnavailable { retry_after: Option<Duration> },
     /// The provider's answer to a refresh may mean the refresh token was consumed; it is held
@@ -72,6 +74,7 @@ impl VaultError {
             VaultError::ConnectionExists => "CONNECTION_EXISTS",
             VaultError::WatchTooSlow => "WATCH_TOO_SLOW",
             VaultError::EventCursorExpired => "EVENT_CURSOR_EXPIRED",
+            VaultError::WatchersLimited => "EVENT_WATCHERS_LIMITED",
             VaultError::ProviderUnavailable { .. } => "PROVIDER_UNAVAILABLE",
             VaultError::RefreshOutcomeUnknown { .. } => "REFRESH_OUTCOME_UNKNOWN",
             VaultError::DatabaseFailover { .. } => "DATABASE_FAILOVER",

@@ -16,6 +16,7 @@
 //! | sealing and opening tokens for the store | `tokens.rs` |
 //! | keep-alive of idle connections before their refresh token expires | `keeper.rs` |
 //! | purging the ciphertexts of rotated refresh tokens past retention | `retention.rs` |
+//! | WatchConnectionEvents: the listener, the watchers | `events.rs` |
 //! | shutdown: stop starting refreshes, drain those in flight | this file |
 
 mod access;
@@ -24,6 +25,7 @@ mod cache;
 mod coalesce;
 mod disconnect;
 mod error;
+mod events;
 mod failover;
 mod import;
 mod keeper;
@@ -41,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 pub use authorize::ConsumedState;
 pub use disconnect::{Disconnected, Revocation};
 pub use error::VaultError;
+pub use events::{ConnectionEvent, ConnectionEventKind, EventCursor, EventStream, EventVisibility, WatchEvents};
 pub use listing::{ConnectionPage, ListConnections, MAX_PAGE_SIZE};
 pub use types::*;
 
@@ -76,6 +79,8 @@ struct Inner {
     keepalive: KeepaliveSettings,
     /// How long rotated refresh tokens keep their ciphertext.
     retention: RetentionSettings,
+    /// Event watchers' wake-ups and slots.
+    events: events::EventHub,
 }
 
 /// How long callers missing the cache join a read of the same row already in flight; a read
@@ -130,6 +135,7 @@ impl Vault {
                 failover_check_interval: settings.failover.check_interval,
                 keepalive: settings.keepalive.clone(),
                 retention: settings.retention.clone(),
+                events: events::EventHub::new(&settings.events),
             }),
         }
     }

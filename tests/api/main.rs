@@ -8,6 +8,7 @@ mod audit;
 mod authorization;
 mod callers;
 mod errors;
+mod events;
 mod failover;
 mod faulty_proxy;
 mod feedback;
