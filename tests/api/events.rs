@@ -549,3 +549,81 @@ async fn shutdown_ends_open_watches_so_that_clients_resume_elsewhere() {
         "the shutdown did not wait out its grace period for the open watch"
     );
 }
+
+/// The kinds the other lifecycle flows write reach a watcher on another replica too: an import,
+/// a keep-alive by the keeper (on whichever replica claims it), and a disconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn imports_keep_alives_and_disconnects_reach_a_watcher_on_another_replica() {
+    let cluster = Cluster::start(
+        2,
+        TestOptions::default(),
+        None,
+        &[
+            ("TOKEN_VAULT_KEEPALIVE__INTERVAL", "200ms"),
+            ("TOKEN_VAULT_KEEPALIVE__CLAIM_TTL", "5s"),
+        ],
+    )
+    .await;
+    let mut stream = cluster
+        .client(1)
+        .watch_connection_events(watch_request(""))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut client = cluster.client(0);
+
+    // Another system's refresh token, imported and validated with one (caller-less) refresh.
+    let imported = cluster.provider.mint_refresh_token();
+    let answer = client
+        .import_connection(proto::ImportConnectionRequest {
+            tenant_id: "migrated".into(),
+            refresh_token: imported,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.validated);
+    assert_eq!(
+        summary(&next_event(&mut stream).await),
+        owned("migrated", Kind::Imported, Status::Active)
+    );
+
+    // Due for a keep-alive now: a keeper refreshes it with nobody asking.
+    let pool = sqlx::PgPool::connect(cluster.database_url()).await.unwrap();
+    sqlx::query("UPDATE connections SET keepalive_due_at = now() - interval '1 second' WHERE tenant_id = 'migrated'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let kept = next_event(&mut stream).await;
+    assert_eq!(
+        summary(&kept),
+        owned("migrated", Kind::RefreshedByKeepalive, Status::Active)
+    );
+
+    let deleted = client
+        .delete_connection(proto::DeleteConnectionRequest {
+            tenant_id: "migrated".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.revocation(), proto::Revocation::Revoked);
+    let disconnected = next_event(&mut stream).await;
+    assert_eq!(
+        summary(&disconnected),
+        owned("migrated", Kind::Disconnected, Status::Disconnected)
+    );
+    assert_quiet(&mut stream).await;
+
+    // The same three from the start, resumed on the first replica from before the keep-alive.
+    let mut resumed = cluster
+        .client(0)
+        .watch_connection_events(watch_request(&kept.cursor))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(summary(&next_event(&mut resumed).await).1, Kind::Disconnected);
+    pool.close().await;
+}
