@@ -72,7 +72,10 @@ CREATE INDEX connection_events_order ON connection_events (txid, id);
 CREATE INDEX connection_events_occurred_at ON connection_events (occurred_at);
 
 -- Wakes watchers on every replica; the table stays the truth (a missed notification is caught
--- by the next poll).
+-- by the next poll). Per row, not per statement: a statement trigger fires for an INSERT of no
+-- rows too, and the refresh path's statement carries such an INSERT (its event, written only
+-- for a keep-alive or a recovery) on every refresh. Identical notifications of one transaction
+-- are delivered once, so a transaction writing many events still wakes watchers once.
 CREATE FUNCTION connection_events_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('token_vault_connection_events', '');
@@ -81,7 +84,7 @@ END
 $$;
 CREATE TRIGGER connection_events_notify
     AFTER INSERT ON connection_events
-    FOR EACH STATEMENT EXECUTE FUNCTION connection_events_notify();
+    FOR EACH ROW EXECUTE FUNCTION connection_events_notify();
 
 ALTER TABLE audit_events DROP CONSTRAINT audit_events_event_check;
 ALTER TABLE audit_events ADD CONSTRAINT audit_events_event_check CHECK (event IN (

@@ -703,6 +703,7 @@ async fn keeper(bench: &Bench, report: &mut Report, pool: &PgPool, keyring: &Key
             WHERE status = 'active' AND keepalive_due_at IS NOT NULL AND keepalive_due_at <= now()
               AND (keepalive_claimed_until IS NULL OR keepalive_claimed_until <= now())
               AND (refresh_lease_until IS NULL OR refresh_lease_until <= now())
+              AND provider = ANY('{understory}')
             ORDER BY keepalive_due_at LIMIT 200 FOR UPDATE SKIP LOCKED"#,
     )
     .fetch_all(pool)
@@ -717,7 +718,7 @@ async fn keeper(bench: &Bench, report: &mut Report, pool: &PgPool, keyring: &Key
         let started = Instant::now();
         let claim = store
             .keepalive()
-            .claim(CLAIM_BATCH, Duration::from_secs(60))
+            .claim(CLAIM_BATCH, Duration::from_secs(60), &["understory".to_string()])
             .await
             .expect("the claim statement runs");
         claim_us.push(started.elapsed().as_micros() as u32);

@@ -31,6 +31,9 @@ pub enum Purpose {
     AccessToken,
     RefreshToken,
     PkceVerifier,
+    /// A ListConnections page token: the position a page ended at, sealed so that a caller
+    /// cannot read (or forge) the tenant ids its policy skipped on the way.
+    PageToken,
 }
 
 impl Purpose {
@@ -39,6 +42,7 @@ impl Purpose {
             Purpose::AccessToken => "access_token",
             Purpose::RefreshToken => "refresh_token",
             Purpose::PkceVerifier => "pkce_verifier",
+            Purpose::PageToken => "page_token",
         }
     }
 }
@@ -68,6 +72,17 @@ impl<'a> Aad<'a> {
             tenant_id,
             provider,
             discriminator: format!("generation:{generation}"),
+        }
+    }
+
+    /// A ListConnections page token (`version` of its format). Bound to no row: it is never
+    /// stored, only handed to a caller and back.
+    pub fn for_page_token(version: &str) -> Self {
+        Self {
+            purpose: Purpose::PageToken,
+            tenant_id: "",
+            provider: "",
+            discriminator: format!("list_connections:{version}"),
         }
     }
 

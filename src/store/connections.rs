@@ -178,7 +178,9 @@ impl<'a> Connections<'a> {
     }
 
     /// Stores the tokens of a completed authorization (or an import: `origin`), fenced on what
-    /// it replaces: the
+    /// it replaces (an import also on no refresh lease being held: a refresh in flight may be
+    /// presenting the very token being imported again, and clearing its lease would let it
+    /// present that token once more after the import): the
     /// connection at generation `replaces` (its old refresh tokens are kept, marked
     /// superseded), or, for `None`, no connection at all. `Fenced` if the connection changed
     /// since it was read (a refresh, another authorization): read the generation again and
@@ -208,6 +210,7 @@ impl<'a> Connections<'a> {
                                   disconnected_at = NULL,
                                   refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
                             WHERE tenant_id = $1 AND provider = $2 AND generation = $3
+                              AND (NOT $12 OR refresh_lease_until IS NULL OR refresh_lease_until <= now())
                         RETURNING id"#,
                         tenant_id,
                         provider,
@@ -220,6 +223,7 @@ impl<'a> Connections<'a> {
                         tokens.access_token_expires_at,
                         tokens.refresh_token_expires_at,
                         tokens.keepalive_due_at,
+                        origin == Origin::Import,
                     )
                     .fetch_optional(&mut *tx)
                     .await?
@@ -396,8 +400,9 @@ impl<'a> Connections<'a> {
         async {
             debug_assert_eq!(tokens.generation, from_generation + 1);
             // The statements of one WITH share a snapshot: the supersede below cannot see the row
-            // inserted beside it, so only older tokens are marked superseded, and `before` reads
-            // the reason the update clears. A refresh token's expiry (and so the keep-alive) only
+            // inserted beside it, so only older tokens are marked superseded. `before` locks the
+            // row first and so reads the reason the update clears as last committed, not as the
+            // snapshot saw it (a writer that committed while we waited for the row). A refresh token's expiry (and so the keep-alive) only
             // moves when a new refresh token came. A keep-alive that brought none (a provider
             // that does not rotate) clears the due moment: refreshing again would not renew the
             // refresh token either, and the keeper would otherwise claim it over and over. The
@@ -405,7 +410,8 @@ impl<'a> Connections<'a> {
             // writes none.
             let updated = sqlx::query_scalar!(
                 r#"WITH before AS (
-                       SELECT status_reason FROM connections WHERE id = $1 AND generation = $2),
+                       SELECT id AS before_id, status_reason AS before_reason FROM connections
+                        WHERE id = $1 AND generation = $2 FOR UPDATE),
                    updated AS (
                        UPDATE connections
                           SET generation = $3, scopes = $4, token_type = $5, access_token = $6,
@@ -416,8 +422,9 @@ impl<'a> Connections<'a> {
                               keepalive_claimed_until = NULL, last_error = NULL, last_error_at = NULL,
                               status_reason = NULL,
                               refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
-                        WHERE id = $1 AND generation = $2
-                    RETURNING id, generation, tenant_id, provider),
+                         FROM before
+                        WHERE id = before_id AND generation = $2
+                    RETURNING id, generation, tenant_id, provider, before_reason),
                    superseded AS (
                        UPDATE refresh_tokens SET superseded_at = now()
                         WHERE connection_id = $1 AND superseded_at IS NULL
@@ -429,9 +436,9 @@ impl<'a> Connections<'a> {
                        INSERT INTO connection_events (connection_id, tenant_id, provider, kind, status, reason, generation)
                        SELECT u.id, u.tenant_id, u.provider,
                               CASE WHEN $12 THEN 'refreshed_by_keepalive' ELSE 'recovered' END,
-                              'active', b.status_reason, u.generation
-                         FROM updated u, before b
-                        WHERE $12 OR b.status_reason = 'refresh_outcome_unknown')
+                              'active', u.before_reason, u.generation
+                         FROM updated u
+                        WHERE $12 OR u.before_reason = 'refresh_outcome_unknown')
                    SELECT count(*) AS "updated!" FROM updated"#,
                 connection_id,
                 from_generation,
@@ -476,7 +483,7 @@ impl<'a> Connections<'a> {
         async {
             let updated = sqlx::query_scalar!(
                 r#"WITH before AS (
-                       SELECT status FROM connections WHERE id = $1),
+                       SELECT id AS before_id, status AS before_status FROM connections WHERE id = $1 FOR UPDATE),
                    updated AS (
                        UPDATE connections
                           SET generation = $2, scopes = $3, token_type = $4, access_token = $5,
@@ -489,8 +496,9 @@ impl<'a> Connections<'a> {
                                                    THEN NULL ELSE status_reason END,
                               status_changed_at = now(),
                               refresh_lease_holder = NULL, refresh_lease_until = NULL, updated_at = now()
-                        WHERE id = $1 AND generation < $2 AND authorized_at = $9 AND status <> 'disconnected'
-                    RETURNING id, generation, tenant_id, provider, status),
+                         FROM before
+                        WHERE id = before_id AND generation < $2 AND authorized_at = $9 AND status <> 'disconnected'
+                    RETURNING id, generation, tenant_id, provider, status, before_status),
                    superseded AS (
                        UPDATE refresh_tokens SET superseded_at = now()
                         WHERE connection_id = $1 AND superseded_at IS NULL
@@ -501,8 +509,8 @@ impl<'a> Connections<'a> {
                    event AS (
                        INSERT INTO connection_events (connection_id, tenant_id, provider, kind, status, reason, generation)
                        SELECT u.id, u.tenant_id, u.provider, 'recovered', u.status, 'rotation_written_back', u.generation
-                         FROM updated u, before b
-                        WHERE b.status <> 'active' AND u.status = 'active')
+                         FROM updated u
+                        WHERE u.before_status <> 'active' AND u.status = 'active')
                    SELECT count(*) AS "updated!" FROM updated"#,
                 connection_id,
                 tokens.generation,

@@ -42,14 +42,22 @@ impl Connections<'_> {
     ) -> Result<DisconnectLease, StoreError> {
         async {
             let ttl_secs = ttl.as_secs_f64();
-            // `target` reads the row as it was before the update beside it (one snapshot).
+            // `target` reads the row as it was before the update beside it (one snapshot), and
+            // the refresh token below is read from that snapshot too. The lease is fenced on
+            // the snapshot's generation: a re-authorization, an import or a lapsed refresher
+            // that commits while this statement waits for the row would otherwise give us the
+            // lease on its new generation beside the old refresh token, which we would revoke
+            // (harmlessly) before wiping the new one unrevoked. Fenced, the lease is not taken
+            // (Busy) and the next attempt reads afresh.
             let row = sqlx::query!(
                 r#"WITH target AS (
-                       SELECT id, status, disconnected_at FROM connections WHERE tenant_id = $1 AND provider = $2),
+                       SELECT id, status, disconnected_at, generation FROM connections
+                        WHERE tenant_id = $1 AND provider = $2),
                    lease AS (
                        UPDATE connections
                           SET refresh_lease_holder = $3, refresh_lease_until = clock_timestamp() + make_interval(secs => $4)
                         WHERE tenant_id = $1 AND provider = $2 AND status <> 'disconnected'
+                          AND generation = (SELECT generation FROM target)
                           AND (refresh_lease_until IS NULL OR refresh_lease_until <= now())
                     RETURNING id, generation)
                    SELECT t.id, t.status, t.disconnected_at, lease.generation AS "leased_generation?",

@@ -41,7 +41,11 @@ impl<'a> Keepalive<'a> {
     /// again only once the claim lapses. A connection whose refresh lease is held is being
     /// refreshed already and is left alone. The inner SELECT is a range scan of the partial
     /// index `connections_keepalive_due`, however many connections there are.
-    pub async fn claim(&self, limit: i64, ttl: Duration) -> Result<Claim, StoreError> {
+    ///
+    /// Only connections of `providers` (those configured) are claimed: a connection whose
+    /// provider left the configuration can't be refreshed, and claiming it would spend the
+    /// keeper's pace on it again and again, ahead of connections that can be kept alive.
+    pub async fn claim(&self, limit: i64, ttl: Duration, providers: &[String]) -> Result<Claim, StoreError> {
         async {
             let rows = sqlx::query!(
                 r#"UPDATE connections
@@ -51,12 +55,14 @@ impl<'a> Keepalive<'a> {
                            WHERE status = 'active' AND keepalive_due_at IS NOT NULL AND keepalive_due_at <= now()
                              AND (keepalive_claimed_until IS NULL OR keepalive_claimed_until <= now())
                              AND (refresh_lease_until IS NULL OR refresh_lease_until <= now())
+                             AND provider = ANY($3)
                            ORDER BY keepalive_due_at
                            LIMIT $1
                              FOR UPDATE SKIP LOCKED)
                 RETURNING id, tenant_id, provider, generation, keepalive_claimed_until AS "claimed_until!""#,
                 limit,
                 ttl.as_secs_f64(),
+                providers,
             )
             .fetch_all(self.pool)
             .await?;
@@ -97,7 +103,10 @@ impl<'a> Keepalive<'a> {
     }
 
     /// Records a failed keep-alive (a stable reason, never a secret) and claims the connection
-    /// for `retry_after` from now: the backoff before a keeper tries again. Fenced on the
+    /// for `retry_after` from now: the backoff before a keeper tries again. Its due moment
+    /// moves to then too, so that claims, which take the most overdue first, reach connections
+    /// that have not failed before coming back to it: a provider that stays down can't starve
+    /// the keep-alive of the others. Fenced on the
     /// generation the keep-alive started from, so a newer refresh's clean state stays.
     pub async fn note_failure(
         &self,
@@ -110,7 +119,8 @@ impl<'a> Keepalive<'a> {
             let done = sqlx::query!(
                 r#"UPDATE connections
                       SET last_error = $3, last_error_at = now(),
-                          keepalive_claimed_until = now() + make_interval(secs => $4), updated_at = now()
+                          keepalive_claimed_until = now() + make_interval(secs => $4),
+                          keepalive_due_at = now() + make_interval(secs => $4), updated_at = now()
                     WHERE id = $1 AND generation = $2 AND status = 'active'"#,
                 connection_id,
                 generation,

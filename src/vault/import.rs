@@ -88,7 +88,18 @@ impl Vault {
                     stored = Some((tokens.generation, replaces));
                     break;
                 }
-                Err(StoreError::Fenced) => continue,
+                Err(StoreError::Fenced) => {
+                    // Fenced with the generation unchanged: a refresh of the connection holds
+                    // its lease (a keep-alive, a caller, an earlier import's validation). Not
+                    // replaced under it: answer busy rather than wait a whole lease.
+                    let now = connections.generation(&key).await?;
+                    if replaces.is_some() && now == replaces {
+                        return Err(VaultError::ConnectionBusy {
+                            retry_after: self.inner.refresher.policy().lease_ttl,
+                        });
+                    }
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
         }

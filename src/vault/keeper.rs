@@ -53,6 +53,7 @@ impl Vault {
         // A slow start (a claim, a busy runtime) never makes up for lost time with a burst.
         pace.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut running = JoinSet::new();
+        let providers: Vec<String> = self.inner.providers.keys().cloned().collect();
         tracing::info!(
             interval = ?settings.interval,
             max_per_second = settings.max_per_second,
@@ -62,7 +63,7 @@ impl Vault {
         'claims: loop {
             let keepalive = self.inner.store.keepalive();
             let claim = tokio::select! {
-                claim = keepalive.claim(batch, settings.claim_ttl) => claim,
+                claim = keepalive.claim(batch, settings.claim_ttl, &providers) => claim,
                 _ = halted() => break,
             };
             let claim = match claim {
@@ -123,8 +124,8 @@ impl Vault {
     async fn keep_one_alive(&self, claimed: Claimed) {
         let counters = self.inner.refresher.metrics().clone();
         let Some((provider, client)) = self.inner.providers.get(&claimed.provider) else {
-            // Its provider is no longer configured: nothing to refresh with. Retried (and
-            // recorded) every claim_ttl until the configuration names it again.
+            // Claims take only configured providers, so this does not happen; if it did, there
+            // is nothing to refresh with.
             self.note_keepalive_failure(&claimed, "provider_not_configured").await;
             return;
         };

@@ -7,8 +7,19 @@
 //! returned short, with a position to go on from. A short page with a next position is
 //! therefore not the end; only a page without one is.
 
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+
 use super::{ConnectionInfo, ConnectionKey, ConnectionStatus, Vault, VaultError};
-use crate::store::ConnectionFilter;
+use crate::{
+    crypto::{Aad, SharedKeyring},
+    store::ConnectionFilter,
+};
+
+/// The page token format's version, bound into its associated data.
+const PAGE_TOKEN_VERSION: &str = "v1";
+/// Longer than any token this vault issues (a provider name of at most 64 bytes and a tenant id
+/// of at most 255, sealed and base64url-encoded); anything longer is refused unread.
+const MAX_PAGE_TOKEN_LEN: usize = 1024;
 
 /// The largest page; a larger request gets pages of this size.
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -23,15 +34,39 @@ pub struct ListConnections {
     pub tenant_prefix: Option<String>,
     /// 1..=MAX_PAGE_SIZE.
     pub page_size: usize,
-    /// The (provider, tenant) the previous page ended after.
-    pub after: Option<(String, String)>,
+    /// The previous page's `next_page_token`, as the caller sent it back.
+    pub page_token: Option<String>,
 }
 
 #[derive(Debug)]
 pub struct ConnectionPage {
     pub connections: Vec<ConnectionInfo>,
-    /// Where the next page starts; `None` on the last page.
-    pub next_after: Option<(String, String)>,
+    /// Where the next page starts, sealed; `None` on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// A page token: the (provider, tenant) a page ended after, sealed with the keyring and
+/// base64url-encoded. Sealed, not merely encoded, because the position may be a connection the
+/// caller's policy hides (a page that ran out of batches ends on one), and a caller must learn
+/// no tenant id that way; nor can it forge a position. A token sealed with a key since removed
+/// from the keyring is refused like garbage: the caller starts again from the first page.
+fn seal_page_token(keyring: &SharedKeyring, (provider, tenant): (String, String)) -> Result<String, VaultError> {
+    let sealed = keyring.seal(
+        &Aad::for_page_token(PAGE_TOKEN_VERSION),
+        format!("{provider}\0{tenant}").as_bytes(),
+    )?;
+    Ok(URL_SAFE_NO_PAD.encode(sealed))
+}
+
+fn open_page_token(keyring: &SharedKeyring, token: &str) -> Option<(String, String)> {
+    if token.len() > MAX_PAGE_TOKEN_LEN {
+        return None;
+    }
+    let sealed = URL_SAFE_NO_PAD.decode(token).ok()?;
+    let opened = keyring.open(&Aad::for_page_token(PAGE_TOKEN_VERSION), &sealed).ok()?;
+    let text = std::str::from_utf8(&opened).ok()?;
+    let (provider, tenant) = text.split_once('\0')?;
+    (!provider.is_empty() && !tenant.is_empty()).then(|| (provider.to_owned(), tenant.to_owned()))
 }
 
 impl Vault {
@@ -47,11 +82,19 @@ impl Vault {
         let page_size = req.page_size.clamp(1, MAX_PAGE_SIZE);
         // One row more than a page: a full page then knows whether anything follows it.
         let batch = page_size + 1;
+        let keyring = &self.inner.keyring;
+        let after = match &req.page_token {
+            None => None,
+            Some(token) => Some(
+                open_page_token(keyring, token)
+                    .ok_or_else(|| VaultError::invalid("page_token", "is not a page token of this vault"))?,
+            ),
+        };
         let mut filter = ConnectionFilter {
             provider: req.provider,
             status: req.status.map(|s| s.as_str().to_owned()),
             tenant_prefix: req.tenant_prefix,
-            after: req.after,
+            after,
         };
         let mut connections = Vec::new();
         for _ in 0..MAX_BATCHES {
@@ -62,7 +105,7 @@ impl Vault {
                     // A row follows the full page.
                     return Ok(ConnectionPage {
                         connections,
-                        next_after: filter.after,
+                        next_page_token: filter.after.map(|at| seal_page_token(keyring, at)).transpose()?,
                     });
                 }
                 filter.after = Some((row.provider.clone(), row.tenant_id.clone()));
@@ -73,13 +116,37 @@ impl Vault {
             if exhausted {
                 return Ok(ConnectionPage {
                     connections,
-                    next_after: None,
+                    next_page_token: None,
                 });
             }
         }
         Ok(ConnectionPage {
             connections,
-            next_after: filter.after,
+            next_page_token: filter.after.map(|at| seal_page_token(keyring, at)).transpose()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Keyring;
+
+    #[test]
+    fn page_tokens_are_sealed_round_trip_and_garbage_or_another_keyring_is_refused() {
+        let keyring = SharedKeyring::new(Keyring::generate("a").0);
+        let token = seal_page_token(&keyring, ("understory".into(), "team-b-secret-tenant".into())).unwrap();
+        assert!(!token.contains("team"));
+        assert!(!String::from_utf8_lossy(&URL_SAFE_NO_PAD.decode(&token).unwrap()).contains("team-b"));
+        assert!(token.len() < MAX_PAGE_TOKEN_LEN);
+        assert_eq!(
+            open_page_token(&keyring, &token),
+            Some(("understory".into(), "team-b-secret-tenant".into()))
+        );
+        let other = SharedKeyring::new(Keyring::generate("b").0);
+        assert_eq!(open_page_token(&other, &token), None);
+        for bad in ["", "!!!", "bm90IGEgdG9rZW4", &"A".repeat(10_000)] {
+            assert_eq!(open_page_token(&keyring, bad), None, "{bad}");
+        }
     }
 }

@@ -627,3 +627,31 @@ async fn imports_keep_alives_and_disconnects_reach_a_watcher_on_another_replica(
     assert_eq!(summary(&next_event(&mut resumed).await).1, Kind::Disconnected);
     pool.close().await;
 }
+
+/// An ordinary refresh changes no status and writes no event, so it wakes no watcher: the
+/// notification comes from a row trigger, which an INSERT of no rows does not fire.
+#[tokio::test]
+async fn an_ordinary_refresh_notifies_nobody_and_an_event_does() {
+    let app = spawn_app_with(TestOptions {
+        access_ttl: 2,
+        ..Default::default()
+    })
+    .await;
+    app.connect_tenant("acme").await;
+    let mut listener = sqlx::postgres::PgListener::connect(app.database_url()).await.unwrap();
+    listener.listen("token_vault_connection_events").await.unwrap();
+    let first = app.get_token("acme").await.unwrap();
+    // Past half the token's two seconds: the next call refreshes.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let refreshed = app.get_token("acme").await.unwrap();
+    assert_ne!(refreshed.access_token, first.access_token, "the call refreshed");
+    assert!(
+        tokio::time::timeout(QUIET, listener.recv()).await.is_err(),
+        "a refresh without an event notified watchers"
+    );
+    app.connect_tenant("globex").await;
+    tokio::time::timeout(PATIENCE, listener.recv())
+        .await
+        .expect("an event notifies")
+        .unwrap();
+}

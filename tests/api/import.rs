@@ -373,3 +373,35 @@ tenants = ["migrated-*"]
         )]
     );
 }
+
+/// A connection whose refresh lease is held (a refresh in flight, perhaps an earlier import's
+/// validation presenting this very token) is not replaced under it: clearing the lease would
+/// let that refresh present the same token again after the import. The caller is told to retry.
+#[tokio::test]
+async fn an_import_never_replaces_a_connection_under_a_refresh_in_flight() {
+    let app = spawn_app().await;
+    app.connect_tenant("acme").await;
+    sqlx::query(
+        "UPDATE connections SET refresh_lease_holder = gen_random_uuid(), refresh_lease_until = now() + interval '1 minute'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let imported = app.provider.mint_refresh_token();
+    let err = call(
+        &app,
+        proto::ImportConnectionRequest {
+            replace_existing: true,
+            ..import("acme", &imported)
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_reason(&err, Code::Unavailable, "CONNECTION_BUSY");
+    assert_eq!(app.provider.stats().refresh_requests, 0, "nothing was presented");
+    let sources: Vec<String> = sqlx::query_scalar("SELECT source FROM refresh_tokens ORDER BY generation")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(sources, ["authorization_code"], "nothing was stored");
+}

@@ -458,3 +458,47 @@ async fn retention_purges_superseded_ciphertexts_outside_both_bounds_and_keeps_t
     kept.get_token("acme").await.expect("the current token still refreshes");
     assert_eq!(kept.provider.stats().refreshes_ok, 11);
 }
+
+/// Connections of a provider no longer configured can't be refreshed; they are never claimed,
+/// so however many there are, they don't take the keeper's pace from those it can keep alive.
+#[tokio::test]
+async fn connections_of_a_provider_no_longer_configured_do_not_starve_the_keeper() {
+    let app = spawn_app_with(TestOptions {
+        extra_toml: r#"
+[keepalive]
+interval = "200ms"
+max_per_second = 2
+claim_ttl = "5s"
+"#
+        .into(),
+        ..Default::default()
+    })
+    .await;
+    app.connect_tenant("acme").await;
+    // Long overdue connections of a provider that left the configuration, more than the
+    // keeper may start in the whole test.
+    sqlx::query(
+        "INSERT INTO connections (tenant_id, provider, status, scopes, generation, token_type, access_token,
+                                  access_token_issued_at, access_token_expires_at, authorized_at, keepalive_due_at)
+         SELECT 'gone-' || g, 'departed', 'active', '{}', 1, 'bearer', '\\x00', now(), now() + interval '1 hour',
+                now(), now() - interval '1 day'
+           FROM generate_series(1, 200) g",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    make_due(&app.pool, "acme").await;
+    wait_until(
+        Duration::from_secs(10),
+        "the configured connection kept alive",
+        || async { count_events(&app.pool, "refreshed_by_keepalive").await == 1 },
+    )
+    .await;
+    let claimed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM connections WHERE provider = 'departed' AND keepalive_claimed_until IS NOT NULL",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(claimed, 0, "no connection of the departed provider was claimed");
+}

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use token_vault::{
-    crypto::Keyring,
+    crypto::{Aad, Keyring, Purpose},
     keys::{key_usage, rewrap, RewrapOptions},
     proto::{self, ConnectionStatus, Revocation},
     store::{NewTokens, Store},
@@ -438,5 +438,86 @@ async fn a_kept_rotation_is_never_written_back_into_a_disconnected_connection() 
         .await
         .unwrap();
     assert!(!written);
+    assert_eq!(ciphertexts_left(&app, "acme").await, 0);
+}
+
+/// A writer that commits while the delete's lease statement waits for the row (here a new
+/// authorization's write, done by hand in a transaction held open) must not leave the delete
+/// revoking the refresh token that writer replaced while it wipes the new one unrevoked: the
+/// delete goes round again and revokes the newest.
+#[tokio::test]
+async fn a_delete_that_waits_for_a_concurrent_writer_revokes_what_that_writer_stored() {
+    let a = key_line("key-a");
+    let app = spawn_app_with(TestOptions {
+        extra_toml: format!("[encryption]\nkeyring = \"{a}\"\n"),
+        ..Default::default()
+    })
+    .await;
+    app.connect_tenant("acme").await;
+    let keyring = Keyring::parse(&a, None).unwrap();
+    let (id, generation): (i64, i64) =
+        sqlx::query_as("SELECT id, generation FROM connections WHERE tenant_id = 'acme'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let newer = generation + 1;
+    let new_refresh_token = app.provider.mint_refresh_token();
+    let seal = |purpose, plaintext: &[u8]| {
+        keyring
+            .seal(&Aad::for_generation(purpose, "acme", "understory", newer), plaintext)
+            .unwrap()
+    };
+    let mut writer = app.pool.begin().await.unwrap();
+    sqlx::query("UPDATE connections SET generation = $2, access_token = $3 WHERE id = $1")
+        .bind(id)
+        .bind(newer)
+        .bind(seal(Purpose::AccessToken, b"at-newer"))
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE refresh_tokens SET superseded_at = now() WHERE connection_id = $1 AND superseded_at IS NULL")
+        .bind(id)
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO refresh_tokens (connection_id, generation, token, source) VALUES ($1, $2, $3, 'authorization_code')",
+    )
+    .bind(id)
+    .bind(newer)
+    .bind(seal(Purpose::RefreshToken, new_refresh_token.as_bytes()))
+    .execute(&mut *writer)
+    .await
+    .unwrap();
+
+    let mut client = app.client.clone();
+    let delete = tokio::spawn(async move {
+        client
+            .delete_connection(proto::DeleteConnectionRequest {
+                tenant_id: "acme".into(),
+                ..Default::default()
+            })
+            .await
+    });
+    // The delete's lease statement reaches the row and waits for the writer's lock.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    writer.commit().await.unwrap();
+    let answer = delete.await.unwrap().unwrap().into_inner();
+
+    assert_eq!(answer.revocation(), Revocation::Revoked);
+    let revoked: Vec<String> = app
+        .provider
+        .state
+        .lock()
+        .unwrap()
+        .revocations
+        .iter()
+        .map(|r| r.form["token"].clone())
+        .collect();
+    assert_eq!(
+        revoked,
+        [new_refresh_token],
+        "the newest refresh token is the one revoked"
+    );
     assert_eq!(ciphertexts_left(&app, "acme").await, 0);
 }
