@@ -193,7 +193,8 @@ def check_set(name, values, docs):
     check("url" not in settings.get("database", {}), f"{name}: database.url must not be in the ConfigMap")
     check(set(settings.get("providers", {})) == {p["name"] for p in merged["providers"]}, f"{name}: providers")
     for pname, p in settings.get("providers", {}).items():
-        check("client_secret" not in p and "client_secret_file" in p, f"{name}: provider {pname} secret by file only")
+        by_file = ("client_secret_file" in p) != ("client_secret_files" in p)
+        check("client_secret" not in p and by_file, f"{name}: provider {pname} secret by file only")
     # [auth]: enforced, with callers that each have an identity, token hashes only; [tls] files
     # under the mounted Secret, plus the plaintext health listener the probes use.
     auth = settings.get("auth", {})
@@ -353,6 +354,8 @@ def run_binary(binary, name, settings_text, providers):
         for p in providers:
             (tmp / "providers" / p).mkdir(parents=True)
             (tmp / "providers" / p / "client-secret").write_text("check-deploy-not-a-secret\n")
+            # Read only where the provider has `client_secret.nextKey` (client_secret_files).
+            (tmp / "providers" / p / "client-secret-next").write_text("check-deploy-next-not-a-secret\n")
         (tmp / "keyring").mkdir()
         keys = [subprocess.run([binary, "keys", "generate", "--id", k], check=True, capture_output=True, text=True).stdout
                 for k in ("2026-11", "check-2")]

@@ -7,7 +7,7 @@
 //!     api                                  gRPC adapters, the auth layer, Status mapping
 //!       auth    vault                      who may call / the flows
 //!         audit   keys   oauth   store   crypto
-//!           config   connection_key   metrics   telemetry   proto     leaves
+//!           config   connection_key   metrics   reload   telemetry   proto     leaves
 //! ```
 //!
 //! Leaves import nothing above them (`crypto` and `store` use `connection_key`, a leaf too).
@@ -38,6 +38,7 @@ mod tests {
                 "metrics",
                 "oauth",
                 "proto",
+                "reload",
                 "store",
                 "telemetry",
                 "vault",
@@ -67,13 +68,15 @@ mod tests {
             &["config", "connection_key", "crypto", "metrics", "oauth", "store"],
         ),
         ("audit", &["config", "store"]),
-        ("keys", &["config", "crypto", "store"]),
+        ("keys", &["config", "crypto", "reload", "store"]),
         ("oauth", &["config", "metrics"]),
         ("store", &["connection_key"]),
         ("crypto", &["connection_key"]),
         ("connection_key", &[]),
         ("config", &[]),
         ("metrics", &[]),
+        // The poll-and-SIGHUP loop of file reloads (keyring, client secrets).
+        ("reload", &[]),
         ("telemetry", &["config"]),
         ("proto", &[]),
         // Test and fuzzing entry points only (not compiled into the service).

@@ -5,7 +5,7 @@
 use std::sync::{atomic::AtomicU64, Arc, Mutex, OnceLock};
 
 use opentelemetry::{
-    metrics::{Counter, Histogram, Meter},
+    metrics::{Counter, Gauge, Histogram, Meter},
     KeyValue,
 };
 
@@ -17,6 +17,15 @@ pub struct Metrics {
     pub provider_request_duration: Histogram<f64>,
     /// How long a refresh waited for another replica's lease.
     pub lease_wait_duration: Histogram<f64>,
+    /// Times a provider rejected the client secret in use (`invalid_client`) and another
+    /// configured secret worked, by `provider`: during a rotation, one per replica.
+    pub client_secret_switches: Counter<u64>,
+    /// Which configured client secret a provider's requests try first, by `provider`: its
+    /// position in `client_secret_files`, from 1.
+    pub client_secret_in_use: Gauge<u64>,
+    /// Re-reads of changed client-secret files by `provider` and `outcome` (`reloaded`,
+    /// `refused`: a file unreadable or empty, the secrets in place kept).
+    pub client_secret_reloads: Counter<u64>,
 }
 
 /// Counters of what refreshes did, kept by the vault's refresh tasks; exported by `observe` and
@@ -84,6 +93,23 @@ pub fn get() -> &'static Metrics {
                 .with_boundaries(vec![
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                 ])
+                .build(),
+            client_secret_switches: meter
+                .u64_counter("tokenvault.provider.client_secret_switches")
+                .with_unit("{switch}")
+                .with_description(
+                    "Times the client secret in use was rejected (invalid_client) and another configured one worked",
+                )
+                .build(),
+            client_secret_in_use: meter
+                .u64_gauge("tokenvault.provider.client_secret_in_use")
+                .with_unit("1")
+                .with_description("Position (from 1) of the configured client secret tried first")
+                .build(),
+            client_secret_reloads: meter
+                .u64_counter("tokenvault.provider.client_secret_reloads")
+                .with_unit("{reload}")
+                .with_description("Re-reads of changed client-secret files by outcome: reloaded, refused")
                 .build(),
         }
     })

@@ -50,6 +50,9 @@ pub struct Application {
     stop_background: CancellationToken,
     /// Swaps in a changed keyring file (None when the keyring is not from a file).
     keyring_reloader: Option<KeyringReloader>,
+    /// Every provider's client (clones share the client secrets), for re-reading their
+    /// client-secret files.
+    providers: Vec<ProviderClient>,
 }
 
 impl Application {
@@ -100,6 +103,7 @@ impl Application {
         let stop_background = CancellationToken::new();
         let keyring_reloader =
             KeyringReloader::new(&settings.encryption, keyring.clone(), loaded.file_digest, store.clone());
+        let provider_clients = providers.values().cloned().collect();
         let vault = Vault::new(&settings, store, keyring, providers, stop_background.clone());
         Ok(Self {
             listener,
@@ -110,6 +114,7 @@ impl Application {
             tls,
             stop_background,
             keyring_reloader,
+            providers: provider_clients,
         })
     }
 
@@ -194,6 +199,23 @@ impl Application {
                 reloader,
                 self.settings.keys.reload_interval,
                 background.clone(),
+            ));
+        }
+        for provider in &self.providers {
+            provider.announce_client_secret();
+        }
+        let from_files: Vec<ProviderClient> = std::mem::take(&mut self.providers)
+            .into_iter()
+            .filter(|p| !p.client_secrets().files().is_empty())
+            .collect();
+        if !from_files.is_empty() {
+            // The keyring's interval: one setting for "how soon a changed Secret is taken".
+            tokio::spawn(crate::reload::watch(
+                "the providers' client-secret files",
+                self.settings.keys.reload_interval,
+                background.clone(),
+                from_files,
+                check_client_secrets,
             ));
         }
         let connection_counts = Arc::new(Mutex::new(Vec::new()));
@@ -496,4 +518,14 @@ pub async fn probe_health(addr: &str) -> anyhow::Result<bool> {
         .context("health check")?
         .into_inner();
     Ok(answer.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+}
+
+// `&mut Vec`: the state `reload::watch` owns is the Vec itself.
+#[allow(clippy::ptr_arg)]
+fn check_client_secrets(providers: &mut Vec<ProviderClient>) -> BoxFuture<'_, ()> {
+    Box::pin(async move {
+        for provider in providers.iter() {
+            provider.reload_client_secrets();
+        }
+    })
 }

@@ -14,8 +14,10 @@ use figment::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+mod client_secrets;
 mod provider;
 
+pub use client_secrets::{ClientSecretError, ClientSecrets, SecretsReload};
 pub use provider::{is_valid_scope, AuthMethod, ProviderConfig, ProviderSettings};
 
 /// The defaults every deployment starts from; see `config/` for annotated examples.

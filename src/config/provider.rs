@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
-use super::{invalid, secret_setting, ConfigError};
+use super::{client_secrets::ClientSecrets, invalid, secret_setting, ConfigError};
 
 /// How the vault authenticates to the token endpoint (RFC 6749 §2.3.1). Hydra holds one per
 /// client and rejects the other with `invalid_client`, so it must match the registration.
@@ -26,7 +26,8 @@ pub struct ProviderConfig {
     pub authorization_endpoint: Url,
     pub token_endpoint: Url,
     pub client_id: String,
-    pub client_secret: SecretString,
+    /// One secret, or several while one is rotated; shared by every clone of this config.
+    pub client_secrets: ClientSecrets,
     pub auth_method: AuthMethod,
     pub audience: Option<String>,
     pub audience_parameter: String,
@@ -55,7 +56,7 @@ impl std::fmt::Debug for ProviderConfig {
             .field("authorization_endpoint", &self.authorization_endpoint.as_str())
             .field("token_endpoint", &self.token_endpoint.as_str())
             .field("client_id", &self.client_id)
-            .field("client_secret", &"[redacted]")
+            .field("client_secrets", &self.client_secrets)
             .field("auth_method", &self.auth_method)
             .field("audience", &self.audience)
             .field("pkce", &self.pkce)
@@ -90,6 +91,9 @@ pub struct ProviderSettings {
     pub client_secret: Option<SecretString>,
     /// A file holding the client secret (trailing whitespace ignored); wins over `client_secret`.
     pub client_secret_file: Option<PathBuf>,
+    /// Several files, each holding one client secret, tried in this order while the secret is
+    /// rotated (docs/keys.md); re-read like the keyring file. Instead of `client_secret_file`.
+    pub client_secret_files: Option<Vec<PathBuf>>,
     pub auth_method: Option<AuthMethod>,
     pub audience: Option<String>,
     /// The authorization parameter that carries `audience`: `audience` (Hydra) or `resource`
@@ -144,6 +148,40 @@ fn understory_preset() -> ProviderSettings {
 }
 
 impl ProviderSettings {
+    /// The client secret(s): from `client_secret_files` or `client_secret_file` (which exclude
+    /// each other: which was meant would be a guess), else `client_secret`. Every file must hold
+    /// a secret, or the vault does not start.
+    fn client_secrets(&self, name: &str) -> Result<ClientSecrets, ConfigError> {
+        let field = |f: &str| format!("providers.{name}.{f}");
+        let files = match (&self.client_secret_files, &self.client_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    field("client_secret_files"),
+                    "and client_secret_file exclude each other: list every file in client_secret_files",
+                ))
+            }
+            (Some(files), None) if files.is_empty() => {
+                return Err(invalid(field("client_secret_files"), "must name at least one file"))
+            }
+            (Some(files), None) => Some((files.clone(), "client_secret_files")),
+            (None, Some(file)) => Some((vec![file.clone()], "client_secret_file")),
+            (None, None) => None,
+        };
+        match (files, &self.client_secret) {
+            (Some((files, setting)), _) => {
+                ClientSecrets::load(files).map_err(|e| invalid(field(setting), e.to_string()))
+            }
+            (None, Some(secret)) if secret.expose_secret().is_empty() => {
+                Err(invalid(field("client_secret"), "must not be empty"))
+            }
+            (None, Some(secret)) => Ok(ClientSecrets::inline(secret.clone())),
+            (None, None) => Err(invalid(
+                field("client_secret"),
+                "must be set (or client_secret_file, or client_secret_files)",
+            )),
+        }
+    }
+
     /// Applies the preset (explicit settings win) and checks every field.
     pub fn resolve(&self, name: &str) -> Result<ProviderConfig, ConfigError> {
         let field = |f: &str| format!("providers.{name}.{f}");
@@ -191,22 +229,7 @@ impl ProviderSettings {
             .clone()
             .filter(|id| !id.is_empty())
             .ok_or_else(|| invalid(field("client_id"), "must be set"))?;
-        let client_secret = match (&self.client_secret_file, &self.client_secret) {
-            (Some(path), _) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    invalid(
-                        field("client_secret_file"),
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                SecretString::from(text.trim_end().to_owned())
-            }
-            (None, Some(secret)) => secret.clone(),
-            (None, None) => return Err(invalid(field("client_secret"), "must be set (or client_secret_file)")),
-        };
-        if client_secret.expose_secret().is_empty() {
-            return Err(invalid(field("client_secret"), "must not be empty"));
-        }
+        let client_secrets = self.client_secrets(name)?;
         let redirect_uris = self.redirect_uris.clone();
         if redirect_uris.is_empty() {
             return Err(invalid(field("redirect_uris"), "register at least one redirect URI"));
@@ -270,7 +293,7 @@ impl ProviderSettings {
             authorization_endpoint,
             token_endpoint,
             client_id,
-            client_secret,
+            client_secrets,
             auth_method: self
                 .auth_method
                 .or(preset.auth_method)
@@ -342,5 +365,72 @@ mod tests {
             p.revocation_endpoint.unwrap().as_str(),
             "http://127.0.0.1:9/oauth2/revoke"
         );
+    }
+
+    /// `client_secret_files` from TOML: every file read in order; an empty list, an empty or
+    /// missing file, or both file settings at once stop start-up, naming the setting.
+    #[test]
+    fn several_client_secret_files_parse_in_order() {
+        let dir = std::env::temp_dir().join(format!("token-vault-provider-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("client-secret"), "old-secret\n").unwrap();
+        std::fs::write(dir.join("client-secret-next"), "new-secret").unwrap();
+        std::fs::write(dir.join("empty"), "\n").unwrap();
+        let d = dir.display();
+        let parse = |extra: &str| -> Result<ProviderConfig, ConfigError> {
+            let toml = format!(
+                "preset = \"understory\"\nclient_id = \"id\"\nredirect_uris = [\"https://app.test/cb\"]\n{extra}"
+            );
+            use figment::providers::Format;
+            let settings: ProviderSettings = figment::Figment::from(figment::providers::Toml::string(&toml))
+                .extract()
+                .unwrap();
+            settings.resolve("understory")
+        };
+        let p = parse(&format!(
+            "client_secret_files = [\"{d}/client-secret\", \"{d}/client-secret-next\"]"
+        ))
+        .unwrap();
+        let (set, first) = p.client_secrets.current();
+        assert_eq!(
+            set.iter().map(|s| s.expose_secret()).collect::<Vec<_>>(),
+            ["old-secret", "new-secret"]
+        );
+        assert_eq!(first, 0);
+        assert_eq!(p.client_secrets.files().len(), 2);
+        assert!(!format!("{p:?}").contains("old-secret"));
+
+        let p = parse(&format!("client_secret_file = \"{d}/client-secret\"")).unwrap();
+        assert_eq!(p.client_secrets.current().0.len(), 1);
+        let p = parse("client_secret = \"inline\"").unwrap();
+        assert!(p.client_secrets.files().is_empty());
+
+        for (extra, field) in [
+            ("client_secret_files = []".to_owned(), "client_secret_files"),
+            (
+                format!("client_secret_files = [\"{d}/client-secret\", \"{d}/empty\"]"),
+                "client_secret_files",
+            ),
+            (
+                format!("client_secret_files = [\"{d}/missing\"]"),
+                "client_secret_files",
+            ),
+            (
+                format!("client_secret_files = [\"{d}/client-secret\"]\nclient_secret_file = \"{d}/client-secret\""),
+                "client_secret_files",
+            ),
+            (format!("client_secret_file = \"{d}/empty\""), "client_secret_file"),
+            ("client_secret = \"\"".to_owned(), "client_secret"),
+            (String::new(), "client_secret"),
+        ] {
+            match parse(&extra) {
+                Err(ConfigError::Invalid { field: f, problem }) => {
+                    assert_eq!(f, format!("providers.understory.{field}"), "{extra}");
+                    assert!(!problem.contains("old-secret"), "{problem}");
+                }
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,10 +1,9 @@
 //! Reloading the keyring file while the vault runs, so a key added to a Kubernetes secret is
 //! picked up without a restart.
 //!
-//! Why polling (plus SIGHUP): Kubernetes updates a mounted secret by swapping a symlink, and
-//! nothing signals the process; a SIGHUP needs a sidecar or an operator. So the file is read
-//! every `keys.reload_interval` and compared by content (a SHA-256 of the bytes, not the
-//! mtime, which the symlink swap makes unreliable), and SIGHUP asks for a check at once.
+//! The file is read every `keys.reload_interval` and on SIGHUP (the loop is `crate::reload`'s,
+//! which says why polling) and compared by content: a SHA-256 of the bytes, not the mtime,
+//! which Kubernetes' symlink swap makes unreliable.
 //!
 //! A new keyring replaces the old one whole (see `SharedKeyring`), and only if it is safe:
 //! it parses, no key id changed its bytes, and every key it drops protects no stored value
@@ -17,6 +16,7 @@
 
 use std::{fmt, path::PathBuf, time::Duration};
 
+use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
@@ -172,15 +172,13 @@ impl KeyringReloader {
 }
 
 /// Checks the keyring file every `every` (never, if zero) and on SIGHUP, until `stop`.
-pub async fn watch_keyring(mut reloader: KeyringReloader, every: Duration, stop: CancellationToken) {
-    let mut hangup = hangup_signal();
-    tracing::info!(path = %reloader.path.display(), ?every, "watching the keyring file for changes (and SIGHUP)");
-    loop {
-        tokio::select! {
-            _ = tick(every) => {}
-            Some(()) = next_hangup(&mut hangup) => tracing::info!("SIGHUP: checking the keyring file"),
-            _ = stop.cancelled() => return,
-        }
+pub async fn watch_keyring(reloader: KeyringReloader, every: Duration, stop: CancellationToken) {
+    tracing::info!(path = %reloader.path.display(), "the keyring file is re-read while the vault runs");
+    crate::reload::watch("the keyring file", every, stop, reloader, check_keyring).await;
+}
+
+fn check_keyring(reloader: &mut KeyringReloader) -> BoxFuture<'_, ()> {
+    Box::pin(async move {
         match reloader.check().await {
             Ok(Reload::Unchanged) => {}
             Ok(Reload::Replaced {
@@ -199,41 +197,5 @@ pub async fn watch_keyring(mut reloader: KeyringReloader, every: Duration, stop:
                 tracing::error!(error = %e, path = %reloader.path.display(), "KEYRING RELOAD REFUSED: the vault keeps its current keyring")
             }
         }
-    }
-}
-
-async fn tick(every: Duration) {
-    if every.is_zero() {
-        std::future::pending::<()>().await;
-    }
-    tokio::time::sleep(every).await;
-}
-
-#[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangup = Option<()>;
-
-#[cfg(unix)]
-fn hangup_signal() -> Hangup {
-    use tokio::signal::unix::{signal, SignalKind};
-    signal(SignalKind::hangup())
-        .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP; the keyring file is only polled"))
-        .ok()
-}
-
-#[cfg(not(unix))]
-fn hangup_signal() -> Hangup {
-    None
-}
-
-/// The next SIGHUP; never resolves when there is no signal stream.
-async fn next_hangup(hangup: &mut Hangup) -> Option<()> {
-    #[cfg(unix)]
-    if let Some(signal) = hangup {
-        return signal.recv().await;
-    }
-    #[cfg(not(unix))]
-    let _ = hangup;
-    std::future::pending().await
+    })
 }

@@ -126,7 +126,15 @@ impl ProviderClient {
     async fn token_request(&self, form: Vec<(&str, &str)>) -> Result<TokenResponse, TokenError> {
         let grant_type = form.first().map(|(_, v)| v.to_string()).unwrap_or_default();
         let started = std::time::Instant::now();
-        let result = self.send_token_request(form).await;
+        let result = self
+            .with_client_secrets(
+                |secret| {
+                    let form = form.clone();
+                    async move { self.send_token_request(&secret, form).await }
+                },
+                |result| matches!(result, Err(TokenError::ClientRejected(e)) if e.error == "invalid_client"),
+            )
+            .await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(TokenError::InvalidGrant(_)) => "invalid_grant",
@@ -152,30 +160,36 @@ impl ProviderClient {
     /// A form POST to one of the provider's endpoints, with the client authentication the
     /// provider is configured for: the token endpoint's, which RFC 7009 §2.1 asks of the
     /// revocation endpoint too.
+    /// `secret` is one of the configured client secrets (see `with_client_secrets`).
     pub(super) fn authenticated_post<'f>(
         &'f self,
         endpoint: &url::Url,
         mut form: Vec<(&'f str, &'f str)>,
+        secret: &'f SecretString,
     ) -> reqwest::RequestBuilder {
         let config = &*self.config;
         let mut request = self.http.post(endpoint.clone()).header("accept", "application/json");
         match config.auth_method {
             AuthMethod::ClientSecretPost => {
                 form.push(("client_id", &config.client_id));
-                form.push(("client_secret", config.client_secret.expose_secret()));
+                form.push(("client_secret", secret.expose_secret()));
             }
             AuthMethod::ClientSecretBasic => {
                 // RFC 6749 §2.3.1: both parts are form-urlencoded before Basic encoding.
                 let id: String = byte_serialize(config.client_id.as_bytes()).collect();
-                let secret: String = byte_serialize(config.client_secret.expose_secret().as_bytes()).collect();
+                let secret: String = byte_serialize(secret.expose_secret().as_bytes()).collect();
                 request = request.basic_auth(id, Some(secret));
             }
         }
         request.form(&form)
     }
 
-    async fn send_token_request(&self, form: Vec<(&str, &str)>) -> Result<TokenResponse, TokenError> {
-        let request = self.authenticated_post(&self.config.token_endpoint, form);
+    async fn send_token_request(
+        &self,
+        secret: &SecretString,
+        form: Vec<(&str, &str)>,
+    ) -> Result<TokenResponse, TokenError> {
+        let request = self.authenticated_post(&self.config.token_endpoint, form, secret);
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status().as_u16();
         tracing::Span::current().record("http.response.status_code", i64::from(status));

@@ -8,6 +8,7 @@ mod error;
 mod pkce;
 mod provider;
 mod revoke;
+mod secrets;
 
 pub use callback::{
     CallbackOutcome, CallbackParams, CallbackUrlError, MAX_CALLBACK_URL_LEN, MAX_ERROR_DESCRIPTION_LEN, MAX_ERROR_LEN,

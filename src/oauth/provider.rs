@@ -83,7 +83,7 @@ mod tests {
             authorization_endpoint: Url::parse("https://auth.example/oauth2/auth").unwrap(),
             token_endpoint: Url::parse("https://auth.example/oauth2/token").unwrap(),
             client_id: "client id".into(),
-            client_secret: SecretString::from("s"),
+            client_secrets: crate::config::ClientSecrets::inline(SecretString::from("s")),
             auth_method: AuthMethod::ClientSecretPost,
             audience: Some("https://api.understory.io".into()),
             audience_parameter: "audience".into(),

@@ -75,7 +75,13 @@ impl ProviderClient {
     )]
     pub async fn revoke_refresh_token(&self, refresh_token: &SecretString) -> Option<Result<(), RevocationError>> {
         let endpoint = self.config().revocation_endpoint.as_ref()?;
-        let result = self.send_revocation(endpoint, refresh_token).await;
+        let result = self
+            .with_client_secrets(
+                |secret| async move { self.send_revocation(endpoint, refresh_token, &secret).await },
+                |(_, invalid_client)| *invalid_client,
+            )
+            .await
+            .0;
         if let Err(e) = &result {
             tracing::Span::current().record("error.type", e.reason());
             tracing::warn!(provider = %self.config().name, error = %e, "the provider did not revoke the refresh token");
@@ -83,28 +89,50 @@ impl ProviderClient {
         Some(result)
     }
 
-    async fn send_revocation(&self, endpoint: &url::Url, refresh_token: &SecretString) -> Result<(), RevocationError> {
+    /// One attempt with `secret`; `true` beside the error when the provider answered
+    /// `invalid_client`, which another configured secret may cure.
+    async fn send_revocation(
+        &self,
+        endpoint: &url::Url,
+        refresh_token: &SecretString,
+        secret: &SecretString,
+    ) -> (Result<(), RevocationError>, bool) {
+        let result = self.revocation_attempt(endpoint, refresh_token, secret).await;
+        let invalid_client = matches!(result, Err((RevocationError::ClientRejected, true)));
+        (result.map_err(|(e, _)| e), invalid_client)
+    }
+
+    async fn revocation_attempt(
+        &self,
+        endpoint: &url::Url,
+        refresh_token: &SecretString,
+        secret: &SecretString,
+    ) -> Result<(), (RevocationError, bool)> {
         let form = vec![
             ("token", refresh_token.expose_secret()),
             ("token_type_hint", "refresh_token"),
         ];
-        let mut response = self.authenticated_post(endpoint, form).send().await.map_err(|e| {
-            if e.is_timeout() {
-                RevocationError::Timeout
-            } else {
-                RevocationError::Unreachable
-            }
-        })?;
+        let mut response = self
+            .authenticated_post(endpoint, form, secret)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    (RevocationError::Timeout, false)
+                } else {
+                    (RevocationError::Unreachable, false)
+                }
+            })?;
         let status = response.status().as_u16();
         tracing::Span::current().record("http.response.status_code", i64::from(status));
         if (200..300).contains(&status) {
             return Ok(());
         }
         if status >= 500 {
-            return Err(RevocationError::ServerError(status));
+            return Err((RevocationError::ServerError(status), false));
         }
         if status == 429 {
-            return Err(RevocationError::RateLimited);
+            return Err((RevocationError::RateLimited, false));
         }
         // The error code, from a bounded read; a body that cannot be read says nothing more.
         let mut body = Vec::new();
@@ -116,10 +144,11 @@ impl ProviderClient {
         }
         let error = serde_json::from_slice::<ErrorBody>(&body).ok().map(|b| b.error);
         Err(match error.as_deref() {
-            Some("unsupported_token_type") => RevocationError::UnsupportedTokenType,
-            Some("invalid_client" | "unauthorized_client") => RevocationError::ClientRejected,
-            _ if status == 401 => RevocationError::ClientRejected,
-            _ => RevocationError::Rejected(status),
+            Some("unsupported_token_type") => (RevocationError::UnsupportedTokenType, false),
+            Some("invalid_client") => (RevocationError::ClientRejected, true),
+            Some("unauthorized_client") => (RevocationError::ClientRejected, false),
+            _ if status == 401 => (RevocationError::ClientRejected, false),
+            _ => (RevocationError::Rejected(status), false),
         })
     }
 }

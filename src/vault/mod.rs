@@ -221,6 +221,11 @@ impl Vault {
         self.provider_named(key.provider().as_str())
     }
 
+    /// The client of a configured provider, by name (its client secrets, for status and tests).
+    pub fn provider_client(&self, name: &str) -> Option<&ProviderClient> {
+        self.inner.providers.get(name).map(|(_, client)| client)
+    }
+
     fn provider_named(&self, name: &str) -> Result<&ProviderClient, VaultError> {
         self.inner
             .providers

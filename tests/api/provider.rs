@@ -394,6 +394,12 @@ impl ScriptedProvider {
         self.state.lock().unwrap().faults.push_back(fault);
     }
 
+    /// The client secret the provider accepts from now on, as when an operator changes it at
+    /// Hydra: the previous one is rejected with `invalid_client` at once.
+    pub fn set_client_secret(&self, secret: &str) {
+        self.state.lock().unwrap().client_secret = secret.into();
+    }
+
     pub fn set_access_ttl(&self, secs: u64) {
         self.state.lock().unwrap().access_ttl = secs;
     }

@@ -20,7 +20,28 @@ use crate::{
 
 /// Collects everything the global subscriber writes.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Installs a global subscriber writing everything at `trace` here. Once per process:
+    /// nextest runs each test in its own.
+    pub fn install() -> Self {
+        let captured = Captured::default();
+        tracing_subscriber::registry()
+            .with(EnvFilter::new("trace"))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(captured.clone())
+                    .with_ansi(false),
+            )
+            .init();
+        captured
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
 
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

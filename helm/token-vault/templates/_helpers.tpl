@@ -285,7 +285,11 @@ name = {{ .name | toJson }}
 {{- range .Values.providers }}
 
 [providers.{{ .name }}]
+{{- if .client_secret.nextKey }}
+client_secret_files = [{{ printf "%s/%s/client-secret" $providersDir .name | toJson }}, {{ printf "%s/%s/client-secret-next" $providersDir .name | toJson }}]
+{{- else }}
 client_secret_file = {{ printf "%s/%s/client-secret" $providersDir .name | toJson }}
+{{- end }}
 {{- range $k, $v := omit . "name" "client_secret" "extra_authorization_params" }}
 {{ $k }} = {{ include "token-vault.tomlScalar" (dict "value" $v "type" (get $providerTypes $k)) }}
 {{- end }}
@@ -323,6 +327,10 @@ extra_authorization_params = { {{- $first := true }}{{ range $k, $v := . }}{{ if
           items:
             - key: {{ .client_secret.key | default "client-secret" }}
               path: {{ .name }}/client-secret
+{{- if .client_secret.nextKey }}
+            - key: {{ .client_secret.nextKey }}
+              path: {{ .name }}/client-secret-next
+{{- end }}
 {{- end }}
 {{- end -}}
 
