@@ -97,7 +97,11 @@ impl Exposition {
             .values()
             .flat_map(|f| &f.samples)
             .filter(|s| s.name == series)
-            .filter(|s| matching.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+            .filter(|s| {
+                matching
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
             .map(|s| s.value)
             .sum()
     }
@@ -136,7 +140,10 @@ fn parse_sample(line: &str) -> Sample {
             if c == ',' {
                 continue;
             }
-            let eq = inner[start..].find('=').unwrap_or_else(|| panic!("label without =: {line:?}")) + start;
+            let eq = inner[start..]
+                .find('=')
+                .unwrap_or_else(|| panic!("label without =: {line:?}"))
+                + start;
             let key = &inner[start..eq];
             assert!(
                 key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
@@ -145,7 +152,11 @@ fn parse_sample(line: &str) -> Sample {
             while chars.peek().is_some_and(|(i, _)| *i <= eq) {
                 chars.next();
             }
-            assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "unquoted label value: {line:?}");
+            assert_eq!(
+                chars.next().map(|(_, c)| c),
+                Some('"'),
+                "unquoted label value: {line:?}"
+            );
             let mut value = String::new();
             loop {
                 match chars.next().map(|(_, c)| c) {
@@ -160,7 +171,10 @@ fn parse_sample(line: &str) -> Sample {
                     None => panic!("unterminated label value: {line:?}"),
                 }
             }
-            assert!(labels.insert(key.to_owned(), value).is_none(), "repeated label: {line:?}");
+            assert!(
+                labels.insert(key.to_owned(), value).is_none(),
+                "repeated label: {line:?}"
+            );
         }
     }
     let mut fields = rest.split_whitespace();
@@ -293,7 +307,10 @@ async fn metrics_are_scraped_in_the_prometheus_format_with_the_otlp_instruments_
     assert_eq!(after.sum(requests, &[("rejected_token", "true")]), 1.0);
     assert_eq!(after.sum(requests, &[("outcome", "CONNECTION_NOT_FOUND")]), 1.0);
 
-    assert_eq!(after.sum("tokenvault_refreshes_total", &[("outcome", "succeeded")]), 1.0);
+    assert_eq!(
+        after.sum("tokenvault_refreshes_total", &[("outcome", "succeeded")]),
+        1.0
+    );
     assert_eq!(after.sum("tokenvault_refreshes_total", &[("outcome", "failed")]), 0.0);
     assert_eq!(after.sum("tokenvault_refresh_provider_requests_total", &[]), 1.0);
     assert_eq!(after.sum("tokenvault_refresh_unsaved_rotation_retries_total", &[]), 0.0);
@@ -309,7 +326,11 @@ async fn metrics_are_scraped_in_the_prometheus_format_with_the_otlp_instruments_
 
     let latency = "tokenvault_provider_request_duration_seconds";
     for grant_type in ["authorization_code", "refresh_token"] {
-        let labels = [("provider", "understory"), ("grant_type", grant_type), ("outcome", "ok")];
+        let labels = [
+            ("provider", "understory"),
+            ("grant_type", grant_type),
+            ("outcome", "ok"),
+        ];
         assert_eq!(after.sum(&format!("{latency}_count"), &labels), 1.0, "{grant_type}");
         // Cumulative buckets up to +Inf, which holds every request.
         let inf = [labels.as_slice(), &[("le", "+Inf")]].concat();
@@ -318,18 +339,30 @@ async fn metrics_are_scraped_in_the_prometheus_format_with_the_otlp_instruments_
     let buckets: Vec<f64> = after.families[latency]
         .samples
         .iter()
-        .filter(|s| s.name.ends_with("_bucket") && s.labels.get("grant_type").map(String::as_str) == Some("refresh_token"))
+        .filter(|s| {
+            s.name.ends_with("_bucket") && s.labels.get("grant_type").map(String::as_str) == Some("refresh_token")
+        })
         .map(|s| s.value)
         .collect();
-    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "buckets are cumulative: {buckets:?}");
+    assert!(
+        buckets.windows(2).all(|w| w[0] <= w[1]),
+        "buckets are cumulative: {buckets:?}"
+    );
     assert_eq!(after.sum("tokenvault_connections", &[("status", "active")]), 1.0);
 
     // No tenant id, token or client secret in any label.
     for sample in after.families.values().flat_map(|f| &f.samples) {
         for value in sample.labels.values() {
-            assert!(!value.contains("acme") && !value.contains("nobody"), "a tenant id as a label: {sample:?}");
+            assert!(
+                !value.contains("acme") && !value.contains("nobody"),
+                "a tenant id as a label: {sample:?}"
+            );
             for secret in app.provider.issued_secrets().iter().chain([&app.client_secret]) {
-                assert!(!value.contains(secret.as_str()), "a secret in a label of {}", sample.name);
+                assert!(
+                    !value.contains(secret.as_str()),
+                    "a secret in a label of {}",
+                    sample.name
+                );
             }
         }
     }
@@ -362,7 +395,10 @@ fn identifiers(expr: &str) -> Vec<(usize, String)> {
                 }
             }
             '$' => {
-                while chars.peek().is_some_and(|(_, c)| c.is_ascii_alphanumeric() || *c == '_') {
+                while chars
+                    .peek()
+                    .is_some_and(|(_, c)| c.is_ascii_alphanumeric() || *c == '_')
+                {
                     chars.next();
                 }
             }
@@ -385,7 +421,15 @@ fn identifiers(expr: &str) -> Vec<(usize, String)> {
 }
 
 /// Labels a Prometheus scrape adds to every series of a target (the vault does not export them).
-const TARGET_LABELS: &[&str] = &["namespace", "pod", "job", "instance", "service", "container", "endpoint"];
+const TARGET_LABELS: &[&str] = &[
+    "namespace",
+    "pod",
+    "job",
+    "instance",
+    "service",
+    "container",
+    "endpoint",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_names_series_and_labels_the_vault_exports() {
@@ -393,7 +437,10 @@ async fn every_dashboard_query_names_series_and_labels_the_vault_exports() {
     let scraped = exercise(&app).await;
     let series = scraped.series();
 
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/token-vault/dashboards/token-vault.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/helm/token-vault/dashboards/token-vault.json"
+    );
     let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut queries = Vec::new();
     collect_queries(&dashboard, &mut queries);
@@ -408,9 +455,12 @@ async fn every_dashboard_query_names_series_and_labels_the_vault_exports() {
         assert!(!names.is_empty(), "a query that names no vault metric: {query}");
         let mut labels_available: BTreeSet<&str> = TARGET_LABELS.iter().copied().collect();
         for (_, name) in &names {
-            let labels = series
-                .get(name.as_str())
-                .unwrap_or_else(|| panic!("{name} (in {query}) is not exported; the scrape has {:?}", series.keys()));
+            let labels = series.get(name.as_str()).unwrap_or_else(|| {
+                panic!(
+                    "{name} (in {query}) is not exported; the scrape has {:?}",
+                    series.keys()
+                )
+            });
             labels_available.extend(labels.iter().copied());
             charted.insert(name.clone());
         }
@@ -442,9 +492,9 @@ fn label_names(query: &str) -> Vec<String> {
     let mut labels = Vec::new();
     for (k, (end, id)) in ids.iter().enumerate() {
         let after = query[*end..].trim_start();
-        if after.starts_with("=~") || after.starts_with("!=") || after.starts_with("!~") {
-            labels.push(id.clone());
-        } else if after.starts_with('=') && !after.starts_with("==") {
+        let matcher = ["=~", "!=", "!~"].iter().any(|op| after.starts_with(op))
+            || (after.starts_with('=') && !after.starts_with("=="));
+        if matcher {
             labels.push(id.clone());
         } else if (id == "by" || id == "without") && after.starts_with('(') {
             let close = after.find(')').expect("a closed grouping");
