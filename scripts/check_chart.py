@@ -4,6 +4,7 @@ checks that each invalid value set is refused. Writes manifests for kubernetes-v
 Run by scripts/check-deploy inside its venv (helm-python-sdk), with OUT, CHART, KUBE_VERSIONS
 and TOKEN_VAULT_BIN in the environment; not meant to be run on its own."""
 import copy
+import json
 import os
 import pathlib
 import re
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import time
 import tomllib
+import urllib.request
 
 import helm_python as helm
 import yaml
@@ -181,7 +183,7 @@ def check_set(name, values, docs):
         check(not jobs, f"{name}: no migration Job")
 
     # settings.toml: parses, has only the vault's tables, and the copies agree.
-    tomls = {c["metadata"]["name"]: c["data"]["settings.toml"] for c in docs["ConfigMap"]}
+    tomls = {c["metadata"]["name"]: c["data"]["settings.toml"] for c in docs["ConfigMap"] if "settings.toml" in c["data"]}
     check(len(set(tomls.values())) == 1, f"{name}: the hook ConfigMap's settings.toml differs from the server's")
     settings = {}
     try:
@@ -281,6 +283,31 @@ def check_set(name, values, docs):
         check(selects(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"]), f"{name}: ServiceMonitor selector misses the Service")
         for ep in sm["spec"]["endpoints"]:
             check(ep["port"] in sports, f"{name}: ServiceMonitor port {ep['port']} is not a Service port")
+    # Prometheus: with metrics.enabled the vault serves /metrics on the container's `metrics` port
+    # (telemetry.metrics_listen), the Service exposes it, and the ServiceMonitor scrapes it there.
+    metrics_on = merged["metrics"]["enabled"]
+    ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    listen = settings.get("telemetry", {}).get("metrics_listen", "")
+    if metrics_on:
+        check(ports.get("metrics") == merged["metrics"]["port"], f"{name}: container port metrics")
+        check(listen.endswith(f":{merged['metrics']['port']}"), f"{name}: telemetry.metrics_listen must be on metrics.port, not {listen!r}")
+        check(sports.get("metrics", {}).get("targetPort") == "metrics", f"{name}: the Service exposes the metrics port")
+    else:
+        check(not listen and "metrics" not in ports and "metrics" not in sports, f"{name}: without metrics.enabled, no metrics port or listener")
+    for sm in docs.get("ServiceMonitor", []):
+        for ep in sm["spec"]["endpoints"]:
+            check(ep["port"] == "metrics" and ep.get("path") == "/metrics", f"{name}: the ServiceMonitor scrapes metrics:/metrics")
+    for np in nps:
+        if metrics_on and merged["networkPolicy"]["ingress"]["metricsFrom"]:
+            check(any("metrics" in {pt["port"] for pt in r.get("ports", [])} and r.get("from") == merged["networkPolicy"]["ingress"]["metricsFrom"]
+                      for r in np["spec"].get("ingress", [])), f"{name}: the NetworkPolicy admits metricsFrom to the metrics port")
+    # The Grafana dashboard: the chart's JSON, verbatim, labelled for the sidecar.
+    dashboards = [c for c in docs.get("ConfigMap", []) if "token-vault.json" in c["data"]]
+    check(len(dashboards) == (1 if merged["dashboard"]["enabled"] else 0), f"{name}: dashboard ConfigMap count {len(dashboards)}")
+    for cm in dashboards:
+        shipped = (pathlib.Path(CHART) / "dashboards/token-vault.json").read_text()
+        check(json.loads(cm["data"]["token-vault.json"]) == json.loads(shipped), f"{name}: the dashboard ConfigMap carries dashboards/token-vault.json")
+        check(selects(merged["dashboard"]["labels"], cm["metadata"]["labels"]), f"{name}: the dashboard ConfigMap lacks the sidecar's labels")
     if merged["tls"]["enabled"]:
         mounts = {m["name"]: m for m in server["volumeMounts"]}
         check("tls" in mounts and mounts["tls"]["mountPath"] == merged["tls"]["mountPath"], f"{name}: TLS material mounted")
@@ -344,6 +371,10 @@ def run_binary(binary, name, settings_text, providers):
         text = settings_text.replace("/etc/token-vault/", f"{tmp}/")
         text = re.sub(r'(?m)^listen = .*$', f'listen = "127.0.0.1:{port}"', text)
         tls = tomllib.loads(text).get("tls", {})
+        metrics_port = None
+        if tomllib.loads(text).get("telemetry", {}).get("metrics_listen"):
+            metrics_port = free_port()
+            text = re.sub(r'(?m)^metrics_listen = .*$', f'metrics_listen = "127.0.0.1:{metrics_port}"', text)
         health_port, work = port, None
         if tls:
             health_port = free_port()
@@ -397,6 +428,15 @@ def run_binary(binary, name, settings_text, providers):
                     check(alpn == "h2", f"{name}: the TLS listener negotiated {alpn!r}, not h2")
                 except (OSError, ValueError) as e:
                     fail(f"{name}: TLS handshake with the gRPC port failed: {e}")
+            if metrics_port:
+                # A scrape, as Prometheus makes it: the text format, the vault's instruments.
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+                        body, ctype = r.read().decode(), r.headers.get("Content-Type", "")
+                    check(ctype.startswith("text/plain; version=0.0.4") and "# TYPE tokenvault_refreshes_total counter" in body,
+                          f"{name}: GET /metrics did not answer the vault's metrics in the text format ({ctype}): {body[:300]}")
+                except OSError as e:
+                    fail(f"{name}: GET /metrics on the metrics port failed: {e}")
             proc.send_signal(signal.SIGTERM)
             check(proc.wait(timeout=30) == 0, f"{name}: token-vault serve did not stop cleanly on SIGTERM")
             # The vault's own account of its callers (startup.rs, log_security_posture).
@@ -422,7 +462,7 @@ def run_binary(binary, name, settings_text, providers):
               f"{name}: `migrate` must accept the settings without a keyring or TLS files: {mig.stderr.strip()[-500:]}")
         if len(failures) == before:
             how = (f"TLS{' + client certificate' if 'client_ca_file' in tls else ''} handshake ok, health NOT_SERVING on the plaintext probe port"
-                   if tls else "plaintext, health NOT_SERVING")
+                   if tls else "plaintext, health NOT_SERVING") + (", /metrics scraped" if metrics_port else "")
             print(f"  ok   {name}: token-vault serve started with {len(tomllib.loads(text)['auth'].get('callers', []))} caller(s) ({how}, no database), "
                   "stopped on SIGTERM; migrate needs no keyring or TLS files")
     finally:
@@ -486,7 +526,7 @@ for path in good:
     settings = check_set(name, values, docs)
     print(f"  ok   rendered {sum(map(len, docs.values()))} objects: {', '.join(sorted(docs))}")
     if binary and settings:
-        cm = docs["ConfigMap"][0]["data"]["settings.toml"]
+        cm = next(c["data"]["settings.toml"] for c in docs["ConfigMap"] if "settings.toml" in c["data"])
         run_binary(binary, name, cm, [p["name"] for p in CHART_OBJ.merge_values(values)["providers"]])
     stats["sets"] += 1
 

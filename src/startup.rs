@@ -44,6 +44,8 @@ pub struct Application {
     auth: Arc<Authenticator>,
     /// Health alone, in plaintext, for kubelet probes when the main listener is TLS.
     health_listener: Option<TcpListener>,
+    /// `GET /metrics` for Prometheus, in plaintext HTTP/1.1, when `telemetry.metrics_listen` is set.
+    metrics_listener: Option<TcpListener>,
     /// The listener's TLS, from `tls`; None serves plaintext.
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Fired once serving has stopped; ends refresh-store retries and background tasks.
@@ -100,6 +102,25 @@ impl Application {
             ),
             None => None,
         };
+        let metrics_listener = match settings.telemetry.metrics_listen {
+            Some(addr) => {
+                // The registry is filled by the meter provider's Prometheus reader, which
+                // `telemetry::init` installs from the same setting: without it the endpoint
+                // would serve nothing, so say so now rather than at the first scrape.
+                if crate::telemetry::prometheus_registry().is_none() {
+                    anyhow::bail!(
+                        "telemetry.metrics_listen is set but telemetry was initialised without it \
+                         (telemetry::init must see the same settings)"
+                    );
+                }
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("binding {addr} (telemetry.metrics_listen)"))?,
+                )
+            }
+            None => None,
+        };
         let stop_background = CancellationToken::new();
         let keyring_reloader =
             KeyringReloader::new(&settings.encryption, keyring.clone(), loaded.file_digest, store.clone());
@@ -111,6 +132,7 @@ impl Application {
             settings,
             auth,
             health_listener,
+            metrics_listener,
             tls,
             stop_background,
             keyring_reloader,
@@ -125,6 +147,11 @@ impl Application {
     /// Where health is served in plaintext beside a TLS listener, if configured.
     pub fn plaintext_health_addr(&self) -> Option<SocketAddr> {
         self.health_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Where `GET /metrics` is served, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn vault(&self) -> &Vault {
@@ -227,6 +254,16 @@ impl Application {
             background.clone(),
         ));
 
+        if let (Some(metrics_listener), Some(registry)) =
+            (self.metrics_listener.take(), crate::telemetry::prometheus_registry())
+        {
+            if let Ok(addr) = metrics_listener.local_addr() {
+                tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+            }
+            let render: listener::Render = Arc::new(move || crate::telemetry::encode_prometheus(&registry));
+            // Scrapes go on through the drain (they show it) and end with the background work.
+            tokio::spawn(listener::serve_metrics(metrics_listener, render, background.clone()));
+        }
         let accept_limits = listener::accept_limits(&self.settings.server);
         if let Some(health_listener) = self.health_listener.take() {
             let health = listener::builder(&self.settings.server).add_service(health_service.clone());

@@ -1,12 +1,14 @@
 //! Logs, traces and metrics. Logs go to standard output through `tracing` (JSON lines in
 //! containers, readable text at a terminal). When `telemetry.otlp_endpoint` is set, spans and
-//! metrics are also exported over OTLP/gRPC; the returned guard flushes them on exit.
+//! metrics are also exported over OTLP/gRPC; the returned guard flushes them on exit. When
+//! `telemetry.metrics_listen` is set, the same metrics are also read for Prometheus, at each
+//! scrape, into the registry that [`prometheus_registry`] returns (served by `startup`).
 //!
 //! Span names and attributes follow the OpenTelemetry semantic conventions: one server span
 //! per RPC (`rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`) continuing the
 //! caller's W3C trace context, with child spans for the provider call and database work.
 
-use std::io::IsTerminal;
+use std::{io::IsTerminal, sync::OnceLock};
 
 use opentelemetry::{propagation::Extractor, trace::TracerProvider as _, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
@@ -16,6 +18,27 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{filter::Targets, fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
 
 use crate::config::{LogFormat, LogSettings, TelemetrySettings};
+
+/// The Prometheus exporter's registry, one per process like the global meter provider it reads.
+static PROMETHEUS_REGISTRY: OnceLock<prometheus::Registry> = OnceLock::new();
+
+/// What `/metrics` serves: the registry that `init` filled with the Prometheus reader, if
+/// `telemetry.metrics_listen` was set.
+pub fn prometheus_registry() -> Option<prometheus::Registry> {
+    PROMETHEUS_REGISTRY.get().cloned()
+}
+
+/// The registry's metrics in the Prometheus text exposition format (0.0.4), and its content type.
+/// Gathering runs the observable instruments' callbacks, which only read counters.
+pub fn encode_prometheus(registry: &prometheus::Registry) -> Result<(Vec<u8>, &'static str), String> {
+    use prometheus::Encoder as _;
+    let encoder = prometheus::TextEncoder::new();
+    let mut body = Vec::new();
+    encoder
+        .encode(&registry.gather(), &mut body)
+        .map_err(|e| e.to_string())?;
+    Ok((body, prometheus::TEXT_FORMAT))
+}
 
 /// Keeps the exporters alive; dropping it flushes what is buffered.
 #[must_use = "dropping the guard stops telemetry export"]
@@ -45,7 +68,8 @@ pub struct TelemetryError {
 }
 
 /// Installs the global subscriber (and, with an OTLP endpoint, the global tracer and meter
-/// providers and the W3C propagator). Must run inside a Tokio runtime when exporting.
+/// providers and the W3C propagator; with `metrics_listen`, the meter provider and the registry
+/// that [`prometheus_registry`] returns). Must run inside a Tokio runtime when exporting.
 /// `RUST_LOG`, when set, wins over the configured log level; it does not filter exported spans.
 pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
@@ -64,13 +88,54 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<Telemetr
         tracer_provider: None,
         meter_provider: None,
     };
+    let resource = Resource::builder()
+        .with_service_name(telemetry.service_name.clone())
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    // One meter provider with a reader per destination, so that OTLP and Prometheus see the same
+    // instruments, attributes and units: whichever is configured, or both.
+    let mut meters = SdkMeterProvider::builder().with_resource(resource.clone());
+    let mut any_reader = false;
+    if let Some(endpoint) = &telemetry.otlp_endpoint {
+        let metrics = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.clone())
+            .build()
+            .map_err(|e| TelemetryError {
+                what: "metrics",
+                message: e.to_string(),
+            })?;
+        let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(metrics)
+            .with_interval(telemetry.metrics_interval)
+            .build();
+        meters = meters.with_reader(reader);
+        any_reader = true;
+    }
+    if telemetry.metrics_listen.is_some() {
+        // Read at each scrape (cumulative, as Prometheus wants), into a registry of our own
+        // rather than the `prometheus` crate's process-wide default.
+        let registry = prometheus::Registry::new();
+        let reader = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .build()
+            .map_err(|e| TelemetryError {
+                what: "Prometheus metrics",
+                message: e.to_string(),
+            })?;
+        meters = meters.with_reader(reader);
+        any_reader = true;
+        // A second init (tests in one process) keeps the first registry; the process has one.
+        let _ = PROMETHEUS_REGISTRY.set(registry);
+    }
+    if any_reader {
+        let meter_provider = meters.build();
+        opentelemetry::global::set_meter_provider(meter_provider.clone());
+        guard.meter_provider = Some(meter_provider);
+    }
+
     let otel_layer = match &telemetry.otlp_endpoint {
         None => None,
         Some(endpoint) => {
-            let resource = Resource::builder()
-                .with_service_name(telemetry.service_name.clone())
-                .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-                .build();
             let spans = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(endpoint.clone())
@@ -81,31 +146,14 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<Telemetr
                 })?;
             let tracer_provider = SdkTracerProvider::builder()
                 .with_batch_exporter(spans)
-                .with_resource(resource.clone())
-                .build();
-            let metrics = opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint.clone())
-                .build()
-                .map_err(|e| TelemetryError {
-                    what: "metrics",
-                    message: e.to_string(),
-                })?;
-            let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(metrics)
-                .with_interval(telemetry.metrics_interval)
-                .build();
-            let meter_provider = SdkMeterProvider::builder()
-                .with_reader(reader)
                 .with_resource(resource)
                 .build();
             opentelemetry::global::set_tracer_provider(tracer_provider.clone());
-            opentelemetry::global::set_meter_provider(meter_provider.clone());
             opentelemetry::global::set_text_map_propagator(
                 opentelemetry_sdk::propagation::TraceContextPropagator::new(),
             );
             let tracer = tracer_provider.tracer("token-vault");
             guard.tracer_provider = Some(tracer_provider);
-            guard.meter_provider = Some(meter_provider);
             // Exported spans are this crate's own, at info and above, whatever the log level.
             let spans_filter = Targets::new().with_target("token_vault", tracing::Level::INFO);
             Some(

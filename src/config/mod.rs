@@ -310,6 +310,12 @@ pub struct TelemetrySettings {
     /// How often the connection counts (by status) are read from the database.
     #[serde(with = "humantime_serde")]
     pub connection_count_interval: Duration,
+    /// Serve the metrics for Prometheus here (e.g. `0.0.0.0:9464`): `GET /metrics` over plaintext
+    /// HTTP/1.1, no credentials, the same instruments as the OTLP export. Unset serves none.
+    /// A port of its own rather than the health port: that one speaks gRPC (HTTP/2) only and
+    /// exists only beside a TLS listener, while Prometheus scrapes HTTP/1.1 whatever the TLS.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// TLS on the gRPC listener. Files, so that Kubernetes secret mounts (and cert-manager's

@@ -1,14 +1,17 @@
 //! Before authentication: how connections are accepted and how much each may hold before
 //! anyone knows who is calling. A connection cap and a handshake deadline (`accept`),
 //! HTTP/2 keepalive, a stream cap per connection and a call timeout (the tonic builder here),
-//! and bounded health Watch streams (`health`). Every bound is a `server.*` setting; see
+//! and bounded health Watch streams (`health`); the Prometheus scrape endpoint (`metrics`), on
+//! a plaintext HTTP/1.1 listener of its own. Every bound is a `server.*` setting; see
 //! config/defaults.toml for the reasons behind the defaults and docs/security.md for the whole.
 
 mod accept;
 mod health;
+mod metrics;
 
 pub use accept::{incoming, AcceptLimits, Accepted, Handshake, Plaintext};
 pub use health::{health_server, LimitedHealth, HEALTH_WATCH_LIMITED};
+pub use metrics::{serve_metrics, Render};
 
 use crate::config::ServerSettings;
 

@@ -64,6 +64,8 @@ pub struct TestApp {
     pub proxy: Option<FaultyProxy>,
     /// The plaintext health listener beside a TLS one (`tls.plaintext_health_listen`).
     pub health_addr: Option<std::net::SocketAddr>,
+    /// Where `GET /metrics` is served (`telemetry.metrics_listen`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// The running server: sending on (or dropping) the sender stops it, and its task ends once
     /// it has stopped and its background tasks are done. `None` after `shut_down`.
     server: Option<(
@@ -164,6 +166,7 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
     let app = Application::build(settings).await.expect("the app builds");
     let addr = app.local_addr();
     let health_addr = app.plaintext_health_addr();
+    let metrics_addr = app.metrics_addr();
     let vault = app.vault().clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async move {
@@ -183,6 +186,7 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         vault,
         proxy,
         health_addr,
+        metrics_addr,
         server: Some((stop_tx, server)),
         _db: db,
     }

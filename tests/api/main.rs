@@ -24,6 +24,7 @@ mod listener;
 mod listing;
 mod pending;
 mod private_postgres;
+mod prometheus;
 mod provider;
 mod refresh;
 mod reliability;

@@ -92,6 +92,7 @@ async fn spans_and_metrics_arrive_named_by_convention_and_without_secrets() {
             service_name: "token-vault-test".into(),
             metrics_interval: Duration::from_millis(200),
             connection_count_interval: Duration::from_millis(100),
+            metrics_listen: None,
         },
     )
     .unwrap();

@@ -242,8 +242,15 @@ keyring_file = {{ printf "%s/keyring" (include "token-vault.keyringDir" .) | toJ
 {{- range $k, $v := .Values.settings.encryption }}
 {{ $k }} = {{ include "token-vault.tomlScalar" (dict "value" $v "type" (get $types $k)) }}
 {{- end }}
+{{- /* metrics.enabled serves GET /metrics on metrics.port (telemetry.metrics_listen). */ -}}
+{{- $sections := deepCopy .Values.settings -}}
+{{- if .Values.metrics.enabled -}}
+{{- $telemetry := default (dict) (get $sections "telemetry") -}}
+{{- $_ := set $telemetry "metrics_listen" (printf "%s:%d" $host (int .Values.metrics.port)) -}}
+{{- $_ := set $sections "telemetry" $telemetry -}}
+{{- end -}}
 {{- range $section := list "vault" "refresh" "failover" "keepalive" "events" "retention" "log" "telemetry" "audit" }}
-{{- with get $.Values.settings $section }}
+{{- with get $sections $section }}
 
 [{{ $section }}]
 {{- range $k, $v := . }}
