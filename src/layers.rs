@@ -62,7 +62,7 @@ mod tests {
         // Accepts connections and serves health before any caller is known; it answers with the
         // API's error domain.
         ("listener", &["api", "auth", "config"]),
-        ("auth", &["config", "connection_key"]),
+        ("auth", &["config", "connection_key", "metrics", "reload"]),
         (
             "vault",
             &["config", "connection_key", "crypto", "metrics", "oauth", "store"],
@@ -75,7 +75,7 @@ mod tests {
         ("connection_key", &[]),
         ("config", &[]),
         ("metrics", &[]),
-        // The poll-and-SIGHUP loop of file reloads (keyring, client secrets).
+        // The poll-and-SIGHUP loop of file reloads (keyring, client secrets, TLS, caller policy).
         ("reload", &[]),
         ("telemetry", &["config"]),
         ("proto", &[]),

@@ -26,6 +26,10 @@ pub struct Metrics {
     /// Re-reads of changed client-secret files by `provider` and `outcome` (`reloaded`,
     /// `refused`: a file unreadable or empty, the secrets in place kept).
     pub client_secret_reloads: Counter<u64>,
+    /// Re-reads of the listener's changed security files by `what` (`server_certificate`,
+    /// `client_ca`, `policy`) and `outcome` (`reloaded`, `refused`: the file unreadable or
+    /// invalid, the one in place kept).
+    pub reloads: Counter<u64>,
 }
 
 /// Counters of what refreshes did, kept by the vault's refresh tasks; exported by `observe` and
@@ -110,6 +114,13 @@ pub fn get() -> &'static Metrics {
                 .u64_counter("tokenvault.provider.client_secret_reloads")
                 .with_unit("{reload}")
                 .with_description("Re-reads of changed client-secret files by outcome: reloaded, refused")
+                .build(),
+            reloads: meter
+                .u64_counter("tokenvault.reloads")
+                .with_unit("{reload}")
+                .with_description(
+                    "Re-reads of the changed server certificate, client CA and caller policy by outcome: reloaded, refused",
+                )
                 .build(),
         }
     })

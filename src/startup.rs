@@ -18,7 +18,10 @@ use tonic_health::{server::HealthReporter, ServingStatus};
 use crate::{
     api::{AuthLayer, TokenVaultService},
     audit::Audit,
-    auth::Authenticator,
+    auth::{
+        load_authenticator, tls::ServerTls, watch_security, Authenticator, ReloadCounts, SecurityReloader,
+        SharedAuthenticator,
+    },
     config::{AuthMode, Settings},
     crypto::SharedKeyring,
     keys::{load_keyring, watch_keyring, KeyringReloader},
@@ -40,14 +43,19 @@ pub struct Application {
     listener: TcpListener,
     vault: Vault,
     settings: Settings,
-    /// Who may call, built from `auth` (and checked) before anything is served.
-    auth: Arc<Authenticator>,
+    /// Who may call, built from `auth` (and checked) before anything is served; swapped when
+    /// `auth.policy_file` changes.
+    auth: SharedAuthenticator,
     /// Health alone, in plaintext, for kubelet probes when the main listener is TLS.
     health_listener: Option<TcpListener>,
     /// `GET /metrics` for Prometheus, in plaintext HTTP/1.1, when `telemetry.metrics_listen` is set.
     metrics_listener: Option<TcpListener>,
-    /// The listener's TLS, from `tls`; None serves plaintext.
-    tls: Option<Arc<rustls::ServerConfig>>,
+    /// The listener's TLS, from `tls`; None serves plaintext. Swapped when its files change.
+    tls: Option<ServerTls>,
+    /// Re-reads the TLS files and `auth.policy_file` (None when neither is configured).
+    security_reloader: Option<SecurityReloader>,
+    /// What `security_reloader` took and refused.
+    reload_counts: ReloadCounts,
     /// Fired once serving has stopped; ends refresh-store retries and background tasks.
     stop_background: CancellationToken,
     /// Swaps in a changed keyring file (None when the keyring is not from a file).
@@ -71,8 +79,15 @@ impl Application {
                 Ok((name, client))
             })
             .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
-        let auth = Arc::new(Authenticator::from_settings(&settings)?);
-        let tls = crate::auth::tls::server_config(&settings.tls, auth.uses_bearer_tokens())?;
+        let (auth, policy_digest) = load_authenticator(&settings)?;
+        let tls_reloader = crate::auth::tls::load(&settings.tls, auth.uses_bearer_tokens())?;
+        let tls = tls_reloader.as_ref().map(|t| t.shared());
+        let auth = SharedAuthenticator::new(auth);
+        let security_reloader = SecurityReloader::new(&settings, tls_reloader, auth.clone(), policy_digest);
+        let reload_counts = security_reloader
+            .as_ref()
+            .map(SecurityReloader::counts)
+            .unwrap_or_default();
 
         if settings.database.create_if_missing {
             Store::create_database_if_missing(&settings.database.url)
@@ -134,6 +149,8 @@ impl Application {
             health_listener,
             metrics_listener,
             tls,
+            security_reloader,
+            reload_counts,
             stop_background,
             keyring_reloader,
             providers: provider_clients,
@@ -156,6 +173,11 @@ impl Application {
 
     pub fn vault(&self) -> &Vault {
         &self.vault
+    }
+
+    /// The reloads of the TLS files and `auth.policy_file` taken and refused so far.
+    pub fn reload_counts(&self) -> ReloadCounts {
+        self.reload_counts.clone()
     }
 
     /// Serves until `stop` completes, then lets in-flight calls finish (up to the configured
@@ -228,6 +250,14 @@ impl Application {
                 background.clone(),
             ));
         }
+        if let Some(reloader) = self.security_reloader.take() {
+            // The keyring's interval: one setting for "how soon a changed Secret is taken".
+            tokio::spawn(watch_security(
+                reloader,
+                self.settings.keys.reload_interval,
+                background.clone(),
+            ));
+        }
         for provider in &self.providers {
             provider.announce_client_secret();
         }
@@ -282,7 +312,7 @@ impl Application {
         }
         let addr = self.local_addr();
         tracing::info!(%addr, mode = ?self.settings.mode, tls = self.tls.is_some(), "token-vault serving gRPC");
-        log_security_posture(&self.settings, &self.auth, self.tls.is_some());
+        log_security_posture(&self.settings, &self.auth.current(), self.tls.is_some());
         let grace = self.settings.server.shutdown_grace;
         let refresh_budget = self.settings.refresh.lease_ttl;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<std::time::Instant>();
@@ -319,10 +349,9 @@ impl Application {
         // The listener runs the TLS handshake itself (listener::incoming), so that it is bounded
         // in time and in number like everything else before authentication.
         let server: BoxFuture<'static, Result<(), tonic::transport::Error>> = match self.tls.clone() {
-            Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
-                listener::incoming(self.listener, accept_limits, tokio_rustls::TlsAcceptor::from(tls)),
-                signal,
-            )),
+            Some(tls) => Box::pin(
+                router.serve_with_incoming_shutdown(listener::incoming(self.listener, accept_limits, tls), signal),
+            ),
             None => Box::pin(
                 router
                     .serve_with_incoming_shutdown(listener::incoming(self.listener, accept_limits, Plaintext), signal),

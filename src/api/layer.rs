@@ -15,7 +15,7 @@ use tower::{Layer, Service};
 use super::status::CallError;
 use crate::{
     audit::{Audit, AuditEvent, EventKind},
-    auth::{Authenticator, Caller, Denied, Permit, Refused, Rpc},
+    auth::{Caller, Denied, Permit, Refused, Rpc, SharedAuthenticator},
 };
 
 /// The service anyone may call: Kubernetes probes carry no credentials.
@@ -36,13 +36,14 @@ const UNKNOWN_CALLER: &str = "-";
 
 #[derive(Clone)]
 pub struct AuthLayer {
-    auth: Arc<Authenticator>,
+    /// Read per call: a reloaded `auth.policy_file` applies to the next call.
+    auth: SharedAuthenticator,
     audit: Audit,
     unknown: Arc<str>,
 }
 
 impl AuthLayer {
-    pub fn new(auth: Arc<Authenticator>, audit: Audit) -> Self {
+    pub fn new(auth: SharedAuthenticator, audit: Audit) -> Self {
         Self {
             auth,
             audit,
@@ -66,6 +67,7 @@ impl AuthLayer {
             .and_then(TlsConnectInfo::peer_certs);
         let caller = match self
             .auth
+            .current()
             .identify(request.headers(), certs.as_deref().map(Vec::as_slice))
         {
             Ok(caller) => caller,

@@ -13,9 +13,15 @@ mod denied;
 mod identity;
 mod limit;
 mod policy;
+pub mod reload;
 pub mod tls;
+mod validity;
 
-use std::{collections::HashMap, fmt, sync::Arc};
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, PoisonError, RwLock},
+};
 
 use http::HeaderMap;
 use rustls::pki_types::CertificateDer;
@@ -24,9 +30,10 @@ pub use denied::Denied;
 pub use identity::{hash_token, parse_token_hash};
 pub use limit::{Permit, Rate, Refused};
 pub use policy::{Policy, Rpc};
+pub use reload::{load_authenticator, watch_security, PolicyDigest, ReloadCounts, Reloaded, SecurityReloader};
 
 use crate::{
-    config::{invalid, AuthMode, ConfigError, Settings},
+    config::{invalid, AuthMode, CallerSettings, ConfigError, Settings},
     connection_key::ConnectionKey,
 };
 use identity::{SanKind, TokenHash};
@@ -104,9 +111,12 @@ pub struct Unidentified {
     pub detail: String,
 }
 
-/// Every configured caller and how to recognise it. Built once at start.
+/// Every configured caller and how to recognise it. Built at start, and again when a reload of
+/// `auth.policy_file` changes it (see [`SharedAuthenticator`]).
 pub struct Authenticator {
     callers: Vec<Caller>,
+    /// Each caller's entry, in `callers`' order: a reload keeps the callers whose entry is the same.
+    entries: Vec<CallerSettings>,
     by_uri: HashMap<String, usize>,
     by_dns: HashMap<String, usize>,
     tokens: Vec<(TokenHash, usize)>,
@@ -115,7 +125,17 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
-        let callers = settings.auth_callers()?;
+        Self::from_callers(settings, &settings.auth_callers()?, None)
+    }
+
+    /// The authenticator of `callers` (inline or a policy file's), checked against `settings`.
+    /// A caller whose entry is the same in `previous` is kept as it is, with its calls in
+    /// flight and its rate budget; a changed entry starts afresh.
+    pub fn from_callers(
+        settings: &Settings,
+        callers: &[CallerSettings],
+        previous: Option<&Authenticator>,
+    ) -> Result<Self, ConfigError> {
         if settings.auth.mode == AuthMode::InsecureDev {
             if !callers.is_empty() {
                 return Err(invalid(
@@ -125,6 +145,7 @@ impl Authenticator {
             }
             return Ok(Self {
                 callers: Vec::new(),
+                entries: Vec::new(),
                 by_uri: HashMap::new(),
                 by_dns: HashMap::new(),
                 tokens: Vec::new(),
@@ -150,6 +171,7 @@ impl Authenticator {
         let known_providers: Vec<&str> = settings.providers.keys().map(String::as_str).collect();
         let mut auth = Self {
             callers: Vec::with_capacity(callers.len()),
+            entries: callers.to_vec(),
             by_uri: HashMap::new(),
             by_dns: HashMap::new(),
             tokens: Vec::new(),
@@ -259,7 +281,12 @@ impl Authenticator {
                         }),
                 },
             );
-            auth.callers.push(Caller::new(&c.name, policy, limits));
+            let kept = previous.and_then(|p| {
+                let i = p.entries.iter().position(|e| e == c)?;
+                p.callers.get(i).cloned()
+            });
+            auth.callers
+                .push(kept.unwrap_or_else(|| Caller::new(&c.name, policy, limits)));
         }
         Ok(auth)
     }
@@ -280,6 +307,11 @@ impl Authenticator {
 
     pub fn caller_count(&self) -> usize {
         self.callers.len()
+    }
+
+    /// The callers' names, in the configured order.
+    pub fn caller_names(&self) -> impl Iterator<Item = &str> {
+        self.callers.iter().map(|c| c.name().as_ref())
     }
 
     /// The caller behind a request: its verified client certificate first, then its bearer
@@ -317,5 +349,33 @@ impl Authenticator {
         self.callers.get(index).cloned().ok_or_else(|| Unidentified {
             detail: "caller index out of range".into(),
         })
+    }
+}
+
+/// The authenticator every call consults, swapped whole when `auth.policy_file` is reloaded: a
+/// call is identified and checked against the old caller set or the new one, never a mixture.
+/// Cheap to clone (clones share the slot). A `RwLock<Arc<_>>` as for `crypto::SharedKeyring`:
+/// the lock is held only to clone the `Arc`.
+#[derive(Clone)]
+pub struct SharedAuthenticator {
+    slot: Arc<RwLock<Arc<Authenticator>>>,
+}
+
+impl SharedAuthenticator {
+    pub fn new(auth: Authenticator) -> Self {
+        Self {
+            slot: Arc::new(RwLock::new(Arc::new(auth))),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Authenticator> {
+        // A poisoned lock only means a writer panicked around an `Arc` assignment.
+        self.slot.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Puts `auth` in place for every later call; returns the one it replaces.
+    pub fn replace(&self, auth: Authenticator) -> Arc<Authenticator> {
+        let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *slot, Arc::new(auth))
     }
 }

@@ -367,7 +367,9 @@ pub struct AuthSettings {
 }
 
 /// One caller: how it is recognised and what it may do. Nothing is allowed that isn't listed.
-#[derive(Debug, Clone, Deserialize)]
+/// `PartialEq`: a reloaded policy keeps the callers whose entries did not change (and so their
+/// calls in flight and rate budgets).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallerSettings {
     /// The caller's name in the audit trail and logs: 1 to 64 of A-Z a-z 0-9 `.` `_` `-`.
@@ -742,6 +744,15 @@ impl Settings {
         let Some(path) = &self.auth.policy_file else {
             return Ok(self.auth.callers.clone());
         };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid("auth.policy_file", format!("cannot read {}: {e}", path.display())))?;
+        self.policy_file_callers(&text)
+    }
+
+    /// The callers of a policy file's content (`auth.policy_file`, read by the caller: a reload
+    /// parses exactly the bytes it compared).
+    pub fn policy_file_callers(&self, text: &str) -> Result<Vec<CallerSettings>, ConfigError> {
+        let path = self.auth.policy_file.as_deref().unwrap_or(std::path::Path::new("-"));
         if !self.auth.callers.is_empty() {
             return Err(invalid("auth.policy_file", "and inline auth.callers are exclusive"));
         }
@@ -750,9 +761,7 @@ impl Settings {
         struct PolicyFile {
             callers: Vec<CallerSettings>,
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| invalid("auth.policy_file", format!("cannot read {}: {e}", path.display())))?;
-        let file: PolicyFile = Figment::from(Toml::string(&text))
+        let file: PolicyFile = Figment::from(Toml::string(text))
             .extract()
             .map_err(|e| invalid("auth.policy_file", format!("{}: {e}", path.display())))?;
         Ok(file.callers)

@@ -72,6 +72,16 @@ impl Handshake for tokio_rustls::TlsAcceptor {
     }
 }
 
+/// TLS with the listener's configuration as it is when the connection is accepted: a reloaded
+/// certificate or CA applies to new connections, and established ones keep their session.
+impl Handshake for crate::auth::tls::ServerTls {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+
+    async fn handshake(&self, tcp: TcpStream) -> io::Result<Self::Io> {
+        tokio_rustls::TlsAcceptor::from(self.current()).accept(tcp).await
+    }
+}
+
 /// The connections of `listener` that completed their handshake in time, each holding its slot
 /// until it is dropped. Handshakes run in tasks owned by the stream: dropping it (the server
 /// stopped accepting) closes the listener and aborts them.

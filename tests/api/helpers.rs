@@ -66,6 +66,8 @@ pub struct TestApp {
     pub health_addr: Option<std::net::SocketAddr>,
     /// Where `GET /metrics` is served (`telemetry.metrics_listen`).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The reloads of the TLS files and `auth.policy_file` the vault took and refused.
+    pub reloads: token_vault::auth::ReloadCounts,
     /// The running server: sending on (or dropping) the sender stops it, and its task ends once
     /// it has stopped and its background tasks are done. `None` after `shut_down`.
     server: Option<(
@@ -168,6 +170,7 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
     let health_addr = app.plaintext_health_addr();
     let metrics_addr = app.metrics_addr();
     let vault = app.vault().clone();
+    let reloads = app.reload_counts();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async move {
         let _ = stop_rx.await;
@@ -187,6 +190,7 @@ pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
         proxy,
         health_addr,
         metrics_addr,
+        reloads,
         server: Some((stop_tx, server)),
         _db: db,
     }

@@ -28,6 +28,7 @@ mod prometheus;
 mod provider;
 mod refresh;
 mod reliability;
+mod reload;
 mod replicas;
 mod report;
 mod secrets_in_logs;
