@@ -136,11 +136,9 @@ impl Respond for Revoker {
     }
 }
 
-impl ProviderState {
-    /// RFC 7009: client authentication as at the token endpoint; 200 for any token, known or
-    /// not (§2.2); a known refresh token's whole chain is revoked (Hydra).
-    fn revoke(&mut self, request: &Request) -> ResponseTemplate {
-        let form: HashMap<String, String> = url::form_urlencoded::parse(&request.body).into_owned().collect();
+impl RecordedRequest {
+    /// A form-encoded request as received, with the headers the tests look at.
+    fn of(request: &Request) -> Self {
         let header = |name: &str| {
             request
                 .headers
@@ -148,12 +146,22 @@ impl ProviderState {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        self.revocations.push(RecordedRequest {
-            form: form.clone(),
+        Self {
+            form: url::form_urlencoded::parse(&request.body).into_owned().collect(),
             authorization: header("authorization"),
             user_agent: header("user-agent"),
             received_at: std::time::Instant::now(),
-        });
+        }
+    }
+}
+
+impl ProviderState {
+    /// RFC 7009: client authentication as at the token endpoint; 200 for any token, known or
+    /// not (§2.2); a known refresh token's whole chain is revoked (Hydra).
+    fn revoke(&mut self, request: &Request) -> ResponseTemplate {
+        let recorded = RecordedRequest::of(request);
+        let (form, authorization) = (recorded.form.clone(), recorded.authorization.clone());
+        self.revocations.push(recorded);
         self.stats.revocation_requests += 1;
         match self.revocation_faults.pop_front() {
             Some(Fault::Answer(status, body)) => return json(status, body),
@@ -161,7 +169,7 @@ impl ProviderState {
             Some(other) => panic!("no such revocation fault: {other:?}"),
             None => {}
         }
-        if let Some(rejection) = self.check_client(&form, header("authorization")) {
+        if let Some(rejection) = self.check_client(&form, authorization) {
             return rejection;
         }
         let Some(token) = form.get("token") else {
@@ -175,20 +183,9 @@ impl ProviderState {
     }
 
     fn respond(&mut self, request: &Request) -> ResponseTemplate {
-        let form: HashMap<String, String> = url::form_urlencoded::parse(&request.body).into_owned().collect();
-        let header = |name: &str| {
-            request
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        self.requests.push(RecordedRequest {
-            form: form.clone(),
-            authorization: header("authorization"),
-            user_agent: header("user-agent"),
-            received_at: std::time::Instant::now(),
-        });
+        let recorded = RecordedRequest::of(request);
+        let (form, authorization) = (recorded.form.clone(), recorded.authorization.clone());
+        self.requests.push(recorded);
         self.stats.token_requests += 1;
         let grant_type = form.get("grant_type").cloned().unwrap_or_default();
         match grant_type.as_str() {
@@ -205,7 +202,7 @@ impl ProviderState {
             Some(Fault::RetryAfter(status, value)) => return json(status, "{}").insert_header("retry-after", value),
             None => {}
         }
-        if let Some(rejection) = self.check_client(&form, header("authorization")) {
+        if let Some(rejection) = self.check_client(&form, authorization) {
             return rejection;
         }
         let answer = match grant_type.as_str() {
