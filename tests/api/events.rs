@@ -4,12 +4,13 @@
 
 use std::time::{Duration, Instant};
 
+use token_vault::proto::token_vault_client::TokenVaultClient;
 use token_vault::proto::{self, ConnectionEventKind as Kind, ConnectionStatus as Status};
-use tonic::{Code, Streaming};
+use tonic::{transport::Channel, Code, Streaming};
 
 use crate::{
     callers::{bearer_client, connect_as},
-    helpers::{assert_bad_field, assert_reason, get_token_within, spawn_app_with, TestOptions},
+    helpers::{assert_bad_field, assert_reason, get_token_within, spawn_app_with, wait_until, TestOptions},
     provider::Fault,
     replicas::Cluster,
 };
@@ -25,6 +26,14 @@ fn watch_request(cursor: &str) -> proto::WatchConnectionEventsRequest {
         cursor: cursor.into(),
         ..Default::default()
     }
+}
+
+/// A watch opened through `client`.
+async fn watch(
+    mut client: TokenVaultClient<Channel>,
+    request: proto::WatchConnectionEventsRequest,
+) -> Streaming<proto::WatchConnectionEventsResponse> {
+    client.watch_connection_events(request).await.unwrap().into_inner()
 }
 
 async fn next_event(
@@ -49,19 +58,6 @@ fn summary(e: &proto::WatchConnectionEventsResponse) -> (String, Kind, Status) {
 
 fn owned(tenant: &str, kind: Kind, status: Status) -> (String, Kind, Status) {
     (tenant.to_owned(), kind, status)
-}
-
-/// Waits until `done` holds, polling; panics after the patience.
-async fn wait_until<F, Fut>(what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !done().await {
-        assert!(started.elapsed() < PATIENCE * 3, "waited in vain for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Events as the trigger-less past would have written them, straight into the table.
@@ -91,12 +87,8 @@ async fn a_watcher_on_another_replica_sees_every_transition_in_order() {
         &[],
     )
     .await;
-    let mut watcher = cluster.client(1);
-    let mut stream = watcher
-        .watch_connection_events(watch_request(""))
-        .await
-        .unwrap()
-        .into_inner();
+    let watcher = cluster.client(1);
+    let mut stream = watch(watcher, watch_request("")).await;
 
     // Everything below goes through replica 0.
     cluster.connect_tenant("acme").await;
@@ -154,13 +146,7 @@ async fn a_connection_in_doubt_that_refreshes_again_is_reported_recovered() {
         ..Default::default()
     })
     .await;
-    let mut stream = app
-        .client
-        .clone()
-        .watch_connection_events(watch_request(""))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(app.client.clone(), watch_request("")).await;
     app.connect_tenant("acme").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // An answer that may mean the refresh token was consumed: the connection is in doubt
@@ -191,12 +177,7 @@ async fn a_connection_in_doubt_that_refreshes_again_is_reported_recovered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watcher_resumes_from_its_cursor_with_exactly_the_events_it_missed() {
     let cluster = Cluster::start(2, TestOptions::default(), None, &[]).await;
-    let mut stream = cluster
-        .client(1)
-        .watch_connection_events(watch_request(""))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(cluster.client(1), watch_request("")).await;
     cluster.connect_tenant("t1").await;
     cluster.connect_tenant("t2").await;
     assert_eq!(next_event(&mut stream).await.tenant_id, "t1");
@@ -208,12 +189,7 @@ async fn a_watcher_resumes_from_its_cursor_with_exactly_the_events_it_missed() {
     cluster.connect_tenant("t4").await;
 
     // Back, on the other replica: cursors mean the same everywhere.
-    let mut resumed = cluster
-        .client(0)
-        .watch_connection_events(watch_request(&last.cursor))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut resumed = watch(cluster.client(0), watch_request(&last.cursor)).await;
     let missed = [next_event(&mut resumed).await, next_event(&mut resumed).await];
     assert_eq!(missed.map(|e| e.tenant_id), ["t3", "t4"]);
     assert_quiet(&mut resumed).await;
@@ -344,18 +320,12 @@ async fn a_consumer_that_does_not_read_is_ended_as_too_slow_and_the_vault_carrie
         ..Default::default()
     })
     .await;
-    let mut slow = app
-        .client
-        .clone()
-        .watch_connection_events(watch_request(""))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut slow = watch(app.client.clone(), watch_request("")).await;
     assert_eq!(app.vault.open_event_watches(), 1);
     // Far more than the HTTP/2 windows between the vault and this client hold.
     insert_events(&app.pool, "slow-", 200_000, "0 seconds").await;
     // Not reading: the watcher fills the windows, then its queue, then gives up.
-    wait_until("the slow watcher to be ended", || async {
+    wait_until(PATIENCE * 3, "the slow watcher to be ended", || async {
         app.vault.open_event_watches() == 0
     })
     .await;
@@ -372,13 +342,7 @@ async fn a_consumer_that_does_not_read_is_ended_as_too_slow_and_the_vault_carrie
     assert!(received < 200_000, "ended before the end: {received} events");
 
     // The vault carries on: a new watch works, and so does everything else.
-    let mut fresh = app
-        .client
-        .clone()
-        .watch_connection_events(watch_request(""))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut fresh = watch(app.client.clone(), watch_request("")).await;
     app.connect_tenant("after").await;
     assert_eq!(next_event(&mut fresh).await.tenant_id, "after");
     app.get_token("after").await.unwrap();
@@ -391,13 +355,7 @@ async fn a_replica_holds_at_most_max_watchers_streams() {
         ..Default::default()
     })
     .await;
-    let first = app
-        .client
-        .clone()
-        .watch_connection_events(watch_request(""))
-        .await
-        .unwrap()
-        .into_inner();
+    let first = watch(app.client.clone(), watch_request("")).await;
     let err = app
         .client
         .clone()
@@ -407,17 +365,11 @@ async fn a_replica_holds_at_most_max_watchers_streams() {
     assert_reason(&err, Code::ResourceExhausted, "EVENT_WATCHERS_LIMITED");
     // A client going away frees its slot.
     drop(first);
-    wait_until("the first watcher to end", || async {
+    wait_until(PATIENCE * 3, "the first watcher to end", || async {
         app.vault.open_event_watches() == 0
     })
     .await;
-    let mut second = app
-        .client
-        .clone()
-        .watch_connection_events(watch_request(""))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut second = watch(app.client.clone(), watch_request("")).await;
     app.connect_tenant("acme").await;
     assert_eq!(next_event(&mut second).await.tenant_id, "acme");
 }
@@ -429,19 +381,13 @@ async fn events_past_retention_are_swept_and_a_cursor_before_them_has_expired() 
         ..Default::default()
     })
     .await;
-    let mut stream = app
-        .client
-        .clone()
-        .watch_connection_events(watch_request(""))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(app.client.clone(), watch_request("")).await;
     app.connect_tenant("kept").await;
     let kept = next_event(&mut stream).await;
     drop(stream);
     // Written after `kept`, but two hours old: past retention.
     insert_events(&app.pool, "old-", 3, "2 hours").await;
-    wait_until("the sweep", || async {
+    wait_until(PATIENCE * 3, "the sweep", || async {
         let old: i64 = sqlx::query_scalar("SELECT count(*) FROM connection_events WHERE tenant_id LIKE 'old-%'")
             .fetch_one(&app.pool)
             .await
@@ -465,38 +411,20 @@ async fn events_past_retention_are_swept_and_a_cursor_before_them_has_expired() 
     assert_reason(&err, Code::OutOfRange, "EVENT_CURSOR_EXPIRED");
 
     // Starting over works, and so does resuming from a cursor after the deleted events.
-    let mut fresh = app
-        .client
-        .clone()
-        .watch_connection_events(watch_request(""))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut fresh = watch(app.client.clone(), watch_request("")).await;
     app.connect_tenant("new-1").await;
     let new_1 = next_event(&mut fresh).await;
     assert_eq!(new_1.tenant_id, "new-1");
     drop(fresh);
     app.connect_tenant("new-2").await;
-    let mut resumed = app
-        .client
-        .clone()
-        .watch_connection_events(watch_request(&new_1.cursor))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut resumed = watch(app.client.clone(), watch_request(&new_1.cursor)).await;
     assert_eq!(next_event(&mut resumed).await.tenant_id, "new-2");
 }
 
 #[tokio::test]
 async fn an_event_committed_late_with_a_smaller_id_is_not_skipped() {
     let app = spawn_app_with(TestOptions::default()).await;
-    let mut stream = app
-        .client
-        .clone()
-        .watch_connection_events(watch_request(""))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(app.client.clone(), watch_request("")).await;
     // A transaction takes its event id first and commits last.
     let mut late = app.pool.begin().await.unwrap();
     let late_id: i64 = sqlx::query_scalar(
@@ -530,13 +458,7 @@ async fn shutdown_ends_open_watches_so_that_clients_resume_elsewhere() {
         ..Default::default()
     })
     .await;
-    let mut stream = app
-        .client
-        .clone()
-        .watch_connection_events(watch_request(""))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(app.client.clone(), watch_request("")).await;
     let started = Instant::now();
     app.shut_down().await;
     let ended = tokio::time::timeout(PATIENCE, stream.message())
@@ -564,12 +486,7 @@ async fn imports_keep_alives_and_disconnects_reach_a_watcher_on_another_replica(
         ],
     )
     .await;
-    let mut stream = cluster
-        .client(1)
-        .watch_connection_events(watch_request(""))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(cluster.client(1), watch_request("")).await;
     let mut client = cluster.client(0);
 
     // Another system's refresh token, imported and validated with one (caller-less) refresh.
@@ -618,12 +535,7 @@ async fn imports_keep_alives_and_disconnects_reach_a_watcher_on_another_replica(
     assert_quiet(&mut stream).await;
 
     // The same three from the start, resumed on the first replica from before the keep-alive.
-    let mut resumed = cluster
-        .client(0)
-        .watch_connection_events(watch_request(&kept.cursor))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut resumed = watch(cluster.client(0), watch_request(&kept.cursor)).await;
     assert_eq!(summary(&next_event(&mut resumed).await).1, Kind::Disconnected);
     pool.close().await;
 }

@@ -401,3 +401,16 @@ pub async fn database_outage(database: String, after: Duration, lasting: Duratio
         .await
         .unwrap();
 }
+
+/// Polls `check` every 50 ms until it holds; panics with `what` after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -8,7 +8,7 @@ use token_vault::store::SweepPosition;
 use tonic::Code;
 
 use crate::{
-    helpers::{assert_reason, spawn_app_with, TestApp, TestOptions},
+    helpers::{assert_reason, spawn_app_with, wait_until, TestApp, TestOptions},
     provider::Fault,
     replicas::Cluster,
 };
@@ -22,19 +22,6 @@ async fn count_events(pool: &PgPool, kind: &str) -> i64 {
         .fetch_one(pool)
         .await
         .unwrap()
-}
-
-/// Polls `check` every 50 ms until it holds; panics with `what` after `limit`.
-async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Makes every connection due for a keep-alive now.
