@@ -58,13 +58,27 @@ impl Vault {
         let row = self.read_active_connection(&key).await?;
         let token = tokens::open_access_token(&self.inner.keyring, &key, &row)?;
         self.inner.cache.put(key.clone(), token.clone());
+        self.read_or_refreshed(key, client, token, margin, deadline).await
+    }
+
+    /// A token read from the database, if it is valid for `margin`; else a refresh from its
+    /// generation.
+    async fn read_or_refreshed(
+        &self,
+        key: ConnectionKey,
+        client: &ProviderClient,
+        token: AccessToken,
+        margin: std::time::Duration,
+        deadline: Option<Instant>,
+    ) -> Result<(AccessToken, TokenSource), VaultError> {
+        let fraction = self.inner.settings.max_margin_fraction;
         if token.is_valid_for(margin, fraction, OffsetDateTime::now_utc()) {
             return Ok((token, TokenSource::Database));
         }
         let token = self
             .inner
             .refresher
-            .refresh(key, client.clone(), row.generation, deadline)
+            .refresh(key, client.clone(), token.generation, deadline)
             .await?;
         Ok((token, TokenSource::Refresh))
     }
@@ -86,7 +100,6 @@ impl Vault {
         margin: std::time::Duration,
         deadline: Option<Instant>,
     ) -> Result<(AccessToken, TokenSource), VaultError> {
-        let fraction = self.inner.settings.max_margin_fraction;
         let row = self.read_active_connection(&key).await?;
         let current = tokens::open_access_token(&self.inner.keyring, &key, &row)?;
         if !rejected.matches(&current.token) {
@@ -99,15 +112,7 @@ impl Vault {
                 .get(&key)
                 .filter(|t| t.generation > current.generation && !rejected.matches(&t.token))
                 .unwrap_or(current);
-            if newest.is_valid_for(margin, fraction, OffsetDateTime::now_utc()) {
-                return Ok((newest, TokenSource::Database));
-            }
-            let token = self
-                .inner
-                .refresher
-                .refresh(key, client.clone(), newest.generation, deadline)
-                .await?;
-            return Ok((token, TokenSource::Refresh));
+            return self.read_or_refreshed(key, client, newest, margin, deadline).await;
         }
         tracing::info!(tenant_id = %key.tenant(), provider = %key.provider(), generation = row.generation, "a caller reports the current access token rejected by the provider; refreshing");
         let mut generation = row.generation;
