@@ -70,8 +70,8 @@ impl Application {
         install_crypto_provider();
         let loaded = load_keyring(&settings.encryption, settings.mode)?;
         let keyring = SharedKeyring::new(loaded.keyring);
-        let providers = settings
-            .resolved_providers()?
+        let providers = crate::oauth::discovery::resolve_providers(&settings.providers)
+            .await?
             .into_iter()
             .map(|(name, config)| {
                 let client = ProviderClient::new(config)

@@ -15,9 +15,12 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 mod client_secrets;
+mod metadata;
+mod presets;
 mod provider;
 
 pub use client_secrets::{ClientSecretError, ClientSecrets, SecretsReload};
+pub use metadata::{is_secure_or_loopback, well_known_urls, ServerMetadata};
 pub use provider::{is_valid_scope, AuthMethod, ProviderConfig, ProviderSettings};
 
 /// The defaults every deployment starts from; see `config/` for annotated examples.
@@ -632,7 +635,8 @@ impl Settings {
         }
         self.validate_security()?;
         for (name, provider) in &self.providers {
-            let provider = provider.resolve(name)?;
+            // Endpoints from the issuer's metadata are checked when discovery reads it, at start.
+            let provider = provider.check_before_discovery(name)?;
             // Timeouts are ordered: the whole retry budget of one refresh (every attempt at its
             // full timeout plus the longest backoffs) must end before the exclusion lapses, or a
             // second replica could refresh while the first is still waiting for an answer.
@@ -780,14 +784,6 @@ impl Settings {
             .saturating_mul(attempts)
             .saturating_add(backoff)
             .saturating_add(Duration::from_secs(2))
-    }
-
-    /// Every provider, resolved and validated.
-    pub fn resolved_providers(&self) -> Result<BTreeMap<String, ProviderConfig>, ConfigError> {
-        self.providers
-            .iter()
-            .map(|(name, p)| Ok((name.clone(), p.resolve(name)?)))
-            .collect()
     }
 
     /// The name of the default provider: the configured one, or the only one.

@@ -7,7 +7,12 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
-use super::{client_secrets::ClientSecrets, invalid, secret_setting, ConfigError};
+use super::{
+    client_secrets::ClientSecrets,
+    invalid,
+    metadata::{is_secure_or_loopback, ServerMetadata},
+    presets, secret_setting, ConfigError,
+};
 
 /// How the vault authenticates to the token endpoint (RFC 6749 §2.3.1). Hydra holds one per
 /// client and rejects the other with `invalid_client`, so it must match the registration.
@@ -18,6 +23,16 @@ pub enum AuthMethod {
     ClientSecretPost,
     /// HTTP Basic with the form-urlencoded id and secret (Hydra's default).
     ClientSecretBasic,
+}
+
+impl AuthMethod {
+    /// The name RFC 8414's `token_endpoint_auth_methods_supported` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientSecretPost => "client_secret_post",
+            Self::ClientSecretBasic => "client_secret_basic",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -82,8 +97,13 @@ pub fn is_valid_scope(scope: &str) -> bool {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSettings {
-    /// Fills in endpoints, audience, scopes and auth method for a known provider (`understory`).
+    /// Fills in endpoints, audience, scopes, auth method and quirks for a known provider
+    /// (`config/presets.toml`).
     pub preset: Option<String>,
+    /// The authorization server's issuer identifier. Its metadata (RFC 8414, or OpenID Connect
+    /// discovery) is read at start: endpoints left unset are taken from it, and the settings
+    /// are checked against it (`oauth::discovery`).
+    pub issuer: Option<String>,
     pub authorization_endpoint: Option<Url>,
     pub token_endpoint: Option<Url>,
     pub client_id: Option<String>,
@@ -129,24 +149,6 @@ pub struct ProviderSettings {
     pub keepalive_before: Option<Duration>,
 }
 
-/// Understory's authorization server (Ory Hydra), as its integration guide describes it.
-fn understory_preset() -> ProviderSettings {
-    ProviderSettings {
-        authorization_endpoint: Url::parse("https://api.auth.understory.io/oauth2/auth").ok(),
-        token_endpoint: Url::parse("https://api.auth.understory.io/oauth2/token").ok(),
-        auth_method: Some(AuthMethod::ClientSecretPost),
-        audience: Some("https://api.understory.io".into()),
-        audience_parameter: Some("audience".into()),
-        offline_scope: Some("offline".into()),
-        default_scopes: Some(vec!["offline".into()]),
-        revocation_endpoint: Url::parse("https://api.auth.understory.io/oauth2/revoke").ok(),
-        // Hydra's default `ttl.refresh_token` (../shared/reference/PROVIDER_FACTS.md).
-        refresh_token_lifetime: Some(Duration::from_secs(720 * 3600)),
-        keepalive_before: Some(Duration::from_secs(7 * 24 * 3600)),
-        ..Default::default()
-    }
-}
-
 impl ProviderSettings {
     /// The client secret(s): from `client_secret_files` or `client_secret_file` (which exclude
     /// each other: which was meant would be a guess), else `client_secret`. Every file must hold
@@ -182,8 +184,96 @@ impl ProviderSettings {
         }
     }
 
-    /// Applies the preset (explicit settings win) and checks every field.
+    /// Applies the preset (explicit settings win) and checks every field. A provider whose
+    /// endpoints come from its issuer's metadata needs [`Self::resolve_discovered`] instead.
     pub fn resolve(&self, name: &str) -> Result<ProviderConfig, ConfigError> {
+        self.resolve_with(name, Endpoints::Settings).map(|(config, _)| config)
+    }
+
+    /// Like [`Self::resolve`], with the issuer's metadata: endpoints left unset are taken from
+    /// it, and a setting that disagrees with it is an error naming the setting and both values.
+    /// Returns the disagreements that are not errors, as warnings for the log.
+    pub fn resolve_discovered(
+        &self,
+        name: &str,
+        metadata: &ServerMetadata,
+    ) -> Result<(ProviderConfig, Vec<String>), ConfigError> {
+        self.resolve_with(name, Endpoints::Discovered(metadata))
+    }
+
+    /// Every check that does not need the issuer's metadata, for validating settings before
+    /// discovery has run. Endpoints that discovery will supply stand in as the issuer's URL.
+    pub fn check_before_discovery(&self, name: &str) -> Result<ProviderConfig, ConfigError> {
+        self.resolve_with(name, Endpoints::Pending).map(|(config, _)| config)
+    }
+
+    /// The issuer, from the settings or the preset; checked to be an `https` URL (or `http` to
+    /// a loopback address) without query or fragment (RFC 8414 §2).
+    pub fn issuer(&self, name: &str) -> Result<Option<(String, Url)>, ConfigError> {
+        let preset = self.preset(name)?;
+        let Some(issuer) = self.issuer.clone().or_else(|| preset.issuer.clone()) else {
+            return Ok(None);
+        };
+        let field = format!("providers.{name}.issuer");
+        let url = Url::parse(&issuer).map_err(|e| invalid(&field, format!("is not a URL: {e}")))?;
+        if !is_secure_or_loopback(&url) || url.query().is_some() || url.fragment().is_some() {
+            return Err(invalid(
+                field,
+                "must be an https URL (http only to a loopback address) without query or fragment",
+            ));
+        }
+        Ok(Some((issuer, url)))
+    }
+
+    /// Whether the endpoints needed to serve (authorization and token) are known without the
+    /// issuer's metadata: if so, discovery only checks them, and an unreachable issuer at start
+    /// is a warning instead of a failure.
+    pub fn endpoints_known(&self, name: &str) -> Result<bool, ConfigError> {
+        let endpoints = self.explicit_endpoints(self.preset(name)?);
+        Ok(endpoints.authorization.is_some() && endpoints.token.is_some())
+    }
+
+    fn preset(&self, name: &str) -> Result<&'static ProviderSettings, ConfigError> {
+        static NONE: std::sync::LazyLock<ProviderSettings> = std::sync::LazyLock::new(ProviderSettings::default);
+        match self.preset.as_deref() {
+            None => Ok(&NONE),
+            Some(preset) => presets::get(preset).ok_or_else(|| {
+                invalid(
+                    format!("providers.{name}.preset"),
+                    format!("unknown preset {preset:?} (known: {})", presets::names().join(", ")),
+                )
+            }),
+        }
+    }
+
+    /// The endpoints the settings name, with the preset's where they belong: the preset's
+    /// endpoints go with the preset's issuer (a provider with an issuer of its own, such as a
+    /// sandbox, gets none of them), and its revocation endpoint with its token endpoint (a
+    /// configuration that points the token endpoint elsewhere, a staging server or a test
+    /// double, must not send refresh tokens to the production server on disconnect).
+    fn explicit_endpoints(&self, preset: &ProviderSettings) -> ExplicitEndpoints {
+        let own_issuer = self.issuer.is_some() && self.issuer != preset.issuer;
+        let from_preset = |url: &Option<Url>| if own_issuer { None } else { url.clone() };
+        ExplicitEndpoints {
+            authorization: self
+                .authorization_endpoint
+                .clone()
+                .or_else(|| from_preset(&preset.authorization_endpoint)),
+            token: self
+                .token_endpoint
+                .clone()
+                .or_else(|| from_preset(&preset.token_endpoint)),
+            revocation: self.revocation_endpoint.clone().or_else(|| {
+                if self.token_endpoint.is_none() {
+                    from_preset(&preset.revocation_endpoint)
+                } else {
+                    None
+                }
+            }),
+        }
+    }
+
+    fn resolve_with(&self, name: &str, source: Endpoints<'_>) -> Result<(ProviderConfig, Vec<String>), ConfigError> {
         let field = |f: &str| format!("providers.{name}.{f}");
         if name.is_empty()
             || name.len() > 64
@@ -196,26 +286,69 @@ impl ProviderSettings {
                 "provider names use 1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'",
             ));
         }
-        let preset = match self.preset.as_deref() {
-            None => ProviderSettings::default(),
-            Some("understory") => understory_preset(),
-            Some(other) => {
-                return Err(invalid(
-                    field("preset"),
-                    format!("unknown preset {other:?} (known: understory)"),
-                ))
+        let preset = self.preset(name)?;
+        let issuer = self.issuer(name)?;
+        let explicit = self.explicit_endpoints(preset);
+        let mut warnings = Vec::new();
+        let (authorization_endpoint, token_endpoint, revocation_endpoint) = match source {
+            Endpoints::Settings => (explicit.authorization, explicit.token, explicit.revocation),
+            Endpoints::Pending => {
+                let stand_in = issuer.as_ref().map(|(_, url)| url.clone());
+                (
+                    explicit.authorization.or_else(|| stand_in.clone()),
+                    explicit.token.or(stand_in),
+                    explicit.revocation,
+                )
+            }
+            Endpoints::Discovered(metadata) => {
+                let Some((issuer, _)) = &issuer else {
+                    return Err(invalid(field("issuer"), "must be set to use discovery"));
+                };
+                if metadata.issuer != *issuer {
+                    return Err(invalid(
+                        field("issuer"),
+                        format!(
+                            "is {issuer:?}, but the metadata found there names issuer {:?}; they must be \
+                             identical (RFC 8414 §3.3)",
+                            metadata.issuer
+                        ),
+                    ));
+                }
+                let agree = |f: &str, explicit: Option<Url>, discovered: &Option<Url>| match (explicit, discovered) {
+                    (Some(set), Some(found)) if set != *found => Err(invalid(
+                        field(f),
+                        format!("is {set}, but issuer {issuer} publishes {f} {found}"),
+                    )),
+                    (Some(set), _) => Ok(Some(set)),
+                    (None, Some(found)) if !is_secure_or_loopback(found) => Err(invalid(
+                        field(f),
+                        format!("is unset, and issuer {issuer} publishes {found}, which is not https"),
+                    )),
+                    (None, found) => Ok(found.clone()),
+                };
+                (
+                    agree(
+                        "authorization_endpoint",
+                        explicit.authorization,
+                        &metadata.authorization_endpoint,
+                    )?,
+                    agree("token_endpoint", explicit.token, &metadata.token_endpoint)?,
+                    agree(
+                        "revocation_endpoint",
+                        explicit.revocation,
+                        &metadata.revocation_endpoint,
+                    )?,
+                )
             }
         };
-        let authorization_endpoint = self
-            .authorization_endpoint
-            .clone()
-            .or(preset.authorization_endpoint)
-            .ok_or_else(|| invalid(field("authorization_endpoint"), "must be set"))?;
-        let token_endpoint = self
-            .token_endpoint
-            .clone()
-            .or(preset.token_endpoint)
-            .ok_or_else(|| invalid(field("token_endpoint"), "must be set"))?;
+        let must_be_set = if issuer.is_some() {
+            "must be set, or published in the issuer's metadata"
+        } else {
+            "must be set"
+        };
+        let authorization_endpoint =
+            authorization_endpoint.ok_or_else(|| invalid(field("authorization_endpoint"), must_be_set))?;
+        let token_endpoint = token_endpoint.ok_or_else(|| invalid(field("token_endpoint"), must_be_set))?;
         for (f, url) in [
             ("authorization_endpoint", &authorization_endpoint),
             ("token_endpoint", &token_endpoint),
@@ -237,12 +370,12 @@ impl ProviderSettings {
         let default_scopes = self
             .default_scopes
             .clone()
-            .or(preset.default_scopes)
+            .or_else(|| preset.default_scopes.clone())
             .unwrap_or_default();
         let offline_scope = self
             .offline_scope
             .clone()
-            .or(preset.offline_scope)
+            .or_else(|| preset.offline_scope.clone())
             .filter(|s| !s.is_empty());
         for scope in default_scopes.iter().chain(offline_scope.iter()) {
             if !is_valid_scope(scope) {
@@ -253,19 +386,16 @@ impl ProviderSettings {
             }
         }
         // Added to timestamps on the refresh path: bounded here so that no sum can overflow.
-        let assumed_token_lifetime = self.assumed_token_lifetime.unwrap_or(Duration::from_secs(3600));
-        if assumed_token_lifetime > Duration::from_secs(365 * 24 * 3600) {
-            return Err(invalid(field("assumed_token_lifetime"), "must be at most a year"));
+        let assumed_token_lifetime = self
+            .assumed_token_lifetime
+            .or(preset.assumed_token_lifetime)
+            .unwrap_or(Duration::from_secs(3600));
+        if assumed_token_lifetime.is_zero() || assumed_token_lifetime > Duration::from_secs(365 * 24 * 3600) {
+            return Err(invalid(
+                field("assumed_token_lifetime"),
+                "must be positive and at most a year",
+            ));
         }
-        // The preset's revocation endpoint belongs with the preset's token endpoint: a
-        // configuration that points the token endpoint elsewhere (a staging server, a test
-        // double) must not send refresh tokens to the production server on disconnect.
-        let preset_revocation = if self.token_endpoint.is_none() {
-            preset.revocation_endpoint
-        } else {
-            None
-        };
-        let revocation_endpoint = self.revocation_endpoint.clone().or(preset_revocation);
         if revocation_endpoint
             .as_ref()
             .is_some_and(|url| !matches!(url.scheme(), "https" | "http"))
@@ -284,11 +414,36 @@ impl ProviderSettings {
                 "and keepalive_before must be positive and at most ten years",
             ));
         }
+        // The preset's extra parameters (a provider's quirk), with the settings' own winning by
+        // name.
+        let mut extra_authorization_params = preset.extra_authorization_params.clone();
+        extra_authorization_params.extend(self.extra_authorization_params.clone());
+        let audience_parameter = self
+            .audience_parameter
+            .clone()
+            .or_else(|| preset.audience_parameter.clone())
+            .unwrap_or_else(|| "audience".into());
+        let audience = self
+            .audience
+            .clone()
+            .or_else(|| preset.audience.clone())
+            .filter(|a| !a.is_empty());
+        for key in extra_authorization_params.keys() {
+            if key.is_empty()
+                || OWN_AUTHORIZATION_PARAMS.contains(&key.as_str())
+                || (audience.is_some() && *key == audience_parameter)
+            {
+                return Err(invalid(
+                    field("extra_authorization_params"),
+                    format!("must not set {key:?}: the vault writes that parameter itself"),
+                ));
+            }
+        }
         let request_timeout = self.request_timeout.unwrap_or(Duration::from_secs(10));
         if request_timeout.is_zero() {
             return Err(invalid(field("request_timeout"), "must be positive"));
         }
-        Ok(ProviderConfig {
+        let config = ProviderConfig {
             name: name.to_owned(),
             authorization_endpoint,
             token_endpoint,
@@ -298,13 +453,9 @@ impl ProviderSettings {
                 .auth_method
                 .or(preset.auth_method)
                 .unwrap_or(AuthMethod::ClientSecretBasic),
-            audience: self.audience.clone().or(preset.audience).filter(|a| !a.is_empty()),
-            audience_parameter: self
-                .audience_parameter
-                .clone()
-                .or(preset.audience_parameter)
-                .unwrap_or_else(|| "audience".into()),
-            extra_authorization_params: self.extra_authorization_params.clone(),
+            audience,
+            audience_parameter,
+            extra_authorization_params,
             default_scopes,
             offline_scope,
             redirect_uris,
@@ -322,8 +473,94 @@ impl ProviderSettings {
             revocation_endpoint,
             refresh_token_lifetime,
             keepalive_before,
-        })
+        };
+        if let Endpoints::Discovered(metadata) = source {
+            check_against_metadata(name, &config, metadata, &mut warnings)?;
+        }
+        Ok((config, warnings))
     }
+}
+
+/// The parameters the vault itself writes into an authorization request; an extra parameter of
+/// the same name would send it twice, and which one the provider reads is not ours to guess.
+const OWN_AUTHORIZATION_PARAMS: &[&str] = &[
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+];
+
+/// The checks that need the issuer's metadata besides its endpoints. A method the provider says
+/// it does not support is an error: every authorization would fail with it. A scope missing
+/// from `scopes_supported` is a warning: the list is optional and often partial.
+fn check_against_metadata(
+    name: &str,
+    config: &ProviderConfig,
+    metadata: &ServerMetadata,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    let field = |f: &str| format!("providers.{name}.{f}");
+    let issuer = &metadata.issuer;
+    let method = config.auth_method.as_str();
+    match &metadata.token_endpoint_auth_methods_supported {
+        Some(supported) if !supported.iter().any(|m| m == method) => return Err(invalid(
+            field("auth_method"),
+            format!(
+                "is {method}, but issuer {issuer} supports only {supported:?} (token_endpoint_auth_methods_supported)"
+            ),
+        )),
+        None if config.auth_method != AuthMethod::ClientSecretBasic => warnings.push(format!(
+            "provider {name}: auth_method is {method}, and issuer {issuer} does not list \
+             token_endpoint_auth_methods_supported (whose default is client_secret_basic)"
+        )),
+        _ => {}
+    }
+    if let Some(supported) = &metadata.code_challenge_methods_supported {
+        if config.pkce && !supported.iter().any(|m| m == "S256") {
+            return Err(invalid(
+                field("pkce"),
+                format!(
+                    "is on (S256), but issuer {issuer} supports only {supported:?} \
+                     (code_challenge_methods_supported); set pkce = false for a provider without S256"
+                ),
+            ));
+        }
+    }
+    if let Some(supported) = &metadata.scopes_supported {
+        let missing: Vec<&String> = config
+            .default_scopes
+            .iter()
+            .chain(config.offline_scope.iter())
+            .filter(|scope| !supported.contains(scope))
+            .collect();
+        if !missing.is_empty() {
+            warnings.push(format!(
+                "provider {name}: scopes {missing:?} are not in issuer {issuer}'s scopes_supported {supported:?}; \
+                 the list is optional and often partial, so they are still requested"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where `resolve_with` takes the endpoints from.
+#[derive(Clone, Copy)]
+enum Endpoints<'a> {
+    /// The settings and the preset only.
+    Settings,
+    /// The settings, with the issuer's URL standing in for what discovery will supply.
+    Pending,
+    /// The settings, checked against and completed from the issuer's metadata.
+    Discovered(&'a ServerMetadata),
+}
+
+struct ExplicitEndpoints {
+    authorization: Option<Url>,
+    token: Option<Url>,
+    revocation: Option<Url>,
 }
 
 #[cfg(test)]

@@ -236,17 +236,30 @@ fn transport_error(e: reqwest::Error) -> TokenError {
     }
 }
 
-async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, TokenError> {
-    if response
-        .content_length()
-        .is_some_and(|n| n as usize > MAX_RESPONSE_BYTES)
-    {
-        return Err(TokenError::Protocol("token endpoint answer is too large".into()));
+async fn read_limited(response: reqwest::Response) -> Result<Vec<u8>, TokenError> {
+    read_capped(response, MAX_RESPONSE_BYTES).await.map_err(|e| match e {
+        BodyError::TooLarge => TokenError::Protocol("token endpoint answer is too large".into()),
+        BodyError::Transport(e) => transport_error(e),
+    })
+}
+
+/// Why an answer's body was not read.
+pub(super) enum BodyError {
+    /// Longer than the cap, by its `Content-Length` or as it arrived.
+    TooLarge,
+    Transport(reqwest::Error),
+}
+
+/// Reads an answer's body, at most `max` bytes: a provider (or whatever answers in its place)
+/// cannot make the vault buffer without bound.
+pub(super) async fn read_capped(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, BodyError> {
+    if response.content_length().is_some_and(|n| n as usize > max) {
+        return Err(BodyError::TooLarge);
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(TokenError::Protocol("token endpoint answer is too large".into()));
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        if body.len() + chunk.len() > max {
+            return Err(BodyError::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }

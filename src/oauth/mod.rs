@@ -1,9 +1,11 @@
 //! The OAuth 2.0 provider side (RFC 6749, RFC 7636): authorization URLs, the callback's
-//! parameters, the token endpoint's requests, answers and errors, and token revocation (RFC 7009).
+//! parameters, the token endpoint's requests, answers and errors, token revocation (RFC 7009) and
+//! the authorization server's metadata (RFC 8414, `discovery`).
 //! Knows nothing of storage.
 
 mod callback;
 mod client;
+pub mod discovery;
 mod error;
 mod pkce;
 mod provider;

@@ -8,6 +8,7 @@ mod audit;
 mod authorization;
 mod callers;
 mod client_secrets;
+mod discovery;
 mod errors;
 mod events;
 mod failover;
