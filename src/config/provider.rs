@@ -506,12 +506,14 @@ fn check_against_metadata(
     let issuer = &metadata.issuer;
     let method = config.auth_method.as_str();
     match &metadata.token_endpoint_auth_methods_supported {
-        Some(supported) if !supported.iter().any(|m| m == method) => return Err(invalid(
-            field("auth_method"),
-            format!(
+        Some(supported) if !supported.iter().any(|m| m == method) => {
+            return Err(invalid(
+                field("auth_method"),
+                format!(
                 "is {method}, but issuer {issuer} supports only {supported:?} (token_endpoint_auth_methods_supported)"
             ),
-        )),
+            ))
+        }
         None if config.auth_method != AuthMethod::ClientSecretBasic => warnings.push(format!(
             "provider {name}: auth_method is {method}, and issuer {issuer} does not list \
              token_endpoint_auth_methods_supported (whose default is client_secret_basic)"

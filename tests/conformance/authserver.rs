@@ -53,6 +53,9 @@ pub struct ServerOptions {
     pub code_ttl: u64,
     /// How long a refresh token lives from its issue, in seconds (Hydra: 30 days).
     pub refresh_ttl: u64,
+    /// Other providers' behaviour, as the script's flags (`--no-rotation`,
+    /// `--access-type-offline`, `--omit-expires-in`).
+    pub quirks: &'static [&'static str],
 }
 
 impl Default for ServerOptions {
@@ -61,6 +64,7 @@ impl Default for ServerOptions {
             access_ttl: 3599,
             code_ttl: 600,
             refresh_ttl: 30 * 24 * 3600,
+            quirks: &[],
         }
     }
 }
@@ -138,6 +142,7 @@ impl AuthServer {
             .args(["--code-ttl", &self.options.code_ttl.to_string()])
             .args(["--refresh-ttl", &self.options.refresh_ttl.to_string()])
             .args(["--redirect-uri", REDIRECT_URI])
+            .args(self.options.quirks)
             .arg("--exit-with-stdin")
             .stdin(Stdio::piped())
             .stdout(output.try_clone().unwrap())

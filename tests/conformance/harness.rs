@@ -44,6 +44,10 @@ pub struct VaultOptions {
     /// TOML appended to the settings (after the provider's table, so a bare key lands in it;
     /// start with a `[section]` header for anything else).
     pub extra_toml: String,
+    /// Another preset instead of `understory` with the endpoints written out: the provider is
+    /// named after it and configured by the local server's issuer, so that its endpoints come
+    /// from the server's metadata (discovery) and the preset's own endpoints go unused.
+    pub preset: Option<&'static str>,
 }
 
 impl VaultOptions {
@@ -55,6 +59,7 @@ impl VaultOptions {
             offline_scope: None,
             prompt_consent: false,
             extra_toml: String::new(),
+            preset: None,
         }
     }
 }
@@ -74,14 +79,22 @@ pub fn settings_toml(issuer: &str, database_url: &str, opts: &VaultOptions) -> S
 
 /// [`settings_toml`] with a given keyring line, for a test that opens what the vault stored.
 pub fn settings_toml_with_keyring(issuer: &str, database_url: &str, opts: &VaultOptions, keyring: &str) -> String {
+    // Understory's endpoints written out, or another preset's discovered from the issuer.
+    let (name, endpoints) = match opts.preset {
+        None => (
+            "understory",
+            format!(
+                "authorization_endpoint = \"{issuer}/auth\"\ntoken_endpoint = \"{issuer}/token\"\n\
+                 revocation_endpoint = \"{issuer}/token/revocation\"\n"
+            ),
+        ),
+        Some(preset) => (preset, format!("issuer = \"{issuer}\"\n")),
+    };
     let mut provider = format!(
         r#"
-[providers.understory]
-preset = "understory"
-authorization_endpoint = "{issuer}/auth"
-token_endpoint = "{issuer}/token"
-revocation_endpoint = "{issuer}/token/revocation"
-client_id = {client_id}
+[providers.{name}]
+preset = "{preset}"
+{endpoints}client_id = {client_id}
 client_secret = {client_secret}
 auth_method = "{auth_method}"
 audience = "{AUDIENCE}"
@@ -92,6 +105,7 @@ pkce = {pkce}
 user_agent = "TokenVault/Conformance"
 request_timeout = "2s"
 "#,
+        preset = opts.preset.unwrap_or("understory"),
         client_id = toml_string(opts.client.id),
         client_secret = toml_string(opts.client.secret),
         auth_method = opts.auth_method,

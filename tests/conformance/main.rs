@@ -18,6 +18,7 @@ mod flow;
 mod harness;
 mod keepalive;
 mod outage;
+mod presets;
 mod refresh;
 mod replicas;
 mod revocation;

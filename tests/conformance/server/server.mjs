@@ -23,6 +23,17 @@
 //          [--exit-with-stdin]  exit when standard input closes, so a test that dies (even by
 //                               SIGKILL) cannot leave its server running
 //
+//        Quirks of other providers (config/presets.toml), for the presets' tests:
+//          [--no-rotation]      a refresh keeps the refresh token and its answer carries none
+//                               (Google, Salesforce)
+//          [--access-type-offline]  a refresh token only when the authorization request carries
+//                               access_type=offline, and (oidc-provider's rule for offline_access)
+//                               prompt=consent; the offline scopes themselves are ignored (Google)
+//          [--omit-expires-in]  token answers without expires_in (Salesforce)
+//
+// Besides `offline` and `offline_access`, the scope `refresh_token` (Salesforce's) asks for a
+// refresh token.
+//
 // The login and consent pages are oidc-provider's development interactions: any login and
 // password are accepted. Nothing here is fit for production.
 
@@ -43,6 +54,9 @@ const { values: args } = parseArgs({
     'refresh-ttl': { type: 'string', default: String(30 * 24 * 3600) },
     'redirect-uri': { type: 'string', default: 'http://localhost:3000/oauth/callback' },
     'exit-with-stdin': { type: 'boolean', default: false },
+    'no-rotation': { type: 'boolean', default: false },
+    'access-type-offline': { type: 'boolean', default: false },
+    'omit-expires-in': { type: 'boolean', default: false },
   },
 });
 if (!args.port) {
@@ -174,13 +188,15 @@ class FileAdapter {
 
 // ---------------------------------------------------------------------------------------------
 
+const OFFLINE_SCOPES = new Set(['offline', 'offline_access', 'refresh_token']);
+
 const configuration = {
   adapter: FileAdapter,
   clients: CLIENTS,
   // Fixed so that the interaction cookies of a browser survive a restart.
   cookies: { keys: ['token-vault-conformance-cookie-key'] },
   findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
-  scopes: ['openid', 'offline_access', 'offline'],
+  scopes: ['openid', 'offline_access', 'offline', 'refresh_token'],
   features: {
     devInteractions: { enabled: true },
     // Only the client a token was issued to may look at it or revoke it.
@@ -197,10 +213,11 @@ const configuration = {
     },
   },
   pkce: { required: (_ctx, client) => PKCE_REQUIRED.has(client.clientId) },
-  rotateRefreshToken: true,
-  // Hydra issues a refresh token for `offline`; OpenID Connect's `offline_access` works too.
+  rotateRefreshToken: !args['no-rotation'],
+  // Hydra issues a refresh token for `offline`; OpenID Connect's `offline_access` and
+  // Salesforce's `refresh_token` work too.
   issueRefreshToken: async (_ctx, client, code) =>
-    client.grantTypeAllowed('refresh_token') && (code.scopes.has('offline') || code.scopes.has('offline_access')),
+    client.grantTypeAllowed('refresh_token') && [...OFFLINE_SCOPES].some((scope) => code.scopes.has(scope)),
   // Hydra's tokens do not end with the browser session that granted them.
   expiresWithSession: async () => false,
   // Hydra (fosite) revokes every token of the grant, whichever token is revoked.
@@ -217,6 +234,39 @@ const configuration = {
 };
 
 const provider = new Provider(issuer, configuration);
+
+// --access-type-offline (Google): the offline scopes of the request are dropped, and
+// `offline_access` stands in for `access_type=offline`, so that a refresh token is issued exactly
+// when that parameter (and prompt=consent, which oidc-provider demands for offline_access) came
+// with the authorization request.
+if (args['access-type-offline']) {
+  provider.use(async (ctx, next) => {
+    if (ctx.method === 'GET' && ctx.path === '/auth' && ctx.query.client_id) {
+      const query = { ...ctx.query };
+      const scopes = (query.scope || '').split(' ').filter((scope) => scope && !OFFLINE_SCOPES.has(scope));
+      if (query.access_type === 'offline') scopes.push('offline_access');
+      log('authorization.access_type', { access_type: query.access_type ?? null, prompt: query.prompt ?? null });
+      delete query.access_type;
+      query.scope = scopes.join(' ');
+      ctx.query = query;
+    }
+    await next();
+  });
+}
+
+// --no-rotation and --omit-expires-in rewrite the token endpoint's successful answers on their
+// way out, the way those providers answer.
+if (args['no-rotation'] || args['omit-expires-in']) {
+  provider.use(async (ctx, next) => {
+    await next();
+    if (ctx.method === 'POST' && ctx.path === '/token' && ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {
+      const body = { ...ctx.body };
+      if (args['omit-expires-in']) delete body.expires_in;
+      if (args['no-rotation'] && ctx.oidc?.params?.grant_type === 'refresh_token') delete body.refresh_token;
+      ctx.body = body;
+    }
+  });
+}
 
 // Hydra holds one auth method per client and rejects the other; oidc-provider accepts both
 // secret methods for either. Enforce the registration on every endpoint that authenticates a
@@ -279,7 +329,12 @@ const grantType = (ctx) => ctx.oidc?.params?.grant_type;
 const authMethod = (ctx) => (ctx.get('authorization') ? 'client_secret_basic' : 'client_secret_post');
 
 provider.on('grant.success', (ctx) => {
-  const { AuthorizationCode: code, RotatedRefreshToken: used, RefreshToken: issued, AccessToken: at } = ctx.oidc.entities;
+  const { AuthorizationCode: code, RotatedRefreshToken: rotated, RefreshToken: current, AccessToken: at } = ctx.oidc.entities;
+  // Without rotation (--no-rotation) a refresh's RefreshToken entity is the token it presented:
+  // logged as used, with none issued.
+  const kept = grantType(ctx) === 'refresh_token' && !rotated;
+  const used = kept ? current : rotated;
+  const issued = kept ? undefined : current;
   log('grant.success', {
     grant_type: grantType(ctx),
     client_id: ctx.oidc.client.clientId,
