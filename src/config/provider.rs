@@ -119,7 +119,8 @@ pub struct ProviderSettings {
     /// The authorization parameter that carries `audience`: `audience` (Hydra) or `resource`
     /// (RFC 8707).
     pub audience_parameter: Option<String>,
-    /// Further authorization-request parameters, such as `prompt = "consent"`.
+    /// Further authorization-request parameters, such as `prompt = "consent"`; merged over the
+    /// preset's by name. None may be a parameter the vault writes itself.
     #[serde(default)]
     pub extra_authorization_params: BTreeMap<String, String>,
     pub default_scopes: Option<Vec<String>>,
@@ -134,7 +135,8 @@ pub struct ProviderSettings {
     pub request_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
-    /// The lifetime assumed for an access token whose response carries no `expires_in`.
+    /// The lifetime assumed for an access token whose response carries no `expires_in`
+    /// (Salesforce never sends it); 1 hour unless the preset or this says otherwise.
     #[serde(default, with = "humantime_serde")]
     pub assumed_token_lifetime: Option<Duration>,
     /// The RFC 7009 revocation endpoint DeleteConnection sends the refresh token to.
@@ -604,6 +606,132 @@ mod tests {
             p.revocation_endpoint.unwrap().as_str(),
             "http://127.0.0.1:9/oauth2/revoke"
         );
+    }
+
+    fn google(extra: impl FnOnce(&mut ProviderSettings)) -> Result<(ProviderConfig, Vec<String>), ConfigError> {
+        let mut settings = ProviderSettings {
+            preset: Some("google".into()),
+            client_id: Some("id".into()),
+            client_secret: Some("secret".to_owned().into()),
+            redirect_uris: vec!["https://app.test/cb".parse().unwrap()],
+            default_scopes: Some(vec!["https://www.googleapis.com/auth/calendar".into()]),
+            ..Default::default()
+        };
+        extra(&mut settings);
+        let metadata = ServerMetadata {
+            issuer: "https://accounts.google.com".into(),
+            authorization_endpoint: "https://accounts.google.com/o/oauth2/v2/auth".parse().ok(),
+            token_endpoint: "https://oauth2.googleapis.com/token".parse().ok(),
+            revocation_endpoint: "https://oauth2.googleapis.com/revoke".parse().ok(),
+            token_endpoint_auth_methods_supported: Some(vec![
+                "client_secret_post".into(),
+                "client_secret_basic".into(),
+            ]),
+            code_challenge_methods_supported: Some(vec!["plain".into(), "S256".into()]),
+            scopes_supported: Some(vec!["openid".into(), "email".into(), "profile".into()]),
+        };
+        settings.resolve_discovered("google", &metadata)
+    }
+
+    /// The google preset against Google's published metadata: it agrees; the API scope absent
+    /// from `scopes_supported` is a warning; the preset's extra parameters are there, merged
+    /// with the settings' own by name.
+    #[test]
+    fn a_preset_agrees_with_its_issuers_metadata() {
+        let (p, warnings) = google(|s| {
+            s.extra_authorization_params
+                .insert("login_hint".into(), "a@b.test".into());
+            s.extra_authorization_params
+                .insert("prompt".into(), "select_account consent".into());
+        })
+        .unwrap();
+        assert_eq!(p.token_endpoint.as_str(), "https://oauth2.googleapis.com/token");
+        assert_eq!(p.offline_scope, None);
+        assert_eq!(p.auth_method, AuthMethod::ClientSecretPost);
+        assert_eq!(p.extra_authorization_params["access_type"], "offline");
+        assert_eq!(p.extra_authorization_params["prompt"], "select_account consent");
+        assert_eq!(p.extra_authorization_params["login_hint"], "a@b.test");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("calendar") && warnings[0].contains("scopes_supported"));
+        // No refresh token is sent anywhere but Google unless configured so.
+        assert_eq!(
+            p.revocation_endpoint.unwrap().as_str(),
+            "https://oauth2.googleapis.com/revoke"
+        );
+    }
+
+    /// An issuer of the provider's own drops the preset's endpoints (they belong with the
+    /// preset's issuer); without discovery they must then be set.
+    #[test]
+    fn an_issuer_of_its_own_drops_the_presets_endpoints() {
+        let settings = ProviderSettings {
+            preset: Some("salesforce".into()),
+            issuer: Some("https://test.salesforce.com".into()),
+            client_id: Some("id".into()),
+            client_secret: Some("secret".to_owned().into()),
+            redirect_uris: vec!["https://app.test/cb".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(!settings.endpoints_known("sf").unwrap());
+        match settings.resolve("sf") {
+            Err(ConfigError::Invalid { field, problem }) => {
+                assert_eq!(field, "providers.sf.authorization_endpoint");
+                assert!(problem.contains("issuer's metadata"), "{problem}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Before discovery, every other setting is still checked.
+        let pending = settings.check_before_discovery("sf").unwrap();
+        assert_eq!(pending.assumed_token_lifetime, Duration::from_secs(15 * 60));
+        assert_eq!(pending.revocation_endpoint, None);
+        let preset_issuer = ProviderSettings {
+            issuer: None,
+            ..settings
+        };
+        assert!(preset_issuer.endpoints_known("sf").unwrap());
+    }
+
+    /// Settings refused before any network: an unknown preset, an issuer that is not https (or
+    /// loopback http) or carries a query, an extra parameter the vault writes itself, a zero
+    /// assumed lifetime.
+    #[test]
+    fn bad_issuer_preset_and_quirk_settings_name_the_field() {
+        type Change = fn(&mut ProviderSettings);
+        let cases: [(&str, Change); 7] = [
+            ("preset", |s| s.preset = Some("okta".into())),
+            ("issuer", |s| s.issuer = Some("http://idp.example".into())),
+            ("issuer", |s| s.issuer = Some("https://idp.example/?tenant=1".into())),
+            ("issuer", |s| s.issuer = Some("not a url".into())),
+            ("extra_authorization_params", |s| {
+                s.extra_authorization_params.insert("state".into(), "x".into());
+            }),
+            ("extra_authorization_params", |s| {
+                s.extra_authorization_params.insert("audience".into(), "x".into());
+            }),
+            ("assumed_token_lifetime", |s| {
+                s.assumed_token_lifetime = Some(Duration::ZERO)
+            }),
+        ];
+        for (field, change) in cases {
+            let mut settings = ProviderSettings {
+                preset: Some("understory".into()),
+                client_id: Some("id".into()),
+                client_secret: Some("secret".to_owned().into()),
+                redirect_uris: vec!["https://app.test/cb".parse().unwrap()],
+                ..Default::default()
+            };
+            change(&mut settings);
+            match settings.check_before_discovery("p") {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, format!("providers.p.{field}")),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        // Loopback http is an issuer (a local server, the tests).
+        let local = ProviderSettings {
+            issuer: Some("http://127.0.0.1:4444".into()),
+            ..Default::default()
+        };
+        assert!(local.issuer("p").unwrap().is_some());
     }
 
     /// `client_secret_files` from TOML: every file read in order; an empty list, an empty or
