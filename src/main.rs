@@ -96,11 +96,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let output = cli.output;
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("token-vault: {e:#}");
+            operator::print_failure(output, &e);
             ExitCode::FAILURE
         }
     }

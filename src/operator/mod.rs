@@ -9,4 +9,4 @@ mod grpc;
 mod output;
 
 pub use grpc::{Target, TOKEN_ENV};
-pub use output::{print_json, Output};
+pub use output::{print_failure, print_json, Output};

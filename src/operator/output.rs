@@ -14,3 +14,13 @@ pub fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
+
+/// A command that failed before it had anything to print (an unreadable file, a bad flag
+/// value): with `--output json` the error is the one JSON document on stdout, so that a script
+/// never has to parse text; in both forms it goes to stderr too.
+pub fn print_failure(output: Output, error: &anyhow::Error) {
+    if output == Output::Json {
+        let _ = print_json(&serde_json::json!({ "error": { "message": format!("{error:#}") } }));
+    }
+    eprintln!("token-vault: {error:#}");
+}

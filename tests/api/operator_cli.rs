@@ -175,6 +175,42 @@ async fn a_failed_call_prints_its_code_and_reason_and_exits_non_zero() {
 
     let bad = connections(&app, &["show", "bad\ttenant", "--output", "json"], &[], "").await;
     assert_eq!(bad.json()["error"]["reason"], "INVALID_REQUEST_FIELD");
+
+    // Never reached: no server there. The connection failure is the call's error.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let unreachable = tokio::task::spawn_blocking(move || {
+        run(
+            &[
+                "connections",
+                "list",
+                "--output",
+                "json",
+                "--addr",
+                &format!("http://{closed}"),
+            ],
+            &[],
+            "",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!unreachable.success);
+    assert_eq!(unreachable.json()["error"]["code"], "UNAVAILABLE");
+
+    // A failure before any call (a CA for a plaintext address) is one JSON document too.
+    let misused = connections(
+        &app,
+        &["list", "--output", "json", "--ca", "/nonexistent/ca.crt"],
+        &[],
+        "",
+    )
+    .await;
+    assert!(!misused.success);
+    let message = misused.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("--ca"), "{message}");
 }
 
 #[tokio::test]
