@@ -179,6 +179,7 @@ async fn a_healthy_deployment_passes_every_check() {
         "tls.cert_file",
         "tls.key_file",
         "tls.client_ca_file",
+        "tls",
         "provider understory clock",
     ] {
         assert_eq!(doctor.check(name).0, "pass", "{name}: {}", doctor.check(name).1);
@@ -317,6 +318,13 @@ async fn a_certificate_expiring_in_two_days_fails_the_tls_check() {
     doctor.assert_failed("tls.cert_file", "expires in 1d 2");
     assert!(doctor.check("tls.cert_file").1.contains("renew"));
     assert_eq!(doctor.failed(), ["tls.cert_file"], "the key and the CA are fine");
+
+    // A key that is not the certificate's: each file alone is fine, the pair is refused.
+    let other = pki.leaf(&["localhost"], &[]);
+    dir.write("tls.key", &other.key);
+    let mismatched = Doctor::run(&config);
+    mismatched.assert_failed("tls", "refuses");
+    assert_eq!(mismatched.check("tls.key_file").0, "pass");
 }
 
 #[tokio::test]

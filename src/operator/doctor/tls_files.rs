@@ -1,7 +1,8 @@
 //! The TLS files the vault serves with (`tls.cert_file`, `tls.key_file`, `tls.client_ca_file`)
 //! are readable, hold what they should, and no certificate in them expires within
 //! `EXPIRY_WARNING` (14 days: two weekly renewal runs of a certificate manager that failed,
-//! with time left to act before callers are refused).
+//! with time left to act before callers are refused). Then the listener's own loader reads
+//! them together, as `serve` would (the key matches the certificate, the CA parses).
 
 use std::{path::Path, time::Duration};
 
@@ -27,6 +28,13 @@ pub fn check(tls: &TlsSettings, mode: Mode, now: OffsetDateTime) -> Vec<Check> {
     }
     if let Some(path) = &tls.client_ca_file {
         checks.push(certificates("tls.client_ca_file", path, now));
+    }
+    // Together, as `serve` loads them: the key matches the certificate, the CA parses.
+    if tls.cert_file.is_some() && tls.key_file.is_some() {
+        checks.push(match crate::auth::tls::load(tls, true) {
+            Ok(_) => Check::pass("tls", "the listener accepts the certificate, its key and the client CA"),
+            Err(e) => Check::fail("tls", format!("the listener refuses the files: {e}")),
+        });
     }
     if checks.is_empty() {
         let detail = "not configured: the vault serves plaintext gRPC";
