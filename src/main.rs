@@ -150,7 +150,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Keys(KeysCommand::Status) => {
             let settings = Settings::load(cli.config.as_deref())?;
-            let _telemetry = telemetry::init(&settings.log, &settings.telemetry)?;
+            // Logs go to stdout, which holds the one JSON document with `--output json`; the
+            // rows say `(keyring not loaded)` where the text form's warning would.
+            let _telemetry = match cli.output {
+                Output::Text => Some(telemetry::init(&settings.log, &settings.telemetry)?),
+                Output::Json => None,
+            };
             // The counts need no key; the keyring only marks which ids are present.
             let keyring = keys::load_keyring(&settings.encryption, settings.mode)
                 .map_err(|e| tracing::warn!(error = %e, "the keyring could not be loaded; showing counts only"))

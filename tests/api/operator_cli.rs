@@ -347,10 +347,12 @@ async fn keys_status_prints_json() {
     .unwrap();
 
     let config_arg = config.to_str().unwrap().to_owned();
+    // At debug level the text form logs every statement (to stdout); the JSON form stays one
+    // document.
     let status = tokio::task::spawn_blocking(move || {
         run(
             &["keys", "status", "--output", "json", "--config", &config_arg],
-            &[],
+            &[("TOKEN_VAULT_LOG__LEVEL", "debug")],
             "",
         )
     })
