@@ -11,7 +11,7 @@ use std::path::Path;
 
 pub use reload::{watch_keyring, KeyringDigest, KeyringReloader, Reload, ReloadError};
 pub use rewrap::{rewrap, RewrapFailure, RewrapOptions, RewrapReport};
-pub use status::{key_usage, KeyUsage, Protector};
+pub use status::{key_usage, KeyUsage, KeyUsageRow, Protector};
 
 use secrecy::ExposeSecret;
 use zeroize::Zeroizing;

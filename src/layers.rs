@@ -2,7 +2,7 @@
 //! path). Dependencies point one way, from the gRPC edge down to the leaves:
 //!
 //! ```text
-//! startup                                  wires everything (the only module that may)
+//! startup   operator                       wires everything (the only module that may) / the operator's commands
 //!   listener                               accepting connections: limits, TLS, health
 //!     api                                  gRPC adapters, the auth layer, Status mapping
 //!       auth    vault                      who may call / the flows
@@ -44,6 +44,9 @@ mod tests {
                 "vault",
             ],
         ),
+        // The operator's commands (`connections`, `doctor`): a gRPC client of the API (proto)
+        // and read-only checks over what the vault would start with.
+        ("operator", &["auth", "config", "crypto", "keys", "proto", "store"]),
         // The edge: converts proto <-> domain and hands calls to auth and the vault. It reads
         // the callback parameters' limits from oauth to validate input before the vault.
         (

@@ -26,6 +26,7 @@ mod layers;
 pub mod listener;
 pub mod metrics;
 pub mod oauth;
+pub mod operator;
 pub mod reload;
 pub mod startup;
 pub mod store;

@@ -3,7 +3,12 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use token_vault::{config::Settings, keys, startup, store, telemetry};
+use token_vault::{
+    config::Settings,
+    keys,
+    operator::{self, connections::ConnectionsCommand, Output},
+    startup, store, telemetry,
+};
 
 #[derive(Parser)]
 #[command(
@@ -15,6 +20,9 @@ struct Cli {
     /// A TOML configuration file; TOKEN_VAULT_* environment variables override it.
     #[arg(long, short, env = "TOKEN_VAULT_CONFIG", global = true)]
     config: Option<PathBuf>,
+    /// `json`: one JSON document on standard output, for scripts (connections, doctor, keys status).
+    #[arg(long, value_enum, default_value_t, global = true)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,6 +42,17 @@ enum Command {
     /// Key management.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// See or disconnect connections of a running vault, over its gRPC API. A bearer token is
+    /// read from --token-file or the TOKEN_VAULT_BEARER_TOKEN environment variable.
+    Connections {
+        #[command(flatten)]
+        target: operator::Target,
+        #[command(subcommand)]
+        command: ConnectionsCommand,
+    },
+    /// Check this deployment: configuration, database and migrations, keyring, TLS files,
+    /// providers' endpoints and clocks. One line per check; exits 1 if any fails.
+    Doctor,
 }
 
 #[derive(Subcommand)]
@@ -77,11 +96,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let output = cli.output;
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("token-vault: {e:#}");
+            operator::print_failure(output, &e);
             ExitCode::FAILURE
         }
     }
@@ -130,16 +150,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Keys(KeysCommand::Status) => {
             let settings = Settings::load(cli.config.as_deref())?;
-            let _telemetry = telemetry::init(&settings.log, &settings.telemetry)?;
+            // Logs go to stdout, which holds the one JSON document with `--output json`; the
+            // rows say `(keyring not loaded)` where the text form's warning would.
+            let _telemetry = match cli.output {
+                Output::Text => Some(telemetry::init(&settings.log, &settings.telemetry)?),
+                Output::Json => None,
+            };
             // The counts need no key; the keyring only marks which ids are present.
             let keyring = keys::load_keyring(&settings.encryption, settings.mode)
                 .map_err(|e| tracing::warn!(error = %e, "the keyring could not be loaded; showing counts only"))
                 .ok()
                 .map(|loaded| loaded.keyring);
             let usage = keys::key_usage(&admin_store(&settings)?).await?;
-            print!("{}", usage.render(keyring.as_ref()));
+            match cli.output {
+                Output::Json => operator::print_json(&serde_json::json!({ "keys": usage.rows(keyring.as_ref()) }))?,
+                Output::Text => print!("{}", usage.render(keyring.as_ref())),
+            }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Connections { target, command } => {
+            operator::connections::run(command, &target, cli.output, std::io::stdin().lock()).await
+        }
+        Command::Doctor => operator::doctor::run(cli.config.as_deref(), cli.output).await,
         Command::Healthcheck { addr } => Ok(if startup::probe_health(&addr).await? {
             ExitCode::SUCCESS
         } else {

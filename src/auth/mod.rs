@@ -31,6 +31,7 @@ pub use identity::{hash_token, parse_token_hash};
 pub use limit::{Permit, Rate, Refused};
 pub use policy::{Policy, Rpc};
 pub use reload::{load_authenticator, watch_security, PolicyDigest, ReloadCounts, Reloaded, SecurityReloader};
+pub use validity::{validity, Validity};
 
 use crate::{
     config::{invalid, AuthMode, CallerSettings, ConfigError, Settings},

@@ -70,8 +70,49 @@ impl KeyUsage {
         self.counts.get(protector).map(|c| c.values().sum()).unwrap_or(0)
     }
 
-    /// A table for operators, marking which ids the keyring has and which is active. Key ids
-    /// read from the database that are not valid ids are shown quoted and escaped.
+    /// One row per key id (and one for unreadable framings), with the keyring's view of it;
+    /// keys in the keyring that protect nothing are listed too: those are the ones that can be
+    /// retired (or the freshly added active key). Key ids read from the database that are not
+    /// valid ids are quoted and escaped.
+    pub fn rows(&self, keyring: Option<&Keyring>) -> Vec<KeyUsageRow> {
+        let row = |key_id: String, keyring_note: &'static str, by_column: Option<&BTreeMap<SealedColumn, i64>>| {
+            let n = |c| by_column.and_then(|b| b.get(&c)).copied().unwrap_or(0);
+            KeyUsageRow {
+                key_id,
+                total: by_column.map(|b| b.values().sum()).unwrap_or(0),
+                access_token: n(SealedColumn::AccessToken),
+                refresh_token: n(SealedColumn::RefreshToken),
+                pkce_verifier: n(SealedColumn::PkceVerifier),
+                keyring: keyring_note,
+            }
+        };
+        let mut rows = Vec::new();
+        for (protector, by_column) in &self.counts {
+            rows.push(match protector {
+                Protector::Key(id) => row(display_id(id), keyring_note(keyring, id), Some(by_column)),
+                Protector::Malformed => row("<malformed>".to_owned(), "cannot be opened", Some(by_column)),
+            });
+        }
+        for id in keyring.into_iter().flat_map(Keyring::key_ids) {
+            if !self.counts.contains_key(&Protector::Key(id.as_str().to_owned())) {
+                rows.push(row(id.to_string(), keyring_note(keyring, id.as_str()), None));
+            }
+        }
+        rows
+    }
+
+    /// The key ids that protect at least one stored value but are not in `keyring`: values
+    /// that cannot be opened until the key is back.
+    pub fn missing_from(&self, keyring: &Keyring) -> Vec<(String, i64)> {
+        self.totals()
+            .filter_map(|(p, n)| match p {
+                Protector::Key(id) if n > 0 && keyring.get(id).is_none() => Some((display_id(id), n)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A table for operators, marking which ids the keyring has and which is active.
     pub fn render(&self, keyring: Option<&Keyring>) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -79,36 +120,27 @@ impl KeyUsage {
             "{:<34} {:>8} {:>14} {:>14} {:>14}  keyring",
             "key id", "total", "access_token", "refresh_token", "pkce_verifier"
         );
-        let mut rows: Vec<(String, &str, BTreeMap<SealedColumn, i64>)> = Vec::new();
-        for (protector, by_column) in &self.counts {
-            let (label, note) = match protector {
-                Protector::Key(id) => (display_id(id), keyring_note(keyring, id)),
-                Protector::Malformed => ("<malformed>".to_owned(), "cannot be opened"),
-            };
-            rows.push((label, note, by_column.clone()));
-        }
-        // Keys in the keyring that protect nothing are listed too: those are the ones that can
-        // be retired (or the freshly added active key).
-        for id in keyring.into_iter().flat_map(Keyring::key_ids) {
-            if !self.counts.contains_key(&Protector::Key(id.as_str().to_owned())) {
-                rows.push((id.to_string(), keyring_note(keyring, id.as_str()), BTreeMap::new()));
-            }
-        }
-        for (label, note, by_column) in rows {
-            let n = |c| by_column.get(&c).copied().unwrap_or(0);
+        for r in self.rows(keyring) {
             let _ = writeln!(
                 out,
                 "{:<34} {:>8} {:>14} {:>14} {:>14}  {}",
-                label,
-                by_column.values().sum::<i64>(),
-                n(SealedColumn::AccessToken),
-                n(SealedColumn::RefreshToken),
-                n(SealedColumn::PkceVerifier),
-                note
+                r.key_id, r.total, r.access_token, r.refresh_token, r.pkce_verifier, r.keyring
             );
         }
         out
     }
+}
+
+/// One line of `keys status` (`--output json` prints these as they are).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyUsageRow {
+    pub key_id: String,
+    pub total: i64,
+    pub access_token: i64,
+    pub refresh_token: i64,
+    pub pkce_verifier: i64,
+    /// `active`, `decrypt-only`, `present`, `MISSING: …`, or `(keyring not loaded)`.
+    pub keyring: &'static str,
 }
 
 fn display_id(id: &str) -> String {

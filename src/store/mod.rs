@@ -24,7 +24,9 @@ mod disconnect;
 mod events;
 mod identity;
 mod keepalive;
+mod migrations;
 mod pending;
+mod probe;
 mod retention;
 mod sealed_values;
 
@@ -45,7 +47,9 @@ pub use disconnect::DisconnectLease;
 pub use events::{ConnectionEvents, EventBatch, EventNotifications, EventPosition, EventRow};
 pub use identity::{DatabaseIdentity, Durability};
 pub use keepalive::{Claim, Claimed, Keepalive};
+pub use migrations::{MigrationStatus, Migrations};
 pub use pending::{NewPendingAuthorization, PendingAuthorization, PendingAuthorizations};
+pub use probe::probe_connection;
 pub use retention::{Purged, Retention, SweepPosition};
 pub use sealed_values::{Batch, Binding, HeaderCount, Position, SealedColumn, SealedRow, SealedValues};
 
@@ -204,6 +208,11 @@ impl Store {
 
     pub fn audit(&self) -> AuditEvents<'_> {
         AuditEvents::new(&self.pool)
+    }
+
+    /// The applied migrations against the embedded ones (`doctor`).
+    pub fn migrations(&self) -> Migrations<'_> {
+        Migrations::new(&self.pool)
     }
 
     /// Every sealed column, seen by key (`keys status`, `keys rewrap`).
