@@ -119,8 +119,9 @@ pub async fn run(config: Option<&Path>, output: Output) -> anyhow::Result<ExitCo
 /// Loads and validates the settings, including what is only read when the vault starts: the
 /// providers (client secret files) and the callers (`auth.policy_file`).
 fn load(config: Option<&Path>) -> Result<Settings, String> {
+    // Loading validates every provider's settings as far as they go without the issuer's
+    // metadata; the providers check does the discovery.
     let settings = Settings::load(config).map_err(|e| e.to_string())?;
-    settings.resolved_providers().map_err(|e| e.to_string())?;
     settings.auth_callers().map_err(|e| e.to_string())?;
     Ok(settings)
 }

@@ -14,9 +14,11 @@ use super::{clock, Check};
 use crate::config::{Mode, ProviderConfig, Settings};
 
 pub async fn check(settings: &Settings) -> Vec<Check> {
-    let Ok(providers) = settings.resolved_providers() else {
-        // Already reported by the configuration check.
-        return Vec::new();
+    // Discovery as `serve` does it: a provider with an `issuer` has its metadata read and the
+    // settings checked against it, and a disagreement is this check's failure.
+    let providers = match crate::oauth::discovery::resolve_providers(&settings.providers).await {
+        Ok(providers) => providers,
+        Err(e) => return vec![Check::fail("providers", format!("discovery: {e}"))],
     };
     let mut checks = Vec::new();
     for (name, provider) in &providers {
