@@ -7,6 +7,7 @@
 mod audit;
 mod authorization;
 mod callers;
+mod client_crate;
 mod client_secrets;
 mod errors;
 mod events;
