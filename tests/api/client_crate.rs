@@ -25,7 +25,7 @@ mod provider_api_example;
 
 /// A vault on plaintext whose callers are known by bearer tokens (`token-team-a`,
 /// `token-team-b`, see `callers_toml`).
-async fn bearer_app() -> TestApp {
+pub async fn bearer_app() -> TestApp {
     spawn_app_with(TestOptions {
         extra_toml: callers_toml().replace(
             &format!("mtls_uris = [\"{BILLING_SPIFFE}\"]"),

@@ -27,6 +27,7 @@ mod pending;
 mod private_postgres;
 mod prometheus;
 mod provider;
+mod python_example;
 mod refresh;
 mod reliability;
 mod reload;
