@@ -1,4 +1,4 @@
-//! A client for [token-vault], the gRPC credential vault for third-party OAuth 2.0: it holds
+//! A client for token-vault, the gRPC credential vault for third-party OAuth 2.0: it holds
 //! the OAuth client secret and every tenant's tokens, and refreshes each token exactly once
 //! across replicas. Services ask it for a tenant's access token instead of handling refresh
 //! tokens themselves.
@@ -67,8 +67,6 @@
 //! # Features
 //!
 //! - `reqwest-middleware` (default): [`AccessTokenMiddleware`].
-//!
-//! [token-vault]: https://docs.rs/token-vault-client
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
