@@ -27,7 +27,7 @@ pub enum Error {
     #[error("could not connect to the vault: {0}")]
     Connect(#[source] tonic::transport::Error),
     /// The call failed with this status, after the retries the policy allowed.
-    #[error("the vault answered {}: {}", .0.code(), .0.message())]
+    #[error("the call failed with {:?}: {}", .0.code(), .0.message())]
     Status(Box<Status>),
 }
 
