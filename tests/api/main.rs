@@ -7,6 +7,7 @@
 mod audit;
 mod authorization;
 mod callers;
+mod client_crate;
 mod client_secrets;
 mod discovery;
 mod doctor;
@@ -29,6 +30,7 @@ mod pending;
 mod private_postgres;
 mod prometheus;
 mod provider;
+mod python_example;
 mod refresh;
 mod reliability;
 mod reload;
