@@ -150,7 +150,7 @@ async fn every_kind_of_event_is_recorded_and_none_holds_a_secret() {
     for r in &all {
         text.push_str(&format!("{r:?}\n"));
     }
-    let table = dump_all_tables(&app.pool).await;
+    let table = dump_all_tables(&app.rows).await;
     let mut secrets = app.provider.issued_secrets();
     secrets.extend([app.client_secret.clone(), "token-team-a".into()]);
     assert!(secrets.len() > 3);

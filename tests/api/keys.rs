@@ -15,7 +15,6 @@ use token_vault::{
     keys::{key_usage, load_keyring, rewrap, KeyringReloader, Reload, ReloadError, RewrapOptions},
     proto::{self, token_vault_client::TokenVaultClient},
     startup::Application,
-    store::Store,
 };
 use tonic::{transport::Channel, Code};
 
@@ -105,7 +104,7 @@ async fn rewrap_moves_every_value_to_the_new_key_and_the_old_key_can_be_removed(
         ..Default::default()
     })
     .await;
-    let store = Store::from_pool(app.pool.clone());
+    let store = app.store();
     app.connect_tenant("acme").await;
     app.connect_tenant("globex").await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -175,7 +174,7 @@ async fn rewrap_moves_every_value_to_the_new_key_and_the_old_key_can_be_removed(
     complete(&b_client, &app, pending).await;
 
     // And, after all of it, no token in plaintext anywhere in the database.
-    let dump = dump_all_tables(&app.pool).await;
+    let dump = dump_all_tables(&app.rows).await;
     for secret in app.provider.issued_secrets().iter().chain([&app.client_secret]) {
         assert!(
             !dump.contains(secret.as_str()),
@@ -261,7 +260,7 @@ async fn a_keyring_file_reloads_only_when_it_is_safe() {
     })
     .await;
     app.connect_tenant("acme").await; // values under key-a
-    let store = Store::from_pool(app.pool.clone());
+    let store = app.store();
 
     let dir = std::env::temp_dir().join(format!("tv-keys-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -372,7 +371,7 @@ async fn a_running_vault_picks_up_a_changed_keyring_file() {
     // Dropping key-a while acme's tokens use it is refused: the vault keeps both keys.
     std::fs::write(&path, format!("{b}\n")).unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let store = Store::from_pool(app.pool.clone());
+    let store = app.store();
     assert!(key_usage(&store).await.unwrap().values_under("key-a") > 0);
     app.connect_tenant("initech").await;
     assert_eq!(key_of("initech").await, "key-b");
@@ -485,10 +484,7 @@ async fn a_key_added_decrypt_only_reaches_every_replica_before_any_seals_with_it
         .await
         .expect("a replica on the old keyring opens what a reloaded one wrote");
     let ring = Keyring::parse(&std::fs::read_to_string(&file.path).unwrap(), None).unwrap();
-    let table = key_usage(&Store::from_pool(app.pool.clone()))
-        .await
-        .unwrap()
-        .render(Some(&ring));
+    let table = key_usage(&app.store()).await.unwrap().render(Some(&ring));
     assert!(
         table
             .lines()

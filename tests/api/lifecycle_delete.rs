@@ -9,7 +9,7 @@ use token_vault::{
     crypto::{Aad, Keyring, Purpose},
     keys::{key_usage, rewrap, RewrapOptions},
     proto::{self, ConnectionStatus, Revocation},
-    store::{NewTokens, Store},
+    store::NewTokens,
 };
 use tonic::Code;
 
@@ -110,7 +110,7 @@ async fn delete_revokes_the_refresh_token_at_the_provider_and_leaves_no_cipherte
     .await
     .unwrap();
     assert_eq!(purged, [(true, true)], "the history row stays, marked purged");
-    let dump = dump_all_tables(&app.pool).await;
+    let dump = dump_all_tables(&app.rows).await;
     for secret in app.provider.issued_secrets() {
         assert!(!dump.contains(&secret), "a token in plaintext in the database");
     }
@@ -137,7 +137,7 @@ async fn delete_revokes_the_refresh_token_at_the_provider_and_leaves_no_cipherte
     assert_eq!(events(&app, "acme").await.len(), 2, "authorized, disconnected");
 
     // `keys status` and `keys rewrap` step over the wiped values.
-    let store = Store::from_pool(app.pool.clone());
+    let store = app.store();
     let usage = key_usage(&store).await.unwrap();
     assert_eq!(usage.values_not_under("key-a"), 0, "{usage:?}");
     let b = key_line("key-b");
@@ -431,7 +431,7 @@ async fn a_kept_rotation_is_never_written_back_into_a_disconnected_connection() 
         refresh_token_expires_at: None,
         keepalive_due_at: None,
     };
-    let store = Store::from_pool(app.pool.clone());
+    let store = app.store();
     let written = store
         .connections()
         .write_back(id, authorized_at, &rotation)
