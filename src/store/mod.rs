@@ -228,17 +228,6 @@ impl Store {
         }
     }
 
-    /// Closes the pool: waits for connections in use to come back, then closes them all (a
-    /// SQLite file is checkpointed and left clean).
-    pub async fn close(&self) {
-        match &self.backend {
-            #[cfg(feature = "postgres")]
-            Backend::Postgres(pool) => pool.close().await,
-            #[cfg(feature = "sqlite")]
-            Backend::Sqlite(pool) => pool.close().await,
-        }
-    }
-
     pub fn pending(&self) -> PendingAuthorizations<'_> {
         PendingAuthorizations::new(&self.backend)
     }
