@@ -57,44 +57,7 @@ impl Default for TestOptions {
     }
 }
 
-/// The test database, for a test's own reads and writes of rows, on whichever store the vault
-/// uses (`TEST_STORE`).
-#[derive(Clone)]
-pub enum Rows {
-    Postgres(PgPool),
-    Sqlite(sqlx::SqlitePool),
-}
-
-impl Rows {
-    /// The database at `url` (a Postgres URL or a `sqlite://` file), as a test reads it.
-    pub async fn connect(url: &str) -> Self {
-        if url.starts_with("sqlite:") {
-            Rows::Sqlite(sqlx::SqlitePool::connect(url).await.unwrap())
-        } else {
-            Rows::Postgres(PgPool::connect(url).await.unwrap())
-        }
-    }
-
-    /// The statement for this store: `postgres` or `sqlite` (SQL both read alike is given twice).
-    pub fn sql(&self, postgres: &'static str, sqlite: &'static str) -> &'static str {
-        match self {
-            Rows::Postgres(_) => postgres,
-            Rows::Sqlite(_) => sqlite,
-        }
-    }
-}
-
-/// Runs the same sqlx call on whichever store `rows` is:
-/// `on_rows!(app.rows, |pool| sqlx::query_scalar("…").fetch_one(pool).await.unwrap())`.
-macro_rules! on_rows {
-    ($rows:expr, |$pool:ident| $body:expr) => {
-        match &$rows {
-            $crate::helpers::Rows::Postgres($pool) => $body,
-            $crate::helpers::Rows::Sqlite($pool) => $body,
-        }
-    };
-}
-pub(crate) use on_rows;
+pub(crate) use crate::test_db::{on_rows, Rows};
 
 pub struct TestApp {
     pub addr: std::net::SocketAddr,

@@ -20,6 +20,47 @@ pub fn sqlite_store() -> bool {
     std::env::var("TEST_STORE").is_ok_and(|v| v == "sqlite")
 }
 
+/// The test database, for a test's own reads and writes of rows, on whichever store the vault
+/// uses (`TEST_STORE`).
+#[derive(Clone)]
+pub enum Rows {
+    Postgres(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+impl Rows {
+    /// The database at `url` (a Postgres URL or a `sqlite://` file), as a test reads it.
+    pub async fn connect(url: &str) -> Self {
+        if url.starts_with("sqlite:") {
+            Rows::Sqlite(sqlx::SqlitePool::connect(url).await.unwrap())
+        } else {
+            Rows::Postgres(sqlx::PgPool::connect(url).await.unwrap())
+        }
+    }
+
+    /// The statement for this store: `postgres` or `sqlite` (SQL both read alike is given twice).
+    // Not every test binary that includes this file needs it.
+    #[allow(dead_code)]
+    pub fn sql(&self, postgres: &'static str, sqlite: &'static str) -> &'static str {
+        match self {
+            Rows::Postgres(_) => postgres,
+            Rows::Sqlite(_) => sqlite,
+        }
+    }
+}
+
+/// Runs the same sqlx call on whichever store `rows` is:
+/// `on_rows!(app.rows, |pool| sqlx::query_scalar("…").fetch_one(pool).await.unwrap())`.
+macro_rules! on_rows {
+    ($rows:expr, |$pool:ident| $body:expr) => {
+        match &$rows {
+            $crate::test_db::Rows::Postgres($pool) => $body,
+            $crate::test_db::Rows::Sqlite($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_rows;
+
 pub struct TestDb {
     pub name: String,
     pub url: String,
