@@ -28,7 +28,7 @@ use crate::{
     listener::{self, Plaintext},
     oauth::ProviderClient,
     proto::{self, token_vault_server::TokenVaultServer},
-    store::{PoolOptions, Store},
+    store::{PoolOptions, Store, StoreKind},
     vault::Vault,
 };
 
@@ -102,6 +102,15 @@ impl Application {
             },
         )
         .context("configuring the database pool (database.url)")?;
+        if store.kind() == StoreKind::Sqlite && settings.mode == crate::config::Mode::Production {
+            // Accepted (one node on one machine is a real deployment), but never silently: a
+            // second replica on another machine would not share the file, and two vaults with
+            // two files would each refresh, and so spend, the same refresh tokens.
+            tracing::warn!(
+                "database.url is a SQLite file: SINGLE NODE ONLY. Every vault process must run on this machine and \
+                 share this one file; replicas on other machines need Postgres (see docs/deploy.md)"
+            );
+        }
         if settings.database.migrate_on_start {
             store.migrate().await.context("running database migrations")?;
         }

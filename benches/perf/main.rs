@@ -29,7 +29,7 @@ use std::{
 use load::{LoadShape, Pair};
 use provider::BenchProvider;
 use report::Report;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use token_vault::{
     crypto::Keyring,
     proto::{self, token_vault_client::TokenVaultClient},
@@ -463,10 +463,7 @@ async fn all(plan: Plan) {
     let _drop_database = DatabaseGuard { name: database.clone() };
     let database_url = format!("{}/{database}", ADMIN_URL.rsplit_once('/').expect("a database URL").0);
     let pool = PgPool::connect(&database_url).await.unwrap();
-    token_vault::store::Store::from_pool(pool.clone())
-        .migrate()
-        .await
-        .unwrap();
+    store_at(&database_url).migrate().await.unwrap();
     let (keyring, keyring_text) = Keyring::generate("bench");
     let dir = std::env::temp_dir().join(format!("token-vault-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -714,7 +711,7 @@ async fn keeper(bench: &Bench, report: &mut Report, pool: &PgPool, keyring: &Key
     .unwrap();
     let index_scan = explained.iter().any(|line| line.contains("connections_keepalive_due"))
         && !explained.iter().any(|line| line.contains("Seq Scan"));
-    let store = token_vault::store::Store::from_pool(pool.clone());
+    let store = store_at(pool.connect_options().to_url_lossy().as_ref());
     let claims = (due as i64 / CLAIM_BATCH).clamp(1, 50);
     let mut claim_us = Vec::new();
     for _ in 0..claims {
@@ -843,4 +840,16 @@ async fn scale(bench: &Bench, report: &mut Report, startup_empty: Duration) {
         sweep,
         &repeats,
     );
+}
+
+/// The vault's store for the database at `url`.
+fn store_at(url: &str) -> token_vault::store::Store {
+    token_vault::store::Store::connect_lazy(
+        &secrecy::SecretString::from(url.to_owned()),
+        &token_vault::store::PoolOptions {
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+        },
+    )
+    .expect("a database URL")
 }

@@ -600,6 +600,19 @@ impl Settings {
         if self.database.url.expose_secret().is_empty() {
             return Err(invalid("database.url", "must be set"));
         }
+        // The scheme chooses the store (src/store): Postgres, or the embedded SQLite file.
+        let scheme = self
+            .database
+            .url
+            .expose_secret()
+            .split_once(':')
+            .map(|(scheme, _)| scheme.to_ascii_lowercase());
+        if !matches!(scheme.as_deref(), Some("postgres" | "postgresql" | "sqlite")) {
+            return Err(invalid(
+                "database.url",
+                "must be a postgres://, postgresql:// or sqlite:// URL",
+            ));
+        }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
         }
@@ -864,6 +877,14 @@ mod tests {
         assert_eq!(settings.database.url.expose_secret(), "0123");
         let secret = settings.providers["understory"].client_secret.as_ref().unwrap();
         assert_eq!(secret.expose_secret(), "0123");
+    }
+
+    #[test]
+    fn the_database_url_names_one_of_the_stores() {
+        let refused = load("[database]\nurl = \"mysql://x@127.0.0.1/x\"").unwrap_err();
+        assert!(refused.to_string().contains("database.url"), "{refused}");
+        assert!(load("[database]\nurl = \"sqlite://.token-vault/development.db\"").is_ok());
+        assert!(load("[database]\nurl = \"postgresql://x@127.0.0.1/x\"").is_ok());
     }
 
     fn load(extra: &str) -> Result<Settings, ConfigError> {

@@ -1,15 +1,13 @@
 //! The audit trail's table: rows appended in batches, and the retention sweep (the only
 //! delete the table's trigger lets through).
 
-use sqlx::PgPool;
 use time::OffsetDateTime;
-use tracing::Instrument;
 use uuid::Uuid;
 
-use super::StoreError;
+use super::{Backend, StoreError};
 
 pub struct AuditEvents<'a> {
-    pool: &'a PgPool,
+    backend: &'a Backend,
 }
 
 /// One row of `audit_events`.
@@ -29,69 +27,18 @@ pub struct AuditRow {
 }
 
 impl<'a> AuditEvents<'a> {
-    pub(super) fn new(pool: &'a PgPool) -> Self {
-        Self { pool }
+    pub(super) fn new(backend: &'a Backend) -> Self {
+        Self { backend }
     }
 
     /// Appends `rows` in one statement (one round trip, however many rows).
     pub async fn insert(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
-        async {
-            if rows.is_empty() {
-                return Ok(());
-            }
-            let occurred_at: Vec<OffsetDateTime> = rows.iter().map(|r| r.occurred_at).collect();
-            let window_end: Vec<Option<OffsetDateTime>> = rows.iter().map(|r| r.window_end).collect();
-            let event: Vec<String> = rows.iter().map(|r| r.event.to_owned()).collect();
-            let caller: Vec<String> = rows.iter().map(|r| r.caller.clone()).collect();
-            let tenant_id: Vec<Option<String>> = rows.iter().map(|r| r.tenant_id.clone()).collect();
-            let provider: Vec<Option<String>> = rows.iter().map(|r| r.provider.clone()).collect();
-            let outcome: Vec<String> = rows.iter().map(|r| r.outcome.clone()).collect();
-            let detail: Vec<Option<String>> = rows.iter().map(|r| r.detail.clone()).collect();
-            let count: Vec<i64> = rows.iter().map(|r| r.count).collect();
-            let replica: Vec<Uuid> = rows.iter().map(|r| r.replica).collect();
-            sqlx::query!(
-                r#"INSERT INTO audit_events
-                       (occurred_at, window_end, event, caller, tenant_id, provider, outcome, detail, count, replica)
-                   SELECT * FROM UNNEST($1::timestamptz[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
-                                        $6::text[], $7::text[], $8::text[], $9::int8[], $10::uuid[])"#,
-                &occurred_at,
-                &window_end as &[Option<OffsetDateTime>],
-                &event,
-                &caller,
-                &tenant_id as &[Option<String>],
-                &provider as &[Option<String>],
-                &outcome,
-                &detail as &[Option<String>],
-                &count,
-                &replica,
-            )
-            .execute(self.pool)
-            .await?;
-            Ok(())
-        }
-        .instrument(db_span!("INSERT", "audit_events", rows = rows.len()))
-        .await
+        dispatch!(self.backend, audit::insert(rows))
     }
 
     /// Deletes rows recorded more than `keep` ago; returns how many. The setting tells the
     /// append-only trigger that this delete is the sweep; it lasts only for this transaction.
     pub async fn delete_older_than(&self, keep: std::time::Duration) -> Result<u64, StoreError> {
-        async {
-            let keep_secs = keep.as_secs_f64();
-            let mut tx = self.pool.begin().await?;
-            sqlx::query!("SELECT set_config('token_vault.audit_sweep', 'on', true)")
-                .fetch_one(&mut *tx)
-                .await?;
-            let done = sqlx::query!(
-                "DELETE FROM audit_events WHERE recorded_at < now() - make_interval(secs => $1)",
-                keep_secs,
-            )
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(done.rows_affected())
-        }
-        .instrument(db_span!("DELETE", "audit_events"))
-        .await
+        dispatch!(self.backend, audit::delete_older_than(keep))
     }
 }

@@ -3,14 +3,12 @@
 //! brings a new system identifier or timeline: either may have lost commits the vault relied
 //! on. Also what the database promises about durability (a synchronous standby or not).
 
-use sqlx::PgPool;
 use time::OffsetDateTime;
-use tracing::Instrument;
 
-use super::StoreError;
+use super::{Backend, StoreError};
 
 pub struct DatabaseIdentity<'a> {
-    pool: &'a PgPool,
+    backend: &'a Backend,
 }
 
 /// What a durability check found.
@@ -20,9 +18,21 @@ pub struct Durability {
     pub synchronous_standby_names: String,
     /// `synchronous_commit` (`on`, `remote_apply`, `remote_write`, `local`, `off`).
     pub synchronous_commit: String,
+    /// Whether the database can fail over at all: false for the embedded store (one file on
+    /// this machine's disk, written with `synchronous=FULL`), where there is no standby.
+    pub can_fail_over: bool,
 }
 
 impl Durability {
+    /// The embedded store's answer: no standby, and nothing to fail over to.
+    pub fn single_node() -> Self {
+        Self {
+            synchronous_standby_names: String::new(),
+            synchronous_commit: "local".to_owned(),
+            can_fail_over: false,
+        }
+    }
+
     /// Whether a commit waits for a standby: only then does a failover keep every commit.
     pub fn has_synchronous_standby(&self) -> bool {
         !self.synchronous_standby_names.trim().is_empty()
@@ -31,38 +41,20 @@ impl Durability {
 }
 
 impl<'a> DatabaseIdentity<'a> {
-    pub(super) fn new(pool: &'a PgPool) -> Self {
-        Self { pool }
+    pub(super) fn new(backend: &'a Backend) -> Self {
+        Self { backend }
     }
 
     /// The database's identity now: `<system identifier>/<timeline>` (or `unknown` where the
     /// platform hides them; see the migration), as the lease statement reads it too.
     pub async fn current(&self) -> Result<String, StoreError> {
-        async {
-            let identity = sqlx::query_scalar!(r#"SELECT token_vault_database_identity() AS "identity!""#)
-                .fetch_one(self.pool)
-                .await?;
-            Ok(identity)
-        }
-        .instrument(db_span!("SELECT", "pg_control_system"))
-        .await
+        dispatch!(self.backend, identity::current())
     }
 
     /// Records `identity` as the first one seen, unless one is recorded already; a first
     /// identity is no failover, so it counts as changed at the epoch.
     pub async fn record_first(&self, identity: &str) -> Result<(), StoreError> {
-        async {
-            sqlx::query!(
-                "INSERT INTO database_identity (id, identity, changed_at) VALUES (1, $1, 'epoch')
-                 ON CONFLICT (id) DO NOTHING",
-                identity,
-            )
-            .execute(self.pool)
-            .await?;
-            Ok(())
-        }
-        .instrument(db_span!("INSERT", "database_identity"))
-        .await
+        dispatch!(self.backend, identity::record_first(identity))
     }
 
     /// Records a change of identity to `identity`, once: the first replica to see it sets
@@ -76,44 +68,12 @@ impl<'a> DatabaseIdentity<'a> {
         identity: &str,
         grace: std::time::Duration,
     ) -> Result<OffsetDateTime, StoreError> {
-        let grace_secs = grace.as_secs_f64();
-        async {
-            let changed_at = sqlx::query_scalar!(
-                r#"INSERT INTO database_identity AS d (id, identity, changed_at) VALUES (1, $1, now())
-                   ON CONFLICT (id) DO UPDATE
-                      SET changed_at = CASE
-                              WHEN d.identity <> $1 OR d.changed_at < now() - make_interval(secs => $2) THEN now()
-                              ELSE d.changed_at
-                          END,
-                          identity = $1
-                   RETURNING changed_at"#,
-                identity,
-                grace_secs,
-            )
-            .fetch_one(self.pool)
-            .await?;
-            Ok(changed_at)
-        }
-        .instrument(db_span!("UPSERT", "database_identity"))
-        .await
+        dispatch!(self.backend, identity::record_change(identity, grace))
     }
 
     /// What the database promises about a commit surviving a failover.
     pub async fn durability(&self) -> Result<Durability, StoreError> {
-        async {
-            let row = sqlx::query!(
-                r#"SELECT current_setting('synchronous_standby_names') AS "names!",
-                          current_setting('synchronous_commit') AS "commit!""#
-            )
-            .fetch_one(self.pool)
-            .await?;
-            Ok(Durability {
-                synchronous_standby_names: row.names,
-                synchronous_commit: row.commit,
-            })
-        }
-        .instrument(db_span!("SHOW", "settings"))
-        .await
+        dispatch!(self.backend, identity::durability())
     }
 }
 
@@ -126,6 +86,7 @@ mod tests {
         let d = |names: &str, commit: &str| Durability {
             synchronous_standby_names: names.into(),
             synchronous_commit: commit.into(),
+            can_fail_over: true,
         };
         assert!(d("ANY 1 (*)", "on").has_synchronous_standby());
         assert!(d("standby1", "remote_apply").has_synchronous_standby());

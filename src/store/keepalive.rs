@@ -3,14 +3,12 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
 use time::OffsetDateTime;
-use tracing::Instrument;
 
-use super::StoreError;
+use super::{Backend, StoreError};
 
 pub struct Keepalive<'a> {
-    pool: &'a PgPool,
+    backend: &'a Backend,
 }
 
 /// A connection a keeper claimed: refresh it from `generation`.
@@ -31,8 +29,8 @@ pub struct Claim {
 }
 
 impl<'a> Keepalive<'a> {
-    pub(super) fn new(pool: &'a PgPool) -> Self {
-        Self { pool }
+    pub(super) fn new(backend: &'a Backend) -> Self {
+        Self { backend }
     }
 
     /// Claims up to `limit` due connections, most overdue first, for `ttl`: other replicas'
@@ -46,60 +44,13 @@ impl<'a> Keepalive<'a> {
     /// provider left the configuration can't be refreshed, and claiming it would spend the
     /// keeper's pace on it again and again, ahead of connections that can be kept alive.
     pub async fn claim(&self, limit: i64, ttl: Duration, providers: &[String]) -> Result<Claim, StoreError> {
-        async {
-            let rows = sqlx::query!(
-                r#"UPDATE connections
-                      SET keepalive_claimed_until = now() + make_interval(secs => $2)
-                    WHERE id IN (
-                          SELECT id FROM connections
-                           WHERE status = 'active' AND keepalive_due_at IS NOT NULL AND keepalive_due_at <= now()
-                             AND (keepalive_claimed_until IS NULL OR keepalive_claimed_until <= now())
-                             AND (refresh_lease_until IS NULL OR refresh_lease_until <= now())
-                             AND provider = ANY($3)
-                           ORDER BY keepalive_due_at
-                           LIMIT $1
-                             FOR UPDATE SKIP LOCKED)
-                RETURNING id, tenant_id, provider, generation, keepalive_claimed_until AS "claimed_until!""#,
-                limit,
-                ttl.as_secs_f64(),
-                providers,
-            )
-            .fetch_all(self.pool)
-            .await?;
-            let claimed_until = rows.first().map(|r| r.claimed_until);
-            Ok(Claim {
-                connections: rows
-                    .into_iter()
-                    .map(|r| Claimed {
-                        id: r.id,
-                        tenant_id: r.tenant_id,
-                        provider: r.provider,
-                        generation: r.generation,
-                    })
-                    .collect(),
-                claimed_until,
-            })
-        }
-        .instrument(db_span!("UPDATE", "connections", keepalive.limit = limit))
-        .await
+        dispatch!(self.backend, keepalive::claim(limit, ttl, providers))
     }
 
     /// Gives back claims this replica took and will not start (it is stopping), so that
     /// another replica need not wait for them to lapse. Only claims still exactly as taken.
     pub async fn release(&self, ids: &[i64], claimed_until: OffsetDateTime) -> Result<u64, StoreError> {
-        async {
-            let done = sqlx::query!(
-                r#"UPDATE connections SET keepalive_claimed_until = NULL
-                    WHERE id = ANY($1) AND keepalive_claimed_until = $2"#,
-                ids,
-                claimed_until,
-            )
-            .execute(self.pool)
-            .await?;
-            Ok(done.rows_affected())
-        }
-        .instrument(db_span!("UPDATE", "connections"))
-        .await
+        dispatch!(self.backend, keepalive::release(ids, claimed_until))
     }
 
     /// Records a failed keep-alive (a stable reason, never a secret) and claims the connection
@@ -115,23 +66,9 @@ impl<'a> Keepalive<'a> {
         reason: &str,
         retry_after: Duration,
     ) -> Result<bool, StoreError> {
-        async {
-            let done = sqlx::query!(
-                r#"UPDATE connections
-                      SET last_error = $3, last_error_at = now(),
-                          keepalive_claimed_until = now() + make_interval(secs => $4),
-                          keepalive_due_at = now() + make_interval(secs => $4), updated_at = now()
-                    WHERE id = $1 AND generation = $2 AND status = 'active'"#,
-                connection_id,
-                generation,
-                reason,
-                retry_after.as_secs_f64(),
-            )
-            .execute(self.pool)
-            .await?;
-            Ok(done.rows_affected() == 1)
-        }
-        .instrument(db_span!("UPDATE", "connections"))
-        .await
+        dispatch!(
+            self.backend,
+            keepalive::note_failure(connection_id, generation, reason, retry_after)
+        )
     }
 }

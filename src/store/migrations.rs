@@ -1,12 +1,12 @@
 //! The schema's migration state, compared with the migrations embedded in this binary: what
 //! `doctor` reports. Read-only: unlike `Store::migrate`, nothing is created or applied.
 
-use sqlx::PgPool;
+use sqlx::migrate::Migrator;
 
-use super::StoreError;
+use super::{Backend, StoreError};
 
 pub struct Migrations<'a> {
-    pool: &'a PgPool,
+    backend: &'a Backend,
 }
 
 /// How the database's applied migrations compare with the embedded ones.
@@ -33,24 +33,43 @@ impl MigrationStatus {
 }
 
 impl<'a> Migrations<'a> {
-    pub(super) fn new(pool: &'a PgPool) -> Self {
-        Self { pool }
+    pub(super) fn new(backend: &'a Backend) -> Self {
+        Self { backend }
     }
 
     pub async fn status(&self) -> Result<MigrationStatus, StoreError> {
-        // A runtime query, not `query!`: sqlx's own bookkeeping table is absent from a database
-        // that was never migrated, which is one of the answers this reports.
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-            .fetch_one(self.pool)
-            .await?;
-        let applied: Vec<(i64, bool, Vec<u8>)> = if exists {
-            sqlx::query_as("SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version")
-                .fetch_all(self.pool)
-                .await?
-        } else {
-            Vec::new()
+        // Runtime queries, not `query!`: sqlx's own bookkeeping table is absent from a database
+        // that was never migrated, which is one of the answers this reports. The table has the
+        // same columns on both stores.
+        const APPLIED: &str = "SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version";
+        let (applied, embedded): (Vec<(i64, bool, Vec<u8>)>, Migrator) = match self.backend {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(pool) => {
+                let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                    .fetch_one(pool)
+                    .await?;
+                let applied = if exists {
+                    sqlx::query_as(APPLIED).fetch_all(pool).await?
+                } else {
+                    Vec::new()
+                };
+                (applied, sqlx::migrate!("./migrations/postgres"))
+            }
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(pool) => {
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+                )
+                .fetch_one(pool)
+                .await?;
+                let applied = if exists {
+                    sqlx::query_as(APPLIED).fetch_all(pool).await?
+                } else {
+                    Vec::new()
+                };
+                (applied, sqlx::migrate!("./migrations/sqlite"))
+            }
         };
-        let embedded = sqlx::migrate!("./migrations");
         let embedded: Vec<_> = embedded
             .iter()
             .filter(|m| !m.migration_type.is_down_migration())

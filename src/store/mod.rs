@@ -1,20 +1,24 @@
-//! Postgres: the pool, migrations, and small repositories for each table. Every multi-step
-//! write is one transaction; every concurrency rule is in SQL (guarded updates on the
-//! connection's generation, the refresh lease compared with the database's clock).
+//! The store: one contract (this facade and its small repositories, one per table) with two
+//! implementations behind it, chosen by the database URL's scheme: Postgres (`postgres://`,
+//! production, any number of replicas) and SQLite (`sqlite://`, embedded, one node). The vault
+//! sees only the facade. Each repository's statements live in `postgres/` and `sqlite/`; every
+//! multi-step write is one transaction; every concurrency rule is in SQL (guarded updates on
+//! the connection's generation, the refresh lease compared with the database's clock).
+//!
+//! The cargo features `postgres` and `sqlite` (both on by default) compile each store's
+//! statements in or out: `scripts/prepare-queries` checks one store's queries at a time against
+//! a live database, since sqlx checks every query of one build against one `DATABASE_URL`.
 
-/// A `db` client span around one repository call, named as OpenTelemetry's database
-/// conventions ask (`<OPERATION> <table>`); extra fields may follow.
-macro_rules! db_span {
-    ($operation:literal, $table:literal $(, $($field:tt)+)?) => {
-        tracing::info_span!(
-            "db",
-            otel.kind = "client",
-            otel.name = concat!($operation, " ", $table),
-            db.system.name = "postgresql",
-            db.operation.name = $operation,
-            db.collection.name = $table
-            $(, $($field)+)?
-        )
+/// Runs a repository method on whichever store this is: `postgres::<module>::<function>` or
+/// `sqlite::<module>::<function>`, with the pool first.
+macro_rules! dispatch {
+    ($backend:expr, $module:ident :: $function:ident ( $($arg:expr),* $(,)? )) => {
+        match $backend {
+            #[cfg(feature = "postgres")]
+            $crate::store::Backend::Postgres(pool) => $crate::store::postgres::$module::$function(pool $(, $arg)*).await,
+            #[cfg(feature = "sqlite")]
+            $crate::store::Backend::Sqlite(pool) => $crate::store::sqlite::$module::$function(pool $(, $arg)*).await,
+        }
     };
 }
 
@@ -30,13 +34,14 @@ mod probe;
 mod retention;
 mod sealed_values;
 
-use std::{str::FromStr, time::Duration};
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
-    ConnectOptions, Connection, PgPool,
-};
 
 pub use audit::{AuditEvents, AuditRow};
 pub use connections::{
@@ -74,6 +79,10 @@ impl From<sqlx::Error> for StoreError {
                 StoreError::Unavailable(e)
             }
             sqlx::Error::Tls(_) => StoreError::Unavailable(e),
+            // SQLite: the file is locked by another writer beyond `busy_timeout` (SQLITE_BUSY,
+            // SQLITE_LOCKED and their extended codes): worth retrying, like a Postgres outage.
+            #[cfg(feature = "sqlite")]
+            sqlx::Error::Database(db) if sqlite::is_busy(db.as_ref()) => StoreError::Unavailable(e),
             // Admin shutdown, crash shutdown, cannot connect now, terminated backend; and what a
             // failover answers: a read-only transaction (25006, a standby not yet promoted),
             // recovery in progress (55000), a serialization failure or deadlock (40001, 40P01).
@@ -95,10 +104,38 @@ impl StoreError {
     }
 }
 
+/// Which store, and its pool.
+#[derive(Clone, Debug)]
+pub(crate) enum Backend {
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::PgPool),
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::SqlitePool),
+}
+
+/// Which implementation a database URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Postgres,
+    Sqlite,
+}
+
+impl StoreKind {
+    /// By the URL's scheme: `postgres:`/`postgresql:` or `sqlite:`; anything else is refused.
+    pub fn of_url(url: &str) -> Option<Self> {
+        let scheme = url.split_once(':').map(|(scheme, _)| scheme.to_ascii_lowercase())?;
+        match scheme.as_str() {
+            "postgres" | "postgresql" => Some(StoreKind::Postgres),
+            "sqlite" => Some(StoreKind::Sqlite),
+            _ => None,
+        }
+    }
+}
+
 /// The database facade: hands out repositories that share one pool.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: PgPool,
+    backend: Backend,
 }
 
 pub struct PoolOptions {
@@ -106,117 +143,139 @@ pub struct PoolOptions {
     pub acquire_timeout: Duration,
 }
 
+fn unsupported(url: &SecretString) -> StoreError {
+    // Never the URL itself: it may carry a password.
+    let scheme = url
+        .expose_secret()
+        .split_once(':')
+        .map(|(s, _)| s.to_owned())
+        .unwrap_or_default();
+    StoreError::Database(sqlx::Error::Configuration(
+        format!("database.url: scheme {scheme:?} is not a store this build has (postgres://, sqlite://)").into(),
+    ))
+}
+
 impl Store {
     /// Connects lazily: the pool opens connections on first use, so the process starts (and
-    /// reports NOT_SERVING) even while the database is down.
+    /// reports NOT_SERVING) even while the database is down. The store is chosen by the URL's
+    /// scheme.
     pub fn connect_lazy(url: &SecretString, options: &PoolOptions) -> Result<Self, StoreError> {
-        let connect = PgConnectOptions::from_str(url.expose_secret())
-            .map_err(StoreError::Database)?
-            // Statements are logged at debug only: parameters are never logged by sqlx, but
-            // there is nothing to learn from every hot-path SELECT at info.
-            .log_statements(tracing::log::LevelFilter::Debug)
-            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
-        let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout)
-            // No ping before every query: it doubles the round trips of every call. A
-            // connection that died (a database restart) fails its next query, is discarded, and
-            // that one call answers UNAVAILABLE; refresh commits and waits retry on their own.
-            .test_before_acquire(false)
-            .connect_lazy_with(connect);
-        Ok(Self { pool })
-    }
-
-    pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// Creates the database named in `url` when it does not exist (development convenience).
-    pub async fn create_database_if_missing(url: &SecretString) -> Result<(), StoreError> {
-        let options = PgConnectOptions::from_str(url.expose_secret()).map_err(StoreError::Database)?;
-        let Some(name) = options.get_database().map(str::to_owned) else {
-            return Ok(());
+        let backend = match StoreKind::of_url(url.expose_secret()) {
+            #[cfg(feature = "postgres")]
+            Some(StoreKind::Postgres) => Backend::Postgres(postgres::connect_lazy(url, options)?),
+            #[cfg(feature = "sqlite")]
+            Some(StoreKind::Sqlite) => Backend::Sqlite(sqlite::connect_lazy(url, options)?),
+            #[allow(unreachable_patterns)]
+            _ => return Err(unsupported(url)),
         };
-        let mut admin = options.database("postgres").connect().await?;
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut admin)
-            .await?;
-        if !exists {
-            let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-            match sqlx::query(&format!("CREATE DATABASE {quoted}"))
-                .execute(&mut admin)
-                .await
-            {
-                Ok(_) => tracing::info!(database = %name, "created the database"),
-                // Another replica created it at the same moment.
-                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        admin.close().await.ok();
-        Ok(())
+        Ok(Self { backend })
     }
 
+    /// Which store this is.
+    pub fn kind(&self) -> StoreKind {
+        match &self.backend {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(_) => StoreKind::Postgres,
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(_) => StoreKind::Sqlite,
+        }
+    }
+
+    /// Creates the database named in `url` when it does not exist (development convenience):
+    /// a Postgres database on its server; a SQLite file (and its directory) is created by
+    /// connecting, whatever this setting says.
+    pub async fn create_database_if_missing(url: &SecretString) -> Result<(), StoreError> {
+        match StoreKind::of_url(url.expose_secret()) {
+            #[cfg(feature = "postgres")]
+            Some(StoreKind::Postgres) => postgres::create_database_if_missing(url).await,
+            #[cfg(feature = "sqlite")]
+            Some(StoreKind::Sqlite) => Ok(()),
+            #[allow(unreachable_patterns)]
+            _ => Err(unsupported(url)),
+        }
+    }
+
+    /// Applies the store's own migrations (`migrations/postgres` or `migrations/sqlite`).
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        match &self.backend {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(pool) => sqlite::migrate(pool).await?,
+        }
         Ok(())
     }
 
     /// One round trip; used by the health reporter.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        match &self.backend {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+        }
         Ok(())
     }
 
+    /// Connections open in the pool, and how many of them are idle (a test that every call
+    /// gave its connection back).
+    pub fn pool_usage(&self) -> (u32, usize) {
+        match &self.backend {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(pool) => (pool.size(), pool.num_idle()),
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(pool) => (pool.size(), pool.num_idle()),
+        }
+    }
+
     pub fn pending(&self) -> PendingAuthorizations<'_> {
-        PendingAuthorizations::new(&self.pool)
+        PendingAuthorizations::new(&self.backend)
     }
 
     pub fn connections(&self) -> Connections<'_> {
-        Connections::new(&self.pool)
+        Connections::new(&self.backend)
     }
 
     /// Status changes of connections, for watchers and the retention sweep.
     pub fn events(&self) -> ConnectionEvents<'_> {
-        ConnectionEvents::new(&self.pool)
+        ConnectionEvents::new(&self.backend)
     }
 
     /// Wake-ups for event watchers: a connection of its own, listening.
     pub async fn event_notifications(&self) -> Result<EventNotifications, StoreError> {
-        EventNotifications::listen(&self.pool).await
+        EventNotifications::listen(&self.backend).await
     }
 
     /// Which database this is, and whether it changed (a failover, a restore).
     pub fn identity(&self) -> DatabaseIdentity<'_> {
-        DatabaseIdentity::new(&self.pool)
+        DatabaseIdentity::new(&self.backend)
     }
 
     /// The keeper's claims on connections whose refresh token nears its end.
     pub fn keepalive(&self) -> Keepalive<'_> {
-        Keepalive::new(&self.pool)
+        Keepalive::new(&self.backend)
     }
 
     /// Purging the ciphertexts of rotated refresh tokens.
     pub fn retention(&self) -> Retention<'_> {
-        Retention::new(&self.pool)
+        Retention::new(&self.backend)
     }
 
     pub fn audit(&self) -> AuditEvents<'_> {
-        AuditEvents::new(&self.pool)
+        AuditEvents::new(&self.backend)
     }
 
     /// The applied migrations against the embedded ones (`doctor`).
     pub fn migrations(&self) -> Migrations<'_> {
-        Migrations::new(&self.pool)
+        Migrations::new(&self.backend)
     }
 
     /// Every sealed column, seen by key (`keys status`, `keys rewrap`).
     pub fn sealed_values(&self) -> SealedValues<'_> {
-        SealedValues::new(&self.pool)
+        SealedValues::new(&self.backend)
     }
 }

@@ -172,7 +172,9 @@ impl Vault {
                         .synchronous_standby
                         .store(u64::from(now), std::sync::atomic::Ordering::Relaxed);
                     if synchronous != Some(now) {
-                        if now {
+                        if !durability.can_fail_over {
+                            tracing::info!("the store is one local file: no standby and no failover; commits are on this machine's disk");
+                        } else if now {
                             tracing::info!(synchronous_standby_names = %durability.synchronous_standby_names, synchronous_commit = %durability.synchronous_commit, "commits wait for a synchronous standby: a failover keeps every rotation");
                         } else {
                             tracing::warn!(synchronous_standby_names = %durability.synchronous_standby_names, synchronous_commit = %durability.synchronous_commit, "NO SYNCHRONOUS STANDBY: a failover may lose rotated refresh tokens committed moments before; replicas keep their rotations in memory for failover.rotation_window and write them back, but a replica that stops meanwhile takes them along (see docs/deploy.md)");

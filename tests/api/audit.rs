@@ -9,7 +9,7 @@ use tonic::Code;
 
 use crate::{
     callers::{bearer_client, callers_toml, connect_as, BILLING_SPIFFE},
-    helpers::{assert_reason, dump_all_tables, spawn_app_with, TestApp, TestOptions},
+    helpers::{assert_reason, dump_all_tables, on_rows, spawn_app_with, TestApp, TestOptions},
 };
 
 #[derive(Debug, sqlx::FromRow)]
@@ -40,12 +40,12 @@ async fn audited_app() -> TestApp {
 }
 
 async fn rows(app: &TestApp) -> Vec<Row> {
-    sqlx::query_as(
+    on_rows!(app.rows, |pool| sqlx::query_as(
         "SELECT event, caller, tenant_id, provider, outcome, detail, count, window_end FROM audit_events ORDER BY id",
     )
-    .fetch_all(&app.pool)
+    .fetch_all(pool)
     .await
-    .unwrap()
+    .unwrap())
 }
 
 /// Waits until `check` holds for the rows (the writer flushes every 200 ms).
@@ -150,7 +150,7 @@ async fn every_kind_of_event_is_recorded_and_none_holds_a_secret() {
     for r in &all {
         text.push_str(&format!("{r:?}\n"));
     }
-    let table = dump_all_tables(&app.pool).await;
+    let table = dump_all_tables(&app.rows).await;
     let mut secrets = app.provider.issued_secrets();
     secrets.extend([app.client_secret.clone(), "token-team-a".into()]);
     assert!(secrets.len() > 3);
@@ -261,12 +261,14 @@ async fn a_window_with_more_keys_than_one_insert_takes_is_written_whole() {
         .collect();
     written.sort_unstable();
     assert_eq!(written, tenants);
-    let largest_window: i64 = sqlx::query_scalar(
+    let largest_window: i64 = on_rows!(app.rows, |pool| {
+        sqlx::query_scalar(
         "SELECT max(n) FROM (SELECT count(*) AS n FROM audit_events WHERE event = 'get_access_token' GROUP BY occurred_at) w",
     )
-    .fetch_one(&app.pool)
+    .fetch_one(pool)
     .await
-    .unwrap();
+    .unwrap()
+    });
     assert_eq!(
         largest_window, 3_000,
         "the 3,000 calls fall into the one window closed at shutdown"

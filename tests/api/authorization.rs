@@ -6,6 +6,7 @@ use token_vault::proto;
 use tonic::Code;
 
 use crate::{
+    helpers::on_rows,
     helpers::{assert_reason, dump_all_tables, spawn_app, spawn_app_with, TestOptions, REDIRECT_URI},
     provider::{ClientAuth, Fault},
 };
@@ -309,13 +310,13 @@ async fn reauthorizing_replaces_the_grant_and_keeps_history() {
     assert_ne!(first, second);
     assert_eq!(second, app.provider.state.lock().unwrap().issued_access_tokens[1]);
 
-    let history: Vec<(i64, String, bool)> = sqlx::query_as(
+    let history: Vec<(i64, String, bool)> = on_rows!(app.rows, |pool| sqlx::query_as(
         "SELECT r.generation, r.source, r.superseded_at IS NOT NULL FROM refresh_tokens r \
          JOIN connections c ON c.id = r.connection_id WHERE c.tenant_id = 'acme' ORDER BY r.generation",
     )
-    .fetch_all(&app.pool)
+    .fetch_all(pool)
     .await
-    .unwrap();
+    .unwrap());
     assert_eq!(
         history,
         [
@@ -339,7 +340,7 @@ async fn the_database_holds_no_plaintext_secret() {
     app.get_token("acme").await.unwrap();
     app.begin("pending-tenant").await;
 
-    let dump = dump_all_tables(&app.pool).await;
+    let dump = dump_all_tables(&app.rows).await;
     assert!(dump.contains("acme"), "the dump is readable");
     let secrets = app.provider.issued_secrets();
     assert!(secrets.len() >= 8, "{secrets:?}");

@@ -1,4 +1,5 @@
-//! `token-vault doctor`, run as the real binary against a real Postgres database, a scripted
+//! `token-vault doctor`, run as the real binary against the suite's store (a real Postgres
+//! database, or a SQLite file with `TEST_STORE=sqlite`), a scripted
 //! HTTP provider and certificates made here: a healthy deployment passes, and each check fails
 //! for its own reason (an invalid configuration, a database that does not answer, pending and
 //! unknown migrations, a keyring missing a key that protects stored values, a certificate that
@@ -10,13 +11,12 @@ use std::{
 };
 
 use serde_json::Value;
-use sqlx::PgPool;
 use time::OffsetDateTime;
 use wiremock::{matchers::any, Mock, MockServer, ResponseTemplate};
 
 use crate::{
     callers::Pki,
-    helpers::{settings_toml, spawn_app, TestDb, TestOptions},
+    helpers::{on_rows, settings_toml, spawn_app, Rows, TestDb, TestOptions},
 };
 
 const CLIENT_SECRET: &str = "doctor-client-secret-7f3e";
@@ -58,12 +58,27 @@ async fn provider(date: Option<SystemTime>) -> MockServer {
 
 async fn migrated_database() -> TestDb {
     let db = TestDb::create("tv_doctor").await;
-    let pool = PgPool::connect(&db.url).await.unwrap();
-    token_vault::store::Store::from_pool(pool.clone())
-        .migrate()
-        .await
-        .unwrap();
-    pool.close().await;
+    token_vault::store::Store::connect_lazy(
+        &secrecy::SecretString::from(db.url.clone()),
+        &token_vault::store::PoolOptions {
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(10),
+        },
+    )
+    .unwrap()
+    .migrate()
+    .await
+    .unwrap();
+    db
+}
+
+/// A database that exists and holds nothing: a new Postgres database, or an empty SQLite file
+/// (doctor opens a SQLite file without creating it, so a missing one fails the database check).
+async fn empty_database() -> TestDb {
+    let db = TestDb::create("tv_doctor").await;
+    if let Some(path) = db.url.strip_prefix("sqlite://") {
+        std::fs::File::create(path).unwrap();
+    }
     db
 }
 
@@ -250,7 +265,7 @@ async fn a_database_that_does_not_answer_fails_the_database_check() {
 #[tokio::test]
 async fn an_unmigrated_database_fails_the_migrations_check() {
     let dir = Dir::new();
-    let db = TestDb::create("tv_doctor").await;
+    let db = empty_database().await;
     let provider = provider(None).await;
 
     let doctor = Doctor::run(&config(&dir, &provider.uri(), &db.url, ""));
@@ -264,16 +279,18 @@ async fn an_unmigrated_database_fails_the_migrations_check() {
 async fn a_migration_unknown_to_this_release_fails_the_migrations_check() {
     let dir = Dir::new();
     let db = migrated_database().await;
-    let pool = PgPool::connect(&db.url).await.unwrap();
+    let rows = Rows::connect(&db.url).await;
     // What a newer release would have recorded.
-    sqlx::query(
+    let insert = rows.sql(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
          VALUES (99990101000000, 'from a newer release', true, '\\x00', 1)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    pool.close().await;
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99990101000000, 'from a newer release', true, X'00', 1)",
+    );
+    on_rows!(rows, |pool| {
+        sqlx::query(insert).execute(pool).await.unwrap();
+        pool.close().await;
+    });
     let provider = provider(None).await;
 
     let doctor = Doctor::run(&config(&dir, &provider.uri(), &db.url, ""));

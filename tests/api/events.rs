@@ -10,7 +10,9 @@ use tonic::{transport::Channel, Code, Streaming};
 
 use crate::{
     callers::{bearer_client, connect_as},
-    helpers::{assert_bad_field, assert_reason, get_token_within, spawn_app_with, wait_until, TestOptions},
+    helpers::{
+        assert_bad_field, assert_reason, get_token_within, on_rows, spawn_app_with, wait_until, Rows, TestOptions,
+    },
     provider::Fault,
     replicas::Cluster,
 };
@@ -61,18 +63,25 @@ fn owned(tenant: &str, kind: Kind, status: Status) -> (String, Kind, Status) {
 }
 
 /// Events as the trigger-less past would have written them, straight into the table.
-async fn insert_events(pool: &sqlx::PgPool, tenant_prefix: &str, count: i64, age: &str) {
-    sqlx::query(
+async fn insert_events(rows: &Rows, tenant_prefix: &str, count: i64, age_secs: i64) {
+    let insert = rows.sql(
         "INSERT INTO connection_events (connection_id, tenant_id, provider, kind, status, generation, occurred_at)
-         SELECT 0, $1 || g, 'understory', 'authorized', 'active', 1, now() - $3::interval
+         SELECT 0, $1 || g, 'understory', 'authorized', 'active', 1, now() - make_interval(secs => $3)
            FROM generate_series(1, $2) g",
-    )
-    .bind(tenant_prefix)
-    .bind(count)
-    .bind(age)
-    .execute(pool)
-    .await
-    .unwrap();
+        "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < $2)
+         INSERT INTO connection_events (connection_id, tenant_id, provider, kind, status, generation, occurred_at)
+         SELECT 0, $1 || n, 'understory', 'authorized', 'active', 1,
+                strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || $3 || ' seconds')
+           FROM g",
+    );
+    on_rows!(rows, |pool| sqlx::query(insert)
+        .bind(tenant_prefix)
+        .bind(count)
+        .bind(age_secs as f64)
+        .execute(pool)
+        .await
+        .unwrap()
+        .rows_affected());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -323,7 +332,7 @@ async fn a_consumer_that_does_not_read_is_ended_as_too_slow_and_the_vault_carrie
     let mut slow = watch(app.client.clone(), watch_request("")).await;
     assert_eq!(app.vault.open_event_watches(), 1);
     // Far more than the HTTP/2 windows between the vault and this client hold.
-    insert_events(&app.pool, "slow-", 200_000, "0 seconds").await;
+    insert_events(&app.rows, "slow-", 200_000, 0).await;
     // Not reading: the watcher fills the windows, then its queue, then gives up.
     wait_until(PATIENCE * 3, "the slow watcher to be ended", || async {
         app.vault.open_event_watches() == 0
@@ -386,19 +395,23 @@ async fn events_past_retention_are_swept_and_a_cursor_before_them_has_expired() 
     let kept = next_event(&mut stream).await;
     drop(stream);
     // Written after `kept`, but two hours old: past retention.
-    insert_events(&app.pool, "old-", 3, "2 hours").await;
+    insert_events(&app.rows, "old-", 3, 2 * 3600).await;
     wait_until(PATIENCE * 3, "the sweep", || async {
-        let old: i64 = sqlx::query_scalar("SELECT count(*) FROM connection_events WHERE tenant_id LIKE 'old-%'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+        let old: i64 = on_rows!(app.rows, |pool| sqlx::query_scalar(
+            "SELECT count(*) FROM connection_events WHERE tenant_id LIKE 'old-%'"
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap());
         old == 0
     })
     .await;
-    let kept_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM connection_events WHERE tenant_id = 'kept'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let kept_rows: i64 = on_rows!(app.rows, |pool| sqlx::query_scalar(
+        "SELECT count(*) FROM connection_events WHERE tenant_id = 'kept'"
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap());
     assert_eq!(kept_rows, 1, "a recent event stays");
 
     // Resuming after `kept` would skip the deleted events without a word: refused.
@@ -435,10 +448,12 @@ async fn an_event_committed_late_with_a_smaller_id_is_not_skipped() {
     .await
     .unwrap();
     app.connect_tenant("early").await;
-    let early_id: i64 = sqlx::query_scalar("SELECT id FROM connection_events WHERE tenant_id = 'early'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let early_id: i64 = on_rows!(app.rows, |pool| sqlx::query_scalar(
+        "SELECT id FROM connection_events WHERE tenant_id = 'early'"
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap());
     assert!(late_id < early_id, "the open transaction holds the smaller id");
     // Delivering `early` now would move the watcher past `late` for good.
     assert_quiet(&mut stream).await;
@@ -507,11 +522,17 @@ async fn imports_keep_alives_and_disconnects_reach_a_watcher_on_another_replica(
     );
 
     // Due for a keep-alive now: a keeper refreshes it with nobody asking.
-    let pool = sqlx::PgPool::connect(cluster.database_url()).await.unwrap();
-    sqlx::query("UPDATE connections SET keepalive_due_at = now() - interval '1 second' WHERE tenant_id = 'migrated'")
-        .execute(&pool)
+    let rows = Rows::connect(cluster.database_url()).await;
+    let due = rows.sql(
+        "UPDATE connections SET keepalive_due_at = now() - interval '1 second' WHERE tenant_id = 'migrated'",
+        "UPDATE connections SET keepalive_due_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 seconds')
+          WHERE tenant_id = 'migrated'",
+    );
+    on_rows!(rows, |pool| sqlx::query(due)
+        .execute(pool)
         .await
-        .unwrap();
+        .unwrap()
+        .rows_affected());
     let kept = next_event(&mut stream).await;
     assert_eq!(
         summary(&kept),
@@ -537,7 +558,7 @@ async fn imports_keep_alives_and_disconnects_reach_a_watcher_on_another_replica(
     // The same three from the start, resumed on the first replica from before the keep-alive.
     let mut resumed = watch(cluster.client(0), watch_request(&kept.cursor)).await;
     assert_eq!(summary(&next_event(&mut resumed).await).1, Kind::Disconnected);
-    pool.close().await;
+    on_rows!(rows, |pool| pool.close().await);
 }
 
 /// An ordinary refresh changes no status and writes no event, so it wakes no watcher: the

@@ -8,6 +8,7 @@ use token_vault::proto;
 use tonic::Code;
 
 use crate::{
+    helpers::on_rows,
     helpers::{assert_bad_field, assert_reason, spawn_app, TestApp, TestOptions},
     replicas::Cluster,
 };
@@ -70,10 +71,12 @@ async fn a_rejected_current_token_refreshes_once_under_100_concurrent_reporters(
     // And callers that report nothing get it too.
     assert_eq!(app.get_token("acme").await.unwrap().access_token, newest);
     assert_eq!(app.provider.stats().refresh_requests, 1);
-    let generation: i64 = sqlx::query_scalar("SELECT generation FROM connections")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let generation: i64 = on_rows!(app.rows, |pool| sqlx::query_scalar(
+        "SELECT generation FROM connections"
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap());
     assert_eq!(generation, 2);
 }
 
@@ -149,10 +152,15 @@ async fn a_rejected_stale_token_does_not_refresh() {
     let stale = app.provider.newest_access_token();
     // The first token is due (as if its hour were up), before anyone read it: the next call
     // refreshes in the ordinary way.
-    sqlx::query("UPDATE connections SET access_token_expires_at = now() - interval '1 second'")
-        .execute(&app.pool)
+    let due = app.rows.sql(
+        "UPDATE connections SET access_token_expires_at = now() - interval '1 second'",
+        "UPDATE connections SET access_token_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 seconds')",
+    );
+    on_rows!(app.rows, |pool| sqlx::query(due)
+        .execute(pool)
         .await
-        .unwrap();
+        .unwrap()
+        .rows_affected());
     let current = app.get_token("acme").await.unwrap().access_token;
     assert_ne!(current, stale);
     assert_eq!(app.provider.stats().refresh_requests, 1);
@@ -234,11 +242,12 @@ async fn a_rejected_token_of_a_revoked_grant_marks_the_connection() {
     assert_reason(&err, Code::FailedPrecondition, "REAUTHORIZATION_REQUIRED");
     assert_eq!(app.provider.stats().refresh_requests, 1);
 
-    let events: Vec<(String, String, Option<String>, i64)> =
-        sqlx::query_as("SELECT kind, status, reason, generation FROM connection_events ORDER BY id")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+    let events: Vec<(String, String, Option<String>, i64)> = on_rows!(app.rows, |pool| sqlx::query_as(
+        "SELECT kind, status, reason, generation FROM connection_events ORDER BY id"
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap());
     assert_eq!(
         events,
         [

@@ -6,12 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection, PgConnection};
 use token_vault::proto;
 use tonic::Code;
 
 use crate::{
-    helpers::{assert_reason, get_token_within, spawn_app_with, TestOptions},
+    helpers::{assert_reason, get_token_within, on_rows, spawn_app_with, Rows, TestOptions},
     provider::Fault,
     replicas::Cluster,
     report::{record, FaultReport},
@@ -47,21 +46,28 @@ async fn wait_for_refresh_requests(cluster: &Cluster, n: usize) {
 /// Lets the refresh lease lapse early, as it would for a replica paused past its lease (a
 /// stalled node, a long GC-like stop): the only way two vault presenters can race.
 async fn lapse_lease(cluster: &Cluster) {
-    let mut db = PgConnection::connect(cluster.database_url()).await.unwrap();
-    let lapsed =
-        sqlx::query("UPDATE connections SET refresh_lease_until = now() WHERE refresh_lease_holder IS NOT NULL")
-            .execute(&mut db)
-            .await
-            .unwrap();
-    assert_eq!(lapsed.rows_affected(), 1, "a refresh held the lease");
+    let rows = Rows::connect(cluster.database_url()).await;
+    let lapse = rows.sql(
+        "UPDATE connections SET refresh_lease_until = now() WHERE refresh_lease_holder IS NOT NULL",
+        "UPDATE connections SET refresh_lease_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+          WHERE refresh_lease_holder IS NOT NULL",
+    );
+    let lapsed = on_rows!(rows, |pool| sqlx::query(lapse)
+        .execute(pool)
+        .await
+        .unwrap()
+        .rows_affected());
+    assert_eq!(lapsed, 1, "a refresh held the lease");
 }
 
 async fn connection_status(database_url: &str) -> (String, Option<String>, i64) {
-    let mut db = PgConnection::connect(database_url).await.unwrap();
-    sqlx::query_as("SELECT status, status_reason, generation FROM connections")
-        .fetch_one(&mut db)
-        .await
-        .unwrap()
+    let rows = Rows::connect(database_url).await;
+    on_rows!(rows, |pool| sqlx::query_as(
+        "SELECT status, status_reason, generation FROM connections"
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap())
 }
 
 /// A rolling update during a refresh: the caller gave up, the provider has already rotated the
@@ -173,14 +179,13 @@ async fn callers_giving_up_by_the_thousand_leave_the_pool_idle() {
     let unknown = get_token_within(&mut caller, "ghost-again", Duration::from_secs(5)).await;
     assert_reason(&unknown.unwrap_err(), Code::NotFound, "CONNECTION_NOT_FOUND");
 
-    let pool = app.vault.store().pool();
+    let store = app.vault.store();
     let started = Instant::now();
-    while pool.num_idle() != pool.size() as usize {
+    while store.pool_usage().1 != store.pool_usage().0 as usize {
+        let (size, idle) = store.pool_usage();
         assert!(
             started.elapsed() < Duration::from_secs(5),
-            "the pool never went back to idle: {} of {} connections idle",
-            pool.num_idle(),
-            pool.size()
+            "the pool never went back to idle: {idle} of {size} connections idle"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

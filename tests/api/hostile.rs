@@ -6,25 +6,31 @@ use token_vault::{oauth::MAX_RESPONSE_BYTES, proto};
 use tonic::Code;
 
 use crate::{
+    helpers::on_rows,
     helpers::{assert_bad_field, assert_reason, spawn_app, TestApp, REDIRECT_URI},
     provider::Fault,
 };
 
 async fn sealed_access_token(app: &TestApp, tenant: &str) -> Vec<u8> {
-    sqlx::query_scalar("SELECT access_token FROM connections WHERE tenant_id = $1")
-        .bind(tenant)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap()
+    on_rows!(app.rows, |pool| sqlx::query_scalar(
+        "SELECT access_token FROM connections WHERE tenant_id = $1"
+    )
+    .bind(tenant)
+    .fetch_one(pool)
+    .await
+    .unwrap())
 }
 
 async fn set_access_token(app: &TestApp, tenant: &str, value: &[u8]) {
-    sqlx::query("UPDATE connections SET access_token = $2 WHERE tenant_id = $1")
-        .bind(tenant)
-        .bind(value)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    on_rows!(app.rows, |pool| sqlx::query(
+        "UPDATE connections SET access_token = $1 WHERE tenant_id = $2"
+    )
+    .bind(value)
+    .bind(tenant)
+    .execute(pool)
+    .await
+    .unwrap()
+    .rows_affected());
 }
 
 #[tokio::test]
@@ -140,10 +146,12 @@ async fn malformed_provider_answers_are_protocol_errors() {
         .push_fault(Fault::Answer(200, r#"{"token_type":"bearer"}"#));
     let err = app.get_token("globex").await.unwrap_err();
     assert_reason(&err, Code::Unavailable, "REFRESH_OUTCOME_UNKNOWN");
-    let reason: Option<String> = sqlx::query_scalar("SELECT status_reason FROM connections WHERE tenant_id = 'globex'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let reason: Option<String> = on_rows!(app.rows, |pool| sqlx::query_scalar(
+        "SELECT status_reason FROM connections WHERE tenant_id = 'globex'"
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap());
     assert_eq!(reason.as_deref(), Some("refresh_outcome_unknown"));
     assert_eq!(app.provider.stats().refresh_requests, 1, "and not presented again");
 }

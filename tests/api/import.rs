@@ -9,6 +9,7 @@ use tonic::Code;
 
 use crate::{
     callers::bearer_client,
+    helpers::on_rows,
     helpers::{assert_bad_field, assert_reason, dump_all_tables, spawn_app, spawn_app_with, TestApp, TestOptions},
 };
 
@@ -41,10 +42,12 @@ fn presented_refresh_tokens(app: &TestApp) -> Vec<String> {
 }
 
 async fn events(app: &TestApp) -> Vec<(String, String, i64)> {
-    sqlx::query_as("SELECT kind, status, generation FROM connection_events ORDER BY id")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap()
+    on_rows!(app.rows, |pool| sqlx::query_as(
+        "SELECT kind, status, generation FROM connection_events ORDER BY id"
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap())
 }
 
 #[tokio::test]
@@ -88,11 +91,12 @@ async fn import_then_refresh_works() {
         (2, 0, 0)
     );
 
-    let rows: Vec<(i64, String, bool)> =
-        sqlx::query_as("SELECT generation, source, superseded_at IS NOT NULL FROM refresh_tokens ORDER BY generation")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+    let rows: Vec<(i64, String, bool)> = on_rows!(app.rows, |pool| sqlx::query_as(
+        "SELECT generation, source, superseded_at IS NOT NULL FROM refresh_tokens ORDER BY generation"
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap());
     assert_eq!(
         rows,
         [
@@ -104,7 +108,7 @@ async fn import_then_refresh_works() {
     assert_eq!(events(&app).await, [("imported".into(), "active".into(), 1)]);
 
     // Nothing the provider issued, the imported token included, is stored in plaintext.
-    let tables = dump_all_tables(&app.pool).await;
+    let tables = dump_all_tables(&app.rows).await;
     for secret in app.provider.issued_secrets() {
         assert!(!tables.contains(&secret), "a token is stored in plaintext");
     }
@@ -195,10 +199,12 @@ async fn an_invalid_imported_token_needs_a_new_authorization() {
     assert!(answer.validated);
     assert_eq!(answer.connection.unwrap().status(), proto::ConnectionStatus::Active);
     assert!(app.get_token("acme").await.is_ok());
-    let generation: i64 = sqlx::query_scalar("SELECT generation FROM connections")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let generation: i64 = on_rows!(app.rows, |pool| sqlx::query_scalar(
+        "SELECT generation FROM connections"
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap());
     assert_eq!(generation, 3, "imported at 2, refreshed to 3");
 }
 
@@ -228,11 +234,12 @@ async fn an_active_connection_is_replaced_only_when_asked() {
     assert_ne!(token, authorized);
     assert_eq!(token, app.provider.newest_access_token());
     assert_eq!(presented_refresh_tokens(&app), [imported]);
-    let rows: Vec<(i64, String, bool)> =
-        sqlx::query_as("SELECT generation, source, superseded_at IS NOT NULL FROM refresh_tokens ORDER BY generation")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+    let rows: Vec<(i64, String, bool)> = on_rows!(app.rows, |pool| sqlx::query_as(
+        "SELECT generation, source, superseded_at IS NOT NULL FROM refresh_tokens ORDER BY generation"
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap());
     assert_eq!(
         rows,
         [
@@ -284,10 +291,10 @@ async fn bad_imports_name_the_field() {
     let err = call(&app, import("", "ory_rt_x")).await.unwrap_err();
     assert_bad_field(&err, "tenant_id");
     assert_eq!(app.provider.stats().token_requests, 0);
-    let connections: i64 = sqlx::query_scalar("SELECT count(*) FROM connections")
-        .fetch_one(&app.pool)
+    let connections: i64 = on_rows!(app.rows, |pool| sqlx::query_scalar("SELECT count(*) FROM connections")
+        .fetch_one(pool)
         .await
-        .unwrap();
+        .unwrap());
     assert_eq!(connections, 0);
 }
 
@@ -357,12 +364,12 @@ tenants = ["migrated-*"]
 
     let mut app = app;
     app.shut_down().await;
-    let audit: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
+    let audit: Vec<(String, String, Option<String>, Option<String>)> = on_rows!(app.rows, |pool| sqlx::query_as(
         "SELECT caller, outcome, tenant_id, detail FROM audit_events WHERE event = 'import_connection' ORDER BY id",
     )
-    .fetch_all(&app.pool)
+    .fetch_all(pool)
     .await
-    .unwrap();
+    .unwrap());
     assert_eq!(
         audit,
         [(
@@ -381,12 +388,16 @@ tenants = ["migrated-*"]
 async fn an_import_never_replaces_a_connection_under_a_refresh_in_flight() {
     let app = spawn_app().await;
     app.connect_tenant("acme").await;
-    sqlx::query(
+    let lease = app.rows.sql(
         "UPDATE connections SET refresh_lease_holder = gen_random_uuid(), refresh_lease_until = now() + interval '1 minute'",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
+        "UPDATE connections SET refresh_lease_holder = randomblob(16),
+                refresh_lease_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+60 seconds')",
+    );
+    on_rows!(app.rows, |pool| sqlx::query(lease)
+        .execute(pool)
+        .await
+        .unwrap()
+        .rows_affected());
     let imported = app.provider.mint_refresh_token();
     let err = call(
         &app,
@@ -399,9 +410,11 @@ async fn an_import_never_replaces_a_connection_under_a_refresh_in_flight() {
     .unwrap_err();
     assert_reason(&err, Code::Unavailable, "CONNECTION_BUSY");
     assert_eq!(app.provider.stats().refresh_requests, 0, "nothing was presented");
-    let sources: Vec<String> = sqlx::query_scalar("SELECT source FROM refresh_tokens ORDER BY generation")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
+    let sources: Vec<String> = on_rows!(app.rows, |pool| sqlx::query_scalar(
+        "SELECT source FROM refresh_tokens ORDER BY generation"
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap());
     assert_eq!(sources, ["authorization_code"], "nothing was stored");
 }

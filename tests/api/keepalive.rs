@@ -3,12 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
 use token_vault::store::SweepPosition;
 use tonic::Code;
 
 use crate::{
-    helpers::{assert_reason, spawn_app_with, wait_until, TestApp, TestOptions},
+    helpers::{assert_reason, on_rows, spawn_app_with, wait_until, Rows, TestApp, TestOptions},
     provider::Fault,
     replicas::Cluster,
 };
@@ -16,29 +15,42 @@ use crate::{
 /// How long the scripted provider's refresh tokens live in the idle-tenant tests.
 const REFRESH_TOKEN_LIFE: Duration = Duration::from_secs(6);
 
-async fn count_events(pool: &PgPool, kind: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM connection_events WHERE kind = $1")
-        .bind(kind)
-        .fetch_one(pool)
-        .await
-        .unwrap()
+async fn count_events(rows: &Rows, kind: &str) -> i64 {
+    on_rows!(rows, |pool| sqlx::query_scalar(
+        "SELECT count(*) FROM connection_events WHERE kind = $1"
+    )
+    .bind(kind)
+    .fetch_one(pool)
+    .await
+    .unwrap())
 }
 
 /// Makes every connection due for a keep-alive now.
-async fn make_all_due(pool: &PgPool) {
-    sqlx::query("UPDATE connections SET keepalive_due_at = now() - interval '1 second'")
+async fn make_all_due(rows: &Rows) {
+    let due = rows.sql(
+        "UPDATE connections SET keepalive_due_at = now() - interval '1 second'",
+        "UPDATE connections SET keepalive_due_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 seconds')",
+    );
+    on_rows!(rows, |pool| sqlx::query(due)
         .execute(pool)
         .await
-        .unwrap();
+        .unwrap()
+        .rows_affected());
 }
 
 /// Makes one tenant's connection due for a keep-alive now.
-async fn make_due(pool: &PgPool, tenant: &str) {
-    sqlx::query("UPDATE connections SET keepalive_due_at = now() - interval '1 second' WHERE tenant_id = $1")
+async fn make_due(rows: &Rows, tenant: &str) {
+    let due = rows.sql(
+        "UPDATE connections SET keepalive_due_at = now() - interval '1 second' WHERE tenant_id = $1",
+        "UPDATE connections SET keepalive_due_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 seconds')
+          WHERE tenant_id = $1",
+    );
+    on_rows!(rows, |pool| sqlx::query(due)
         .bind(tenant)
         .execute(pool)
         .await
-        .unwrap();
+        .unwrap()
+        .rows_affected());
 }
 
 /// A vault whose keeper looks every 200 ms, with an idle tenant whose refresh token lives
@@ -80,7 +92,7 @@ async fn an_idle_tenant_is_kept_alive_across_several_refresh_token_lifetimes_wit
     assert_eq!((stats.reuse_detected, stats.expired_presented), (0, 0), "{stats:?}");
     assert_eq!(stats.refresh_requests, stats.refreshes_ok, "{stats:?}");
     // Every one of them was the keeper's, and says so.
-    let kept = count_events(&app.pool, "refreshed_by_keepalive").await;
+    let kept = count_events(&app.rows, "refreshed_by_keepalive").await;
     assert_eq!(kept as usize, stats.refreshes_ok);
     // Each keep-alive waited for the access token in circulation (3 s) rather than refreshing
     // at the plain due moment (2 s after issue), which would have cut off its holders.
@@ -113,7 +125,7 @@ async fn without_the_keeper_an_idle_tenant_dies_with_its_refresh_token() {
     assert_reason(&err, Code::FailedPrecondition, "REAUTHORIZATION_REQUIRED");
     let stats = app.provider.stats();
     assert_eq!(stats.expired_presented, 1, "{stats:?}");
-    assert_eq!(count_events(&app.pool, "refreshed_by_keepalive").await, 0);
+    assert_eq!(count_events(&app.rows, "refreshed_by_keepalive").await, 0);
 }
 
 /// Three processes' keepers, fifty connections due at once: each is refreshed exactly once,
@@ -135,11 +147,11 @@ async fn keep_alive_is_claimed_exactly_once_across_three_processes() {
     for i in 0..TENANTS {
         cluster.connect_tenant(&format!("tenant-{i}")).await;
     }
-    let pool = PgPool::connect(cluster.database_url()).await.unwrap();
-    make_all_due(&pool).await;
+    let rows = Rows::connect(cluster.database_url()).await;
+    make_all_due(&rows).await;
 
     wait_until(Duration::from_secs(60), "every connection kept alive", || async {
-        count_events(&pool, "refreshed_by_keepalive").await >= TENANTS as i64
+        count_events(&rows, "refreshed_by_keepalive").await >= TENANTS as i64
     })
     .await;
     // Room for a duplicate to show up, if there were one.
@@ -157,14 +169,16 @@ async fn keep_alive_is_claimed_exactly_once_across_three_processes() {
     presented.sort();
     presented.dedup();
     assert_eq!(presented.len(), TENANTS, "each refresh token presented once");
-    assert_eq!(count_events(&pool, "refreshed_by_keepalive").await, TENANTS as i64);
-    let (generation_2, due_later): (i64, i64) = sqlx::query_as(
+    assert_eq!(count_events(&rows, "refreshed_by_keepalive").await, TENANTS as i64);
+    let counts = rows.sql(
         "SELECT count(*) FILTER (WHERE generation = 2), count(*) FILTER (WHERE keepalive_due_at > now())
            FROM connections",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+        "SELECT count(*) FILTER (WHERE generation = 2),
+                count(*) FILTER (WHERE keepalive_due_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+           FROM connections",
+    );
+    let (generation_2, due_later): (i64, i64) =
+        on_rows!(rows, |pool| sqlx::query_as(counts).fetch_one(pool).await.unwrap());
     assert_eq!(
         (generation_2, due_later),
         (TENANTS as i64, TENANTS as i64),
@@ -190,9 +204,9 @@ claim_ttl = "30s"
     for i in 0..TENANTS {
         app.connect_tenant(&format!("tenant-{i}")).await;
     }
-    make_all_due(&app.pool).await;
+    make_all_due(&app.rows).await;
     wait_until(Duration::from_secs(60), "every connection kept alive", || async {
-        count_events(&app.pool, "refreshed_by_keepalive").await >= TENANTS as i64
+        count_events(&app.rows, "refreshed_by_keepalive").await >= TENANTS as i64
     })
     .await;
 
@@ -226,17 +240,24 @@ struct KeeperState {
     due_later: Option<bool>,
 }
 
-async fn keeper_state(pool: &PgPool, tenant: &str) -> KeeperState {
-    sqlx::query_as(
+async fn keeper_state(rows: &Rows, tenant: &str) -> KeeperState {
+    let state = rows.sql(
         "SELECT status, last_error,
                 EXTRACT(EPOCH FROM keepalive_claimed_until - last_error_at)::float8 AS claim_after_error,
                 keepalive_due_at > now() AS due_later
            FROM connections WHERE tenant_id = $1",
-    )
-    .bind(tenant)
-    .fetch_one(pool)
-    .await
-    .unwrap()
+        "SELECT status, last_error,
+                -- Stored to the millisecond: the difference in whole milliseconds, as seconds.
+                round((unixepoch(keepalive_claimed_until, 'subsec') - unixepoch(last_error_at, 'subsec')) * 1000)
+                    / 1000.0 AS claim_after_error,
+                keepalive_due_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now') AS due_later
+           FROM connections WHERE tenant_id = $1",
+    );
+    on_rows!(rows, |pool| sqlx::query_as(state)
+        .bind(tenant)
+        .fetch_one(pool)
+        .await
+        .unwrap())
 }
 
 /// A keep-alive the provider answers 503 records the error and is tried again once its claim
@@ -258,12 +279,12 @@ claim_ttl = "2s"
     for _ in 0..3 {
         app.provider.push_fault(Fault::Answer(503, "{}"));
     }
-    make_due(&app.pool, "acme").await;
+    make_due(&app.rows, "acme").await;
     wait_until(Duration::from_secs(10), "the failure recorded", || async {
-        keeper_state(&app.pool, "acme").await.last_error.is_some()
+        keeper_state(&app.rows, "acme").await.last_error.is_some()
     })
     .await;
-    let failed = keeper_state(&app.pool, "acme").await;
+    let failed = keeper_state(&app.rows, "acme").await;
     assert_eq!(failed.status, "active");
     assert_eq!(failed.last_error.as_deref(), Some("provider_unavailable"));
     assert_eq!(
@@ -274,7 +295,7 @@ claim_ttl = "2s"
     assert_eq!(app.provider.stats().refresh_requests, 3);
 
     wait_until(Duration::from_secs(15), "the keep-alive retried", || async {
-        count_events(&app.pool, "refreshed_by_keepalive").await == 1
+        count_events(&app.rows, "refreshed_by_keepalive").await == 1
     })
     .await;
     let presented = app.provider.refresh_requests();
@@ -284,18 +305,18 @@ claim_ttl = "2s"
         backoff >= Duration::from_millis(1900),
         "retried only after the claim: {backoff:?}"
     );
-    let kept = keeper_state(&app.pool, "acme").await;
+    let kept = keeper_state(&app.rows, "acme").await;
     assert_eq!((kept.last_error, kept.due_later), (None, Some(true)));
 
     // Rejected: the customer revoked consent at the provider.
     app.connect_tenant("beta").await;
     app.provider.revoke_all();
-    make_due(&app.pool, "beta").await;
+    make_due(&app.rows, "beta").await;
     wait_until(Duration::from_secs(10), "the connection marked dead", || async {
-        count_events(&app.pool, "reauthorization_required").await >= 1
+        count_events(&app.rows, "reauthorization_required").await >= 1
     })
     .await;
-    let dead = keeper_state(&app.pool, "beta").await;
+    let dead = keeper_state(&app.rows, "beta").await;
     assert_eq!(dead.status, "reauthorization_required");
     assert_eq!(dead.last_error.as_deref(), Some("invalid_grant"));
     assert_eq!(dead.due_later, None, "nothing left to keep alive");
@@ -315,21 +336,23 @@ async fn a_keep_alive_that_brings_no_new_refresh_token_is_not_repeated() {
     .await;
     app.connect_tenant("acme").await;
     app.provider.state.lock().unwrap().issue_refresh_tokens = false;
-    make_due(&app.pool, "acme").await;
+    make_due(&app.rows, "acme").await;
     wait_until(Duration::from_secs(10), "the keep-alive", || async {
-        count_events(&app.pool, "refreshed_by_keepalive").await == 1
+        count_events(&app.rows, "refreshed_by_keepalive").await == 1
     })
     .await;
     // Several intervals and claim lifetimes later: still that one refresh.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(app.provider.stats().refresh_requests, 1);
-    let (due, has_refresh_token): (Option<time::OffsetDateTime>, bool) = sqlx::query_as(
+    let (due, has_refresh_token): (Option<time::OffsetDateTime>, bool) = on_rows!(app.rows, |pool| {
+        sqlx::query_as(
         "SELECT keepalive_due_at, EXISTS (SELECT 1 FROM refresh_tokens WHERE superseded_at IS NULL AND token IS NOT NULL)
            FROM connections WHERE tenant_id = 'acme'",
     )
-    .fetch_one(&app.pool)
+    .fetch_one(pool)
     .await
-    .unwrap();
+    .unwrap()
+    });
     assert_eq!(
         (due, has_refresh_token),
         (None, true),
@@ -339,14 +362,14 @@ async fn a_keep_alive_that_brings_no_new_refresh_token_is_not_repeated() {
 
 /// Which generations of a connection's refresh tokens still hold a ciphertext, which were
 /// purged, and which is current.
-async fn refresh_token_rows(pool: &PgPool) -> Vec<(i64, bool, bool, bool)> {
-    sqlx::query_as(
+async fn refresh_token_rows(rows: &Rows) -> Vec<(i64, bool, bool, bool)> {
+    on_rows!(rows, |pool| sqlx::query_as(
         "SELECT generation, token IS NOT NULL, purged_at IS NOT NULL, superseded_at IS NULL
            FROM refresh_tokens ORDER BY generation",
     )
     .fetch_all(pool)
     .await
-    .unwrap()
+    .unwrap())
 }
 
 /// A vault with 1-second access tokens and the given retention, and one tenant refreshed ten
@@ -394,10 +417,10 @@ async fn retention_purges_superseded_ciphertexts_outside_both_bounds_and_keeps_t
     // Outside both bounds (older than three superseded generations, superseded over 0 s ago):
     // the sweeper purges them.
     wait_until(Duration::from_secs(10), "the sweeper purged", || async {
-        refresh_token_rows(&swept.pool).await.iter().filter(|r| r.2).count() == 7
+        refresh_token_rows(&swept.rows).await.iter().filter(|r| r.2).count() == 7
     })
     .await;
-    purged_but_three(&refresh_token_rows(&swept.pool).await);
+    purged_but_three(&refresh_token_rows(&swept.rows).await);
     tokio::time::sleep(Duration::from_millis(600)).await;
     swept
         .get_token("acme")
@@ -407,7 +430,7 @@ async fn retention_purges_superseded_ciphertexts_outside_both_bounds_and_keeps_t
 
     // Within keep_for: several sweeps later nothing is purged.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rows = refresh_token_rows(&kept.pool).await;
+    let rows = refresh_token_rows(&kept.rows).await;
     assert_eq!(rows.len(), 11);
     assert!(
         rows.iter().all(|r| r.1 && !r.2),
@@ -428,7 +451,7 @@ async fn retention_purges_superseded_ciphertexts_outside_both_bounds_and_keeps_t
         from = done.next;
     }
     assert_eq!(statements, [(2, 2), (2, 2), (2, 2), (1, 2), (0, 2), (0, 0)]);
-    purged_but_three(&refresh_token_rows(&kept.pool).await);
+    purged_but_three(&refresh_token_rows(&kept.rows).await);
     // The current token is never purged, even when no superseded generation is kept.
     let done = retention()
         .purge_superseded(0, Duration::ZERO, 100, SweepPosition::default())
@@ -439,7 +462,7 @@ async fn retention_purges_superseded_ciphertexts_outside_both_bounds_and_keeps_t
         (3, 3),
         "only superseded tokens are candidates"
     );
-    let rows = refresh_token_rows(&kept.pool).await;
+    let rows = refresh_token_rows(&kept.rows).await;
     assert_eq!(rows.iter().filter(|r| r.1).map(|r| r.0).collect::<Vec<_>>(), [11]);
     tokio::time::sleep(Duration::from_millis(600)).await;
     kept.get_token("acme").await.expect("the current token still refreshes");
@@ -464,28 +487,37 @@ claim_ttl = "5s"
     app.connect_tenant("acme").await;
     // Long overdue connections of a provider that left the configuration, more than the
     // keeper may start in the whole test.
-    sqlx::query(
+    let departed = app.rows.sql(
         "INSERT INTO connections (tenant_id, provider, status, scopes, generation, token_type, access_token,
                                   access_token_issued_at, access_token_expires_at, authorized_at, keepalive_due_at)
          SELECT 'gone-' || g, 'departed', 'active', '{}', 1, 'bearer', '\\x00', now(), now() + interval '1 hour',
                 now(), now() - interval '1 day'
            FROM generate_series(1, 200) g",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    make_due(&app.pool, "acme").await;
+        "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 200)
+         INSERT INTO connections (tenant_id, provider, status, scopes, generation, token_type, access_token,
+                                  access_token_issued_at, access_token_expires_at, authorized_at, keepalive_due_at)
+         SELECT 'gone-' || n, 'departed', 'active', '[]', 1, 'bearer', X'00', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+3600 seconds'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-86400 seconds')
+           FROM g",
+    );
+    on_rows!(app.rows, |pool| sqlx::query(departed)
+        .execute(pool)
+        .await
+        .unwrap()
+        .rows_affected());
+    make_due(&app.rows, "acme").await;
     wait_until(
         Duration::from_secs(10),
         "the configured connection kept alive",
-        || async { count_events(&app.pool, "refreshed_by_keepalive").await == 1 },
+        || async { count_events(&app.rows, "refreshed_by_keepalive").await == 1 },
     )
     .await;
-    let claimed: i64 = sqlx::query_scalar(
+    let claimed: i64 = on_rows!(app.rows, |pool| sqlx::query_scalar(
         "SELECT count(*) FROM connections WHERE provider = 'departed' AND keepalive_claimed_until IS NOT NULL",
     )
-    .fetch_one(&app.pool)
+    .fetch_one(pool)
     .await
-    .unwrap();
+    .unwrap());
     assert_eq!(claimed, 0, "no connection of the departed provider was claimed");
 }

@@ -15,11 +15,12 @@ use token_vault::{
     keys::{key_usage, load_keyring, rewrap, KeyringReloader, Reload, ReloadError, RewrapOptions},
     proto::{self, token_vault_client::TokenVaultClient},
     startup::Application,
-    store::Store,
 };
 use tonic::{transport::Channel, Code};
 
-use crate::helpers::{assert_reason, connect, dump_all_tables, settings_toml, spawn_app_with, TestApp, TestOptions};
+use crate::helpers::{
+    assert_reason, connect, dump_all_tables, on_rows, settings_toml, spawn_app_with, Rows, TestApp, TestOptions,
+};
 
 /// A keyring line `<id>:<base64>` for a fresh key.
 fn key_line(id: &str) -> String {
@@ -105,7 +106,7 @@ async fn rewrap_moves_every_value_to_the_new_key_and_the_old_key_can_be_removed(
         ..Default::default()
     })
     .await;
-    let store = Store::from_pool(app.pool.clone());
+    let store = app.store();
     app.connect_tenant("acme").await;
     app.connect_tenant("globex").await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -152,13 +153,15 @@ async fn rewrap_moves_every_value_to_the_new_key_and_the_old_key_can_be_removed(
     // Restart with [B] only: every kind of value opens.
     let (b_client, _b_stop) = restart_with(&app, &[&b]).await;
     let generation = |tenant: &'static str| {
-        let pool = app.pool.clone();
+        let rows = app.rows.clone();
         async move {
-            sqlx::query_scalar::<_, i64>("SELECT generation FROM connections WHERE tenant_id = $1")
-                .bind(tenant)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
+            on_rows!(rows, |pool| sqlx::query_scalar::<_, i64>(
+                "SELECT generation FROM connections WHERE tenant_id = $1"
+            )
+            .bind(tenant)
+            .fetch_one(pool)
+            .await
+            .unwrap())
         }
     };
     assert_eq!(generation("globex").await, 1);
@@ -175,7 +178,7 @@ async fn rewrap_moves_every_value_to_the_new_key_and_the_old_key_can_be_removed(
     complete(&b_client, &app, pending).await;
 
     // And, after all of it, no token in plaintext anywhere in the database.
-    let dump = dump_all_tables(&app.pool).await;
+    let dump = dump_all_tables(&app.rows).await;
     for secret in app.provider.issued_secrets().iter().chain([&app.client_secret]) {
         assert!(
             !dump.contains(secret.as_str()),
@@ -261,7 +264,7 @@ async fn a_keyring_file_reloads_only_when_it_is_safe() {
     })
     .await;
     app.connect_tenant("acme").await; // values under key-a
-    let store = Store::from_pool(app.pool.clone());
+    let store = app.store();
 
     let dir = std::env::temp_dir().join(format!("tv-keys-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -351,13 +354,15 @@ async fn a_running_vault_picks_up_a_changed_keyring_file() {
     .await;
     app.connect_tenant("acme").await;
     let key_of = |tenant: &'static str| {
-        let pool = app.pool.clone();
+        let rows = app.rows.clone();
         async move {
-            let sealed: Vec<u8> = sqlx::query_scalar("SELECT access_token FROM connections WHERE tenant_id = $1")
-                .bind(tenant)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+            let sealed: Vec<u8> = on_rows!(rows, |pool| sqlx::query_scalar(
+                "SELECT access_token FROM connections WHERE tenant_id = $1"
+            )
+            .bind(tenant)
+            .fetch_one(pool)
+            .await
+            .unwrap());
             sealed_key_id(&sealed).unwrap().to_owned()
         }
     };
@@ -372,7 +377,7 @@ async fn a_running_vault_picks_up_a_changed_keyring_file() {
     // Dropping key-a while acme's tokens use it is refused: the vault keeps both keys.
     std::fs::write(&path, format!("{b}\n")).unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let store = Store::from_pool(app.pool.clone());
+    let store = app.store();
     assert!(key_usage(&store).await.unwrap().values_under("key-a") > 0);
     app.connect_tenant("initech").await;
     assert_eq!(key_of("initech").await, "key-b");
@@ -417,12 +422,14 @@ impl Drop for KeyringFile {
 }
 
 /// The key id framed into `tenant`'s stored access token.
-async fn access_token_key(pool: &sqlx::PgPool, tenant: &str) -> String {
-    let sealed: Vec<u8> = sqlx::query_scalar("SELECT access_token FROM connections WHERE tenant_id = $1")
-        .bind(tenant)
-        .fetch_one(pool)
-        .await
-        .unwrap();
+async fn access_token_key(rows: &Rows, tenant: &str) -> String {
+    let sealed: Vec<u8> = on_rows!(rows, |pool| sqlx::query_scalar(
+        "SELECT access_token FROM connections WHERE tenant_id = $1"
+    )
+    .bind(tenant)
+    .fetch_one(pool)
+    .await
+    .unwrap());
     sealed_key_id(&sealed).unwrap().to_owned()
 }
 
@@ -438,7 +445,7 @@ async fn connect_until_sealed_under(
     for i in 0.. {
         let tenant = format!("{prefix}-{i}");
         complete(client, app, begin_on(client, &tenant).await).await;
-        let sealed_under = access_token_key(&app.pool, &tenant).await;
+        let sealed_under = access_token_key(&app.rows, &tenant).await;
         if sealed_under == key {
             return tenant;
         }
@@ -466,7 +473,7 @@ async fn a_key_added_decrypt_only_reaches_every_replica_before_any_seals_with_it
     let (lagging, _lagging_stop) = restart_with(&app, &[&a]).await;
     let (ahead, _ahead_stop) = restart_with(&app, &[&a, &b]).await;
     complete(&ahead, &app, begin_on(&ahead, "globex").await).await;
-    assert_eq!(access_token_key(&app.pool, "globex").await, "key-b");
+    assert_eq!(access_token_key(&app.rows, "globex").await, "key-b");
 
     // Step 1: the new key, decrypt-only. Once reloaded, the vault opens what key-b sealed…
     file.write(&[&a, &b_decrypt_only]);
@@ -480,15 +487,12 @@ async fn a_key_added_decrypt_only_reaches_every_replica_before_any_seals_with_it
     }
     // …but goes on sealing under key-a, which the lagging replica can open.
     app.connect_tenant("acme").await;
-    assert_eq!(access_token_key(&app.pool, "acme").await, "key-a");
+    assert_eq!(access_token_key(&app.rows, "acme").await, "key-a");
     get_token(&lagging, "acme")
         .await
         .expect("a replica on the old keyring opens what a reloaded one wrote");
     let ring = Keyring::parse(&std::fs::read_to_string(&file.path).unwrap(), None).unwrap();
-    let table = key_usage(&Store::from_pool(app.pool.clone()))
-        .await
-        .unwrap()
-        .render(Some(&ring));
+    let table = key_usage(&app.store()).await.unwrap().render(Some(&ring));
     assert!(
         table
             .lines()

@@ -9,11 +9,12 @@ use token_vault::{
     crypto::{Aad, Keyring, Purpose},
     keys::{key_usage, rewrap, RewrapOptions},
     proto::{self, ConnectionStatus, Revocation},
-    store::{NewTokens, Store},
+    store::NewTokens,
 };
 use tonic::Code;
 
 use crate::{
+    helpers::on_rows,
     helpers::{assert_reason, dump_all_tables, spawn_app, spawn_app_with, TestApp, TestOptions},
     provider::{ClientAuth, Fault},
 };
@@ -21,23 +22,25 @@ use crate::{
 /// Sealed values the connection of `tenant` still holds: its access token and every refresh
 /// token's ciphertext.
 async fn ciphertexts_left(app: &TestApp, tenant: &str) -> i64 {
-    sqlx::query_scalar(
+    on_rows!(app.rows, |pool| sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM connections WHERE tenant_id = $1 AND access_token IS NOT NULL)
               + (SELECT count(*) FROM refresh_tokens r JOIN connections c ON c.id = r.connection_id
                   WHERE c.tenant_id = $1 AND r.token IS NOT NULL)",
     )
     .bind(tenant)
-    .fetch_one(&app.pool)
+    .fetch_one(pool)
     .await
-    .unwrap()
+    .unwrap())
 }
 
 async fn events(app: &TestApp, tenant: &str) -> Vec<(String, String, Option<String>)> {
-    sqlx::query_as("SELECT kind, status, reason FROM connection_events WHERE tenant_id = $1 ORDER BY id")
-        .bind(tenant)
-        .fetch_all(&app.pool)
-        .await
-        .unwrap()
+    on_rows!(app.rows, |pool| sqlx::query_as(
+        "SELECT kind, status, reason FROM connection_events WHERE tenant_id = $1 ORDER BY id"
+    )
+    .bind(tenant)
+    .fetch_all(pool)
+    .await
+    .unwrap())
 }
 
 /// What the provider's token endpoint says to `refresh_token` presented directly.
@@ -102,15 +105,15 @@ async fn delete_revokes_the_refresh_token_at_the_provider_and_leaves_no_cipherte
     // Nothing sealed is left of acme; globex is untouched.
     assert_eq!(ciphertexts_left(&app, "acme").await, 0);
     assert!(ciphertexts_left(&app, "globex").await >= 2);
-    let purged: Vec<(bool, bool)> = sqlx::query_as(
+    let purged: Vec<(bool, bool)> = on_rows!(app.rows, |pool| sqlx::query_as(
         "SELECT r.purged_at IS NOT NULL, r.superseded_at IS NOT NULL FROM refresh_tokens r
            JOIN connections c ON c.id = r.connection_id WHERE c.tenant_id = 'acme'",
     )
-    .fetch_all(&app.pool)
+    .fetch_all(pool)
     .await
-    .unwrap();
+    .unwrap());
     assert_eq!(purged, [(true, true)], "the history row stays, marked purged");
-    let dump = dump_all_tables(&app.pool).await;
+    let dump = dump_all_tables(&app.rows).await;
     for secret in app.provider.issued_secrets() {
         assert!(!dump.contains(&secret), "a token in plaintext in the database");
     }
@@ -137,7 +140,7 @@ async fn delete_revokes_the_refresh_token_at_the_provider_and_leaves_no_cipherte
     assert_eq!(events(&app, "acme").await.len(), 2, "authorized, disconnected");
 
     // `keys status` and `keys rewrap` step over the wiped values.
-    let store = Store::from_pool(app.pool.clone());
+    let store = app.store();
     let usage = key_usage(&store).await.unwrap();
     assert_eq!(usage.values_not_under("key-a"), 0, "{usage:?}");
     let b = key_line("key-b");
@@ -331,11 +334,12 @@ async fn a_delete_waits_for_a_refresh_in_flight_and_revokes_the_newest_token() {
     assert_eq!((stats.refreshes_ok, stats.reuse_detected), (1, 0));
 
     // Stored, then wiped: two history rows, neither with a ciphertext.
-    let generations: Vec<(i64, bool)> =
-        sqlx::query_as("SELECT generation, token IS NULL FROM refresh_tokens ORDER BY generation")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+    let generations: Vec<(i64, bool)> = on_rows!(app.rows, |pool| sqlx::query_as(
+        "SELECT generation, token IS NULL FROM refresh_tokens ORDER BY generation"
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap());
     assert_eq!(generations, [(1, true), (2, true)]);
     assert_eq!(ciphertexts_left(&app, "acme").await, 0);
     let err = app.get_token("acme").await.unwrap_err();
@@ -352,12 +356,16 @@ async fn a_lease_that_is_never_released_makes_the_delete_answer_busy() {
     })
     .await;
     app.connect_tenant("acme").await;
-    sqlx::query(
+    let lease = app.rows.sql(
         "UPDATE connections SET refresh_lease_holder = gen_random_uuid(), refresh_lease_until = now() + interval '1 hour'",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
+        "UPDATE connections SET refresh_lease_holder = randomblob(16),
+                refresh_lease_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+3600 seconds')",
+    );
+    on_rows!(app.rows, |pool| sqlx::query(lease)
+        .execute(pool)
+        .await
+        .unwrap()
+        .rows_affected());
     let err = app.delete("acme").await.unwrap_err();
     let metadata = assert_reason(&err, Code::Unavailable, "CONNECTION_BUSY");
     assert!(metadata.contains_key("retry_after_ms"));
@@ -380,13 +388,13 @@ async fn delete_is_recorded_in_the_audit_trail_with_the_revocation_outcome() {
     type AuditRow = (String, Option<String>, Option<String>, String, Option<String>);
     let mut rows: Vec<AuditRow> = Vec::new();
     for _ in 0..50 {
-        rows = sqlx::query_as(
+        rows = on_rows!(app.rows, |pool| sqlx::query_as(
             "SELECT event, tenant_id, provider, outcome, detail FROM audit_events
               WHERE event = 'delete_connection' ORDER BY id",
         )
-        .fetch_all(&app.pool)
+        .fetch_all(pool)
         .await
-        .unwrap();
+        .unwrap());
         if rows.len() == 2 {
             break;
         }
@@ -414,11 +422,12 @@ async fn a_kept_rotation_is_never_written_back_into_a_disconnected_connection() 
     let app = spawn_app().await;
     app.connect_tenant("acme").await;
     app.delete("acme").await.unwrap();
-    let (id, generation, authorized_at): (i64, i64, time::OffsetDateTime) =
-        sqlx::query_as("SELECT id, generation, authorized_at FROM connections WHERE tenant_id = 'acme'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let (id, generation, authorized_at): (i64, i64, time::OffsetDateTime) = on_rows!(app.rows, |pool| sqlx::query_as(
+        "SELECT id, generation, authorized_at FROM connections WHERE tenant_id = 'acme'"
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap());
     let now = time::OffsetDateTime::now_utc();
     let rotation = NewTokens {
         generation: generation + 1,
@@ -431,7 +440,7 @@ async fn a_kept_rotation_is_never_written_back_into_a_disconnected_connection() 
         refresh_token_expires_at: None,
         keepalive_due_at: None,
     };
-    let store = Store::from_pool(app.pool.clone());
+    let store = app.store();
     let written = store
         .connections()
         .write_back(id, authorized_at, &rotation)
@@ -455,11 +464,12 @@ async fn a_delete_that_waits_for_a_concurrent_writer_revokes_what_that_writer_st
     .await;
     app.connect_tenant("acme").await;
     let keyring = Keyring::parse(&a, None).unwrap();
-    let (id, generation): (i64, i64) =
-        sqlx::query_as("SELECT id, generation FROM connections WHERE tenant_id = 'acme'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let (id, generation): (i64, i64) = on_rows!(app.rows, |pool| sqlx::query_as(
+        "SELECT id, generation FROM connections WHERE tenant_id = 'acme'"
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap());
     let newer = generation + 1;
     let new_refresh_token = app.provider.mint_refresh_token();
     let seal = |purpose, plaintext: &[u8]| {

@@ -10,6 +10,7 @@ use tonic::{transport::Channel, Code};
 
 use crate::{
     callers::{bearer_client, BearerClient},
+    helpers::on_rows,
     helpers::{assert_bad_field, assert_reason, spawn_app_with, TestApp, TestOptions},
 };
 
@@ -27,26 +28,36 @@ request_timeout = "1s"
 /// A connection written straight into the table (listing reads metadata only), with a refresh
 /// token row whose ciphertext is made up.
 pub async fn insert_connection(app: &TestApp, provider: &str, tenant: &str, status: &str) {
-    let id: i64 = sqlx::query_scalar(
+    let insert = app.rows.sql(
         "INSERT INTO connections (tenant_id, provider, status, scopes, generation, token_type, access_token,
                                   access_token_issued_at, access_token_expires_at, authorized_at, disconnected_at)
          VALUES ($1, $2, $3, '{booking.read}', 1, 'bearer', '\\x00'::bytea, now(), now() + interval '1 hour', now(),
                  CASE WHEN $3 = 'disconnected' THEN now() END)
          RETURNING id",
-    )
-    .bind(tenant)
-    .bind(provider)
-    .bind(status)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    sqlx::query(
+        "INSERT INTO connections (tenant_id, provider, status, scopes, generation, token_type, access_token,
+                                  access_token_issued_at, access_token_expires_at, authorized_at, disconnected_at)
+         VALUES ($1, $2, $3, '[\"booking.read\"]', 1, 'bearer', X'00', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                 strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+3600 seconds'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                 CASE WHEN $3 = 'disconnected' THEN strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END)
+         RETURNING id",
+    );
+    let id: i64 = on_rows!(app.rows, |pool| sqlx::query_scalar(insert)
+        .bind(tenant)
+        .bind(provider)
+        .bind(status)
+        .fetch_one(pool)
+        .await
+        .unwrap());
+    let token = app.rows.sql(
         "INSERT INTO refresh_tokens (connection_id, generation, token, source) VALUES ($1, 1, '\\x00'::bytea, 'authorization_code')",
-    )
-    .bind(id)
-    .execute(&app.pool)
-    .await
-    .unwrap();
+        "INSERT INTO refresh_tokens (connection_id, generation, token, source) VALUES ($1, 1, X'00', 'authorization_code')",
+    );
+    on_rows!(app.rows, |pool| sqlx::query(token)
+        .bind(id)
+        .execute(pool)
+        .await
+        .unwrap()
+        .rows_affected());
 }
 
 fn request(page_size: u32, page_token: String) -> proto::ListConnectionsRequest {
@@ -254,13 +265,13 @@ async fn pages_walk_every_connection_once_in_order_and_filters_narrow_them() {
         .unwrap()
         .into_inner();
     assert_eq!(deleted.revocation(), Revocation::NotConfigured);
-    let left: i64 = sqlx::query_scalar(
+    let left: i64 = on_rows!(app.rows, |pool| sqlx::query_scalar(
         "SELECT count(*) FROM refresh_tokens r JOIN connections c ON c.id = r.connection_id
           WHERE c.provider = 'other' AND c.tenant_id = 'c1' AND r.token IS NOT NULL",
     )
-    .fetch_one(&app.pool)
+    .fetch_one(pool)
     .await
-    .unwrap();
+    .unwrap());
     assert_eq!(left, 0);
 }
 

@@ -38,6 +38,7 @@ mod replicas;
 mod report;
 mod secrets_in_logs;
 mod service;
+mod sqlite_store;
 mod tcp_switch;
 mod telemetry;
 #[path = "../support/test_db.rs"]

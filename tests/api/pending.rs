@@ -9,6 +9,7 @@ use tonic::Code;
 
 use crate::{
     callers::{bearer_client, callers_toml, BILLING_SPIFFE},
+    helpers::on_rows,
     helpers::{assert_reason, spawn_app, spawn_app_with, TestApp, TestOptions},
 };
 
@@ -16,21 +17,26 @@ use crate::{
 const MAX_OPEN_STATES: i64 = 10;
 
 async fn open_states(app: &TestApp, tenant: &str) -> i64 {
-    sqlx::query_scalar(
+    let open = app.rows.sql(
         "SELECT count(*) FROM pending_authorizations WHERE tenant_id = $1 AND consumed_at IS NULL AND expires_at > now()",
-    )
-    .bind(tenant)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap()
+        "SELECT count(*) FROM pending_authorizations WHERE tenant_id = $1 AND consumed_at IS NULL
+            AND expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+    );
+    on_rows!(app.rows, |pool| sqlx::query_scalar(open)
+        .bind(tenant)
+        .fetch_one(pool)
+        .await
+        .unwrap())
 }
 
 async fn rows(app: &TestApp, tenant: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM pending_authorizations WHERE tenant_id = $1")
-        .bind(tenant)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap()
+    on_rows!(app.rows, |pool| sqlx::query_scalar(
+        "SELECT count(*) FROM pending_authorizations WHERE tenant_id = $1"
+    )
+    .bind(tenant)
+    .fetch_one(pool)
+    .await
+    .unwrap())
 }
 
 async fn complete(app: &TestApp, begun: &proto::BeginAuthorizationResponse) -> Result<(), tonic::Status> {
@@ -111,14 +117,21 @@ async fn used_and_expired_states_are_deleted() {
 
     // Used rows as older versions left them (consumed_at set, not yet expired) are swept too;
     // an open row beside them is not.
-    sqlx::query(
+    let legacy = app.rows.sql(
         "INSERT INTO pending_authorizations (state_hash, tenant_id, provider, redirect_uri, scopes, expires_at, consumed_at) \
          VALUES ('\\x01', 'legacy', 'understory', 'https://app.example/oauth/callback', '{}', now() + interval '1 hour', now()), \
                 ('\\x02', 'legacy', 'understory', 'https://app.example/oauth/callback', '{}', now() + interval '1 hour', NULL)",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
+        "INSERT INTO pending_authorizations (state_hash, tenant_id, provider, redirect_uri, scopes, expires_at, consumed_at) \
+         VALUES (X'01', 'legacy', 'understory', 'https://app.example/oauth/callback', '[]', \
+                 strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+3600 seconds'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), \
+                (X'02', 'legacy', 'understory', 'https://app.example/oauth/callback', '[]', \
+                 strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+3600 seconds'), NULL)",
+    );
+    on_rows!(app.rows, |pool| sqlx::query(legacy)
+        .execute(pool)
+        .await
+        .unwrap()
+        .rows_affected());
     let started = Instant::now();
     while rows(&app, "legacy").await > 1 {
         assert!(started.elapsed() < Duration::from_secs(5), "the used row is swept");

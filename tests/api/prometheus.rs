@@ -14,7 +14,7 @@ use token_vault::{
     proto,
 };
 
-use crate::helpers::{spawn_app_with, TestApp, TestOptions};
+use crate::helpers::{on_rows, spawn_app_with, TestApp, TestOptions};
 
 /// One metric family: its `# TYPE`, `# HELP` and samples.
 #[derive(Debug, Default)]
@@ -240,13 +240,17 @@ async fn exercise(app: &TestApp) -> Exposition {
     let token = app.get_token("acme").await.unwrap().access_token;
     app.get_token("acme").await.unwrap();
     assert!(app.get_token("nobody").await.is_err());
-    sqlx::query(
+    let lease = app.rows.sql(
         "UPDATE connections SET refresh_lease_holder = gen_random_uuid(),
                                 refresh_lease_until = now() + interval '1 second'",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
+        "UPDATE connections SET refresh_lease_holder = randomblob(16),
+                refresh_lease_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+1 seconds')",
+    );
+    on_rows!(app.rows, |pool| sqlx::query(lease)
+        .execute(pool)
+        .await
+        .unwrap()
+        .rows_affected());
     let refreshed = app
         .client
         .clone()

@@ -7,6 +7,7 @@ use token_vault::proto;
 use tonic::Code;
 
 use crate::{
+    helpers::on_rows,
     helpers::{assert_reason, spawn_app_with, TestApp, TestOptions},
     provider::Fault,
 };
@@ -54,11 +55,12 @@ async fn rotation_is_stored_as_a_new_generation_and_the_old_token_is_never_sent_
     let stats = app.provider.stats();
     assert_eq!((stats.refreshes_ok, stats.reuse_detected), (2, 0));
 
-    let rows: Vec<(i64, String, bool)> =
-        sqlx::query_as("SELECT generation, source, superseded_at IS NOT NULL FROM refresh_tokens ORDER BY generation")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+    let rows: Vec<(i64, String, bool)> = on_rows!(app.rows, |pool| sqlx::query_as(
+        "SELECT generation, source, superseded_at IS NOT NULL FROM refresh_tokens ORDER BY generation"
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap());
     assert_eq!(
         rows,
         [

@@ -9,7 +9,7 @@ use token_vault::proto;
 use tonic::Code;
 
 use crate::{
-    helpers::{assert_reason, spawn_app_with, TestOptions},
+    helpers::{assert_reason, on_rows, spawn_app_with, Rows, TestOptions},
     private_postgres::PrivatePostgres,
     provider::Fault,
     replicas::Cluster,
@@ -30,11 +30,14 @@ fn opts() -> TestOptions {
 }
 
 async fn active_connections(database_url: &str) -> (i64, i64) {
-    let mut conn = PgConnection::connect(database_url).await.unwrap();
-    sqlx::query_as("SELECT count(*) FILTER (WHERE status = 'active'), count(*) FROM connections")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap()
+    // FILTER reads alike on both stores.
+    let rows = Rows::connect(database_url).await;
+    on_rows!(rows, |pool| sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'active'), count(*) FROM connections"
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

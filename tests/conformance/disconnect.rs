@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
 use token_vault::{
     crypto::{Aad, Purpose},
     proto::{ConnectionStatus, Revocation},
@@ -14,6 +13,7 @@ use tonic::Code;
 use crate::{
     authserver::{AuthServer, ServerOptions, POST_CLIENT},
     harness::{assert_reason, until_refresh_due, Api, TestVault, VaultOptions, SHORT_TTL},
+    test_db::{on_rows, Rows},
 };
 
 #[tokio::test]
@@ -38,13 +38,13 @@ async fn delete_revokes_the_grant_at_the_server_and_its_refresh_token_stops_work
 
     // The refresh token the vault holds, opened as the vault would: after the delete the test
     // presents it itself.
-    let pool = PgPool::connect(vault.database_url()).await.unwrap();
-    let (generation, sealed): (i64, Vec<u8>) = sqlx::query_as(
+    let rows = Rows::connect(vault.database_url()).await;
+    let (generation, sealed): (i64, Vec<u8>) = on_rows!(rows, |pool| sqlx::query_as(
         "SELECT generation, token FROM refresh_tokens WHERE superseded_at IS NULL AND token IS NOT NULL",
     )
-    .fetch_one(&pool)
+    .fetch_one(pool)
     .await
-    .unwrap();
+    .unwrap());
     let aad = Aad::for_generation(Purpose::RefreshToken, "acme", "understory", generation);
     let refresh_token =
         secrecy::ExposeSecret::expose_secret(&vault.keyring.open_str(&aad, &sealed).unwrap()).to_owned();
@@ -76,13 +76,13 @@ async fn delete_revokes_the_grant_at_the_server_and_its_refresh_token_stops_work
     assert!(!server.is_active(&POST_CLIENT, &access.access_token).await);
 
     // Nothing sealed is left; the vault says disconnected.
-    let left: i64 = sqlx::query_scalar(
+    let left: i64 = on_rows!(rows, |pool| sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM connections WHERE access_token IS NOT NULL)
               + (SELECT count(*) FROM refresh_tokens WHERE token IS NOT NULL)",
     )
-    .fetch_one(&pool)
+    .fetch_one(pool)
     .await
-    .unwrap();
+    .unwrap());
     assert_eq!(left, 0);
     let connection = api.connection("acme").await.unwrap();
     assert_eq!(connection.status(), ConnectionStatus::Disconnected);

@@ -49,7 +49,13 @@ async fn each_expiry_refreshes_once_from_the_rotated_refresh_token() {
     assert_eq!(connection.status, token_vault::proto::ConnectionStatus::Active as i32);
     assert!(connection.has_refresh_token);
     assert!(connection.refreshed_at.is_some());
-    // Postgres keeps microseconds; the refreshing call answered with the unrounded instant.
-    let micros = |t: Option<prost_types::Timestamp>| t.map(|t| (t.seconds, t.nanos / 1000));
-    assert_eq!(micros(connection.access_token_expires_at), micros(third.expires_at));
+    // The stored instant is the answered one at the store's precision: Postgres keeps
+    // microseconds, SQLite milliseconds; the refreshing call answered with the unrounded instant.
+    let unit = if crate::test_db::sqlite_store() {
+        1_000_000
+    } else {
+        1000
+    };
+    let stored = |t: Option<prost_types::Timestamp>| t.map(|t| (t.seconds, t.nanos / unit));
+    assert_eq!(stored(connection.access_token_expires_at), stored(third.expires_at));
 }

@@ -99,6 +99,15 @@ render (install, upgrade, template, lint) runs them.
 {{- fail (printf "settings.vault.default_provider: %q names no entry of providers" .) -}}
 {{- end -}}
 {{- end -}}
+{{- /* The embedded SQLite store is one file on one machine: pods on other nodes can't share
+it, and each pod's own file would refresh (and so spend) the same refresh tokens. The URL
+normally comes from secrets.database, which the chart cannot read; the vault says so at start.
+A URL given in extraEnv is checked here. */ -}}
+{{- range .Values.extraEnv -}}
+{{- if and (eq (toString .name) "TOKEN_VAULT_DATABASE__URL") (hasPrefix "sqlite:" (lower (toString .value))) -}}
+{{- fail "TOKEN_VAULT_DATABASE__URL: the chart runs Postgres only; a sqlite: URL is the embedded store for a single node (one file, no replicas across pods; see docs/deploy.md)" -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) -}}
 {{- fail "autoscaling.maxReplicas must be at least autoscaling.minReplicas" -}}
 {{- end -}}

@@ -1,0 +1,112 @@
+//! SQLite: the keeper's claims (the statements behind `store::keepalive`). A claim is one
+//! UPDATE statement, which holds the write lock from its start: two keepers on one file can't
+//! claim the same connection, and nothing needs skipping (there are no row locks to skip).
+
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use time::OffsetDateTime;
+use tracing::Instrument;
+
+use super::{json_array, later, ts};
+use crate::store::{keepalive::*, StoreError};
+
+pub(in crate::store) async fn claim(
+    pool: &SqlitePool,
+    limit: i64,
+    ttl: Duration,
+    providers: &[String],
+) -> Result<Claim, StoreError> {
+    async {
+        let until = later(ttl);
+        let providers = json_array(providers);
+        let rows = sqlx::query!(
+            r#"UPDATE connections
+                  SET keepalive_claimed_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2)
+                WHERE id IN (
+                      SELECT id FROM connections
+                       WHERE status = 'active' AND keepalive_due_at IS NOT NULL
+                         AND keepalive_due_at <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                         AND (keepalive_claimed_until IS NULL
+                              OR keepalive_claimed_until <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+                         AND (refresh_lease_until IS NULL
+                              OR refresh_lease_until <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+                         AND provider IN (SELECT value FROM json_each(?3))
+                       ORDER BY keepalive_due_at
+                       LIMIT ?1)
+            RETURNING id AS "id!", tenant_id AS "tenant_id!", provider AS "provider!", generation AS "generation!",
+                      keepalive_claimed_until AS "claimed_until!: OffsetDateTime""#,
+            limit,
+            until,
+            providers,
+        )
+        .fetch_all(pool)
+        .await?;
+        let claimed_until = rows.first().map(|r| r.claimed_until);
+        Ok(Claim {
+            connections: rows
+                .into_iter()
+                .map(|r| Claimed {
+                    id: r.id,
+                    tenant_id: r.tenant_id,
+                    provider: r.provider,
+                    generation: r.generation,
+                })
+                .collect(),
+            claimed_until,
+        })
+    }
+    .instrument(db_span!("UPDATE", "connections", keepalive.limit = limit))
+    .await
+}
+
+pub(in crate::store) async fn release(
+    pool: &SqlitePool,
+    ids: &[i64],
+    claimed_until: OffsetDateTime,
+) -> Result<u64, StoreError> {
+    async {
+        let ids = json_array(ids);
+        let claimed_until = ts(claimed_until);
+        let done = sqlx::query!(
+            "UPDATE connections SET keepalive_claimed_until = NULL
+              WHERE id IN (SELECT value FROM json_each(?1)) AND keepalive_claimed_until = ?2",
+            ids,
+            claimed_until,
+        )
+        .execute(pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+    .instrument(db_span!("UPDATE", "connections"))
+    .await
+}
+
+pub(in crate::store) async fn note_failure(
+    pool: &SqlitePool,
+    connection_id: i64,
+    generation: i64,
+    reason: &str,
+    retry_after: Duration,
+) -> Result<bool, StoreError> {
+    async {
+        let retry = later(retry_after);
+        let done = sqlx::query!(
+            "UPDATE connections
+                SET last_error = ?3, last_error_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                    keepalive_claimed_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?4),
+                    keepalive_due_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?4),
+                    updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+              WHERE id = ?1 AND generation = ?2 AND status = 'active'",
+            connection_id,
+            generation,
+            reason,
+            retry,
+        )
+        .execute(pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+    .instrument(db_span!("UPDATE", "connections"))
+    .await
+}

@@ -1,0 +1,176 @@
+//! The SQLite store: one file, embedded (sqlx's SQLite driver with its bundled libsqlite3, so
+//! nothing is installed), for one node. Several vault processes on one machine may share the
+//! file: SQLite runs one writing transaction at a time, and every read-then-write here is a
+//! `BEGIN IMMEDIATE` transaction, which takes the write lock before its first read, so two
+//! processes can't both see a lease free and both take it.
+//!
+//! Times are compared with the database's clock only, `strftime('%Y-%m-%dT%H:%M:%fZ', 'now')`:
+//! every process sharing the file runs on the same machine, so that is one clock, as
+//! Postgres's `now()` is for replicas. Times are stored as fixed-width UTC text (see the
+//! migration), so comparing them as text compares them as times.
+
+/// A `db` client span around one repository call, named as OpenTelemetry's database
+/// conventions ask (`<OPERATION> <table>`); extra fields may follow.
+macro_rules! db_span {
+    ($operation:literal, $table:literal $(, $($field:tt)+)?) => {
+        tracing::info_span!(
+            "db",
+            otel.kind = "client",
+            otel.name = concat!($operation, " ", $table),
+            db.system.name = "sqlite",
+            db.operation.name = $operation,
+            db.collection.name = $table
+            $(, $($field)+)?
+        )
+    };
+}
+
+pub(super) mod audit;
+pub(super) mod connections;
+pub(super) mod disconnect;
+pub(super) mod events;
+pub(super) mod identity;
+pub(super) mod keepalive;
+pub(super) mod pending;
+pub(super) mod retention;
+pub(super) mod sealed_values;
+
+use std::{str::FromStr, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::{
+    error::DatabaseError,
+    sqlite::{SqliteConnectOptions, SqliteError, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    ConnectOptions, Sqlite, SqlitePool, Transaction,
+};
+use time::{format_description::BorrowedFormatItem, macros::format_description, OffsetDateTime, UtcOffset};
+
+use super::{PoolOptions, StoreError};
+
+/// How long a statement waits for another process's write to finish before failing busy
+/// (`StoreError::Unavailable`). Writes here are short; a wait this long means a stuck writer.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The one form of every stored time; `strftime('%Y-%m-%dT%H:%M:%fZ', …)` writes the same.
+const TIME_FORMAT: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+pub(super) fn connect_lazy(url: &SecretString, options: &PoolOptions) -> Result<SqlitePool, StoreError> {
+    let connect = SqliteConnectOptions::from_str(url.expose_secret())
+        .map_err(StoreError::Database)?
+        .create_if_missing(true)
+        // Readers never wait for the writer, and the writer never waits for readers.
+        .journal_mode(SqliteJournalMode::Wal)
+        // A commit is on disk when it returns (WAL's default, NORMAL, may lose the last
+        // commits on power loss): a rotated refresh token the provider already handed out must
+        // not be lost.
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(BUSY_TIMEOUT)
+        .log_statements(tracing::log::LevelFilter::Debug)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
+    // SQLite creates the file but not its directory (`.token-vault/` in development).
+    if let Some(dir) = connect.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+    }
+    Ok(SqlitePoolOptions::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(options.acquire_timeout)
+        .connect_lazy_with(connect))
+}
+
+/// Applies `migrations/sqlite`. sqlx takes no lock around SQLite migrations: two processes
+/// starting together on a new file may both apply the first one, and the second fails on what
+/// the first created. It tries again a moment later and finds it applied.
+pub(super) async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+    let migrator = sqlx::migrate!("./migrations/sqlite");
+    let mut attempt = 1;
+    loop {
+        match migrator.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 4 => {
+                tracing::debug!(error = %e, attempt, "migrating the SQLite store failed; trying again");
+                tokio::time::sleep(Duration::from_millis(250) * attempt).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// SQLITE_BUSY or SQLITE_LOCKED (and their extended codes): another writer held the file for
+/// longer than the busy timeout.
+pub(super) fn is_busy(error: &dyn DatabaseError) -> bool {
+    error
+        .try_downcast_ref::<SqliteError>()
+        .and_then(|e| e.code())
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 5 | 6))
+}
+
+/// A transaction that holds the write lock from its start: for every read-then-write, so that
+/// what it read is still true when it writes (another process waits, up to the busy timeout).
+async fn begin_immediate(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, StoreError> {
+    Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+}
+
+/// A time as stored.
+fn ts(t: OffsetDateTime) -> String {
+    t.to_offset(UtcOffset::UTC)
+        .format(TIME_FORMAT)
+        .unwrap_or_else(|_| "9999-12-31T23:59:59.999Z".to_owned())
+}
+
+fn ts_opt(t: Option<OffsetDateTime>) -> Option<String> {
+    t.map(ts)
+}
+
+/// A date-time modifier moving `now` forward by `d` (`'+12.500 seconds'`).
+fn later(d: Duration) -> String {
+    format!("+{:.3} seconds", d.as_secs_f64())
+}
+
+/// A date-time modifier moving `now` back by `d`.
+fn earlier(d: Duration) -> String {
+    format!("-{:.3} seconds", d.as_secs_f64())
+}
+
+fn scopes_json(scopes: &[String]) -> String {
+    serde_json::to_string(scopes).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn scopes_from(json: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Database(sqlx::Error::Decode(format!("scopes are not a JSON array: {e}").into())))
+}
+
+fn json_array<T: serde::Serialize>(values: &[T]) -> String {
+    serde_json::to_string(values).unwrap_or_else(|_| "[]".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_times_are_fixed_width_so_text_order_is_time_order() {
+        let a = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let b = a + Duration::from_millis(1);
+        let c = a + Duration::from_millis(500);
+        let d = a + Duration::from_secs(86_400 * 400);
+        let stored = [ts(a), ts(b), ts(c), ts(d)];
+        assert!(
+            stored.windows(2).all(|w| w[0] < w[1] && w[0].len() == w[1].len()),
+            "{stored:?}"
+        );
+        assert_eq!(ts(a), "2027-01-15T08:00:00.000Z");
+    }
+
+    #[test]
+    fn a_stored_time_reads_back_as_itself() {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_800_000_000_123_456_789).unwrap();
+        let read = OffsetDateTime::parse(&ts(t), &time::format_description::well_known::Rfc3339).unwrap();
+        assert_eq!(ts(read), ts(t));
+        assert_eq!(read.unix_timestamp_nanos(), 1_800_000_000_123_000_000);
+    }
+}
