@@ -46,7 +46,10 @@ mod tests {
         ),
         // The operator's commands (`connections`, `doctor`): a gRPC client of the API (proto)
         // and read-only checks over what the vault would start with.
-        ("operator", &["auth", "config", "crypto", "keys", "oauth", "proto", "store"]),
+        (
+            "operator",
+            &["auth", "config", "crypto", "keys", "oauth", "proto", "store"],
+        ),
         // The edge: converts proto <-> domain and hands calls to auth and the vault. It reads
         // the callback parameters' limits from oauth to validate input before the vault.
         (
