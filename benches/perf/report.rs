@@ -249,12 +249,15 @@ impl Report {
                 ms(select_idle),
             ),
             ratio: format!(
-                "vault's own time: median {}; the database's bare statements for this path ({statements}, after idle) cost {} of it",
+                "vault's own time: median {}; the database's bare statements for this path ({statements}, after idle): {}; {:.2} x",
                 ms(own),
-                ms(required)
+                ms(required),
+                own / required
             ),
-            target: "median <= 2 ms".into(),
-            met: Some(own <= 2.0),
+            // The invariants need these statements whatever the vault does, and what they cost
+            // follows the machine's disk: the vault's own time is judged against them.
+            target: "vault's own time (median) <= 1.15 x the bare statements of its path".into(),
+            met: Some(own <= 1.15 * required),
         });
     }
 
