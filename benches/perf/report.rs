@@ -748,7 +748,9 @@ const FINDINGS: &str = "
   profile of the vault would confirm or refute. The cache now keeps a compact entry (`src/vault/cache.rs`): the token type and scope set
   are shared between entries (one copy of each distinct value, at most 256 of each, then per
   entry), 88 bytes inline; the standalone program then holds ~1,380 bytes per entry (~490
-  beyond the token), 107 fewer. Left: moka's ~330 bytes are the bulk of what remains; a cache
+  beyond the token), 107 fewer. In the vault (`--only scale`, same conditions, right after):
+  +168.4 MiB per 100k, 875 bytes per entry beyond the token since start (from 1,015), 851
+  between half and full cache (834 before: no change beyond the noise); bound and sweeps flat. Left: moka's ~330 bytes are the bulk of what remains; a cache
   with less per-entry bookkeeping, or moka without a time to live (the age checked on read),
   would cut further, but the latter keeps expired plaintext tokens in memory until evicted,
   which `cache_max_age` exists to bound.
