@@ -168,3 +168,87 @@ pub async fn serve(listen: std::net::SocketAddr, kind: Kind, max_connections: u3
         .await
         .expect("the floor serves");
 }
+
+/// The refresh throughput scenario's floor, run in the bench's own process: `fleet` refreshes,
+/// `in_flight` at a time, each the work the design requires and nothing else: a durable
+/// one-row commit (the lease), the refresh-token request to the scripted provider, a durable
+/// one-row commit (the new tokens). Through a pool of the vault's default size (20), on rows of
+/// their own as the vault's refreshes are. Each refresh presents a refresh token of its own.
+pub async fn refresh_fleet(
+    admin_pool: &PgPool,
+    provider_url: &str,
+    round: usize,
+    fleet: usize,
+    in_flight: usize,
+) -> crate::load::LoadResult {
+    use std::{
+        sync::{atomic::Ordering, Arc},
+        time::Instant,
+    };
+    sqlx::query("CREATE TABLE IF NOT EXISTS bench_refresh_floor (id int PRIMARY KEY, n bigint NOT NULL)")
+        .execute(admin_pool)
+        .await
+        .expect("the floor's table");
+    sqlx::query("INSERT INTO bench_refresh_floor SELECT i, 0 FROM generate_series(0, $1 - 1) i ON CONFLICT DO NOTHING")
+        .bind(fleet as i32)
+        .execute(admin_pool)
+        .await
+        .expect("the floor's rows");
+    let options = admin_pool.connect_options();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(20)
+        .test_before_acquire(false)
+        .connect_with((*options).clone())
+        .await
+        .expect("the floor's pool");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let token_url = format!("{provider_url}/oauth2/token");
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let (pool, http, token_url, next) = (pool.clone(), http.clone(), token_url.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut result = crate::load::LoadResult::default();
+                let commit = async |id: i32| {
+                    sqlx::query("UPDATE bench_refresh_floor SET n = n + 1 WHERE id = $1")
+                        .bind(id)
+                        .execute(&pool)
+                        .await
+                        .expect("a durable commit");
+                };
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= fleet {
+                        return result;
+                    }
+                    let call_started = Instant::now();
+                    commit(i as i32).await;
+                    let answer = http
+                        .post(&token_url)
+                        .form(&[
+                            ("grant_type", "refresh_token"),
+                            ("refresh_token", &format!("floor-{round}-{i}")),
+                            ("client_id", "bench"),
+                        ])
+                        .send()
+                        .await
+                        .expect("the provider answers");
+                    assert!(answer.status().is_success(), "the provider refreshes");
+                    answer.bytes().await.expect("a body");
+                    commit(i as i32).await;
+                    result.record(call_started.elapsed(), Ok(()));
+                }
+            })
+        })
+        .collect();
+    let mut total = crate::load::LoadResult::default();
+    for w in workers {
+        total.merge(w.await.expect("a floor worker panicked"));
+    }
+    total.seconds = started.elapsed().as_secs_f64();
+    total.latencies_us.sort_unstable();
+    pool.close().await;
+    total
+}

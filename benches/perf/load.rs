@@ -58,6 +58,32 @@ impl LoadResult {
         f64::from(self.latencies_us[i]) / 1000.0
     }
 
+    /// Counts one call that took `took`.
+    pub fn record(&mut self, took: Duration, answer: Result<(), tonic::Status>) {
+        match answer {
+            Ok(()) => {
+                self.requests += 1;
+                self.latencies_us
+                    .push(took.as_micros().min(u128::from(u32::MAX)) as u32);
+            }
+            Err(status) => {
+                self.errors += 1;
+                self.first_error
+                    .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+            }
+        }
+    }
+
+    /// Adds another worker's counts (latencies unsorted).
+    pub fn merge(&mut self, other: LoadResult) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.latencies_us.extend(other.latencies_us);
+    }
+
     pub fn max_ms(&self) -> f64 {
         self.latencies_us
             .last()
@@ -150,6 +176,47 @@ pub async fn run(
         }
         total.latencies_us.extend(r.latencies_us);
     }
+    total.latencies_us.sort_unstable();
+    total
+}
+
+/// One `GetAccessToken` call for each entry of `tenants`, in order, `in_flight` at a time over
+/// `clients`; the result's window is from the first call to the last answer.
+pub async fn each_once(
+    clients: &[TokenVaultClient<Channel>],
+    tenants: Arc<Vec<String>>,
+    in_flight: usize,
+) -> LoadResult {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..in_flight)
+        .map(|w| {
+            let mut client = clients[w % clients.len()].clone();
+            let (next, tenants) = (next.clone(), tenants.clone());
+            tokio::spawn(async move {
+                let mut result = LoadResult::default();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(tenant) = tenants.get(i) else {
+                        return result;
+                    };
+                    let call_started = Instant::now();
+                    let answer = client
+                        .get_access_token(proto::GetAccessTokenRequest {
+                            tenant_id: tenant.clone(),
+                            ..Default::default()
+                        })
+                        .await;
+                    result.record(call_started.elapsed(), answer.map(drop));
+                }
+            })
+        })
+        .collect();
+    let mut total = LoadResult::default();
+    for w in workers {
+        total.merge(w.await.expect("a load worker panicked"));
+    }
+    total.seconds = started.elapsed().as_secs_f64();
     total.latencies_us.sort_unstable();
     total
 }

@@ -7,7 +7,7 @@
 //!
 //! Subcommands (as arguments after `--`): `all [--short] [--only SCENARIO,...]`, and
 //! `floor --listen ADDR [--database-url URL | --provider-url URL]`, which the harness uses to run each floor in a
-//! process of its own. `--only` (hot, auth, h2load, cold, refresh, stampede, scale, crypto)
+//! process of its own. `--only` (hot, auth, h2load, cold, refresh, throughput, stampede, keeper, scale, crypto)
 //! reruns a few scenarios while profiling; such a partial run writes its table to
 //! `target/performance-partial.md`, never to docs/performance.md.
 
@@ -54,13 +54,24 @@ struct Plan {
     cache_entries: u64,
     refresh_samples: usize,
     stampede_callers: usize,
+    /// Connections expired together in the refresh throughput scenario.
+    fleet: usize,
     /// Seeded connections whose keep-alive is due when the keeper scenario starts.
     keeper_due: u64,
 }
 
 /// The names `--only` takes.
-const SCENARIOS: [&str; 9] = [
-    "hot", "auth", "h2load", "cold", "refresh", "stampede", "keeper", "scale", "crypto",
+const SCENARIOS: [&str; 10] = [
+    "hot",
+    "auth",
+    "h2load",
+    "cold",
+    "refresh",
+    "throughput",
+    "stampede",
+    "keeper",
+    "scale",
+    "crypto",
 ];
 
 impl Plan {
@@ -89,6 +100,7 @@ impl Plan {
             cache_entries: if short { 5_000 } else { 100_000 },
             refresh_samples: if short { 20 } else { 200 },
             stampede_callers: 1_000,
+            fleet: if short { 500 } else { 10_000 },
             keeper_due: if short { 2_000 } else { 20_000 },
         }
     }
@@ -496,6 +508,9 @@ async fn all(plan: Plan) {
     if plan.runs("refresh") {
         refresh(&bench, &mut report, &vault, &pool).await;
     }
+    if plan.runs("throughput") {
+        refresh_throughput(&bench, &mut report, &vault, &pool, &keyring).await;
+    }
     if plan.runs("stampede") {
         stampede(&bench, &mut report, &vault, &grpc_floor).await;
     }
@@ -661,23 +676,95 @@ async fn refresh(bench: &Bench, report: &mut Report, vault: &Proc, pool: &PgPool
     bench.provider.set_expires_in(3600);
 }
 
+/// Every `FLEET_SHARED`th tenant of the throughput scenario is asked for by this many callers
+/// at once, the rest by one.
+const FLEET_SHARED: usize = 50;
+const FLEET_SHARED_CALLERS: usize = 3;
+
+/// Refresh throughput: `fleet` connections expired together (as after an outage), callers at
+/// `in_flight` asking for all of them, some tenants by several callers at once. Against a bare
+/// client doing the same work per refresh at the same concurrency: a durable one-row commit
+/// (the lease), the token request to the same provider, a durable one-row commit (the new
+/// tokens). Each round seeds a fleet of its own; the rounds alternate which side goes first.
+async fn refresh_throughput(bench: &Bench, report: &mut Report, vault: &Proc, pool: &PgPool, keyring: &Keyring) {
+    let plan = &bench.plan;
+    let in_flight = plan.shape.in_flight;
+    let clients = load::channels(vault.addr, plan.shape.connections).await;
+    let (mut pairs, mut requests, mut reused) = (Vec::new(), 0, 0);
+    let mut calls = 0;
+    for round in 0..plan.rounds {
+        let tenants = seed::expired(pool, keyring, &format!("fleet{round}"), plan.fleet).await;
+        // The callers' order: each tenant once, and the shared ones by further callers right
+        // behind the first, so that they ask while its refresh is in flight.
+        let asked: Vec<String> = tenants
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| {
+                let callers = if i % FLEET_SHARED == 0 { FLEET_SHARED_CALLERS } else { 1 };
+                std::iter::repeat_n(t.clone(), callers)
+            })
+            .collect();
+        calls = asked.len();
+        let mut vault_side = async || {
+            let (before, reused_before) = (bench.provider.refreshes(), bench.provider.reused());
+            let mut run = load::each_once(&clients, Arc::new(asked.clone()), in_flight).await;
+            assert_eq!(run.errors, 0, "every call must succeed: {:?}", run.first_error);
+            requests += bench.provider.refreshes() - before;
+            reused += bench.provider.reused() - reused_before;
+            // Refreshes, not calls, are what the row counts.
+            run.requests = tenants.len() as u64;
+            run
+        };
+        let provider_url = bench.provider.server.uri();
+        let floor_side = || floors::refresh_fleet(pool, &provider_url, round, plan.fleet, in_flight);
+        let (vault_run, floor_run) = if round % 2 == 0 {
+            let floor_run = floor_side().await;
+            (vault_side().await, floor_run)
+        } else {
+            let vault_run = vault_side().await;
+            (vault_run, floor_side().await)
+        };
+        pairs.push(Pair {
+            vault: vault_run,
+            floor: floor_run,
+        });
+    }
+    let fleet = (plan.fleet * plan.rounds) as u64;
+    assert_eq!(requests, fleet, "exactly one provider request per expired tenant");
+    assert_eq!(reused, 0, "no refresh token presented twice");
+    report.refresh_throughput_row(plan.fleet, calls, in_flight, &pairs, requests, reused, PROVIDER_DELAY);
+}
+
 /// Stampede: 1,000 concurrent callers on one expired tenant, and the same burst against the
-/// constant floor.
+/// constant floor, `rounds` times (a tenant of its own each time, the floor's burst right
+/// after the vault's): one burst's slowest caller swings by tens of ms on a busy machine, so
+/// the row compares the medians.
 async fn stampede(bench: &Bench, report: &mut Report, vault: &Proc, grpc_floor: &Proc) {
     let callers = bench.plan.stampede_callers;
     bench.provider.set_expires_in(2);
-    bench.connect_tenants(vault, &["stampede".to_string()]).await;
+    let tenants: Vec<String> = (0..bench.plan.rounds).map(|i| format!("stampede-{i}")).collect();
+    bench.connect_tenants(vault, &tenants).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let clients = load::channels(vault.addr, 8).await;
-    let before = bench.provider.refreshes();
-    let answers = load::burst(&clients, "stampede", callers).await;
-    let refreshes = bench.provider.refreshes() - before;
-    // The same burst against the constant floor: what fanning 1,000 calls out and back costs
-    // this client and this machine, with no refresh at all.
-    let floor_clients = load::channels(grpc_floor.addr, 8).await;
-    let floor_answers = load::burst(&floor_clients, "stampede", callers).await;
-    report.stampede_row(&answers, &floor_answers, refreshes, PROVIDER_DELAY);
+    // The tokens the bursts' refreshes bring stay valid for the rest of each burst, however
+    // slowly a busy machine or a dev build answers its 1,000 calls.
     bench.provider.set_expires_in(3600);
+    let clients = load::channels(vault.addr, 8).await;
+    let floor_clients = load::channels(grpc_floor.addr, 8).await;
+    let mut bursts = Vec::new();
+    for tenant in &tenants {
+        let before = bench.provider.refreshes();
+        let answers = load::burst(&clients, tenant, callers).await;
+        let refreshes = bench.provider.refreshes() - before;
+        // The same burst against the constant floor: what fanning 1,000 calls out and back
+        // costs this client and this machine, with no refresh at all.
+        let floor_answers = load::burst(&floor_clients, tenant, callers).await;
+        bursts.push(report::Burst {
+            answers,
+            floor_answers,
+            refreshes,
+        });
+    }
+    report.stampede_row(&bursts, PROVIDER_DELAY);
 }
 
 /// The keeper's pace in the keeper scenario: the default `keepalive.max_per_second`.
@@ -804,6 +891,13 @@ async fn scale(bench: &Bench, report: &mut Report, startup_empty: Duration) {
             futures::future::join_all(workers).await;
         }
     };
+    // RSS with the cache half full, then once it is full: the growth between the two is what
+    // each cached token costs, apart from what the process grows by under any load (pooled
+    // connections' buffers, the allocator's per-thread pages).
+    let half = (plan.cache_entries / 2).min(plan.cold_tenants);
+    warm(half).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_half = vault.rss_bytes();
     // RSS once the cache is full, then after two, four and eight times as many distinct tokens
     // as it holds: a bounded cache stops growing after the first point.
     let mut points = Vec::new();
@@ -836,6 +930,7 @@ async fn scale(bench: &Bench, report: &mut Report, startup_empty: Duration) {
         startup_full,
         plan.cache_entries,
         rss_start,
+        (half, rss_half),
         &points,
         sweep,
         &repeats,

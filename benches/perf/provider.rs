@@ -1,10 +1,12 @@
 //! A scripted token endpoint for the benchmark: answers every grant with a fresh ~900-byte
-//! access token and a rotated refresh token after a fixed delay, and counts refreshes.
+//! access token and a rotated refresh token after a fixed delay, counts refreshes, and counts
+//! refresh tokens presented more than once (reuse, which a rotating provider would punish).
 
 use std::{
+    collections::HashSet,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -16,18 +18,31 @@ pub struct BenchProvider {
     pub server: Arc<MockServer>,
     pub refreshes: Arc<AtomicU64>,
     pub expires_in: Arc<AtomicU64>,
+    pub reused: Arc<AtomicU64>,
 }
 
 struct Responder {
     refreshes: Arc<AtomicU64>,
     expires_in: Arc<AtomicU64>,
+    /// Every refresh token presented so far (as sent, form-encoded).
+    presented: Mutex<HashSet<String>>,
+    reused: Arc<AtomicU64>,
     delay: Duration,
 }
 
 impl Respond for Responder {
     fn respond(&self, request: &Request) -> ResponseTemplate {
-        if String::from_utf8_lossy(&request.body).contains("grant_type=refresh_token") {
+        let body = String::from_utf8_lossy(&request.body);
+        if body.contains("grant_type=refresh_token") {
             self.refreshes.fetch_add(1, Ordering::SeqCst);
+            let presented = body
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("refresh_token="))
+                .unwrap_or_default()
+                .to_string();
+            if !self.presented.lock().unwrap().insert(presented) {
+                self.reused.fetch_add(1, Ordering::SeqCst);
+            }
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let body = serde_json::json!({
@@ -48,10 +63,13 @@ impl BenchProvider {
         let server = MockServer::start().await;
         let refreshes = Arc::new(AtomicU64::new(0));
         let expires_in = Arc::new(AtomicU64::new(3600));
+        let reused = Arc::new(AtomicU64::new(0));
         Mock::given(method("POST"))
             .respond_with(Responder {
                 refreshes: refreshes.clone(),
                 expires_in: expires_in.clone(),
+                presented: Mutex::default(),
+                reused: reused.clone(),
                 delay,
             })
             .mount(&server)
@@ -60,6 +78,7 @@ impl BenchProvider {
             server: Arc::new(server),
             refreshes,
             expires_in,
+            reused,
         }
     }
 
@@ -95,5 +114,10 @@ impl BenchProvider {
 
     pub fn refreshes(&self) -> u64 {
         self.refreshes.load(Ordering::SeqCst)
+    }
+
+    /// Refresh grants that presented a refresh token already presented before.
+    pub fn reused(&self) -> u64 {
+        self.reused.load(Ordering::SeqCst)
     }
 }

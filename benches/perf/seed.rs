@@ -8,10 +8,14 @@ pub fn tenant(i: u64) -> String {
     format!("t-{i:07}")
 }
 
+/// The length of every seeded access token: the tenant id, a dot and 880 bytes of filler.
+pub const ACCESS_TOKEN_BYTES: usize = 9 + 1 + FILLER_BYTES;
+const FILLER_BYTES: usize = 880;
+
 /// Inserts tenants `0..count` with access tokens valid for a day.
 pub async fn connections(pool: &PgPool, keyring: &Keyring, count: u64) {
     const BATCH: u64 = 5_000;
-    let filler = "b".repeat(880);
+    let filler = "b".repeat(FILLER_BYTES);
     let mut start = 0;
     while start < count {
         let end = (start + BATCH).min(count);
@@ -87,4 +91,44 @@ pub async fn keepalive(pool: &PgPool, keyring: &Keyring, due: u64) {
     .await
     .expect("seeding keep-alive moments works");
     sqlx::query("ANALYZE connections").execute(pool).await.expect("analyze");
+}
+
+/// Connections `{prefix}-00000..` whose access tokens expired a minute ago, each with a sealed
+/// refresh token of its own: a fleet that must all refresh, as after an outage.
+pub async fn expired(pool: &PgPool, keyring: &Keyring, prefix: &str, count: usize) -> Vec<String> {
+    let tenants: Vec<String> = (0..count).map(|i| format!("{prefix}-{i:05}")).collect();
+    let filler = "e".repeat(FILLER_BYTES);
+    for chunk in tenants.chunks(5_000) {
+        let seal = |purpose, t: &String, text: String| {
+            let aad = Aad::for_generation(purpose, t, "understory", 1);
+            keyring.seal(&aad, text.as_bytes()).expect("sealing works")
+        };
+        let access: Vec<Vec<u8>> = chunk
+            .iter()
+            .map(|t| seal(Purpose::AccessToken, t, format!("{t}.{filler}")))
+            .collect();
+        let refresh: Vec<Vec<u8>> = chunk
+            .iter()
+            .map(|t| seal(Purpose::RefreshToken, t, format!("ory_rt_seeded_{t}")))
+            .collect();
+        sqlx::query(
+            r#"WITH inserted AS (
+                 INSERT INTO connections (tenant_id, provider, status, scopes, generation, token_type, access_token,
+                                          access_token_issued_at, access_token_expires_at, authorized_at)
+                 SELECT t, 'understory', 'active', ARRAY['offline', 'booking.read'], 1, 'bearer', a,
+                        now() - interval '1 hour', now() - interval '1 minute', now() - interval '1 hour'
+                   FROM UNNEST($1::text[], $2::bytea[]) AS u(t, a)
+                 RETURNING id, tenant_id)
+               INSERT INTO refresh_tokens (connection_id, generation, token, source)
+               SELECT i.id, 1, u.r, 'authorization_code'
+                 FROM inserted i JOIN UNNEST($1::text[], $3::bytea[]) AS u(t, r) ON u.t = i.tenant_id"#,
+        )
+        .bind(chunk)
+        .bind(&access)
+        .bind(&refresh)
+        .execute(pool)
+        .await
+        .expect("seeding expired connections works");
+    }
+    tenants
 }
