@@ -112,7 +112,7 @@ impl ProviderClient {
             ("token", refresh_token.expose_secret()),
             ("token_type_hint", "refresh_token"),
         ];
-        let mut response = self
+        let response = self
             .authenticated_post(endpoint, form, secret)
             .send()
             .await
@@ -134,14 +134,11 @@ impl ProviderClient {
         if status == 429 {
             return Err((RevocationError::RateLimited, false));
         }
-        // The error code, from a bounded read; a body that cannot be read says nothing more.
-        let mut body = Vec::new();
-        while let Ok(Some(chunk)) = response.chunk().await {
-            if body.len() + chunk.len() > MAX_ERROR_BODY {
-                break;
-            }
-            body.extend_from_slice(&chunk);
-        }
+        // The error code, from a bounded read; a body that is too large or cannot be read says
+        // nothing more.
+        let body = super::client::read_capped(response, MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default();
         let error = serde_json::from_slice::<ErrorBody>(&body).ok().map(|b| b.error);
         Err(match error.as_deref() {
             Some("unsupported_token_type") => (RevocationError::UnsupportedTokenType, false),

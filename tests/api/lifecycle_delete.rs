@@ -207,9 +207,19 @@ async fn a_provider_error_on_revocation_is_reported_and_the_connection_wiped() {
     let app = spawn_app().await;
     app.connect_tenant("acme").await;
     app.connect_tenant("globex").await;
+    app.connect_tenant("initech").await;
+    // An error answer of 1 MiB: read no further than the cap, so its error code goes unseen.
+    let huge: &'static str = Box::leak(
+        format!(
+            r#"{{"error":"unsupported_token_type","error_description":"{}"}}"#,
+            "x".repeat(1 << 20)
+        )
+        .into_boxed_str(),
+    );
     app.provider.state.lock().unwrap().revocation_faults.extend([
         Fault::Answer(503, "{}"),
         Fault::Answer(400, r#"{"error":"unsupported_token_type"}"#),
+        Fault::Answer(400, huge),
     ]);
     let acme = app.delete("acme").await.unwrap();
     assert_eq!(
@@ -221,11 +231,18 @@ async fn a_provider_error_on_revocation_is_reported_and_the_connection_wiped() {
         (globex.revocation(), globex.revocation_error.as_str()),
         (Revocation::Failed, "unsupported_token_type")
     );
+    let initech = app.delete("initech").await.unwrap();
     assert_eq!(
-        ciphertexts_left(&app, "acme").await + ciphertexts_left(&app, "globex").await,
+        (initech.revocation(), initech.revocation_error.as_str()),
+        (Revocation::Failed, "revocation_rejected")
+    );
+    assert_eq!(
+        ciphertexts_left(&app, "acme").await
+            + ciphertexts_left(&app, "globex").await
+            + ciphertexts_left(&app, "initech").await,
         0
     );
-    assert_eq!(app.provider.stats().revocation_requests, 2);
+    assert_eq!(app.provider.stats().revocation_requests, 3);
 }
 
 /// client_secret_basic at the revocation endpoint too (the token endpoint's code, shared), and a
