@@ -239,6 +239,10 @@ impl Application {
         });
         tokio::spawn({
             let (vault, stop) = (self.vault.clone(), background.clone());
+            async move { vault.sweep_token_cache(stop).await }
+        });
+        tokio::spawn({
+            let (vault, stop) = (self.vault.clone(), background.clone());
             async move { vault.listen_for_events(stop).await }
         });
         tokio::spawn(sweep_connection_events(

@@ -2,14 +2,22 @@
 //! the database nor a decryption. Bounded in entries; each entry is trusted for at most
 //! `max_age`, which bounds how long a replica can hand out a token that another replica's
 //! refresh has replaced.
+//!
+//! The map is quick_cache's: a sharded table with CLOCK-Pro eviction that keeps key and value
+//! inline in one slab slot, ~150 bytes of bookkeeping per entry where moka's concurrent map,
+//! access and write deques and entry info took ~330 (docs/performance.md, memory per cached
+//! token). It has no time to live of its own, so the age is kept here: every read checks it
+//! (an entry past `max_age` is never answered), and [`TokenCache::sweep_expired`], run every
+//! `max_age` by the vault, drops aged entries so that plaintext tokens do not stay in memory
+//! much past their trust (at most twice `max_age`).
 
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex, PoisonError},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use moka::sync::Cache;
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
@@ -23,36 +31,36 @@ const MAX_SHARED: usize = 256;
 #[derive(Clone)]
 pub(super) struct TokenCache {
     /// Keyed by connection; the key's two `Arc<str>` keep clones cheap.
-    entries: Cache<ConnectionKey, Entry>,
+    entries: Arc<Cache<ConnectionKey, Entry>>,
     /// The token types and scope sets the entries share: one copy each instead of one per
     /// connection (docs/performance.md, memory per cached token).
     shared: Arc<Shared>,
+    max_age: Duration,
+    /// Entries' ages count from here, in milliseconds: 8 bytes an entry instead of an `Instant`'s 16.
+    epoch: Instant,
+}
+
+/// One connection's slot: its token, or the mark of a disconnect.
+#[derive(Clone)]
+struct Entry {
+    /// When the entry was put, in milliseconds since the cache's epoch.
+    cached_at: u64,
+    generation: i64,
+    /// `None`: the connection was disconnected at `generation`, and no token of an older
+    /// generation may be cached again (a read or a refresh that finished just after the
+    /// wipe), until the entry ages out like any other.
+    token: Option<CachedToken>,
 }
 
 /// A cached token, as compact as the token's fields allow: the token itself (one exact-size
 /// allocation), the token type and scopes shared with other entries, the rest inline.
 #[derive(Clone)]
-enum Entry {
-    Token {
-        token: SecretString,
-        token_type: Arc<str>,
-        scopes: Arc<[String]>,
-        issued_at: OffsetDateTime,
-        expires_at: OffsetDateTime,
-        generation: i64,
-    },
-    /// The connection was disconnected at this generation: no token of an older generation
-    /// may be cached again (a read or a refresh that finished just after the wipe), until the
-    /// entry ages out like any other.
-    Gone { generation: i64 },
-}
-
-impl Entry {
-    fn generation(&self) -> i64 {
-        match self {
-            Entry::Token { generation, .. } | Entry::Gone { generation } => *generation,
-        }
-    }
+struct CachedToken {
+    token: SecretString,
+    token_type: Arc<str>,
+    scopes: Arc<[String]>,
+    issued_at: OffsetDateTime,
+    expires_at: OffsetDateTime,
 }
 
 /// Values many entries hold alike, kept once.
@@ -93,61 +101,96 @@ fn share<T: ?Sized + Eq + std::hash::Hash>(
 impl TokenCache {
     pub fn new(max_entries: u64, max_age: Duration) -> Self {
         Self {
-            entries: Cache::builder().max_capacity(max_entries).time_to_live(max_age).build(),
+            entries: Arc::new(Cache::new(usize::try_from(max_entries).unwrap_or(usize::MAX).max(1))),
             shared: Arc::default(),
+            max_age,
+            epoch: Instant::now(),
         }
     }
 
     pub fn get(&self, key: &ConnectionKey) -> Option<AccessToken> {
-        match self.entries.get(key)? {
-            Entry::Token {
-                token,
-                token_type,
-                scopes,
-                issued_at,
-                expires_at,
-                generation,
-            } => Some(AccessToken {
-                token,
-                token_type: token_type.to_string(),
-                issued_at,
-                expires_at,
-                scopes,
-                generation,
-            }),
-            Entry::Gone { .. } => None,
+        let entry = self.entries.get(key)?;
+        if self.is_expired(&entry, self.now()) {
+            // Only this aged entry: one put since the read above is newer and stays.
+            self.entries.remove_if(key, |e| {
+                e.cached_at == entry.cached_at && e.generation == entry.generation
+            });
+            return None;
         }
+        let cached = entry.token?;
+        Some(AccessToken {
+            token: cached.token,
+            token_type: cached.token_type.to_string(),
+            issued_at: cached.issued_at,
+            expires_at: cached.expires_at,
+            scopes: cached.scopes,
+            generation: entry.generation,
+        })
     }
 
     /// Keeps the newest generation: a slow reader never replaces a newer token with an older.
     pub fn put(&self, key: ConnectionKey, token: AccessToken) {
-        let entry = Entry::Token {
+        let cached = CachedToken {
             token: token.token,
             token_type: self.shared.token_type(&token.token_type),
             scopes: self.shared.scopes(&token.scopes),
             issued_at: token.issued_at,
             expires_at: token.expires_at,
-            generation: token.generation,
         };
-        self.put_entry(key, entry);
+        self.put_entry(&key, token.generation, Some(cached));
     }
 
     pub fn remove(&self, key: &ConnectionKey) {
-        self.entries.invalidate(key);
+        self.entries.remove(key);
     }
 
     /// Forgets the connection's token after a disconnect that moved it to `generation`, and
     /// keeps any older one from coming back.
     pub fn forget(&self, key: ConnectionKey, generation: i64) {
-        self.put_entry(key, Entry::Gone { generation });
+        self.put_entry(&key, generation, None);
     }
 
-    fn put_entry(&self, key: ConnectionKey, entry: Entry) {
-        let generation = entry.generation();
-        self.entries.entry(key).and_compute_with(|existing| match existing {
-            Some(e) if e.value().generation() > generation => moka::ops::compute::Op::Nop,
-            _ => moka::ops::compute::Op::Put(entry),
+    /// Drops every entry older than `max_age`. Reads never answer one; this frees them.
+    pub fn sweep_expired(&self) {
+        let now = self.now();
+        self.entries.retain(|_, entry| !self.is_expired(entry, now));
+    }
+
+    /// How often the vault sweeps: every `max_age`, within 1 s to 1 min.
+    pub fn sweep_interval(&self) -> Duration {
+        self.max_age.clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
+    fn put_entry(&self, key: &ConnectionKey, generation: i64, token: Option<CachedToken>) {
+        let now = self.now();
+        let mut new = Some(Entry {
+            cached_at: now,
+            generation,
+            token,
         });
+        // Compared and replaced under the shard's lock: two puts racing on one key cannot
+        // leave the older generation behind.
+        let placed = self.entries.entry(key, None, |_, existing| {
+            if self.is_expired(existing, now) || existing.generation <= generation {
+                if let Some(entry) = new.take() {
+                    *existing = entry;
+                }
+            }
+            EntryAction::Retain(())
+        });
+        if let EntryResult::Vacant(slot) = placed {
+            if let Some(entry) = new.take() {
+                let _ = slot.insert(entry);
+            }
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn is_expired(&self, entry: &Entry, now: u64) -> bool {
+        now.saturating_sub(entry.cached_at) as u128 >= self.max_age.as_millis()
     }
 }
 
@@ -184,6 +227,69 @@ mod tests {
         // A new authorization moves the generation past the disconnect's.
         cache.put(key.clone(), token(5));
         assert_eq!(cache.get(&key).map(|t| t.generation), Some(5));
+    }
+
+    #[test]
+    fn an_entry_is_not_answered_past_its_age_and_the_sweep_frees_it() {
+        // Steps of 600 ms against an age of 1 s: a loaded machine may oversleep by 400 ms.
+        let cache = TokenCache::new(10, Duration::from_secs(1));
+        let (kept, aged) = (
+            ConnectionKey::from_stored("kept", "p"),
+            ConnectionKey::from_stored("aged", "p"),
+        );
+        cache.put(aged.clone(), token(1));
+        std::thread::sleep(Duration::from_millis(600));
+        cache.put(kept.clone(), token(1));
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(cache.get(&aged).is_none(), "past max_age: not answered");
+        assert!(cache.get(&kept).is_some(), "the age counts from each entry's own put");
+        cache.put(aged.clone(), token(1));
+        std::thread::sleep(Duration::from_millis(600));
+        cache.sweep_expired();
+        assert!(cache.entries.get(&kept).is_none(), "the sweep dropped the aged entry");
+        assert!(cache.get(&aged).is_some(), "a put starts the age again");
+    }
+
+    #[test]
+    fn an_aged_disconnect_mark_lets_an_older_generation_in_again() {
+        let cache = TokenCache::new(10, Duration::from_secs(1));
+        let key = ConnectionKey::from_stored("t", "p");
+        cache.forget(key.clone(), 4);
+        cache.put(key.clone(), token(3));
+        assert!(cache.get(&key).is_none(), "the mark holds while it is young");
+        std::thread::sleep(Duration::from_millis(1100));
+        cache.put(key.clone(), token(3));
+        assert_eq!(
+            cache.get(&key).map(|t| t.generation),
+            Some(3),
+            "as when moka's time to live ended it"
+        );
+    }
+
+    #[test]
+    fn racing_puts_leave_the_newest_generation() {
+        let cache = TokenCache::new(100, Duration::from_secs(60));
+        let key = ConnectionKey::from_stored("t", "p");
+        std::thread::scope(|s| {
+            for worker in 0..4 {
+                let (cache, key) = (cache.clone(), key.clone());
+                s.spawn(move || {
+                    for generation in 0..500 {
+                        cache.put(key.clone(), token(generation * 4 + worker));
+                    }
+                });
+            }
+        });
+        assert_eq!(cache.get(&key).map(|t| t.generation), Some(499 * 4 + 3));
+    }
+
+    #[test]
+    fn the_cache_holds_no_more_than_its_bound() {
+        let cache = TokenCache::new(1_000, Duration::from_secs(60));
+        for i in 0..10_000 {
+            cache.put(ConnectionKey::from_stored(&format!("t{i}"), "p"), token(1));
+        }
+        assert!(cache.entries.len() <= 1_000, "{} entries", cache.entries.len());
     }
 
     #[test]

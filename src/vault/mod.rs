@@ -191,6 +191,19 @@ impl Vault {
         }
     }
 
+    /// Drops aged entries from this replica's token cache every `vault.cache_max_age` (within
+    /// 1 s to 1 min) until `stop`: reads never answer them, and this keeps their plaintext
+    /// tokens from staying in memory until the cache happens to evict them.
+    pub async fn sweep_token_cache(&self, stop: CancellationToken) {
+        let every = self.inner.cache.sweep_interval();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => self.inner.cache.sweep_expired(),
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
     /// Waits up to `budget` for every refresh in flight to end, its received refresh token
     /// stored. Returns how many were still running when the budget ran out.
     pub async fn drain_refreshes(&self, budget: std::time::Duration) -> usize {

@@ -165,9 +165,13 @@ async fn get_access_token_is_counted_per_window_not_written_per_call() {
     let app = audited_app().await;
     let mut team_a = bearer_client(app.addr, Some("token-team-a")).await;
     connect_as(&app, &mut team_a, "team-a-1").await.unwrap();
+    let started = std::time::Instant::now();
     for _ in 0..200 {
         team_a.get_access_token(token_request("team-a-1")).await.unwrap();
     }
+    // The windows the calls spanned (200 ms each, and the ones they started and ended in): on
+    // a quiet machine a handful, on a loaded one more.
+    let windows = started.elapsed().as_millis() / 200 + 2;
     let all = rows_until(&app, |rows| {
         rows.iter()
             .filter(|r| r.event == "get_access_token")
@@ -177,8 +181,13 @@ async fn get_access_token_is_counted_per_window_not_written_per_call() {
     })
     .await;
     let served: Vec<&Row> = all.iter().filter(|r| r.event == "get_access_token").collect();
-    // 200 calls over a few 200 ms windows: a handful of rows, one per window and token source.
-    assert!(served.len() <= 10, "{} rows for 200 calls", served.len());
+    // 200 calls over a few 200 ms windows: a handful of rows, at most one per window and token
+    // source, never one per call.
+    assert!(
+        served.len() as u128 <= 10.max(2 * windows) && served.len() < 200,
+        "{} rows for 200 calls over {windows} windows",
+        served.len()
+    );
     assert!(served.iter().all(|r| r.outcome == "ok"
         && r.tenant_id.as_deref() == Some("team-a-1")
         && matches!(r.detail.as_deref(), Some("cache" | "database"))));
