@@ -1,17 +1,19 @@
 //! The floors every vault figure is divided by, served from the same proto with the same tonic
 //! server settings: a server that answers GetAccessToken with a constant; one that answers it
-//! with one indexed SELECT of a stored (sealed) token row through sqlx; and, for the refresh
+//! with one indexed SELECT of a stored (sealed) token row through sqlx (from Postgres, or from the
+//! SQLite scenario's file); and, for the refresh
 //! scenario, one that answers it with the access token of one refresh-token request to the
 //! scripted provider (what any server must do for an expired token, and nothing else).
 
 use base64::{engine::general_purpose::STANDARD, Engine};
-use sqlx::PgPool;
+use sqlx::{PgPool, SqlitePool};
 use token_vault::proto::{self, token_vault_server::TokenVault, token_vault_server::TokenVaultServer};
 use tonic::{Request, Response, Status};
 
 enum Floor {
     Constant(proto::GetAccessTokenResponse),
     Database(PgPool),
+    SqliteDatabase(SqlitePool),
     Provider { http: reqwest::Client, token_url: String },
 }
 
@@ -103,6 +105,30 @@ impl TokenVault for Floor {
                     scopes: vec!["offline".into(), "booking.read".into()],
                 }))
             }
+            Floor::SqliteDatabase(pool) => {
+                let tenant = request.into_inner().tenant_id;
+                // Times are stored as text on SQLite; the vault parses them, and so does the floor.
+                let row: Option<(Vec<u8>, String)> = sqlx::query_as(
+                    "SELECT access_token, access_token_expires_at FROM connections WHERE tenant_id = ?1 AND provider = ?2",
+                )
+                .bind(&tenant)
+                .bind("understory")
+                .fetch_optional(pool)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+                let (sealed, expires) = row.ok_or_else(|| Status::not_found("no row"))?;
+                let expires = time::OffsetDateTime::parse(&expires, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                Ok(Response::new(proto::GetAccessTokenResponse {
+                    access_token: STANDARD.encode(sealed),
+                    token_type: "bearer".into(),
+                    expires_at: Some(prost_types::Timestamp {
+                        seconds: expires.unix_timestamp(),
+                        nanos: 0,
+                    }),
+                    scopes: vec!["offline".into(), "booking.read".into()],
+                }))
+            }
             Floor::Provider { http, token_url } => {
                 // The same form the vault sends for a refresh (client_secret_post).
                 let answer = http
@@ -144,6 +170,18 @@ pub async fn serve(listen: std::net::SocketAddr, kind: Kind, max_connections: u3
                 .expect("an HTTP client"),
             token_url: format!("{base}/oauth2/token"),
         },
+        // Read-only, as many connections as the vault's pool: WAL lets readers run side by side.
+        Kind::Database(url) if url.starts_with("sqlite:") => Floor::SqliteDatabase(
+            sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .connect_with(
+                    url.parse::<sqlx::sqlite::SqliteConnectOptions>()
+                        .expect("a SQLite URL")
+                        .read_only(true),
+                )
+                .await
+                .expect("the floor's SQLite file opens"),
+        ),
         Kind::Database(url) => Floor::Database(
             sqlx::postgres::PgPoolOptions::new()
                 .max_connections(max_connections)

@@ -7,7 +7,8 @@
 //!
 //! Subcommands (as arguments after `--`): `all [--short] [--only SCENARIO,...]`, and
 //! `floor --listen ADDR [--database-url URL | --provider-url URL]`, which the harness uses to run each floor in a
-//! process of its own. `--only` (hot, auth, h2load, cold, refresh, throughput, stampede, keeper, scale, crypto)
+//! process of its own (a `sqlite:` database URL serves the floor from that file). `--only` (hot, auth, h2load, cold,
+//! refresh, throughput, stampede, keeper, scale, sqlite, crypto)
 //! reruns a few scenarios while profiling; such a partial run writes its table to
 //! `target/performance-partial.md`, never to docs/performance.md.
 
@@ -29,7 +30,7 @@ use std::{
 use load::{LoadShape, Pair};
 use provider::BenchProvider;
 use report::Report;
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, SqlitePool};
 use token_vault::{
     crypto::Keyring,
     proto::{self, token_vault_client::TokenVaultClient},
@@ -61,7 +62,7 @@ struct Plan {
 }
 
 /// The names `--only` takes.
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "hot",
     "auth",
     "h2load",
@@ -71,6 +72,7 @@ const SCENARIOS: [&str; 10] = [
     "stampede",
     "keeper",
     "scale",
+    "sqlite",
     "crypto",
 ];
 
@@ -205,7 +207,10 @@ async fn wait_listening(addr: std::net::SocketAddr) {
 /// The floor processes a run starts (see `floors`).
 enum FloorKind {
     Constant,
+    /// One indexed SELECT on the run's Postgres database.
     Database,
+    /// The same SELECT on the SQLite scenario's file (its URL).
+    SqliteDatabase(String),
     Provider,
 }
 
@@ -223,23 +228,26 @@ impl Bench {
     /// otherwise authentication is off (`insecure-dev`), as for the floors. `cache_max_age`
     /// replaces the vault's default (5 s) when given.
     async fn vault(&self, authenticated: bool, cache_max_age: Option<&str>) -> (Proc, Duration) {
-        self.vault_with(authenticated, cache_max_age, None).await
+        self.vault_with(authenticated, cache_max_age, None, None).await
     }
 
     /// As [`Self::vault`]; `keeper_rate`: the keeper runs at this many keep-alives a second
-    /// (otherwise it is off, so that no scenario but the keeper's sees it work).
+    /// (otherwise it is off, so that no scenario but the keeper's sees it work); `database_url`:
+    /// another store than the run's Postgres database (the SQLite scenario's file).
     async fn vault_with(
         &self,
         authenticated: bool,
         cache_max_age: Option<&str>,
         keeper_rate: Option<u32>,
+        database_url: Option<&str>,
     ) -> (Proc, Duration) {
         let addr = free_addr();
         let config = self.dir.join(format!(
-            "vault-{}-{}-{}.toml",
+            "vault-{}-{}-{}-{}.toml",
             if authenticated { "auth" } else { "open" },
             cache_max_age.unwrap_or("default-age"),
-            keeper_rate.map_or("no-keeper".to_string(), |r| format!("keeper-{r}"))
+            keeper_rate.map_or("no-keeper".to_string(), |r| format!("keeper-{r}")),
+            if database_url.is_some() { "sqlite" } else { "postgres" },
         ));
         let keepalive = match keeper_rate {
             Some(rate) => format!("enabled = true\ninterval = \"1s\"\nmax_per_second = {rate}"),
@@ -292,7 +300,7 @@ client_id = "bench"
 client_secret = "bench-secret"
 redirect_uris = ["https://bench.example/callback"]
 "#,
-                db = self.database_url,
+                db = database_url.unwrap_or(&self.database_url),
                 keys = self.keyring_text.trim(),
                 cache = self.plan.cache_entries,
                 p = self.provider.server.uri(),
@@ -324,6 +332,9 @@ redirect_uris = ["https://bench.example/callback"]
             FloorKind::Constant => {}
             FloorKind::Database => {
                 command.args(["--database-url", &self.database_url]);
+            }
+            FloorKind::SqliteDatabase(url) => {
+                command.args(["--database-url", &url]);
             }
             FloorKind::Provider => {
                 command.args(["--provider-url", &self.provider.server.uri()]);
@@ -409,7 +420,12 @@ redirect_uris = ["https://bench.example/callback"]
 /// one-row UPDATE back to back, of the same after `idle`, and of a one-row SELECT after `idle`.
 /// The idle figures matter because a refresh's statements land on a database that has just
 /// waited out the provider.
-async fn database_latencies(pool: &PgPool, n: usize, idle: Duration) -> DatabaseLatencies {
+async fn database_latencies<DB>(pool: &sqlx::Pool<DB>, n: usize, idle: Duration) -> DatabaseLatencies
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
     sqlx::query("CREATE TABLE IF NOT EXISTS bench_commit (id int PRIMARY KEY, n bigint)")
         .execute(pool)
         .await
@@ -506,7 +522,7 @@ async fn all(plan: Plan) {
         cold_cache(&bench, &mut report, &vault).await;
     }
     if plan.runs("refresh") {
-        refresh(&bench, &mut report, &vault, &pool).await;
+        refresh(&bench, &mut report, &vault, &pool, None).await;
     }
     if plan.runs("throughput") {
         refresh_throughput(&bench, &mut report, &vault, &pool, &keyring).await;
@@ -516,6 +532,9 @@ async fn all(plan: Plan) {
     }
     if plan.runs("keeper") {
         keeper(&bench, &mut report, &pool, &keyring, &grpc_floor).await;
+    }
+    if plan.runs("sqlite") {
+        sqlite(&bench, &mut report, &keyring, &grpc_floor).await;
     }
     drop(grpc_floor);
     drop(vault);
@@ -599,12 +618,18 @@ async fn hot_path(bench: &Bench, report: &mut Report, vault: &Proc, grpc_floor: 
 
 /// Cold cache: tenants seeded straight into Postgres, picked uniformly at random.
 async fn cold_cache(bench: &Bench, report: &mut Report, vault: &Proc) {
+    cold_cache_on(bench, report, vault, FloorKind::Database, "Postgres").await;
+}
+
+/// Cold cache on the store `floor` reads from (named `store`), whose seeded tenants are picked
+/// uniformly at random.
+async fn cold_cache_on(bench: &Bench, report: &mut Report, vault: &Proc, floor: FloorKind, store: &str) {
     let cold = bench.plan.cold_tenants;
     let pick_cold = Arc::new(move |_: usize, _: u64| seed::tenant(rand::random_range(0..cold)));
-    let db_floor = bench.floor(FloorKind::Database).await;
+    let db_floor = bench.floor(floor).await;
     let pairs = bench.compare(vault, None, &db_floor, pick_cold).await;
     report.ratio_row(
-        &format!("cold cache: valid in Postgres only ({cold} tenants, uniform)"),
+        &format!("cold cache: valid in {store} only ({cold} tenants, uniform)"),
         &pairs,
         "database floor",
         0.85,
@@ -616,7 +641,14 @@ async fn cold_cache(bench: &Bench, report: &mut Report, vault: &Proc) {
 /// an expired token takes. A token found stale in this replica's cache is refreshed with the
 /// lease as the first statement; a token not cached (evicted, older than `cache_max_age`, or
 /// last served by another replica) is read first, as on any cache miss.
-async fn refresh(bench: &Bench, report: &mut Report, vault: &Proc, pool: &PgPool) {
+/// `pool` is the store the vault runs on, whose bare statements the rows price; `store` names it
+/// in the rows' paths when it is not the run's Postgres database.
+async fn refresh<DB>(bench: &Bench, report: &mut Report, vault: &Proc, pool: &sqlx::Pool<DB>, store: Option<&str>)
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
     // Tokens live 2 s, so with the default margin they go stale 1 s after they are issued.
     // Each batch is connected, its cached half read once while still valid (which caches it),
     // and measured after 1.1 s: early enough that every cached entry is younger than the
@@ -627,7 +659,9 @@ async fn refresh(bench: &Bench, report: &mut Report, vault: &Proc, pool: &PgPool
     let clients = load::channels(vault.addr, 1).await;
     let provider_floor = bench.floor(FloorKind::Provider).await;
     let floor_clients = load::channels(provider_floor.addr, 1).await;
-    let before = bench.provider.refreshes();
+    // Provider requests during the measured calls, and during the reads that cache half the
+    // tokens (none, unless a loaded machine makes such a read come after the token went stale).
+    let (mut measured_requests, mut caching_requests) = (0, 0);
     let (mut cached_us, mut uncached_us, mut floor_us) = (Vec::new(), Vec::new(), Vec::new());
     let timed = async |clients: &[TokenVaultClient<Channel>], tenant: &str, out: &mut Vec<u32>| {
         let (took, answer) = load::burst(clients, tenant, 1).await.remove(0);
@@ -643,10 +677,14 @@ async fn refresh(bench: &Bench, report: &mut Report, vault: &Proc, pool: &PgPool
         bench
             .connect_tenants(vault, &[cached.clone(), uncached.clone()].concat())
             .await;
+        let before = bench.provider.refreshes();
         for tenant in &cached {
             timed(&clients, tenant, &mut Vec::new()).await;
         }
+        caching_requests += bench.provider.refreshes() - before;
+        // Stale by now even where a late caching read refreshed: that token lives 2 s as well.
         tokio::time::sleep(Duration::from_millis(1100)).await;
+        let before = bench.provider.refreshes();
         // Alternating, so that every path sees the same moments of a noisy machine.
         for (cached, uncached) in cached.iter().zip(&uncached) {
             timed(&clients, cached, &mut cached_us).await;
@@ -654,12 +692,19 @@ async fn refresh(bench: &Bench, report: &mut Report, vault: &Proc, pool: &PgPool
             timed(&clients, uncached, &mut uncached_us).await;
             timed(&floor_clients, uncached, &mut floor_us).await;
         }
+        measured_requests += bench.provider.refreshes() - before;
     }
     assert_eq!(
-        bench.provider.refreshes() - before,
+        measured_requests,
         4 * samples as u64,
-        "one token request per measured call, from the vault and from the floor, and none for the reads that cached half the tokens"
+        "one token request per measured call, from the vault and from the floor"
     );
+    if caching_requests > 0 {
+        report.note(format!(
+            "refresh{}: {caching_requests} of the {samples} reads that cache a token came after it went stale and refreshed it",
+            store.map(|s| format!(" on {s}")).unwrap_or_default()
+        ));
+    }
     for v in [&mut cached_us, &mut uncached_us, &mut floor_us] {
         v.sort_unstable();
     }
@@ -671,7 +716,11 @@ async fn refresh(bench: &Bench, report: &mut Report, vault: &Proc, pool: &PgPool
         ("stale in the cache", &cached_us, false),
         ("not cached", &uncached_us, true),
     ] {
-        report.refresh_row(path, reads, vault_us, &floor_us, &direct, &database, PROVIDER_DELAY);
+        let path = match store {
+            Some(store) => format!("{path}, on {store}"),
+            None => path.to_string(),
+        };
+        report.refresh_row(&path, reads, vault_us, &floor_us, &direct, &database, PROVIDER_DELAY);
     }
     bench.provider.set_expires_in(3600);
 }
@@ -733,6 +782,45 @@ async fn refresh_throughput(bench: &Bench, report: &mut Report, vault: &Proc, po
     assert_eq!(requests, fleet, "exactly one provider request per expired tenant");
     assert_eq!(reused, 0, "no refresh token presented twice");
     report.refresh_throughput_row(plan.fleet, calls, in_flight, &pairs, requests, reused, PROVIDER_DELAY);
+}
+
+/// The embedded store: the hot path, the cold cache and a refresh with the vault on a SQLite
+/// file (synchronous = FULL, as it runs), against the same floors as the Postgres rows, the
+/// cold cache's floor reading the same file. Beside the Postgres rows, so that the table shows
+/// what choosing the one-node store costs or saves.
+async fn sqlite(bench: &Bench, report: &mut Report, keyring: &Keyring, grpc_floor: &Proc) {
+    let plan = &bench.plan;
+    let url = format!("sqlite://{}", bench.dir.join("vault.sqlite").display());
+    let secret_url = secrecy::SecretString::from(url.clone());
+    token_vault::store::Store::create_database_if_missing(&secret_url)
+        .await
+        .expect("the SQLite file can be created");
+    store_at(&url).migrate().await.expect("the SQLite store migrates");
+    let pool = SqlitePool::connect(&url).await.expect("the SQLite file opens");
+    let seeding = Instant::now();
+    seed::connections_sqlite(&pool, keyring, plan.cold_tenants).await;
+    report.note(format!(
+        "seeded {} connections into SQLite in {:.1} s",
+        plan.cold_tenants,
+        seeding.elapsed().as_secs_f64()
+    ));
+    let (vault, _) = bench.vault_with(false, None, None, Some(&url)).await;
+
+    let hot: Vec<String> = (0..100).map(|i| format!("hot-{i:03}")).collect();
+    bench.connect_tenants(&vault, &hot).await;
+    let hot = Arc::new(hot);
+    let pick_hot = Arc::new(move |w: usize, i: u64| hot[(w + i as usize * 7) % hot.len()].clone());
+    let pairs = bench.compare(&vault, None, grpc_floor, pick_hot).await;
+    report.ratio_row(
+        "hot path on SQLite: token valid and cached",
+        &pairs,
+        "gRPC floor",
+        0.90,
+        Some(1.2),
+    );
+    cold_cache_on(bench, report, &vault, FloorKind::SqliteDatabase(url), "SQLite").await;
+    refresh(bench, report, &vault, &pool, Some("SQLite")).await;
+    pool.close().await;
 }
 
 /// Stampede: 1,000 concurrent callers on one expired tenant, and the same burst against the
@@ -827,7 +915,7 @@ async fn keeper(bench: &Bench, report: &mut Report, pool: &PgPool, keyring: &Key
     let hot: Vec<String> = (0..100).map(|i| format!("hot-{i:03}")).collect();
     // At the default pace (keepalive.max_per_second = 20): what a replica working through a
     // backlog of due connections costs its callers in production.
-    let (busy, _) = bench.vault_with(false, None, Some(KEEPER_RATE)).await;
+    let (busy, _) = bench.vault_with(false, None, Some(KEEPER_RATE), None).await;
     bench.connect_tenants(&busy, &hot).await;
     let hot = Arc::new(hot);
     let pick_hot = Arc::new(move |w: usize, i: u64| hot[(w + i as usize * 7) % hot.len()].clone());

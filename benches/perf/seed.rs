@@ -1,7 +1,7 @@
 //! Bulk seeding of connections straight into the database, sealed exactly as the vault seals
 //! them (same keyring, same associated data), so the vault can open every one.
 
-use sqlx::PgPool;
+use sqlx::{PgPool, SqlitePool};
 use token_vault::crypto::{Aad, Keyring, Purpose};
 
 pub fn tenant(i: u64) -> String {
@@ -44,6 +44,40 @@ pub async fn connections(pool: &PgPool, keyring: &Keyring, count: u64) {
         start = end;
     }
     sqlx::query("ANALYZE connections").execute(pool).await.expect("analyze");
+}
+
+/// As [`connections`], into the embedded store's SQLite file: rows in the form its statements
+/// write (scopes as JSON, times as fixed-width UTC text), 5,000 to a transaction.
+pub async fn connections_sqlite(pool: &SqlitePool, keyring: &Keyring, count: u64) {
+    const BATCH: u64 = 5_000;
+    let filler = "b".repeat(FILLER_BYTES);
+    let mut start = 0;
+    while start < count {
+        let end = (start + BATCH).min(count);
+        let mut tx = pool.begin().await.expect("a transaction");
+        for i in start..end {
+            let t = tenant(i);
+            let aad = Aad::for_generation(Purpose::AccessToken, &t, "understory", 1);
+            let sealed = keyring
+                .seal(&aad, format!("{t}.{filler}").as_bytes())
+                .expect("sealing works");
+            sqlx::query(
+                r#"INSERT INTO connections (tenant_id, provider, status, scopes, generation, token_type, access_token,
+                                            access_token_issued_at, access_token_expires_at, authorized_at)
+                   VALUES (?1, 'understory', 'active', '["offline","booking.read"]', 1, 'bearer', ?2,
+                           strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+1 day'),
+                           strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"#,
+            )
+            .bind(&t)
+            .bind(sealed)
+            .execute(&mut *tx)
+            .await
+            .expect("seeding works");
+        }
+        tx.commit().await.expect("the batch commits");
+        start = end;
+    }
+    sqlx::query("ANALYZE").execute(pool).await.expect("analyze");
 }
 
 /// Gives the first `due` seeded tenants a sealed refresh token and a keep-alive due now (most
