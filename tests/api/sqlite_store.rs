@@ -1,12 +1,17 @@
 //! The embedded store shared by several vault processes on one machine: SQLite runs one writer
 //! at a time, and the refresh lease (taken in a `BEGIN IMMEDIATE` transaction, compared with
-//! the database's clock) still lets exactly one process refresh per expiry. Runs on SQLite
-//! whichever store the rest of the suite uses.
+//! the database's clock) still lets exactly one process refresh per expiry; and the file is
+//! created only when `database.create_if_missing` says so. Runs on SQLite whichever store the rest of the suite
+//! uses.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    process::{Output, Stdio},
+    time::Duration,
+};
 
 use crate::{
-    helpers::{TestDb, TestOptions},
+    helpers::{settings_toml, TestDb, TestOptions},
     provider::Fault,
     replicas::Cluster,
 };
@@ -55,4 +60,110 @@ async fn two_processes_sharing_one_sqlite_file_refresh_once_per_expiry() {
     for secret in cluster.provider.issued_secrets().iter().chain([&cluster.client_secret]) {
         assert!(!logs.contains(secret.as_str()), "a secret reached the logs");
     }
+}
+
+/// A configuration file in `dir` for a vault on `database_url`, for the commands that never
+/// call the provider (`migrate`), or that are only started (`serve` refusing to).
+fn config_file(dir: &Path, database_url: &str) -> PathBuf {
+    let config = dir.join("config.toml");
+    let toml = settings_toml(
+        "http://127.0.0.1:9",
+        database_url,
+        "unused-secret",
+        &TestOptions::default(),
+    );
+    std::fs::write(&config, toml).unwrap();
+    config
+}
+
+/// Starts `token-vault <command> --config <config>` with `env`, not waiting for it.
+fn start(command: &str, config: &Path, env: &[(&str, &str)]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_token-vault"))
+        .arg(command)
+        .arg("--config")
+        .arg(config)
+        // A free port, in case `serve` gets as far as binding.
+        .env("TOKEN_VAULT_SERVER__LISTEN", "127.0.0.1:0")
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the token-vault binary starts")
+}
+
+/// Waits for a started command, at most 60 s, and returns what it printed with its status.
+async fn finish(child: tokio::process::Child, what: &str) -> (Output, String) {
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not exit within 60 s"))
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output, printed)
+}
+
+const CREATE_IF_MISSING: (&str, &str) = ("TOKEN_VAULT_DATABASE__CREATE_IF_MISSING", "true");
+
+#[tokio::test]
+async fn serve_and_migrate_refuse_a_missing_sqlite_file_unless_create_if_missing_is_on() {
+    let db = TestDb::sqlite_not_created("tv_test");
+    let dir = db.sqlite_file().unwrap().parent().unwrap().to_path_buf();
+    // A path in a directory that does not exist either, as a mistyped one would be.
+    let missing_dir = dir.join("typo");
+    let file = missing_dir.join("vault.db");
+    let url = format!("sqlite://{}", file.display());
+    let config = config_file(&dir, &url);
+
+    // Off (the default): each command stops at start, naming the file and the setting, and
+    // creates nothing.
+    for command in ["migrate", "serve"] {
+        let (output, printed) = finish(start(command, &config, &[]), command).await;
+        assert!(
+            !output.status.success(),
+            "{command} started on a missing file:\n{printed}"
+        );
+        assert!(
+            printed.contains(&format!("the SQLite file {} does not exist", file.display())),
+            "{command} does not name the file:\n{printed}"
+        );
+        assert!(
+            printed.contains("database.create_if_missing is off"),
+            "{command} does not name the setting:\n{printed}"
+        );
+        assert!(!printed.contains("panicked"), "{command} panicked:\n{printed}");
+        assert!(!missing_dir.exists(), "{command} created {}", missing_dir.display());
+    }
+
+    // On: `serve` creates the directory and the file, migrates it, and serves from it.
+    let cluster = Cluster::start(1, TestOptions::default(), Some(url.clone()), &[CREATE_IF_MISSING]).await;
+    assert!(file.is_file(), "serve did not create {}", file.display());
+    cluster.connect_tenant("acme").await;
+    let tokens = cluster.stampede("acme", &[0], 1).await;
+    assert_eq!(tokens[0].as_ref().unwrap(), &cluster.provider.newest_access_token());
+    assert!(cluster.logs().contains("created the SQLite file"), "{}", cluster.logs());
+    drop(cluster);
+
+    // On, with the file there: left as it is (the tenant is still connected).
+    let cluster = Cluster::start(1, TestOptions::default(), Some(url), &[CREATE_IF_MISSING]).await;
+    let connection = cluster
+        .client(0)
+        .get_connection(token_vault::proto::GetConnectionRequest {
+            tenant_id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("the connection made before is still there")
+        .into_inner();
+    assert_eq!(connection.status(), token_vault::proto::ConnectionStatus::Active);
+    assert!(
+        !cluster.logs().contains("created the SQLite file"),
+        "{}",
+        cluster.logs()
+    );
 }

@@ -35,13 +35,13 @@ pub(super) mod pending;
 pub(super) mod retention;
 pub(super) mod sealed_values;
 
-use std::{str::FromStr, time::Duration};
+use std::{path::PathBuf, str::FromStr, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{
     error::DatabaseError,
     sqlite::{SqliteConnectOptions, SqliteError, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-    ConnectOptions, Sqlite, SqlitePool, Transaction,
+    ConnectOptions, Connection, Sqlite, SqlitePool, Transaction,
 };
 use time::{format_description::BorrowedFormatItem, macros::format_description, OffsetDateTime, UtcOffset};
 
@@ -58,7 +58,9 @@ const TIME_FORMAT: &[BorrowedFormatItem<'static>] =
 pub(super) fn connect_lazy(url: &SecretString, options: &PoolOptions) -> Result<SqlitePool, StoreError> {
     let connect = SqliteConnectOptions::from_str(url.expose_secret())
         .map_err(StoreError::Database)?
-        .create_if_missing(true)
+        // Never creates the file, whatever the URL's `mode` says: a mistyped path must not start
+        // an empty store. `create_database_if_missing` creates it when the settings ask.
+        .create_if_missing(false)
         // Readers never wait for the writer, and the writer never waits for readers.
         .journal_mode(SqliteJournalMode::Wal)
         // A commit is on disk when it returns (WAL's default, NORMAL, may lose the last
@@ -69,14 +71,47 @@ pub(super) fn connect_lazy(url: &SecretString, options: &PoolOptions) -> Result<
         .busy_timeout(BUSY_TIMEOUT)
         .log_statements(tracing::log::LevelFilter::Debug)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
-    // SQLite creates the file but not its directory (`.token-vault/` in development).
-    if let Some(dir) = connect.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+    // Refused here rather than at the first statement: a pool would only report SQLite's
+    // "unable to open database file", without the name.
+    if let Some(path) = file_of(&connect).filter(|path| !path.exists()) {
+        return Err(StoreError::MissingFile { path });
     }
     Ok(SqlitePoolOptions::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
         .connect_lazy_with(connect))
+}
+
+/// The file a SQLite URL names; `None` for an in-memory database (`sqlite::memory:`,
+/// `mode=memory`), which has none.
+pub(super) fn file_of(options: &SqliteConnectOptions) -> Option<PathBuf> {
+    let in_memory = options
+        .to_url_lossy()
+        .query_pairs()
+        .any(|(key, value)| key == "mode" && value == "memory");
+    (!in_memory).then(|| options.get_filename().to_path_buf())
+}
+
+/// Creates the SQLite file named in `url`, and its directory, when it does not exist
+/// (`database.create_if_missing`). An existing file is left as it is; several processes
+/// starting together may each create it (SQLite opens with `O_CREAT`, never truncating).
+pub(super) async fn create_database_if_missing(url: &SecretString) -> Result<(), StoreError> {
+    let options = SqliteConnectOptions::from_str(url.expose_secret()).map_err(StoreError::Database)?;
+    let Some(path) = file_of(&options).filter(|path| !path.exists()) else {
+        return Ok(());
+    };
+    // SQLite creates the file but not its directory (`.token-vault/` in development).
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Database(sqlx::Error::Configuration(
+                format!("creating the directory {} of the SQLite file: {e}", dir.display()).into(),
+            ))
+        })?;
+    }
+    // Opening the file creates it; the pool's settings (WAL) are applied when the pool opens it.
+    options.create_if_missing(true).connect().await?.close().await?;
+    tracing::info!(file = %path.display(), "created the SQLite file");
+    Ok(())
 }
 
 /// Applies `migrations/sqlite`. sqlx takes no lock around SQLite migrations: two processes
