@@ -1,7 +1,8 @@
 //! The embedded store shared by several vault processes on one machine: SQLite runs one writer
 //! at a time, and the refresh lease (taken in a `BEGIN IMMEDIATE` transaction, compared with
-//! the database's clock) still lets exactly one process refresh per expiry; and the file is
-//! created only when `database.create_if_missing` says so. Runs on SQLite whichever store the rest of the suite
+//! the database's clock) still lets exactly one process refresh per expiry; several processes
+//! migrating a new file at once leave one whole schema; and the file is created only when
+//! `database.create_if_missing` says so. Runs on SQLite whichever store the rest of the suite
 //! uses.
 
 use std::{
@@ -11,7 +12,7 @@ use std::{
 };
 
 use crate::{
-    helpers::{settings_toml, TestDb, TestOptions},
+    helpers::{on_rows, settings_toml, Rows, TestDb, TestOptions},
     provider::Fault,
     replicas::Cluster,
 };
@@ -166,4 +167,72 @@ async fn serve_and_migrate_refuse_a_missing_sqlite_file_unless_create_if_missing
         "{}",
         cluster.logs()
     );
+}
+
+/// sqlx takes no lock around SQLite migrations; `token-vault migrate` processes started together
+/// on a new file (created by them, `database.create_if_missing`) must all succeed and leave
+/// each migration applied once. A few rounds, each on a new file, since the collision depends
+/// on timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_migrating_a_new_sqlite_file_at_once_all_succeed_and_apply_each_migration_once() {
+    const PROCESSES: usize = 4;
+    const ROUNDS: usize = 3;
+    let embedded: Vec<i64> = sqlx::migrate!("./migrations/sqlite")
+        .iter()
+        .map(|m| m.version)
+        .collect();
+    for round in 1..=ROUNDS {
+        let db = TestDb::sqlite_not_created("tv_test");
+        let file = db.sqlite_file().unwrap();
+        let config = config_file(file.parent().unwrap(), &db.url);
+
+        let children: Vec<_> = (0..PROCESSES)
+            .map(|_| start("migrate", &config, &[CREATE_IF_MISSING]))
+            .collect();
+        for (i, child) in children.into_iter().enumerate() {
+            let what = format!("round {round}, migrate process {i}");
+            let (output, printed) = finish(child, &what).await;
+            assert!(output.status.success(), "{what} failed:\n{printed}");
+        }
+
+        let rows = Rows::connect(&db.url).await;
+        let applied: Vec<(i64, i64, i64)> = on_rows!(rows, |pool| sqlx::query_as(
+            "SELECT version, count(*), min(success) FROM _sqlx_migrations GROUP BY version ORDER BY version"
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap());
+        let expected: Vec<(i64, i64, i64)> = embedded.iter().map(|&v| (v, 1, 1)).collect();
+        assert_eq!(
+            applied, expected,
+            "round {round}: each migration recorded once, succeeded"
+        );
+        let integrity: String = on_rows!(rows, |pool| sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(pool)
+            .await
+            .unwrap());
+        assert_eq!(integrity, "ok", "round {round}");
+        let status = token_vault::store::Store::connect_lazy(
+            &secrecy::SecretString::from(db.url.clone()),
+            &token_vault::store::PoolOptions {
+                max_connections: 1,
+                acquire_timeout: Duration::from_secs(5),
+            },
+        )
+        .unwrap()
+        .migrations()
+        .status()
+        .await
+        .unwrap();
+        assert!(status.is_current(), "round {round}: {status:?}");
+        on_rows!(rows, |pool| pool.close().await);
+
+        if round == ROUNDS {
+            // And a vault on that file works: a tenant connects and gets a token.
+            let cluster = Cluster::start(1, TestOptions::default(), Some(db.url.clone()), &[]).await;
+            cluster.connect_tenant("acme").await;
+            let tokens = cluster.stampede("acme", &[0], 1).await;
+            assert_eq!(tokens[0].as_ref().unwrap(), &cluster.provider.newest_access_token());
+        }
+    }
 }
