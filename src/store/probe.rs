@@ -15,8 +15,7 @@ pub async fn probe_connection(url: &SecretString, timeout: Duration) -> Result<(
     #[cfg(feature = "sqlite")]
     if StoreKind::of_url(url.expose_secret()) == Some(StoreKind::Sqlite) {
         // Named here: SQLite itself would only say "unable to open database file".
-        let options = sqlx::sqlite::SqliteConnectOptions::from_str(url.expose_secret())?;
-        if let Some(path) = super::sqlite::file_of(&options).filter(|path| !path.exists()) {
+        if let Some(path) = super::sqlite::missing_file(url.expose_secret()) {
             return Err(StoreError::MissingFile { path });
         }
     }

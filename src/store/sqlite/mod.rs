@@ -73,7 +73,7 @@ pub(super) fn connect_lazy(url: &SecretString, options: &PoolOptions) -> Result<
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
     // Refused here rather than at the first statement: a pool would only report SQLite's
     // "unable to open database file", without the name.
-    if let Some(path) = file_of(&connect).filter(|path| !path.exists()) {
+    if let Some(path) = missing_file(url.expose_secret()) {
         return Err(StoreError::MissingFile { path });
     }
     Ok(SqlitePoolOptions::new()
@@ -82,14 +82,21 @@ pub(super) fn connect_lazy(url: &SecretString, options: &PoolOptions) -> Result<
         .connect_lazy_with(connect))
 }
 
-/// The file a SQLite URL names; `None` for an in-memory database (`sqlite::memory:`,
-/// `mode=memory`), which has none.
-pub(super) fn file_of(options: &SqliteConnectOptions) -> Option<PathBuf> {
-    let in_memory = options
-        .to_url_lossy()
-        .query_pairs()
-        .any(|(key, value)| key == "mode" && value == "memory");
-    (!in_memory).then(|| options.get_filename().to_path_buf())
+/// The file a SQLite URL names, when it certainly does not exist: `None` for an existing file,
+/// one whose existence can't be told (a directory we may not read: SQLite then reports its own
+/// error), a URL that does not parse (reported where it is parsed), and an in-memory database
+/// (`sqlite::memory:`, `mode=memory`), which has no file.
+pub(super) fn missing_file(url: &str) -> Option<PathBuf> {
+    // Read from the URL as sqlx reads it: `SqliteConnectOptions` does not say whether it is in
+    // memory (and turning one back into a URL panics on an in-memory name).
+    let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
+    if database == ":memory:" || params.split('&').any(|param| param == "mode=memory") {
+        return None;
+    }
+    let options = SqliteConnectOptions::from_str(url).ok()?;
+    let path = options.get_filename();
+    matches!(path.try_exists(), Ok(false)).then(|| path.to_path_buf())
 }
 
 /// Creates the SQLite file named in `url`, and its directory, when it does not exist
@@ -97,7 +104,7 @@ pub(super) fn file_of(options: &SqliteConnectOptions) -> Option<PathBuf> {
 /// starting together may each create it (SQLite opens with `O_CREAT`, never truncating).
 pub(super) async fn create_database_if_missing(url: &SecretString) -> Result<(), StoreError> {
     let options = SqliteConnectOptions::from_str(url.expose_secret()).map_err(StoreError::Database)?;
-    let Some(path) = file_of(&options).filter(|path| !path.exists()) else {
+    let Some(path) = missing_file(url.expose_secret()) else {
         return Ok(());
     };
     // SQLite creates the file but not its directory (`.token-vault/` in development).
@@ -186,6 +193,20 @@ fn json_array<T: serde::Serialize>(values: &[T]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_file_that_is_not_there_is_missing() {
+        let dir = std::env::temp_dir().join(format!("tv-missing-{}", uuid::Uuid::new_v4().simple()));
+        let file = dir.join("vault.db");
+        let url = format!("sqlite://{}", file.display());
+        assert_eq!(missing_file(&url), Some(file.clone()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::File::create(&file).unwrap();
+        assert_eq!(missing_file(&url), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(missing_file("sqlite::memory:"), None);
+        assert_eq!(missing_file("sqlite://nowhere/vault.db?mode=memory"), None);
+    }
 
     #[test]
     fn stored_times_are_fixed_width_so_text_order_is_time_order() {
