@@ -180,10 +180,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => {
             let settings = Settings::load(cli.config.as_deref())?;
             let _telemetry = telemetry::init(&settings.log, &settings.telemetry)?;
-            if settings.database.create_if_missing {
-                store::Store::create_database_if_missing(&settings.database.url).await?;
-            }
-            let store = admin_store(&settings)?;
+            let store = startup::open_store(&settings.database, 1).await?;
             store.migrate().await?;
             tracing::info!("migrations applied");
             Ok(ExitCode::SUCCESS)

@@ -22,13 +22,13 @@ use crate::{
         load_authenticator, tls::ServerTls, watch_security, Authenticator, ReloadCounts, SecurityReloader,
         SharedAuthenticator,
     },
-    config::{AuthMode, Settings},
+    config::{AuthMode, DatabaseSettings, Settings},
     crypto::SharedKeyring,
     keys::{load_keyring, watch_keyring, KeyringReloader},
     listener::{self, Plaintext},
     oauth::ProviderClient,
     proto::{self, token_vault_server::TokenVaultServer},
-    store::{PoolOptions, Store, StoreKind},
+    store::{PoolOptions, Store, StoreError, StoreKind},
     vault::Vault,
 };
 
@@ -89,19 +89,7 @@ impl Application {
             .map(SecurityReloader::counts)
             .unwrap_or_default();
 
-        if settings.database.create_if_missing {
-            Store::create_database_if_missing(&settings.database.url)
-                .await
-                .context("creating the database")?;
-        }
-        let store = Store::connect_lazy(
-            &settings.database.url,
-            &PoolOptions {
-                max_connections: settings.database.max_connections,
-                acquire_timeout: settings.database.acquire_timeout,
-            },
-        )
-        .context("configuring the database pool (database.url)")?;
+        let store = open_store(&settings.database, settings.database.max_connections).await?;
         if store.kind() == StoreKind::Sqlite && settings.mode == crate::config::Mode::Production {
             // Accepted (one node on one machine is a real deployment), but never silently: a
             // second replica on another machine would not share the file, and two vaults with
@@ -581,6 +569,33 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = terminate => {}
     }
+}
+
+/// The store `serve` and `migrate` work on: the database created first when
+/// `database.create_if_missing` is on. With it off, a SQLite file that does not exist stops
+/// the start here, naming the file and the setting, instead of the vault serving an empty store
+/// on a mistyped path (every tenant "not connected").
+pub async fn open_store(database: &DatabaseSettings, max_connections: u32) -> anyhow::Result<Store> {
+    if database.create_if_missing {
+        Store::create_database_if_missing(&database.url)
+            .await
+            .context("creating the database (database.create_if_missing)")?;
+    }
+    let options = PoolOptions {
+        max_connections,
+        acquire_timeout: database.acquire_timeout,
+    };
+    Store::connect_lazy(&database.url, &options).map_err(|e| {
+        let context = match &e {
+            StoreError::MissingFile { .. } if !database.create_if_missing => {
+                "database.url names a SQLite file that does not exist, and database.create_if_missing is off, so \
+                 the vault does not create it: correct database.url, or set database.create_if_missing = true to \
+                 start a new, empty store"
+            }
+            _ => "configuring the database pool (database.url)",
+        };
+        anyhow::Error::new(e).context(context)
+    })
 }
 
 /// Asks the vault at `addr` whether it is SERVING (for `token-vault healthcheck`).

@@ -137,7 +137,9 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
-    /// Create the database named in `url` if it does not exist (development convenience).
+    /// Create the database named in `url` if it does not exist, on `serve` and `migrate`
+    /// (development convenience): a Postgres database, or a SQLite file and its directory.
+    /// Off, a missing SQLite file stops the start (`startup::open_store`).
     pub create_if_missing: bool,
     /// Run pending migrations when `serve` starts.
     pub migrate_on_start: bool,

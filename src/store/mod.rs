@@ -70,6 +70,10 @@ pub enum StoreError {
     Database(#[source] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The SQLite file named in `database.url` does not exist, and this is not the place that
+    /// creates it (`Store::create_database_if_missing` is).
+    #[error("the SQLite file {} does not exist", path.display())]
+    MissingFile { path: std::path::PathBuf },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -158,7 +162,8 @@ fn unsupported(url: &SecretString) -> StoreError {
 impl Store {
     /// Connects lazily: the pool opens connections on first use, so the process starts (and
     /// reports NOT_SERVING) even while the database is down. The store is chosen by the URL's
-    /// scheme.
+    /// scheme. A SQLite file that does not exist is refused now (`StoreError::MissingFile`):
+    /// that is a wrong path, not an outage, and the pool never creates it.
     pub fn connect_lazy(url: &SecretString, options: &PoolOptions) -> Result<Self, StoreError> {
         let backend = match StoreKind::of_url(url.expose_secret()) {
             #[cfg(feature = "postgres")]
@@ -181,15 +186,16 @@ impl Store {
         }
     }
 
-    /// Creates the database named in `url` when it does not exist (development convenience):
-    /// a Postgres database on its server; a SQLite file (and its directory) is created by
-    /// connecting, whatever this setting says.
+    /// Creates the database named in `url` when it does not exist (`database.create_if_missing`,
+    /// a development convenience): a Postgres database on its server, or a SQLite file and its
+    /// directory. Nothing else creates one: without this, a pool on a missing SQLite file is
+    /// refused (`StoreError::MissingFile`).
     pub async fn create_database_if_missing(url: &SecretString) -> Result<(), StoreError> {
         match StoreKind::of_url(url.expose_secret()) {
             #[cfg(feature = "postgres")]
             Some(StoreKind::Postgres) => postgres::create_database_if_missing(url).await,
             #[cfg(feature = "sqlite")]
-            Some(StoreKind::Sqlite) => Ok(()),
+            Some(StoreKind::Sqlite) => sqlite::create_database_if_missing(url).await,
             #[allow(unreachable_patterns)]
             _ => Err(unsupported(url)),
         }

@@ -12,6 +12,13 @@ use super::{StoreError, StoreKind};
 
 /// Connects to `url` within `timeout`, runs `SELECT 1`, and closes the connection.
 pub async fn probe_connection(url: &SecretString, timeout: Duration) -> Result<(), StoreError> {
+    #[cfg(feature = "sqlite")]
+    if StoreKind::of_url(url.expose_secret()) == Some(StoreKind::Sqlite) {
+        // Named here: SQLite itself would only say "unable to open database file".
+        if let Some(path) = super::sqlite::missing_file(url.expose_secret()) {
+            return Err(StoreError::MissingFile { path });
+        }
+    }
     let attempt = async {
         match StoreKind::of_url(url.expose_secret()) {
             #[cfg(feature = "postgres")]

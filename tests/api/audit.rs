@@ -9,7 +9,7 @@ use tonic::Code;
 
 use crate::{
     callers::{bearer_client, callers_toml, connect_as, BILLING_SPIFFE},
-    helpers::{assert_reason, dump_all_tables, on_rows, spawn_app_with, TestApp, TestOptions},
+    helpers::{assert_reason, dump_all_tables, on_rows, spawn_app_with, Rows, TestApp, TestOptions},
 };
 
 #[derive(Debug, sqlx::FromRow)]
@@ -200,31 +200,77 @@ async fn the_table_is_append_only_and_only_the_retention_sweep_deletes() {
     connect_as(&app, &mut team_a, "team-a-1").await.unwrap();
     let before = rows_until(&app, |rows| rows.len() >= 2).await.len();
 
-    for statement in [
-        "UPDATE audit_events SET caller = 'someone-else'",
-        "DELETE FROM audit_events",
-        "TRUNCATE audit_events",
-    ] {
-        let err = sqlx::query(statement).execute(&app.pool).await.unwrap_err();
-        assert!(err.to_string().contains("append-only"), "{statement}: {err}");
+    match &app.rows {
+        // Postgres: a trigger refuses UPDATE, DELETE and TRUNCATE; the sweep's transaction-local
+        // setting lets DELETE through for rows older than a day only.
+        Rows::Postgres(_) => {
+            for statement in [
+                "UPDATE audit_events SET caller = 'someone-else'",
+                "DELETE FROM audit_events",
+                "TRUNCATE audit_events",
+            ] {
+                let err = sqlx::query(statement).execute(&app.pool).await.unwrap_err();
+                assert!(err.to_string().contains("append-only"), "{statement}: {err}");
+            }
+            // Even claiming to be the sweep, nothing younger than a day goes.
+            let mut tx = app.pool.begin().await.unwrap();
+            sqlx::query("SELECT set_config('token_vault.audit_sweep', 'on', true)")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            assert!(sqlx::query("DELETE FROM audit_events").execute(&mut *tx).await.is_err());
+            drop(tx);
+        }
+        // SQLite: triggers refuse UPDATE and DELETE (a DELETE without WHERE, SQLite's truncate,
+        // fires them too); the sweep marks itself in `audit_sweep` inside its own transaction,
+        // and then only rows older than a day may go.
+        Rows::Sqlite(pool) => {
+            for statement in [
+                "UPDATE audit_events SET caller = 'someone-else'",
+                "DELETE FROM audit_events WHERE caller IS NOT NULL",
+                "DELETE FROM audit_events",
+            ] {
+                let err = sqlx::query(statement).execute(pool).await.unwrap_err();
+                assert!(err.to_string().contains("append-only"), "{statement}: {err}");
+            }
+            // Even claiming to be the sweep, nothing younger than a day goes.
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+            sqlx::query("UPDATE audit_sweep SET active = 1")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let err = sqlx::query("DELETE FROM audit_events")
+                .execute(&mut *tx)
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("append-only"), "the sweep's claim: {err}");
+            // Rolled back now: the file's write lock is held until then.
+            tx.rollback().await.unwrap();
+        }
     }
-    // Even claiming to be the sweep, nothing younger than a day goes.
-    let mut tx = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT set_config('token_vault.audit_sweep', 'on', true)")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    assert!(sqlx::query("DELETE FROM audit_events").execute(&mut *tx).await.is_err());
-    drop(tx);
 
     // A row recorded long ago (inserted with its time, as a test only can) is swept.
-    sqlx::query(
+    let old_row = app.rows.sql(
         "INSERT INTO audit_events (recorded_at, occurred_at, event, caller, outcome, replica)
          VALUES (now() - interval '500 days', now() - interval '500 days', 'get_connection', 'old', 'ok', gen_random_uuid())",
+        "INSERT INTO audit_events (recorded_at, occurred_at, event, caller, outcome, replica)
+         VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-500 days'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-500 days'),
+                 'get_connection', 'old', 'ok', randomblob(16))",
+    );
+    on_rows!(app.rows, |pool| {
+        sqlx::query(old_row).execute(pool).await.unwrap();
+    });
+    // Old enough, but not deleted by the sweep: refused.
+    let err = on_rows!(app.rows, |pool| sqlx::query(
+        "DELETE FROM audit_events WHERE caller = 'old'"
     )
-    .execute(&app.pool)
+    .execute(pool)
     .await
-    .unwrap();
+    .unwrap_err());
+    assert!(
+        err.to_string().contains("append-only"),
+        "an old row outside the sweep: {err}"
+    );
     let deleted = app
         .vault
         .store()

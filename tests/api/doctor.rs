@@ -72,14 +72,9 @@ async fn migrated_database() -> TestDb {
     db
 }
 
-/// A database that exists and holds nothing: a new Postgres database, or an empty SQLite file
-/// (doctor opens a SQLite file without creating it, so a missing one fails the database check).
+/// A database that exists and holds nothing: a new Postgres database, or an empty SQLite file.
 async fn empty_database() -> TestDb {
-    let db = TestDb::create("tv_doctor").await;
-    if let Some(path) = db.url.strip_prefix("sqlite://") {
-        std::fs::File::create(path).unwrap();
-    }
-    db
+    TestDb::create("tv_doctor").await
 }
 
 /// A configuration file for a vault of `database_url` and the provider at `provider_uri`.
@@ -260,6 +255,43 @@ async fn a_database_that_does_not_answer_fails_the_database_check() {
         doctor.check("database").1
     );
     assert_eq!(doctor.check("migrations").0, "skip");
+}
+
+/// A SQLite file that is not there (a mistyped path) fails the database check, named. Doctor
+/// writes nothing, so it creates no file; with database.create_if_missing on, the detail says
+/// what will create it. Runs on SQLite whichever store the rest of the suite uses.
+#[tokio::test]
+async fn a_missing_sqlite_file_fails_the_database_check_and_doctor_creates_none() {
+    let dir = Dir::new();
+    let db = TestDb::sqlite_not_created("tv_doctor");
+    let file = db.sqlite_file().unwrap();
+    let provider = provider(None).await;
+    for create_if_missing in [false, true] {
+        let toml = settings_toml(&provider.uri(), &db.url, CLIENT_SECRET, &TestOptions::default());
+        let config = dir.write(
+            "config.toml",
+            &replace_line(
+                &toml,
+                "max_connections = ",
+                &format!("max_connections = 10\ncreate_if_missing = {create_if_missing}"),
+            ),
+        );
+
+        let doctor = Doctor::run(&config);
+
+        doctor.assert_failed(
+            "database",
+            &format!("the SQLite file {} does not exist", file.display()),
+        );
+        let detail = doctor.check("database").1;
+        assert_eq!(
+            detail.contains("database.create_if_missing"),
+            create_if_missing,
+            "create_if_missing = {create_if_missing}: {detail}"
+        );
+        assert_eq!(doctor.check("migrations").0, "skip");
+        assert!(!file.exists(), "doctor created {}", file.display());
+    }
 }
 
 #[tokio::test]

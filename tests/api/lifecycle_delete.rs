@@ -467,8 +467,9 @@ async fn a_kept_rotation_is_never_written_back_into_a_disconnected_connection() 
     assert_eq!(ciphertexts_left(&app, "acme").await, 0);
 }
 
-/// A writer that commits while the delete's lease statement waits for the row (here a new
-/// authorization's write, done by hand in a transaction held open) must not leave the delete
+/// A writer that commits while the delete's lease statement waits for the row (the whole file,
+/// on SQLite) (here a new authorization's write, done by hand in a transaction held open) must
+/// not leave the delete
 /// revoking the refresh token that writer replaced while it wipes the new one unrevoked: the
 /// delete goes round again and revokes the newest.
 #[tokio::test]
@@ -494,42 +495,51 @@ async fn a_delete_that_waits_for_a_concurrent_writer_revokes_what_that_writer_st
             .seal(&Aad::for_generation(purpose, "acme", "understory", newer), plaintext)
             .unwrap()
     };
-    let mut writer = app.pool.begin().await.unwrap();
-    sqlx::query("UPDATE connections SET generation = $2, access_token = $3 WHERE id = $1")
+    // The writer: on Postgres a transaction holding the rows it updated; on SQLite a
+    // `BEGIN IMMEDIATE` transaction, which holds the whole file's write lock from its start, so
+    // the delete's lease transaction waits for it (up to the store's 10 s busy timeout).
+    let begin = app.rows.sql("BEGIN", "BEGIN IMMEDIATE");
+    let superseded = app.rows.sql(
+        "UPDATE refresh_tokens SET superseded_at = now() WHERE connection_id = $1 AND superseded_at IS NULL",
+        "UPDATE refresh_tokens SET superseded_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+          WHERE connection_id = $1 AND superseded_at IS NULL",
+    );
+    let answer = on_rows!(app.rows, |pool| {
+        let mut writer = pool.begin_with(begin).await.unwrap();
+        sqlx::query("UPDATE connections SET generation = $2, access_token = $3 WHERE id = $1")
+            .bind(id)
+            .bind(newer)
+            .bind(seal(Purpose::AccessToken, b"at-newer"))
+            .execute(&mut *writer)
+            .await
+            .unwrap();
+        sqlx::query(superseded).bind(id).execute(&mut *writer).await.unwrap();
+        sqlx::query(
+            "INSERT INTO refresh_tokens (connection_id, generation, token, source) VALUES ($1, $2, $3, 'authorization_code')",
+        )
         .bind(id)
         .bind(newer)
-        .bind(seal(Purpose::AccessToken, b"at-newer"))
+        .bind(seal(Purpose::RefreshToken, new_refresh_token.as_bytes()))
         .execute(&mut *writer)
         .await
         .unwrap();
-    sqlx::query("UPDATE refresh_tokens SET superseded_at = now() WHERE connection_id = $1 AND superseded_at IS NULL")
-        .bind(id)
-        .execute(&mut *writer)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO refresh_tokens (connection_id, generation, token, source) VALUES ($1, $2, $3, 'authorization_code')",
-    )
-    .bind(id)
-    .bind(newer)
-    .bind(seal(Purpose::RefreshToken, new_refresh_token.as_bytes()))
-    .execute(&mut *writer)
-    .await
-    .unwrap();
 
-    let mut client = app.client.clone();
-    let delete = tokio::spawn(async move {
-        client
-            .delete_connection(proto::DeleteConnectionRequest {
-                tenant_id: "acme".into(),
-                ..Default::default()
-            })
-            .await
+        let mut client = app.client.clone();
+        let delete = tokio::spawn(async move {
+            client
+                .delete_connection(proto::DeleteConnectionRequest {
+                    tenant_id: "acme".into(),
+                    ..Default::default()
+                })
+                .await
+        });
+        // The delete's lease statement reaches the row (the file, on SQLite) and waits for the
+        // writer's lock.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!delete.is_finished(), "the delete waited for the writer");
+        writer.commit().await.unwrap();
+        delete.await.unwrap().unwrap().into_inner()
     });
-    // The delete's lease statement reaches the row and waits for the writer's lock.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    writer.commit().await.unwrap();
-    let answer = delete.await.unwrap().unwrap().into_inner();
 
     assert_eq!(answer.revocation(), Revocation::Revoked);
     let revoked: Vec<String> = app

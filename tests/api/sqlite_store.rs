@@ -1,12 +1,18 @@
 //! The embedded store shared by several vault processes on one machine: SQLite runs one writer
 //! at a time, and the refresh lease (taken in a `BEGIN IMMEDIATE` transaction, compared with
-//! the database's clock) still lets exactly one process refresh per expiry. Runs on SQLite
-//! whichever store the rest of the suite uses.
+//! the database's clock) still lets exactly one process refresh per expiry; several processes
+//! migrating a new file at once leave one whole schema; and the file is created only when
+//! `database.create_if_missing` says so. Runs on SQLite whichever store the rest of the suite
+//! uses.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    process::{Output, Stdio},
+    time::Duration,
+};
 
 use crate::{
-    helpers::{TestDb, TestOptions},
+    helpers::{on_rows, settings_toml, Rows, TestDb, TestOptions},
     provider::Fault,
     replicas::Cluster,
 };
@@ -54,5 +60,179 @@ async fn two_processes_sharing_one_sqlite_file_refresh_once_per_expiry() {
     assert!(logs.contains("refreshed"), "the logs were captured");
     for secret in cluster.provider.issued_secrets().iter().chain([&cluster.client_secret]) {
         assert!(!logs.contains(secret.as_str()), "a secret reached the logs");
+    }
+}
+
+/// A configuration file in `dir` for a vault on `database_url`, for the commands that never
+/// call the provider (`migrate`), or that are only started (`serve` refusing to).
+fn config_file(dir: &Path, database_url: &str) -> PathBuf {
+    let config = dir.join("config.toml");
+    let toml = settings_toml(
+        "http://127.0.0.1:9",
+        database_url,
+        "unused-secret",
+        &TestOptions::default(),
+    );
+    std::fs::write(&config, toml).unwrap();
+    config
+}
+
+/// Starts `token-vault <command> --config <config>` with `env`, not waiting for it.
+fn start(command: &str, config: &Path, env: &[(&str, &str)]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_token-vault"))
+        .arg(command)
+        .arg("--config")
+        .arg(config)
+        // A free port, in case `serve` gets as far as binding.
+        .env("TOKEN_VAULT_SERVER__LISTEN", "127.0.0.1:0")
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the token-vault binary starts")
+}
+
+/// Waits for a started command, at most 60 s, and returns what it printed with its status.
+async fn finish(child: tokio::process::Child, what: &str) -> (Output, String) {
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not exit within 60 s"))
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output, printed)
+}
+
+const CREATE_IF_MISSING: (&str, &str) = ("TOKEN_VAULT_DATABASE__CREATE_IF_MISSING", "true");
+
+#[tokio::test]
+async fn serve_and_migrate_refuse_a_missing_sqlite_file_unless_create_if_missing_is_on() {
+    let db = TestDb::sqlite_not_created("tv_test");
+    let dir = db.sqlite_file().unwrap().parent().unwrap().to_path_buf();
+    // A path in a directory that does not exist either, as a mistyped one would be.
+    let missing_dir = dir.join("typo");
+    let file = missing_dir.join("vault.db");
+    let url = format!("sqlite://{}", file.display());
+    let config = config_file(&dir, &url);
+
+    // Off (the default): each command stops at start, naming the file and the setting, and
+    // creates nothing.
+    for command in ["migrate", "serve"] {
+        let (output, printed) = finish(start(command, &config, &[]), command).await;
+        assert!(
+            !output.status.success(),
+            "{command} started on a missing file:\n{printed}"
+        );
+        assert!(
+            printed.contains(&format!("the SQLite file {} does not exist", file.display())),
+            "{command} does not name the file:\n{printed}"
+        );
+        assert!(
+            printed.contains("database.create_if_missing is off"),
+            "{command} does not name the setting:\n{printed}"
+        );
+        assert!(!printed.contains("panicked"), "{command} panicked:\n{printed}");
+        assert!(!missing_dir.exists(), "{command} created {}", missing_dir.display());
+    }
+
+    // On: `serve` creates the directory and the file, migrates it, and serves from it.
+    let cluster = Cluster::start(1, TestOptions::default(), Some(url.clone()), &[CREATE_IF_MISSING]).await;
+    assert!(file.is_file(), "serve did not create {}", file.display());
+    cluster.connect_tenant("acme").await;
+    let tokens = cluster.stampede("acme", &[0], 1).await;
+    assert_eq!(tokens[0].as_ref().unwrap(), &cluster.provider.newest_access_token());
+    assert!(cluster.logs().contains("created the SQLite file"), "{}", cluster.logs());
+    drop(cluster);
+
+    // On, with the file there: left as it is (the tenant is still connected).
+    let cluster = Cluster::start(1, TestOptions::default(), Some(url), &[CREATE_IF_MISSING]).await;
+    let connection = cluster
+        .client(0)
+        .get_connection(token_vault::proto::GetConnectionRequest {
+            tenant_id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("the connection made before is still there")
+        .into_inner();
+    assert_eq!(connection.status(), token_vault::proto::ConnectionStatus::Active);
+    assert!(
+        !cluster.logs().contains("created the SQLite file"),
+        "{}",
+        cluster.logs()
+    );
+}
+
+/// sqlx takes no lock around SQLite migrations; `token-vault migrate` processes started together
+/// on a new file (created by them, `database.create_if_missing`) must all succeed and leave
+/// each migration applied once. A few rounds, each on a new file, since the collision depends
+/// on timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_migrating_a_new_sqlite_file_at_once_all_succeed_and_apply_each_migration_once() {
+    const PROCESSES: usize = 4;
+    const ROUNDS: usize = 3;
+    let embedded: Vec<i64> = sqlx::migrate!("./migrations/sqlite")
+        .iter()
+        .map(|m| m.version)
+        .collect();
+    for round in 1..=ROUNDS {
+        let db = TestDb::sqlite_not_created("tv_test");
+        let file = db.sqlite_file().unwrap();
+        let config = config_file(file.parent().unwrap(), &db.url);
+
+        let children: Vec<_> = (0..PROCESSES)
+            .map(|_| start("migrate", &config, &[CREATE_IF_MISSING]))
+            .collect();
+        for (i, child) in children.into_iter().enumerate() {
+            let what = format!("round {round}, migrate process {i}");
+            let (output, printed) = finish(child, &what).await;
+            assert!(output.status.success(), "{what} failed:\n{printed}");
+        }
+
+        let rows = Rows::connect(&db.url).await;
+        let applied: Vec<(i64, i64, i64)> = on_rows!(rows, |pool| sqlx::query_as(
+            "SELECT version, count(*), min(success) FROM _sqlx_migrations GROUP BY version ORDER BY version"
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap());
+        let expected: Vec<(i64, i64, i64)> = embedded.iter().map(|&v| (v, 1, 1)).collect();
+        assert_eq!(
+            applied, expected,
+            "round {round}: each migration recorded once, succeeded"
+        );
+        let integrity: String = on_rows!(rows, |pool| sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(pool)
+            .await
+            .unwrap());
+        assert_eq!(integrity, "ok", "round {round}");
+        let status = token_vault::store::Store::connect_lazy(
+            &secrecy::SecretString::from(db.url.clone()),
+            &token_vault::store::PoolOptions {
+                max_connections: 1,
+                acquire_timeout: Duration::from_secs(5),
+            },
+        )
+        .unwrap()
+        .migrations()
+        .status()
+        .await
+        .unwrap();
+        assert!(status.is_current(), "round {round}: {status:?}");
+        on_rows!(rows, |pool| pool.close().await);
+
+        if round == ROUNDS {
+            // And a vault on that file works: a tenant connects and gets a token.
+            let cluster = Cluster::start(1, TestOptions::default(), Some(db.url.clone()), &[]).await;
+            cluster.connect_tenant("acme").await;
+            let tokens = cluster.stampede("acme", &[0], 1).await;
+            assert_eq!(tokens[0].as_ref().unwrap(), &cluster.provider.newest_access_token());
+        }
     }
 }

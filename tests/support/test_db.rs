@@ -92,9 +92,17 @@ impl TestDb {
         }
     }
 
-    /// A SQLite file (not yet created: the vault creates it) in a new temporary directory,
-    /// whatever the suite's store.
+    /// A new, empty SQLite file in a new temporary directory, whatever the suite's store: made
+    /// here as `CREATE DATABASE` makes the Postgres one, since a vault creates neither unless
+    /// `database.create_if_missing` is on. (An empty file is an empty SQLite database.)
     pub fn create_sqlite(prefix: &str) -> Self {
+        let db = Self::sqlite_not_created(prefix);
+        std::fs::File::create(db.sqlite_file().unwrap()).unwrap();
+        db
+    }
+
+    /// A SQLite URL in a new temporary directory (removed on drop) whose file does not exist.
+    pub fn sqlite_not_created(prefix: &str) -> Self {
         let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -103,6 +111,13 @@ impl TestDb {
             name,
             sqlite_dir: Some(dir),
         }
+    }
+
+    /// The SQLite file (`None` for a Postgres database).
+    // Not every test binary that includes this file needs it.
+    #[allow(dead_code)]
+    pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        self.url.strip_prefix("sqlite://").map(std::path::PathBuf::from)
     }
 }
 

@@ -35,13 +35,13 @@ pub(super) mod pending;
 pub(super) mod retention;
 pub(super) mod sealed_values;
 
-use std::{str::FromStr, time::Duration};
+use std::{path::PathBuf, str::FromStr, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{
     error::DatabaseError,
     sqlite::{SqliteConnectOptions, SqliteError, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-    ConnectOptions, Sqlite, SqlitePool, Transaction,
+    ConnectOptions, Connection, Sqlite, SqlitePool, Transaction,
 };
 use time::{format_description::BorrowedFormatItem, macros::format_description, OffsetDateTime, UtcOffset};
 
@@ -58,7 +58,9 @@ const TIME_FORMAT: &[BorrowedFormatItem<'static>] =
 pub(super) fn connect_lazy(url: &SecretString, options: &PoolOptions) -> Result<SqlitePool, StoreError> {
     let connect = SqliteConnectOptions::from_str(url.expose_secret())
         .map_err(StoreError::Database)?
-        .create_if_missing(true)
+        // Never creates the file, whatever the URL's `mode` says: a mistyped path must not start
+        // an empty store. `create_database_if_missing` creates it when the settings ask.
+        .create_if_missing(false)
         // Readers never wait for the writer, and the writer never waits for readers.
         .journal_mode(SqliteJournalMode::Wal)
         // A commit is on disk when it returns (WAL's default, NORMAL, may lose the last
@@ -69,14 +71,54 @@ pub(super) fn connect_lazy(url: &SecretString, options: &PoolOptions) -> Result<
         .busy_timeout(BUSY_TIMEOUT)
         .log_statements(tracing::log::LevelFilter::Debug)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
-    // SQLite creates the file but not its directory (`.token-vault/` in development).
-    if let Some(dir) = connect.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+    // Refused here rather than at the first statement: a pool would only report SQLite's
+    // "unable to open database file", without the name.
+    if let Some(path) = missing_file(url.expose_secret()) {
+        return Err(StoreError::MissingFile { path });
     }
     Ok(SqlitePoolOptions::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
         .connect_lazy_with(connect))
+}
+
+/// The file a SQLite URL names, when it certainly does not exist: `None` for an existing file,
+/// one whose existence can't be told (a directory we may not read: SQLite then reports its own
+/// error), a URL that does not parse (reported where it is parsed), and an in-memory database
+/// (`sqlite::memory:`, `mode=memory`), which has no file.
+pub(super) fn missing_file(url: &str) -> Option<PathBuf> {
+    // Read from the URL as sqlx reads it: `SqliteConnectOptions` does not say whether it is in
+    // memory (and turning one back into a URL panics on an in-memory name).
+    let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
+    if database == ":memory:" || params.split('&').any(|param| param == "mode=memory") {
+        return None;
+    }
+    let options = SqliteConnectOptions::from_str(url).ok()?;
+    let path = options.get_filename();
+    matches!(path.try_exists(), Ok(false)).then(|| path.to_path_buf())
+}
+
+/// Creates the SQLite file named in `url`, and its directory, when it does not exist
+/// (`database.create_if_missing`). An existing file is left as it is; several processes
+/// starting together may each create it (SQLite opens with `O_CREAT`, never truncating).
+pub(super) async fn create_database_if_missing(url: &SecretString) -> Result<(), StoreError> {
+    let options = SqliteConnectOptions::from_str(url.expose_secret()).map_err(StoreError::Database)?;
+    let Some(path) = missing_file(url.expose_secret()) else {
+        return Ok(());
+    };
+    // SQLite creates the file but not its directory (`.token-vault/` in development).
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Database(sqlx::Error::Configuration(
+                format!("creating the directory {} of the SQLite file: {e}", dir.display()).into(),
+            ))
+        })?;
+    }
+    // Opening the file creates it; the pool's settings (WAL) are applied when the pool opens it.
+    options.create_if_missing(true).connect().await?.close().await?;
+    tracing::info!(file = %path.display(), "created the SQLite file");
+    Ok(())
 }
 
 /// Applies `migrations/sqlite`. sqlx takes no lock around SQLite migrations: two processes
@@ -151,6 +193,20 @@ fn json_array<T: serde::Serialize>(values: &[T]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_file_that_is_not_there_is_missing() {
+        let dir = std::env::temp_dir().join(format!("tv-missing-{}", uuid::Uuid::new_v4().simple()));
+        let file = dir.join("vault.db");
+        let url = format!("sqlite://{}", file.display());
+        assert_eq!(missing_file(&url), Some(file.clone()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::File::create(&file).unwrap();
+        assert_eq!(missing_file(&url), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(missing_file("sqlite::memory:"), None);
+        assert_eq!(missing_file("sqlite://nowhere/vault.db?mode=memory"), None);
+    }
 
     #[test]
     fn stored_times_are_fixed_width_so_text_order_is_time_order() {
