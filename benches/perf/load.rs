@@ -1,6 +1,7 @@
 //! The load client: N HTTP/2 connections, M requests in flight spread over them, a warm-up,
 //! then a fixed measuring window. Every answer's gRPC status is checked; latencies are kept
-//! whole (microseconds) so percentiles are exact.
+//! whole (microseconds) so percentiles are exact. Plaintext or TLS with a client certificate
+//! ([`Target`]): the same client code either way, tonic's own TLS connector for the latter.
 
 use std::{
     sync::{
@@ -11,7 +12,31 @@ use std::{
 };
 
 use token_vault::proto::{self, token_vault_client::TokenVaultClient};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+/// A server the load client calls, and how: plaintext, or TLS with this client configuration.
+#[derive(Clone)]
+pub struct Target {
+    pub addr: std::net::SocketAddr,
+    pub tls: Option<ClientTlsConfig>,
+}
+
+impl Target {
+    /// An endpoint not yet connected. With TLS it holds a rustls client configuration (and so a
+    /// session cache) of its own: its connection makes a full handshake.
+    pub fn endpoint(&self) -> Endpoint {
+        let endpoint = Endpoint::from_shared(match self.tls {
+            None => format!("http://{}", self.addr),
+            Some(_) => format!("https://{}", self.addr),
+        })
+        .expect("valid URI")
+        .tcp_nodelay(true);
+        match &self.tls {
+            None => endpoint,
+            Some(tls) => endpoint.tls_config(tls.clone()).expect("a client TLS configuration"),
+        }
+    }
+}
 
 #[derive(Clone, Copy)]
 pub struct LoadShape {
@@ -92,15 +117,11 @@ impl LoadResult {
     }
 }
 
-pub async fn channels(addr: std::net::SocketAddr, n: usize) -> Vec<TokenVaultClient<Channel>> {
+pub async fn channels(target: &Target, n: usize) -> Vec<TokenVaultClient<Channel>> {
+    let endpoint = target.endpoint();
     let mut out = Vec::new();
     for _ in 0..n {
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .expect("valid URI")
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .expect("the server answers");
+        let channel = endpoint.connect().await.expect("the server answers");
         out.push(TokenVaultClient::new(channel));
     }
     out
@@ -108,11 +129,11 @@ pub async fn channels(addr: std::net::SocketAddr, n: usize) -> Vec<TokenVaultCli
 
 /// Drives `GetAccessToken` for tenants chosen by `tenant(worker, i)` at the given shape.
 pub async fn run(
-    addr: std::net::SocketAddr,
+    target: &Target,
     shape: LoadShape,
     tenant: Arc<dyn Fn(usize, u64) -> String + Send + Sync>,
 ) -> LoadResult {
-    let clients = channels(addr, shape.connections).await;
+    let clients = channels(target, shape.connections).await;
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
@@ -252,6 +273,48 @@ pub async fn burst(
     let mut out = Vec::with_capacity(n);
     for call in calls {
         out.push(call.await.expect("a call's task"));
+    }
+    out
+}
+
+/// What a new connection cost its caller: from the TCP connect through the TLS and HTTP/2
+/// handshakes (`connected`) to the first GetAccessToken answered (`answered`).
+#[derive(Clone, Copy)]
+pub struct FirstAnswer {
+    pub connected: Duration,
+    pub answered: Duration,
+}
+
+/// One new connection on `endpoint` (prepared beforehand, so that building its client
+/// configuration is not timed) and one GetAccessToken for `tenant` on it; the connection is
+/// closed afterwards.
+pub async fn first_answer(endpoint: Endpoint, tenant: String) -> FirstAnswer {
+    let started = Instant::now();
+    let channel = endpoint.connect().await.expect("a new connection");
+    let connected = started.elapsed();
+    TokenVaultClient::new(channel)
+        .get_access_token(proto::GetAccessTokenRequest {
+            tenant_id: tenant,
+            ..Default::default()
+        })
+        .await
+        .expect("the first call on a new connection succeeds");
+    FirstAnswer {
+        connected,
+        answered: started.elapsed(),
+    }
+}
+
+/// A new connection on each of `endpoints` at once, each in a task of its own (as in
+/// [`burst`], each timed from when its task starts), with its first call for `tenant`.
+pub async fn first_answers(endpoints: Vec<Endpoint>, tenant: &str) -> Vec<FirstAnswer> {
+    let calls: Vec<_> = endpoints
+        .into_iter()
+        .map(|endpoint| tokio::spawn(first_answer(endpoint, tenant.to_owned())))
+        .collect();
+    let mut out = Vec::with_capacity(calls.len());
+    for call in calls {
+        out.push(call.await.expect("a new connection's task"));
     }
     out
 }

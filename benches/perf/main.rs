@@ -6,10 +6,11 @@
 //! profile, to check that the harness works (CI does this; its numbers mean nothing).
 //!
 //! Subcommands (as arguments after `--`): `all [--short] [--only SCENARIO,...]`, and
-//! `floor --listen ADDR [--database-url URL | --provider-url URL]`, which the harness uses to run each floor in a
-//! process of its own (a `sqlite:` database URL serves the floor from that file). `--only` (hot, auth, h2load, cold,
-//! refresh, throughput, stampede, keeper, scale, sqlite, crypto)
-//! reruns a few scenarios while profiling; such a partial run writes its table to
+//! `floor --listen ADDR [--database-url URL | --provider-url URL] [--tls-cert PEM --tls-key PEM
+//! --tls-client-ca PEM]`, which the harness uses to run each floor in a process of its own (over
+//! mutual TLS with the `--tls-*` files; a `sqlite:` database URL serves the floor from that file).
+//! `--only` (hot, auth, tls, h2load, cold, refresh, throughput, stampede, keeper, scale, sqlite,
+//! crypto) reruns a few scenarios while profiling; such a partial run writes its table to
 //! `target/performance-partial.md`, never to docs/performance.md.
 
 // A harness step that fails is a failed run: unwrap says so at the spot.
@@ -17,6 +18,7 @@
 
 mod floors;
 mod load;
+mod pki;
 mod provider;
 mod report;
 mod seed;
@@ -27,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use load::{LoadShape, Pair};
+use load::{LoadShape, Pair, Target};
 use provider::BenchProvider;
 use report::Report;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, SqlitePool};
@@ -59,12 +61,18 @@ struct Plan {
     fleet: usize,
     /// Seeded connections whose keep-alive is due when the keeper scenario starts.
     keeper_due: u64,
+    /// New connections timed one at a time, to the TLS vault and to the TLS floor each.
+    new_connections: usize,
+    /// Bursts of `burst_connections` new connections opened at once, to each.
+    connection_bursts: usize,
+    burst_connections: usize,
 }
 
 /// The names `--only` takes.
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "hot",
     "auth",
+    "tls",
     "h2load",
     "cold",
     "refresh",
@@ -104,6 +112,9 @@ impl Plan {
             stampede_callers: 1_000,
             fleet: if short { 500 } else { 10_000 },
             keeper_due: if short { 2_000 } else { 20_000 },
+            new_connections: if short { 20 } else { 200 },
+            connection_bursts: if short { 1 } else { 4 },
+            burst_connections: 64,
         }
     }
 
@@ -129,8 +140,15 @@ fn main() {
                 (None, Some(url)) => floors::Kind::Provider(url),
                 (None, None) => floors::Kind::Constant,
             };
+            let tls = value("--tls-cert").map(|cert| pki::ServerFiles {
+                cert: cert.into(),
+                key: value("--tls-key").expect("--tls-key with --tls-cert").into(),
+                client_ca: value("--tls-client-ca")
+                    .expect("--tls-client-ca with --tls-cert")
+                    .into(),
+            });
             let _ = rustls::crypto::ring::default_provider().install_default();
-            runtime.block_on(floors::serve(listen, kind, 20));
+            runtime.block_on(floors::serve(listen, kind, 20, tls));
         }
         Some("all") | None => {
             let short = args.iter().any(|a| a == "--short");
@@ -147,10 +165,10 @@ fn main() {
     }
 }
 
-/// A child process killed when dropped.
+/// A child process killed when dropped, and how the load client reaches it.
 struct Proc {
     child: tokio::process::Child,
-    addr: std::net::SocketAddr,
+    target: Target,
 }
 
 impl Proc {
@@ -204,6 +222,28 @@ async fn wait_listening(addr: std::net::SocketAddr) {
     panic!("{addr} never listened");
 }
 
+/// Who may call a vault process, and how a caller is recognised.
+#[derive(Clone, Copy)]
+enum Callers {
+    /// Anyone: authentication off (`insecure-dev`), as for the floors.
+    Anyone,
+    /// The bench caller by its bearer token, over a plaintext listener.
+    Bearer,
+    /// The bench caller by the SPIFFE ID in its client certificate, over mutual TLS (client
+    /// certificates required): the production setup of docs/security.md.
+    Certificate,
+}
+
+impl Callers {
+    fn name(self) -> &'static str {
+        match self {
+            Callers::Anyone => "open",
+            Callers::Bearer => "bearer",
+            Callers::Certificate => "mtls",
+        }
+    }
+}
+
 /// The floor processes a run starts (see `floors`).
 enum FloorKind {
     Constant,
@@ -220,15 +260,16 @@ struct Bench {
     database_url: String,
     keyring_text: String,
     provider: BenchProvider,
+    /// The TLS scenario's certificates (its server files in `dir`).
+    pki: pki::BenchPki,
 }
 
 impl Bench {
-    /// Starts the vault binary; returns it once SERVING, with the time that took. With
-    /// `authenticated`, callers must present the bench's bearer token (and are audited);
-    /// otherwise authentication is off (`insecure-dev`), as for the floors. `cache_max_age`
-    /// replaces the vault's default (5 s) when given.
-    async fn vault(&self, authenticated: bool, cache_max_age: Option<&str>) -> (Proc, Duration) {
-        self.vault_with(authenticated, cache_max_age, None, None).await
+    /// Starts the vault binary; returns it once SERVING, with the time that took. `callers`:
+    /// who may call (an authenticated caller is audited). `cache_max_age` replaces the vault's
+    /// default (5 s) when given.
+    async fn vault(&self, callers: Callers, cache_max_age: Option<&str>) -> (Proc, Duration) {
+        self.vault_with(callers, cache_max_age, None, None).await
     }
 
     /// As [`Self::vault`]; `keeper_rate`: the keeper runs at this many keep-alives a second
@@ -236,7 +277,7 @@ impl Bench {
     /// another store than the run's Postgres database (the SQLite scenario's file).
     async fn vault_with(
         &self,
-        authenticated: bool,
+        callers: Callers,
         cache_max_age: Option<&str>,
         keeper_rate: Option<u32>,
         database_url: Option<&str>,
@@ -244,7 +285,7 @@ impl Bench {
         let addr = free_addr();
         let config = self.dir.join(format!(
             "vault-{}-{}-{}-{}.toml",
-            if authenticated { "auth" } else { "open" },
+            callers.name(),
             cache_max_age.unwrap_or("default-age"),
             keeper_rate.map_or("no-keeper".to_string(), |r| format!("keeper-{r}")),
             if database_url.is_some() { "sqlite" } else { "postgres" },
@@ -256,21 +297,50 @@ impl Bench {
         let cache_max_age = cache_max_age
             .map(|age| format!("cache_max_age = \"{age}\""))
             .unwrap_or_default();
-        let auth = if authenticated {
-            format!(
+        let auth = match callers {
+            Callers::Bearer => format!(
                 r#"mode = "enforce"
 allow_bearer_without_tls = true
 [[auth.callers]]
 name = "bench"
-bearer_token_sha256 = ["{}"]
+bearer_token_sha256 = ["{BENCH_BEARER_SHA256}"]
 rpcs = ["*"]
 providers = ["*"]
 tenants = ["*"]
-max_concurrent_calls = 100000"#,
-                BENCH_BEARER_SHA256
-            )
-        } else {
-            r#"mode = "insecure-dev""#.to_string()
+max_concurrent_calls = 100000"#
+            ),
+            Callers::Certificate => format!(
+                r#"mode = "enforce"
+[[auth.callers]]
+name = "bench"
+mtls_uris = ["{}"]
+rpcs = ["*"]
+providers = ["*"]
+tenants = ["*"]
+max_concurrent_calls = 100000
+# The scenario connects its own tenants through this caller.
+begin_authorization_per_second = 100000"#,
+                pki::BENCH_SPIFFE_ID
+            ),
+            Callers::Anyone => r#"mode = "insecure-dev""#.to_string(),
+        };
+        // Over TLS, health is probed on a plaintext listener of its own (as kubelet does): the
+        // TLS listener requires a client certificate.
+        let (tls, health_addr) = match callers {
+            Callers::Certificate => {
+                let health = free_addr();
+                let files = &self.pki.server;
+                (
+                    format!(
+                        "[tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\nplaintext_health_listen = \"{health}\"",
+                        files.cert.display().to_string(),
+                        files.key.display().to_string(),
+                        files.client_ca.display().to_string(),
+                    ),
+                    health,
+                )
+            }
+            Callers::Anyone | Callers::Bearer => (String::new(), addr),
         };
         std::fs::write(
             &config,
@@ -292,6 +362,7 @@ format = "text"
 level = "warn"
 [auth]
 {auth}
+{tls}
 [providers.understory]
 preset = "understory"
 authorization_endpoint = "{p}/oauth2/auth"
@@ -306,7 +377,10 @@ redirect_uris = ["https://bench.example/callback"]
                 p = self.provider.server.uri(),
                 // Authentication off is refused outside development mode, which changes
                 // nothing else when the keyring is given.
-                mode = if authenticated { "production" } else { "development" },
+                mode = match callers {
+                    Callers::Anyone => "development",
+                    Callers::Bearer | Callers::Certificate => "production",
+                },
             ),
         )
         .unwrap();
@@ -320,14 +394,29 @@ redirect_uris = ["https://bench.example/callback"]
             .kill_on_drop(true)
             .spawn()
             .expect("the vault starts");
-        wait_serving(addr).await;
-        (Proc { child, addr }, started.elapsed())
+        wait_serving(health_addr).await;
+        let target = Target {
+            addr,
+            tls: matches!(callers, Callers::Certificate).then(|| self.pki.client()),
+        };
+        (Proc { child, target }, started.elapsed())
     }
 
-    async fn floor(&self, kind: FloorKind) -> Proc {
+    /// Starts a floor process; `tls`: over mutual TLS with the TLS vault's files and settings.
+    async fn floor(&self, kind: FloorKind, tls: bool) -> Proc {
         let addr = free_addr();
         let mut command = tokio::process::Command::new(std::env::current_exe().unwrap());
         command.args(["floor", "--listen", &addr.to_string()]);
+        if tls {
+            let files = &self.pki.server;
+            command
+                .arg("--tls-cert")
+                .arg(&files.cert)
+                .arg("--tls-key")
+                .arg(&files.key)
+                .arg("--tls-client-ca")
+                .arg(&files.client_ca);
+        }
         match kind {
             FloorKind::Constant => {}
             FloorKind::Database => {
@@ -347,11 +436,15 @@ redirect_uris = ["https://bench.example/callback"]
             .spawn()
             .expect("the floor starts");
         wait_listening(addr).await;
-        Proc { child, addr }
+        let target = Target {
+            addr,
+            tls: tls.then(|| self.pki.client()),
+        };
+        Proc { child, target }
     }
 
     async fn connect_tenants(&self, vault: &Proc, tenants: &[String]) {
-        let clients = load::channels(vault.addr, 4).await;
+        let clients = load::channels(&vault.target, 4).await;
         for chunk in tenants.chunks(50) {
             let flows = chunk.iter().enumerate().map(|(i, tenant)| {
                 let mut client = clients[i % clients.len()].clone();
@@ -397,11 +490,14 @@ redirect_uris = ["https://bench.example/callback"]
         let mut pairs = Vec::new();
         for round in 0..self.plan.rounds {
             let (vault_run, floor_run) = if round % 2 == 0 {
-                let floor_run = load::run(floor.addr, self.plan.shape, tenant.clone()).await;
-                (load::run(vault.addr, vault_shape, tenant.clone()).await, floor_run)
+                let floor_run = load::run(&floor.target, self.plan.shape, tenant.clone()).await;
+                (load::run(&vault.target, vault_shape, tenant.clone()).await, floor_run)
             } else {
-                let vault_run = load::run(vault.addr, vault_shape, tenant.clone()).await;
-                (vault_run, load::run(floor.addr, self.plan.shape, tenant.clone()).await)
+                let vault_run = load::run(&vault.target, vault_shape, tenant.clone()).await;
+                (
+                    vault_run,
+                    load::run(&floor.target, self.plan.shape, tenant.clone()).await,
+                )
             };
             for r in [&vault_run, &floor_run] {
                 assert_eq!(r.errors, 0, "every call must succeed: {:?}", r.first_error);
@@ -497,6 +593,7 @@ async fn all(plan: Plan) {
     std::fs::create_dir_all(&dir).unwrap();
     let bench = Bench {
         plan: plan.clone(),
+        pki: pki::BenchPki::new(&dir),
         dir,
         database_url,
         keyring_text: keyring_text.to_string(),
@@ -505,11 +602,14 @@ async fn all(plan: Plan) {
     let mut report = Report::new(&plan);
 
     // Start-up on an empty database: the baseline for the scale scenario.
-    let (vault, startup_empty) = bench.vault(false, None).await;
-    let grpc_floor = bench.floor(FloorKind::Constant).await;
+    let (vault, startup_empty) = bench.vault(Callers::Anyone, None).await;
+    let grpc_floor = bench.floor(FloorKind::Constant, false).await;
 
     if plan.runs("hot") || plan.runs("auth") || plan.runs("h2load") {
         hot_path(&bench, &mut report, &vault, &grpc_floor).await;
+    }
+    if plan.runs("tls") {
+        mutual_tls(&bench, &mut report).await;
     }
 
     let mut seeded_in = None;
@@ -584,8 +684,8 @@ async fn hot_path(bench: &Bench, report: &mut Report, vault: &Proc, grpc_floor: 
     // The same hot path with caller authentication (bearer token) and the audit trail on, in a
     // second vault process over the same database.
     if plan.runs("auth") {
-        let (secured, _) = bench.vault(true, None).await;
-        let secured_clients = load::channels(secured.addr, 1).await;
+        let (secured, _) = bench.vault(Callers::Bearer, None).await;
+        let secured_clients = load::channels(&secured.target, 1).await;
         for tenant in hot.iter() {
             let mut request = tonic::Request::new(proto::GetAccessTokenRequest {
                 tenant_id: tenant.clone(),
@@ -607,13 +707,88 @@ async fn hot_path(bench: &Bench, report: &mut Report, vault: &Proc, grpc_floor: 
             "hot path with authentication (bearer) and audit on",
             &pairs,
             "gRPC floor",
-            0.85,
+            0.90,
             None,
         );
     }
     if plan.runs("h2load") {
         report.h2load(vault, grpc_floor, &hot[0], plan).await;
     }
+}
+
+/// Mutual TLS, the production setup (docs/security.md): a vault whose listener requires a
+/// client certificate of the bench CA and recognises the bench caller by the SPIFFE ID in it,
+/// with the audit trail on, against the constant floor serving the same proto over the same
+/// rustls settings from the same files. First the hot path (100 cached tenants, four long-lived
+/// connections, as for the plaintext rows); then what a new caller connection costs: TCP
+/// connect, a full TLS handshake (each connection has a client configuration of its own, so
+/// nothing is resumed) and the first GetAccessToken answered, one connection at a time
+/// (alternating vault and floor connection by connection) and in bursts opened at once
+/// (alternating which server takes the burst first).
+async fn mutual_tls(bench: &Bench, report: &mut Report) {
+    let plan = &bench.plan;
+    let (vault, _) = bench.vault(Callers::Certificate, None).await;
+    let floor = bench.floor(FloorKind::Constant, true).await;
+    let negotiated = bench.pki.negotiated(vault.target.addr).await;
+    let floor_negotiated = bench.pki.negotiated(floor.target.addr).await;
+    assert_eq!(
+        negotiated, floor_negotiated,
+        "the vault and its TLS floor negotiate the same protocol, suite, group and ALPN"
+    );
+
+    let tenants: Vec<String> = (0..100).map(|i| format!("tls-{i:03}")).collect();
+    bench.connect_tenants(&vault, &tenants).await;
+    let tenants = Arc::new(tenants);
+    let pick = {
+        let tenants = tenants.clone();
+        Arc::new(move |w: usize, i: u64| tenants[(w + i as usize * 7) % tenants.len()].clone())
+    };
+    let pairs = bench.compare(&vault, None, &floor, pick).await;
+    report.ratio_row(
+        &format!("hot path over mutual TLS (caller by SPIFFE ID; {negotiated}), audit on"),
+        &pairs,
+        "TLS floor",
+        0.90,
+        None,
+    );
+
+    // A cached tenant: what is timed is the connection and the call, not a database read.
+    let tenant = &tenants[0];
+    let (mut vault_one, mut floor_one) = (Vec::new(), Vec::new());
+    for i in 0..plan.new_connections {
+        let (to_vault, to_floor) = (vault.target.endpoint(), floor.target.endpoint());
+        if i % 2 == 0 {
+            floor_one.push(load::first_answer(to_floor, tenant.clone()).await);
+            vault_one.push(load::first_answer(to_vault, tenant.clone()).await);
+        } else {
+            vault_one.push(load::first_answer(to_vault, tenant.clone()).await);
+            floor_one.push(load::first_answer(to_floor, tenant.clone()).await);
+        }
+    }
+    report.new_connection_row("one at a time", &vault_one, &floor_one, &negotiated);
+
+    let (mut vault_burst, mut floor_burst) = (Vec::new(), Vec::new());
+    let endpoints = |target: &Target| {
+        (0..plan.burst_connections)
+            .map(|_| target.endpoint())
+            .collect::<Vec<_>>()
+    };
+    for burst in 0..plan.connection_bursts {
+        let (to_vault, to_floor) = (endpoints(&vault.target), endpoints(&floor.target));
+        if burst % 2 == 0 {
+            floor_burst.extend(load::first_answers(to_floor, tenant).await);
+            vault_burst.extend(load::first_answers(to_vault, tenant).await);
+        } else {
+            vault_burst.extend(load::first_answers(to_vault, tenant).await);
+            floor_burst.extend(load::first_answers(to_floor, tenant).await);
+        }
+    }
+    report.new_connection_row(
+        &format!("in bursts of {} opened at once", plan.burst_connections),
+        &vault_burst,
+        &floor_burst,
+        &negotiated,
+    );
 }
 
 /// Cold cache: tenants seeded straight into Postgres, picked uniformly at random.
@@ -626,7 +801,7 @@ async fn cold_cache(bench: &Bench, report: &mut Report, vault: &Proc) {
 async fn cold_cache_on(bench: &Bench, report: &mut Report, vault: &Proc, floor: FloorKind, store: &str) {
     let cold = bench.plan.cold_tenants;
     let pick_cold = Arc::new(move |_: usize, _: u64| seed::tenant(rand::random_range(0..cold)));
-    let db_floor = bench.floor(floor).await;
+    let db_floor = bench.floor(floor, false).await;
     let pairs = bench.compare(vault, None, &db_floor, pick_cold).await;
     report.ratio_row(
         &format!("cold cache: valid in {store} only ({cold} tenants, uniform)"),
@@ -656,9 +831,9 @@ where
     const BATCH: usize = 10;
     let samples = bench.plan.refresh_samples;
     bench.provider.set_expires_in(2);
-    let clients = load::channels(vault.addr, 1).await;
-    let provider_floor = bench.floor(FloorKind::Provider).await;
-    let floor_clients = load::channels(provider_floor.addr, 1).await;
+    let clients = load::channels(&vault.target, 1).await;
+    let provider_floor = bench.floor(FloorKind::Provider, false).await;
+    let floor_clients = load::channels(&provider_floor.target, 1).await;
     // Provider requests during the measured calls, and during the reads that cache half the
     // tokens (none, unless a loaded machine makes such a read come after the token went stale).
     let (mut measured_requests, mut caching_requests) = (0, 0);
@@ -738,7 +913,7 @@ const FLEET_SHARED_CALLERS: usize = 3;
 async fn refresh_throughput(bench: &Bench, report: &mut Report, vault: &Proc, pool: &PgPool, keyring: &Keyring) {
     let plan = &bench.plan;
     let in_flight = plan.shape.in_flight;
-    let clients = load::channels(vault.addr, plan.shape.connections).await;
+    let clients = load::channels(&vault.target, plan.shape.connections).await;
     let (mut pairs, mut requests, mut reused) = (Vec::new(), 0, 0);
     let mut calls = 0;
     for round in 0..plan.rounds {
@@ -804,7 +979,7 @@ async fn sqlite(bench: &Bench, report: &mut Report, keyring: &Keyring, grpc_floo
         plan.cold_tenants,
         seeding.elapsed().as_secs_f64()
     ));
-    let (vault, _) = bench.vault_with(false, None, None, Some(&url)).await;
+    let (vault, _) = bench.vault_with(Callers::Anyone, None, None, Some(&url)).await;
 
     let hot: Vec<String> = (0..100).map(|i| format!("hot-{i:03}")).collect();
     bench.connect_tenants(&vault, &hot).await;
@@ -836,8 +1011,8 @@ async fn stampede(bench: &Bench, report: &mut Report, vault: &Proc, grpc_floor: 
     // The tokens the bursts' refreshes bring stay valid for the rest of each burst, however
     // slowly a busy machine or a dev build answers its 1,000 calls.
     bench.provider.set_expires_in(3600);
-    let clients = load::channels(vault.addr, 8).await;
-    let floor_clients = load::channels(grpc_floor.addr, 8).await;
+    let clients = load::channels(&vault.target, 8).await;
+    let floor_clients = load::channels(&grpc_floor.target, 8).await;
     let mut bursts = Vec::new();
     for tenant in &tenants {
         let before = bench.provider.refreshes();
@@ -915,7 +1090,7 @@ async fn keeper(bench: &Bench, report: &mut Report, pool: &PgPool, keyring: &Key
     let hot: Vec<String> = (0..100).map(|i| format!("hot-{i:03}")).collect();
     // At the default pace (keepalive.max_per_second = 20): what a replica working through a
     // backlog of due connections costs its callers in production.
-    let (busy, _) = bench.vault_with(false, None, Some(KEEPER_RATE), None).await;
+    let (busy, _) = bench.vault_with(Callers::Anyone, None, Some(KEEPER_RATE), None).await;
     bench.connect_tenants(&busy, &hot).await;
     let hot = Arc::new(hot);
     let pick_hot = Arc::new(move |w: usize, i: u64| hot[(w + i as usize * 7) % hot.len()].clone());
@@ -949,14 +1124,14 @@ const SCALE_CACHE_MAX_AGE: &str = "1h";
 /// Scale: start-up with every seeded connection stored, and memory per cached token.
 async fn scale(bench: &Bench, report: &mut Report, startup_empty: Duration) {
     let plan = &bench.plan;
-    let (vault, startup_full) = bench.vault(false, Some(SCALE_CACHE_MAX_AGE)).await;
+    let (vault, startup_full) = bench.vault(Callers::Anyone, Some(SCALE_CACHE_MAX_AGE)).await;
     let rss_start = vault.rss_bytes();
     let warm = |count: u64| {
-        let vault_addr = vault.addr;
+        let vault_target = vault.target.clone();
         async move {
             // Each distinct tenant once, 64 at a time.
             let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let clients = load::channels(vault_addr, 4).await;
+            let clients = load::channels(&vault_target, 4).await;
             let workers = (0..64).map(|w| {
                 let mut client = clients[w % clients.len()].clone();
                 let next = next.clone();
