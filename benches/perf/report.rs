@@ -792,6 +792,23 @@ const FINDINGS: &str = "
   with less per-entry bookkeeping, or moka without a time to live (the age checked on read),
   would cut further, but the latter keeps expired plaintext tokens in memory until evicted,
   which `cache_max_age` exists to bound.
+- **Memory per cached token: the cache on quick_cache.** moka's per-entry bookkeeping (~330
+  bytes) was the bulk of what remained, so the cache (`src/vault/cache.rs`) now uses
+  quick_cache: one sharded table whose slab slot holds key and value inline (144 bytes a slot
+  here), CLOCK-Pro eviction, and the age kept in the entry (checked on every read, aged entries
+  swept every `cache_max_age`). A standalone program with 100,000 entries of the vault's shape
+  (mimalloc, 890-byte tokens), filled and then swept six times with twice as many keys: moka
+  495 bytes per entry beyond the token when full and ~610 after the sweeps; quick_cache 243 and
+  474 with its default ghosts (recently evicted keys, each in a slot as big as a live entry's,
+  for half the capacity), 244 and 265 with ghosts for a tenth, which the cache now uses. In the
+  vault, `./scripts/bench --only scale` (2026-12-02, machine loaded by parallel builds, load
+  average 9 to 13), one run each: with ghosts for half, 977 bytes per entry beyond the token
+  since start (RSS 35.4 MiB at start, 176.5 MiB after 100,000 tokens, 209 to 215 MiB after the
+  sweeps); with ghosts for a tenth, 680 (33.7 MiB at start, 180.0 MiB after 100,000, 180 to 196
+  MiB after the sweeps); bound and sweeps flat in both. Still over the 512-byte target. The
+  figure since start also carries what the process grows by under any load: the first 50,000
+  tokens cost 113.6 MiB in the second run, the next 50,000 32.7 MiB. A vault with a tiny cache
+  swept the same way, as a floor measured in the same run, would take that out; not built yet.
 - **Refresh throughput: 0.58 x the bare client.** In the same run, 10,000 connections expired
   together and asked for by 10,400 calls at 64 in flight: 579 refreshes/s (pairs 0.486 to
   0.603), per call p50 101 ms p99 224 ms, against the bare client's 1,001 refreshes/s (p50
