@@ -225,7 +225,13 @@ async fn a_caller_past_its_deadline_leaves_without_cancelling_the_refresh() {
         }
     });
     let err = client.get_access_token(impatient).await.unwrap_err();
-    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    // The vault answers DEADLINE_EXCEEDED at the deadline; tonic's channel also enforces the
+    // same `grpc-timeout` on the caller's side and reports CANCELLED "Timeout expired" when its
+    // own timer wins that race, which a loaded machine decides. Either way the caller left at
+    // its deadline, not with any other failure.
+    let left_at_deadline =
+        err.code() == Code::DeadlineExceeded || (err.code() == Code::Cancelled && err.message() == "Timeout expired");
+    assert!(left_at_deadline, "{err:?}");
     let token = patient.await.unwrap().unwrap().into_inner();
     assert_eq!(token.access_token, app.provider.newest_access_token());
     assert_eq!(app.provider.stats().refresh_requests, 1);
