@@ -111,15 +111,7 @@ impl TokenVault for Floor {
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
                 let (sealed, expires) = row.ok_or_else(|| Status::not_found("no row"))?;
-                Ok(Response::new(proto::GetAccessTokenResponse {
-                    access_token: STANDARD.encode(sealed),
-                    token_type: "bearer".into(),
-                    expires_at: Some(prost_types::Timestamp {
-                        seconds: expires.unix_timestamp(),
-                        nanos: 0,
-                    }),
-                    scopes: vec!["offline".into(), "booking.read".into()],
-                }))
+                Ok(Response::new(stored_answer(&sealed, expires)))
             }
             Floor::SqliteDatabase(pool) => {
                 let tenant = request.into_inner().tenant_id;
@@ -135,15 +127,7 @@ impl TokenVault for Floor {
                 let (sealed, expires) = row.ok_or_else(|| Status::not_found("no row"))?;
                 let expires = time::OffsetDateTime::parse(&expires, &time::format_description::well_known::Rfc3339)
                     .map_err(|e| Status::internal(e.to_string()))?;
-                Ok(Response::new(proto::GetAccessTokenResponse {
-                    access_token: STANDARD.encode(sealed),
-                    token_type: "bearer".into(),
-                    expires_at: Some(prost_types::Timestamp {
-                        seconds: expires.unix_timestamp(),
-                        nanos: 0,
-                    }),
-                    scopes: vec!["offline".into(), "booking.read".into()],
-                }))
+                Ok(Response::new(stored_answer(&sealed, expires)))
             }
             Floor::Provider { http, token_url } => {
                 // The same form the vault sends for a refresh (client_secret_post).
@@ -171,6 +155,20 @@ impl TokenVault for Floor {
                 }))
             }
         }
+    }
+}
+
+/// The database floors' answer: the stored row's sealed token (base64, as the floor does not
+/// open it) and its expiry, in the shape the vault answers.
+fn stored_answer(sealed: &[u8], expires: time::OffsetDateTime) -> proto::GetAccessTokenResponse {
+    proto::GetAccessTokenResponse {
+        access_token: STANDARD.encode(sealed),
+        token_type: "bearer".into(),
+        expires_at: Some(prost_types::Timestamp {
+            seconds: expires.unix_timestamp(),
+            nanos: 0,
+        }),
+        scopes: vec!["offline".into(), "booking.read".into()],
     }
 }
 
