@@ -20,5 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("tokenvault_descriptor.bin"))
         .compile_protos(&["proto/tokenvault/v1/token_vault.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
+    // `sqlx::migrate!` embeds the migrations at compile time; a new file in the folder must
+    // rebuild the crate, or the binary would run without it.
+    println!("cargo:rerun-if-changed=migrations");
     Ok(())
 }

@@ -227,6 +227,18 @@ impl Store {
         Ok(())
     }
 
+    /// Closes the pool: waits for connections in use to come back and closes every one. A
+    /// process that opens stores for a while (a tool, a benchmark) calls it rather than relying
+    /// on the last clone's drop, which leaves the pool's connections to close in the background.
+    pub async fn close(&self) {
+        match &self.backend {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(pool) => pool.close().await,
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(pool) => pool.close().await,
+        }
+    }
+
     /// Connections open in the pool, and how many of them are idle (a test that every call
     /// gave its connection back).
     pub fn pool_usage(&self) -> (u32, usize) {

@@ -31,6 +31,7 @@ mod private_postgres;
 mod prometheus;
 mod provider;
 mod python_example;
+mod query_plans;
 mod refresh;
 mod reliability;
 mod reload;
