@@ -293,10 +293,6 @@ pub async fn refresh_fleet(
     fleet: usize,
     in_flight: usize,
 ) -> crate::load::LoadResult {
-    use std::{
-        sync::{atomic::Ordering, Arc},
-        time::Instant,
-    };
     sqlx::query("CREATE TABLE IF NOT EXISTS bench_refresh_floor (id int PRIMARY KEY, n bigint NOT NULL)")
         .execute(admin_pool)
         .await
@@ -315,14 +311,12 @@ pub async fn refresh_fleet(
         .expect("the floor's pool");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
-    let token_url = format!("{provider_url}/oauth2/token");
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..in_flight)
-        .map(|_| {
-            let (pool, http, token_url, next) = (pool.clone(), http.clone(), token_url.clone(), next.clone());
-            tokio::spawn(async move {
-                let mut result = crate::load::LoadResult::default();
+    let token_url = Arc::new(format!("{provider_url}/oauth2/token"));
+    let work = {
+        let pool = pool.clone();
+        move |i: usize| {
+            let (pool, http, token_url) = (pool.clone(), http.clone(), token_url.clone());
+            async move {
                 let commit = async |id: i32| {
                     sqlx::query("UPDATE bench_refresh_floor SET n = n + 1 WHERE id = $1")
                         .bind(id)
@@ -330,37 +324,24 @@ pub async fn refresh_fleet(
                         .await
                         .expect("a durable commit");
                 };
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= fleet {
-                        return result;
-                    }
-                    let call_started = Instant::now();
-                    commit(i as i32).await;
-                    let answer = http
-                        .post(&token_url)
-                        .form(&[
-                            ("grant_type", "refresh_token"),
-                            ("refresh_token", &format!("floor-{round}-{i}")),
-                            ("client_id", "bench"),
-                        ])
-                        .send()
-                        .await
-                        .expect("the provider answers");
-                    assert!(answer.status().is_success(), "the provider refreshes");
-                    answer.bytes().await.expect("a body");
-                    commit(i as i32).await;
-                    result.record(call_started.elapsed(), Ok(()));
-                }
-            })
-        })
-        .collect();
-    let mut total = crate::load::LoadResult::default();
-    for w in workers {
-        total.merge(w.await.expect("a floor worker panicked"));
-    }
-    total.seconds = started.elapsed().as_secs_f64();
-    total.latencies_us.sort_unstable();
+                commit(i as i32).await;
+                let answer = http
+                    .post(token_url.as_str())
+                    .form(&[
+                        ("grant_type", "refresh_token"),
+                        ("refresh_token", &format!("floor-{round}-{i}")),
+                        ("client_id", "bench"),
+                    ])
+                    .send()
+                    .await
+                    .expect("the provider answers");
+                assert!(answer.status().is_success(), "the provider refreshes");
+                answer.bytes().await.expect("a body");
+                commit(i as i32).await;
+            }
+        }
+    };
+    let total = crate::statements::in_flight(fleet, in_flight, work).await;
     pool.close().await;
     total
 }

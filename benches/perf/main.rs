@@ -22,6 +22,7 @@ mod pki;
 mod provider;
 mod report;
 mod seed;
+mod statements;
 
 use std::{
     process::Stdio,
@@ -906,18 +907,23 @@ const FLEET_SHARED: usize = 50;
 const FLEET_SHARED_CALLERS: usize = 3;
 
 /// Refresh throughput: `fleet` connections expired together (as after an outage), callers at
-/// `in_flight` asking for all of them, some tenants by several callers at once. Against a bare
-/// client doing the same work per refresh at the same concurrency: a durable one-row commit
-/// (the lease), the token request to the same provider, a durable one-row commit (the new
-/// tokens). Each round seeds a fleet of its own; the rounds alternate which side goes first.
+/// `in_flight` asking for all of them, some tenants by several callers at once. Against two
+/// references at the same concurrency, each on fleets of its own: the floor, a bare client
+/// doing the work the design requires per refresh (a durable one-row commit for the lease, the
+/// token request to the same provider, a durable one-row commit for the new tokens); and the
+/// vault's own statements from a bare client (`statements.rs`), which splits the gap into the
+/// statements' cost and the vault's. Each round seeds fleets of its own; the rounds rotate
+/// which side goes first.
 async fn refresh_throughput(bench: &Bench, report: &mut Report, vault: &Proc, pool: &PgPool, keyring: &Keyring) {
     let plan = &bench.plan;
     let in_flight = plan.shape.in_flight;
     let clients = load::channels(&vault.target, plan.shape.connections).await;
-    let (mut pairs, mut requests, mut reused) = (Vec::new(), 0, 0);
+    let (mut pairs, mut statements_runs, mut requests, mut reused) = (Vec::new(), Vec::new(), 0, 0);
     let mut calls = 0;
+    let provider_url = bench.provider.server.uri();
     for round in 0..plan.rounds {
         let tenants = seed::expired(pool, keyring, &format!("fleet{round}"), plan.fleet).await;
+        let statements_tenants = seed::expired(pool, keyring, &format!("stmts{round}"), plan.fleet).await;
         // The callers' order: each tenant once, and the shared ones by further callers right
         // behind the first, so that they ask while its refresh is in flight.
         let asked: Vec<String> = tenants
@@ -929,34 +935,55 @@ async fn refresh_throughput(bench: &Bench, report: &mut Report, vault: &Proc, po
             })
             .collect();
         calls = asked.len();
-        let mut vault_side = async || {
-            let (before, reused_before) = (bench.provider.refreshes(), bench.provider.reused());
-            let mut run = load::each_once(&clients, Arc::new(asked.clone()), in_flight).await;
-            assert_eq!(run.errors, 0, "every call must succeed: {:?}", run.first_error);
-            requests += bench.provider.refreshes() - before;
-            reused += bench.provider.reused() - reused_before;
-            // Refreshes, not calls, are what the row counts.
-            run.requests = tenants.len() as u64;
-            run
-        };
-        let provider_url = bench.provider.server.uri();
-        let floor_side = || floors::refresh_fleet(pool, &provider_url, round, plan.fleet, in_flight);
-        let (vault_run, floor_run) = if round % 2 == 0 {
-            let floor_run = floor_side().await;
-            (vault_side().await, floor_run)
-        } else {
-            let vault_run = vault_side().await;
-            (vault_run, floor_side().await)
-        };
+        let (mut vault_run, mut floor_run, mut statements_run) = (None, None, None);
+        for side in 0..3 {
+            match (round + side) % 3 {
+                0 => {
+                    let before = bench.provider.refreshes();
+                    let reused_before = bench.provider.reused();
+                    let mut run = load::each_once(&clients, Arc::new(asked.clone()), in_flight).await;
+                    assert_eq!(run.errors, 0, "every call must succeed: {:?}", run.first_error);
+                    requests += bench.provider.refreshes() - before;
+                    reused += bench.provider.reused() - reused_before;
+                    // Refreshes, not calls, are what the row counts.
+                    run.requests = tenants.len() as u64;
+                    vault_run = Some(run);
+                }
+                1 => floor_run = Some(floors::refresh_fleet(pool, &provider_url, round, plan.fleet, in_flight).await),
+                _ => {
+                    let reused_before = bench.provider.reused();
+                    let (run, steps) = statements::refresh_fleet(
+                        &bench.database_url,
+                        Arc::new(keyring.clone()),
+                        &provider_url,
+                        statements_tenants.clone(),
+                        in_flight,
+                    )
+                    .await;
+                    report.note(format!(
+                        "refresh throughput, round {round}: the statements side's mean per refresh: read {:.2} ms, lease {:.2} ms, token request {:.2} ms, store {:.2} ms",
+                        steps[0], steps[1], steps[2], steps[3]
+                    ));
+                    statements_run = Some(run);
+                    assert_eq!(
+                        bench.provider.reused(),
+                        reused_before,
+                        "the statements side presents each refresh token once"
+                    );
+                }
+            }
+        }
         pairs.push(Pair {
-            vault: vault_run,
-            floor: floor_run,
+            vault: vault_run.unwrap(),
+            floor: floor_run.unwrap(),
         });
+        statements_runs.push(statements_run.unwrap());
     }
     let fleet = (plan.fleet * plan.rounds) as u64;
     assert_eq!(requests, fleet, "exactly one provider request per expired tenant");
     assert_eq!(reused, 0, "no refresh token presented twice");
     report.refresh_throughput_row(plan.fleet, calls, in_flight, &pairs, requests, reused, PROVIDER_DELAY);
+    report.refresh_statements_row(plan.fleet, &pairs, &statements_runs);
 }
 
 /// The embedded store: the hot path, the cold cache and a refresh with the vault on a SQLite
