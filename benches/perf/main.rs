@@ -808,8 +808,8 @@ async fn cold_cache_on(bench: &Bench, report: &mut Report, vault: &Proc, floor: 
         &format!("cold cache: valid in {store} only ({cold} tenants, uniform)"),
         &pairs,
         "database floor",
-        0.85,
-        None,
+        0.90,
+        Some(1.2),
     );
 }
 
