@@ -270,22 +270,25 @@ impl Bench {
     /// who may call (an authenticated caller is audited). `cache_max_age` replaces the vault's
     /// default (5 s) when given.
     async fn vault(&self, callers: Callers, cache_max_age: Option<&str>) -> (Proc, Duration) {
-        self.vault_with(callers, cache_max_age, None, None).await
+        self.vault_with(callers, cache_max_age, None, None, None).await
     }
 
     /// As [`Self::vault`]; `keeper_rate`: the keeper runs at this many keep-alives a second
     /// (otherwise it is off, so that no scenario but the keeper's sees it work); `database_url`:
-    /// another store than the run's Postgres database (the SQLite scenario's file).
+    /// another store than the run's Postgres database (the SQLite scenario's file);
+    /// `cache_entries`: another `cache_max_entries` than the plan's.
     async fn vault_with(
         &self,
         callers: Callers,
         cache_max_age: Option<&str>,
         keeper_rate: Option<u32>,
         database_url: Option<&str>,
+        cache_entries: Option<u64>,
     ) -> (Proc, Duration) {
         let addr = free_addr();
+        let cache = cache_entries.unwrap_or(self.plan.cache_entries);
         let config = self.dir.join(format!(
-            "vault-{}-{}-{}-{}.toml",
+            "vault-{}-{}-{}-{}-cache-{cache}.toml",
             callers.name(),
             cache_max_age.unwrap_or("default-age"),
             keeper_rate.map_or("no-keeper".to_string(), |r| format!("keeper-{r}")),
@@ -374,7 +377,6 @@ redirect_uris = ["https://bench.example/callback"]
 "#,
                 db = database_url.unwrap_or(&self.database_url),
                 keys = self.keyring_text.trim(),
-                cache = self.plan.cache_entries,
                 p = self.provider.server.uri(),
                 // Authentication off is refused outside development mode, which changes
                 // nothing else when the keyring is given.
@@ -1006,7 +1008,7 @@ async fn sqlite(bench: &Bench, report: &mut Report, keyring: &Keyring, grpc_floo
         plan.cold_tenants,
         seeding.elapsed().as_secs_f64()
     ));
-    let (vault, _) = bench.vault_with(Callers::Anyone, None, None, Some(&url)).await;
+    let (vault, _) = bench.vault_with(Callers::Anyone, None, None, Some(&url), None).await;
 
     let hot: Vec<String> = (0..100).map(|i| format!("hot-{i:03}")).collect();
     bench.connect_tenants(&vault, &hot).await;
@@ -1117,7 +1119,9 @@ async fn keeper(bench: &Bench, report: &mut Report, pool: &PgPool, keyring: &Key
     let hot: Vec<String> = (0..100).map(|i| format!("hot-{i:03}")).collect();
     // At the default pace (keepalive.max_per_second = 20): what a replica working through a
     // backlog of due connections costs its callers in production.
-    let (busy, _) = bench.vault_with(Callers::Anyone, None, Some(KEEPER_RATE), None).await;
+    let (busy, _) = bench
+        .vault_with(Callers::Anyone, None, Some(KEEPER_RATE), None, None)
+        .await;
     bench.connect_tenants(&busy, &hot).await;
     let hot = Arc::new(hot);
     let pick_hot = Arc::new(move |w: usize, i: u64| hot[(w + i as usize * 7) % hot.len()].clone());
@@ -1153,34 +1157,7 @@ async fn scale(bench: &Bench, report: &mut Report, startup_empty: Duration) {
     let plan = &bench.plan;
     let (vault, startup_full) = bench.vault(Callers::Anyone, Some(SCALE_CACHE_MAX_AGE)).await;
     let rss_start = vault.rss_bytes();
-    let warm = |count: u64| {
-        let vault_target = vault.target.clone();
-        async move {
-            // Each distinct tenant once, 64 at a time.
-            let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let clients = load::channels(&vault_target, 4).await;
-            let workers = (0..64).map(|w| {
-                let mut client = clients[w % clients.len()].clone();
-                let next = next.clone();
-                async move {
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if i >= count {
-                            return;
-                        }
-                        client
-                            .get_access_token(proto::GetAccessTokenRequest {
-                                tenant_id: seed::tenant(i),
-                                ..Default::default()
-                            })
-                            .await
-                            .expect("a seeded tenant's token");
-                    }
-                }
-            });
-            futures::future::join_all(workers).await;
-        }
-    };
+    let warm = |count: u64| warm_cache(&vault.target, count);
     // RSS with the cache half full, then once it is full: the growth between the two is what
     // each cached token costs, apart from what the process grows by under any load (pooled
     // connections' buffers, the allocator's per-thread pages).
@@ -1214,6 +1191,35 @@ async fn scale(bench: &Bench, report: &mut Report, startup_empty: Duration) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         repeats.push(vault.rss_bytes());
     }
+    // The memory floor: a vault of the same build and settings whose cache holds
+    // `MEMORY_FLOOR_CACHE` entries, taken through the same fill and two of the sweeps. What it
+    // grows by is what the process grows by under this load without a full cache (pools'
+    // buffers, per-thread pages, the allocator's reuse of freed memory); the vault's growth
+    // beyond it is the cache's.
+    let (floor_vault, _) = bench
+        .vault_with(
+            Callers::Anyone,
+            Some(SCALE_CACHE_MAX_AGE),
+            None,
+            None,
+            Some(MEMORY_FLOOR_CACHE),
+        )
+        .await;
+    let floor_start = floor_vault.rss_bytes();
+    warm_cache(&floor_vault.target, half).await;
+    warm_cache(&floor_vault.target, plan.cache_entries.min(plan.cold_tenants)).await;
+    let mut floor_repeats = Vec::new();
+    for _ in 0..REPEATED_SWEEPS / 2 {
+        warm_cache(&floor_vault.target, sweep).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        floor_repeats.push(floor_vault.rss_bytes());
+    }
+    drop(floor_vault);
+    report.memory_floor_row(
+        plan.cache_entries,
+        (rss_start, &repeats),
+        (MEMORY_FLOOR_CACHE, floor_start, &floor_repeats),
+    );
     report.scale_row(
         plan.cold_tenants,
         startup_empty,
@@ -1225,6 +1231,37 @@ async fn scale(bench: &Bench, report: &mut Report, startup_empty: Duration) {
         sweep,
         &repeats,
     );
+}
+
+/// The memory floor's cache: small enough that its entries weigh nothing beside the scale
+/// scenario's, large enough to be an ordinary cache.
+const MEMORY_FLOOR_CACHE: u64 = 1_000;
+
+/// Asks the vault at `target` for the tokens of seeded tenants `0..count`, each once, 64 at a
+/// time.
+async fn warm_cache(target: &Target, count: u64) {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let clients = load::channels(target, 4).await;
+    let workers = (0..64).map(|w| {
+        let mut client = clients[w % clients.len()].clone();
+        let next = next.clone();
+        async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count {
+                    return;
+                }
+                client
+                    .get_access_token(proto::GetAccessTokenRequest {
+                        tenant_id: seed::tenant(i),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("a seeded tenant's token");
+            }
+        }
+    });
+    futures::future::join_all(workers).await;
 }
 
 /// The vault's store for the database at `url`.

@@ -529,8 +529,46 @@ impl Report {
                 100.0 * repeat_growth / cache_cost,
                 mib(cache_cost),
             ),
-            target: "<= 1 s, not growing; memory bounded: the last doubling of distinct tokens grows RSS by < 10 % of what caching them would cost, and the repeated sweeps' second half by < 10 % of the cache's cost; <= 512 bytes per entry beyond the token".into(),
-            met: Some(startup_ok && bounded && overhead <= 512.0),
+            target: "<= 1 s, not growing; memory bounded: the last doubling of distinct tokens grows RSS by < 10 % of what caching them would cost, and the repeated sweeps' second half by < 10 % of the cache's cost (bytes per entry: the memory row, against its floor)".into(),
+            met: Some(startup_ok && bounded),
+        });
+    }
+
+    /// The cache's memory against a vault whose cache is tiny, driven the same way: each
+    /// process's median RSS over its sweeps less its RSS at start; the difference, per cached
+    /// token, less the token itself, is what an entry costs beyond the token.
+    pub fn memory_floor_row(
+        &mut self,
+        cache_entries: u64,
+        (vault_start, vault_sweeps): (u64, &[u64]),
+        (floor_cache, floor_start, floor_sweeps): (u64, u64, &[u64]),
+    ) {
+        let mib = |b: f64| format!("{:.1} MiB", b / 1048576.0);
+        let median = |v: &[u64]| quantile(v, 0.5).map_or(f64::NAN, |bytes| bytes as f64);
+        let vault_growth = median(vault_sweeps) - vault_start as f64;
+        let floor_growth = median(floor_sweeps) - floor_start as f64;
+        let token = crate::seed::ACCESS_TOKEN_BYTES as f64;
+        let cached = (cache_entries - floor_cache) as f64;
+        let overhead = (vault_growth - floor_growth) / cached - token;
+        self.push(Row {
+            scenario: format!("memory per cached token: a cache of {cache_entries} against one of {floor_cache}, the same fill and sweeps"),
+            vault: format!(
+                "RSS {} at start, median {} over {} sweeps: +{}",
+                mib(vault_start as f64),
+                mib(median(vault_sweeps)),
+                vault_sweeps.len(),
+                mib(vault_growth)
+            ),
+            floor: format!(
+                "RSS {} at start, median {} over {} sweeps: +{}",
+                mib(floor_start as f64),
+                mib(median(floor_sweeps)),
+                floor_sweeps.len(),
+                mib(floor_growth)
+            ),
+            ratio: format!("{overhead:.0} bytes per entry beyond the {token:.0}-byte token"),
+            target: "<= 512 bytes per entry beyond the token".into(),
+            met: Some(overhead <= 512.0),
         });
     }
 
@@ -916,13 +954,20 @@ const FINDINGS: &str = "
   `connections_keepalive_due` (the plan is in the notes): p50 12.8 ms, p99 72.5 ms over 50
   claims; the hot path while the keeper refreshes 1,597 connections over 80 s 1.118 x the gRPC
   floor (pairs 0.611 to 1.229).
-- **Memory per cached token: 694 bytes beyond the token, missed.** This run, since start:
+- **Memory per cached token: 694 bytes since start, 309 against a memory floor.** This run, since start:
   33.6 MiB at start, 171.4 MiB after 100,000 tokens, 181 to 192 MiB after 200,000 to 800,000
   and after the six sweeps; bound and sweeps flat. Between a half-full and a full cache RSS
   grew 26.6 MiB for 50,000 tokens, less than the tokens themselves: the allocator reuses what
-  the first 50,000 calls' transient buffers freed, so neither figure isolates the cache. A
-  vault with a tiny cache driven the same way, as a floor in the same run, would; not built
-  yet. The standalone measure of the cache (previous bullet) is 244 to 265 bytes per entry.
+  the first 50,000 calls' transient buffers freed, so neither figure isolates the cache. The
+  scale scenario now runs a memory floor after it: a vault of the same build and settings with
+  a cache of 1,000 entries, taken through the same fill and three of the sweeps; the vault's
+  growth beyond the floor's is the cache's (its own row, `memory per cached token`). In
+  `./scripts/bench --only scale` right after this run (2026-12-03, quiet machine): the vault
+  +152.4 MiB from start to the median of its sweeps, the floor +39.2 MiB under the same calls,
+  309 bytes per entry beyond the 890-byte token: within the 512-byte target, and beside the
+  standalone measure of the cache (previous bullet, 244 to 265). That row comes from the
+  partial run, so it is not in the table above, whose scale row still carries the old check
+  against the figure since start; the next full run puts it there.
 ";
 
 /// Cargo's target folder: `CARGO_TARGET_DIR` when set, else `target/` in the repository.
