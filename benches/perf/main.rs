@@ -514,11 +514,9 @@ redirect_uris = ["https://bench.example/callback"]
     }
 }
 
-/// The database's own costs under the refresh path, which must read the row, commit the lease
-/// and, after the provider's delay, commit the new tokens: latencies (µs, sorted) of a durable
-/// one-row UPDATE back to back, of the same after `idle`, and of a one-row SELECT after `idle`.
-/// The idle figures matter because a refresh's statements land on a database that has just
-/// waited out the provider.
+/// The database's bare costs, for context beside the refresh rows: latencies (µs, sorted) of a
+/// durable one-row UPDATE back to back and after `idle`. The idle figure matters because a
+/// refresh's statements land on a database that has just waited out the provider.
 async fn database_latencies<DB>(pool: &sqlx::Pool<DB>, n: usize, idle: Duration) -> DatabaseLatencies
 where
     DB: sqlx::Database,
@@ -549,14 +547,12 @@ where
     DatabaseLatencies {
         commit: timed(commit, Duration::ZERO).await,
         commit_after_idle: timed(commit, idle).await,
-        select_after_idle: timed("SELECT n FROM bench_commit WHERE id = 1", idle).await,
     }
 }
 
 pub struct DatabaseLatencies {
     pub commit: Vec<u32>,
     pub commit_after_idle: Vec<u32>,
-    pub select_after_idle: Vec<u32>,
 }
 
 /// Drops the bench's database even when a step panics, so a failed run leaves nothing behind.
@@ -625,7 +621,9 @@ async fn all(plan: Plan) {
         cold_cache(&bench, &mut report, &vault).await;
     }
     if plan.runs("refresh") {
-        refresh(&bench, &mut report, &vault, &pool, None).await;
+        let statements = statements::vault_sized_store(&bench.database_url);
+        refresh(&bench, &mut report, &vault, &statements, &keyring, &pool, None).await;
+        statements.close().await;
     }
     if plan.runs("throughput") {
         refresh_throughput(&bench, &mut report, &vault, &pool, &keyring).await;
@@ -819,10 +817,20 @@ async fn cold_cache_on(bench: &Bench, report: &mut Report, vault: &Proc, floor: 
 /// an expired token takes. A token found stale in this replica's cache is refreshed with the
 /// lease as the first statement; a token not cached (evicted, older than `cache_max_age`, or
 /// last served by another replica) is read first, as on any cache miss.
-/// `pool` is the store the vault runs on, whose bare statements the rows price; `store` names it
-/// in the rows' paths when it is not the run's Postgres database.
-async fn refresh<DB>(bench: &Bench, report: &mut Report, vault: &Proc, pool: &sqlx::Pool<DB>, store: Option<&str>)
-where
+/// Each path is priced by its own statements (`statements::refresh_once`): the same store
+/// statements run from a bare client through `statements`, a `Store` on the vault's database,
+/// on tenants of their own, taken alternately with the vault's calls and the floor's.
+/// `pool` is the same database, for the context figures (bare one-row commits); `store` names
+/// it in the rows' paths when it is not the run's Postgres database.
+async fn refresh<DB>(
+    bench: &Bench,
+    report: &mut Report,
+    vault: &Proc,
+    statements: &token_vault::store::Store,
+    keyring: &Keyring,
+    pool: &sqlx::Pool<DB>,
+    store: Option<&str>,
+) where
     DB: sqlx::Database,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
@@ -841,6 +849,7 @@ where
     // tokens (none, unless a loaded machine makes such a read come after the token went stale).
     let (mut measured_requests, mut caching_requests) = (0, 0);
     let (mut cached_us, mut uncached_us, mut floor_us) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut stale_statements, mut uncached_statements) = (Vec::new(), Vec::new());
     let timed = async |clients: &[TokenVaultClient<Channel>], tenant: &str, out: &mut Vec<u32>| {
         let (took, answer) = load::burst(clients, tenant, 1).await.remove(0);
         answer.expect("the call succeeds");
@@ -852,9 +861,28 @@ where
         let uncached: Vec<String> = (0..size)
             .map(|i| format!("refresh-uncached-{batch:03}-{i:02}"))
             .collect();
+        let named =
+            |path: &str| -> Vec<String> { (0..size).map(|i| format!("refresh-{path}-{batch:03}-{i:02}")).collect() };
+        let (stale_bare, uncached_bare) = (named("stale-statements"), named("uncached-statements"));
         bench
-            .connect_tenants(vault, &[cached.clone(), uncached.clone()].concat())
+            .connect_tenants(
+                vault,
+                &[
+                    cached.clone(),
+                    uncached.clone(),
+                    stale_bare.clone(),
+                    uncached_bare.clone(),
+                ]
+                .concat(),
+            )
             .await;
+        // What a cached token would tell the vault: the generation to take the lease on.
+        let mut stale_generations = Vec::with_capacity(size);
+        for tenant in &stale_bare {
+            let key = token_vault::connection_key::ConnectionKey::from_stored(tenant, "understory");
+            let generation = statements.connections().generation(&key).await.expect("the read");
+            stale_generations.push(generation.expect("a connected tenant"));
+        }
         let before = bench.provider.refreshes();
         for tenant in &cached {
             timed(&clients, tenant, &mut Vec::new()).await;
@@ -864,11 +892,16 @@ where
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let before = bench.provider.refreshes();
         // Alternating, so that every path sees the same moments of a noisy machine.
-        for (cached, uncached) in cached.iter().zip(&uncached) {
-            timed(&clients, cached, &mut cached_us).await;
-            timed(&floor_clients, cached, &mut floor_us).await;
-            timed(&clients, uncached, &mut uncached_us).await;
-            timed(&floor_clients, uncached, &mut floor_us).await;
+        for i in 0..size {
+            timed(&clients, &cached[i], &mut cached_us).await;
+            timed(&floor_clients, &cached[i], &mut floor_us).await;
+            let (tenant, generation) = (&stale_bare[i], Some(stale_generations[i]));
+            stale_statements
+                .push(statements::refresh_once(statements, keyring, tenant, generation, PROVIDER_DELAY).await);
+            timed(&clients, &uncached[i], &mut uncached_us).await;
+            timed(&floor_clients, &uncached[i], &mut floor_us).await;
+            uncached_statements
+                .push(statements::refresh_once(statements, keyring, &uncached_bare[i], None, PROVIDER_DELAY).await);
         }
         measured_requests += bench.provider.refreshes() - before;
     }
@@ -890,15 +923,15 @@ where
     // what the database's statements cost on their own.
     let direct = bench.provider.direct_latencies(samples).await;
     let database = database_latencies(pool, samples.min(100), PROVIDER_DELAY).await;
-    for (path, vault_us, reads) in [
-        ("stale in the cache", &cached_us, false),
-        ("not cached", &uncached_us, true),
+    for (path, vault_us, bare) in [
+        ("stale in the cache", &cached_us, &stale_statements),
+        ("not cached", &uncached_us, &uncached_statements),
     ] {
         let path = match store {
             Some(store) => format!("{path}, on {store}"),
             None => path.to_string(),
         };
-        report.refresh_row(&path, reads, vault_us, &floor_us, &direct, &database, PROVIDER_DELAY);
+        report.refresh_row(&path, vault_us, &floor_us, bare, &direct, &database, PROVIDER_DELAY);
     }
     bench.provider.set_expires_in(3600);
 }
@@ -1022,8 +1055,10 @@ async fn sqlite(bench: &Bench, report: &mut Report, keyring: &Keyring, grpc_floo
         0.90,
         Some(1.2),
     );
-    cold_cache_on(bench, report, &vault, FloorKind::SqliteDatabase(url), "SQLite").await;
-    refresh(bench, report, &vault, &pool, Some("SQLite")).await;
+    cold_cache_on(bench, report, &vault, FloorKind::SqliteDatabase(url.clone()), "SQLite").await;
+    let statements = statements::vault_sized_store(&url);
+    refresh(bench, report, &vault, &statements, keyring, &pool, Some("SQLite")).await;
+    statements.close().await;
     pool.close().await;
 }
 

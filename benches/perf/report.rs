@@ -8,6 +8,7 @@ use token_vault::proto;
 
 use crate::{
     load::{FirstAnswer, LoadResult, Pair},
+    statements::StatementTimes,
     DatabaseLatencies, Plan, Proc,
 };
 
@@ -231,19 +232,19 @@ impl Report {
         ));
     }
 
-    /// One refresh path's row. `reads`: whether the path reads the row before taking the lease
-    /// (a cache miss does; a stale cached token does not). `vault_us`: each refreshing call's
-    /// latency through the vault; `floor_us`: the same call against the provider floor (a
-    /// server that makes the one token request and answers), taken alternately with the
-    /// vault's; `direct_us`: the token request sent straight to the provider; `database`: what
-    /// the database's own statements cost. All sorted, in microseconds.
+    /// One refresh path's row. `vault_us`: each refreshing call's latency through the vault;
+    /// `floor_us`: the same call against the provider floor (a server that makes the one token
+    /// request and answers), taken alternately with the vault's; `bare`: the path's own store
+    /// statements from a bare client, taken alternately with both (`statements::refresh_once`);
+    /// `direct_us`: the token request sent straight to the provider; `database`: bare one-row
+    /// statements, for context. Latencies sorted, in microseconds.
     #[allow(clippy::too_many_arguments)]
     pub fn refresh_row(
         &mut self,
         path: &str,
-        reads: bool,
         vault_us: &[u32],
         floor_us: &[u32],
+        bare: &[StatementTimes],
         direct_us: &[u32],
         database: &DatabaseLatencies,
         delay: Duration,
@@ -254,16 +255,30 @@ impl Report {
         // The vault's own time: what it adds to the same gRPC call beyond the token request
         // every server must make for an expired token.
         let own = at(vault_us, 0.5) - at(floor_us, 0.5);
-        // What the invariants make the database do on this path, priced by this run's own
-        // measurements: the lease and the new tokens are each committed durably, and each
-        // lands on a database that has just been idle (a caller's arrival, the provider's delay).
-        let commit_idle = at(&database.commit_after_idle, 0.5);
-        let select_idle = at(&database.select_after_idle, 0.5);
-        let required = 2.0 * commit_idle + if reads { select_idle } else { 0.0 };
-        let statements = if reads {
-            "a read, then two durable commits"
+        // What the invariants make the database do on this path, priced by the path's own
+        // statements in this run: the lease (returning the row and the refresh token) and the
+        // new tokens (three rows), each committed durably on a database that has just been
+        // idle (a caller's arrival, the provider's delay), and on a miss the row's read first.
+        let sorted = |times: &mut dyn Iterator<Item = u32>| {
+            let mut v: Vec<u32> = times.collect();
+            v.sort_unstable();
+            v
+        };
+        let required = at(&sorted(&mut bare.iter().map(StatementTimes::total)), 0.5);
+        let reads = sorted(&mut bare.iter().filter_map(|t| t.read));
+        let (leases, stores) = (
+            sorted(&mut bare.iter().map(|t| t.lease)),
+            sorted(&mut bare.iter().map(|t| t.store)),
+        );
+        let steps = if reads.is_empty() {
+            format!("the lease {}, the store {}", ms(at(&leases, 0.5)), ms(at(&stores, 0.5)))
         } else {
-            "two durable commits"
+            format!(
+                "the read {}, the lease {}, the store {}",
+                ms(at(&reads, 0.5)),
+                ms(at(&leases, 0.5)),
+                ms(at(&stores, 0.5))
+            )
         };
         self.push(Row {
             scenario: format!("refresh: token expired, one caller, {path} ({} samples)", vault_us.len()),
@@ -275,18 +290,17 @@ impl Report {
                 ms(over(vault_us, 1.0))
             ),
             floor: format!(
-                "provider floor over the delay: median {} p90 {}; for context (medians): the token request sent directly {}; a durable one-row commit {} back to back, {} after {} ms idle; a one-row SELECT after {} ms idle {}",
+                "provider floor over the delay: median {} p90 {}; the path's statements from a bare client ({} samples, medians): {steps}; for context (medians): the token request sent directly {}; a durable one-row commit {} back to back, {} after {} ms idle",
                 ms(over(floor_us, 0.5)),
                 ms(over(floor_us, 0.9)),
+                bare.len(),
                 ms(over(direct_us, 0.5)),
                 ms(at(&database.commit, 0.5)),
-                ms(commit_idle),
+                ms(at(&database.commit_after_idle, 0.5)),
                 delay.as_millis(),
-                delay.as_millis(),
-                ms(select_idle),
             ),
             ratio: format!(
-                "vault's own time: median {}; the database's bare statements for this path ({statements}, after idle): {}; {:.2} x",
+                "vault's own time: median {}; the path's bare statements: median {}; {:.2} x",
                 ms(own),
                 ms(required),
                 own / required

@@ -1,10 +1,14 @@
-//! The refresh throughput scenario's second reference: the vault's own refresh path from a bare
-//! client. Each refresh runs the store's statements the vault runs for an uncached expired
-//! token (read the row, take the lease, then after the token request store the new tokens),
-//! through `token_vault::store::Store` itself with a pool of the vault's size, sealing as the
-//! vault seals. Beside the vault and the bare floor, it splits the gap between them into what
-//! the design's statements cost (this side against the floor) and what the vault adds around
-//! them (the vault against this side): gRPC, the cache, the single flight, the audit.
+//! The vault's own refresh statements from a bare client, through `token_vault::store::Store`
+//! itself: the reference that splits a refresh's cost into what the design's statements cost
+//! and what the vault adds around them (gRPC, the cache, the single flight, the audit).
+//!
+//! - [`refresh_fleet`]: the refresh throughput scenario's second reference. Each refresh runs
+//!   the statements the vault runs for an uncached expired token (read the row, take the
+//!   lease, then after the token request store the new tokens), with a pool of the vault's
+//!   size, sealing as the vault seals.
+//! - [`refresh_once`]: the refresh latency rows' reference. One refresh's statements, one
+//!   caller at a time, with the provider's delay between the lease and the store, timed
+//!   statement by statement.
 
 use std::{
     sync::{
@@ -56,6 +60,20 @@ where
     total
 }
 
+/// A store on `database_url` with a pool of the vault's default size
+/// (`database.max_connections`), so that the bare client spreads its statements over as many
+/// connections as the vault does.
+pub fn vault_sized_store(database_url: &str) -> Store {
+    Store::connect_lazy(
+        &secrecy::SecretString::from(database_url.to_owned()),
+        &PoolOptions {
+            max_connections: 20,
+            acquire_timeout: Duration::from_secs(30),
+        },
+    )
+    .expect("a database URL")
+}
+
 /// Refreshes every tenant of `tenants` (seeded expired, generation 1, by `seed::expired`)
 /// with the vault's statements, `in_flight` at a time. Also returns each step's mean time in
 /// ms (read, lease, token request, store), waits for a pooled connection included.
@@ -66,15 +84,7 @@ pub async fn refresh_fleet(
     tenants: Vec<String>,
     in_flight_count: usize,
 ) -> (LoadResult, [f64; 4]) {
-    let store = Store::connect_lazy(
-        &secrecy::SecretString::from(database_url.to_owned()),
-        &PoolOptions {
-            // The vault's default `database.max_connections`.
-            max_connections: 20,
-            acquire_timeout: Duration::from_secs(30),
-        },
-    )
-    .expect("a database URL");
+    let store = vault_sized_store(database_url);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let token_url = Arc::new(format!("{provider_url}/oauth2/token"));
@@ -160,6 +170,94 @@ pub async fn refresh_fleet(
     // crowd the server's connection limit.
     store.close().await;
     (result, steps.means(count))
+}
+
+/// One refresh's statements as [`refresh_once`] timed them, in microseconds.
+pub struct StatementTimes {
+    /// The row's read: only on the path that starts from a token not cached.
+    pub read: Option<u32>,
+    pub lease: u32,
+    pub store: u32,
+}
+
+impl StatementTimes {
+    /// The statements' time in all: what the database's side of this refresh cost.
+    pub fn total(&self) -> u32 {
+        self.read.unwrap_or(0) + self.lease + self.store
+    }
+}
+
+/// Runs the statements of one refresh of `tenant`'s connection as the vault runs them: for a
+/// token stale in the cache (`generation` known, from the cached token) the lease first; for a
+/// token not cached (`generation` `None`) the row's read, then the lease. Then `idle` stands in
+/// for the token request (the database idles while the provider answers), and the new tokens,
+/// sealed untimed, are stored. Each statement is timed on its own, so the figure is the
+/// statements' only, as a bare client pays them, with none of the vault's code around them.
+pub async fn refresh_once(
+    store: &Store,
+    keyring: &Keyring,
+    tenant: &str,
+    generation: Option<i64>,
+    idle: Duration,
+) -> StatementTimes {
+    let key = ConnectionKey::from_stored(tenant, "understory");
+    let connections = store.connections();
+    let timed = |started: Instant| started.elapsed().as_micros() as u32;
+    let (generation, read) = match generation {
+        Some(generation) => (generation, None),
+        None => {
+            let started = Instant::now();
+            let row = connections
+                .find(&key)
+                .await
+                .expect("the read")
+                .expect("a connected tenant");
+            (row.generation, Some(timed(started)))
+        }
+    };
+    let started = Instant::now();
+    let leased = connections
+        .try_acquire_lease(&key, generation, uuid::Uuid::new_v4(), Duration::from_secs(45))
+        .await
+        .expect("the lease statement")
+        .expect("the lease is free");
+    let lease = timed(started);
+    tokio::time::sleep(idle).await;
+    let next = generation + 1;
+    let seal = |purpose, text: String| {
+        keyring
+            .seal(
+                &Aad::for_generation(purpose, tenant, "understory", next),
+                text.as_bytes(),
+            )
+            .expect("sealing works")
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let tokens = NewTokens {
+        generation: next,
+        scopes: leased.connection.scopes.clone(),
+        token_type: "bearer".into(),
+        // The size of the scripted provider's access tokens (~900 bytes), as the vault stores.
+        access_token: seal(Purpose::AccessToken, format!("{tenant}.{}", "a".repeat(860))),
+        access_token_issued_at: now,
+        access_token_expires_at: now + time::Duration::hours(1),
+        refresh_token: Some(seal(
+            Purpose::RefreshToken,
+            format!("ory_rt_statements_{tenant}_{next}"),
+        )),
+        refresh_token_expires_at: None,
+        keepalive_due_at: None,
+    };
+    let started = Instant::now();
+    connections
+        .store_refresh(leased.connection.id, generation, &tokens, RefreshCause::Caller)
+        .await
+        .expect("the store statement");
+    StatementTimes {
+        read,
+        lease,
+        store: timed(started),
+    }
 }
 
 /// Time spent in each step of the statements side, summed over its refreshes.

@@ -57,19 +57,7 @@ async fn provider(date: Option<SystemTime>) -> MockServer {
 }
 
 async fn migrated_database() -> TestDb {
-    let db = TestDb::create("tv_doctor").await;
-    token_vault::store::Store::connect_lazy(
-        &secrecy::SecretString::from(db.url.clone()),
-        &token_vault::store::PoolOptions {
-            max_connections: 1,
-            acquire_timeout: Duration::from_secs(10),
-        },
-    )
-    .unwrap()
-    .migrate()
-    .await
-    .unwrap();
-    db
+    TestDb::create_migrated("tv_doctor").await
 }
 
 /// A database that exists and holds nothing: a new Postgres database, or an empty SQLite file.

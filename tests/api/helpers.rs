@@ -261,14 +261,7 @@ impl TestApp {
     /// A store of the test's own on the test database, as `keys` commands or another process
     /// would open it.
     pub fn store(&self) -> token_vault::store::Store {
-        token_vault::store::Store::connect_lazy(
-            &secrecy::SecretString::from(self.database_url().to_owned()),
-            &token_vault::store::PoolOptions {
-                max_connections: 4,
-                acquire_timeout: Duration::from_secs(5),
-            },
-        )
-        .expect("the test database's URL")
+        self._db.store(4)
     }
 
     pub fn database_name(&self) -> String {

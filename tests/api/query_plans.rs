@@ -5,8 +5,6 @@
 //! entry on each lease (migration 20261210000001). Postgres only: SQLite's planner takes the
 //! unique key's single row and never combines indexes.
 
-use std::time::Duration;
-
 use sqlx::{Connection, PgConnection};
 
 use crate::test_db::TestDb;
@@ -19,18 +17,7 @@ const LEASE_LOOKUP: &str = "UPDATE connections
 
 #[tokio::test]
 async fn a_lease_reads_a_handful_of_pages_however_stale_the_statistics() {
-    let db = TestDb::create("tv_plans").await;
-    token_vault::store::Store::connect_lazy(
-        &secrecy::SecretString::from(db.url.clone()),
-        &token_vault::store::PoolOptions {
-            max_connections: 1,
-            acquire_timeout: Duration::from_secs(10),
-        },
-    )
-    .unwrap()
-    .migrate()
-    .await
-    .unwrap();
+    let db = TestDb::create_migrated("tv_plans").await;
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
 
     // No index may take status as a key column: that is what a bitmap could AND with the

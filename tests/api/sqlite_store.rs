@@ -212,18 +212,7 @@ async fn processes_migrating_a_new_sqlite_file_at_once_all_succeed_and_apply_eac
             .await
             .unwrap());
         assert_eq!(integrity, "ok", "round {round}");
-        let status = token_vault::store::Store::connect_lazy(
-            &secrecy::SecretString::from(db.url.clone()),
-            &token_vault::store::PoolOptions {
-                max_connections: 1,
-                acquire_timeout: Duration::from_secs(5),
-            },
-        )
-        .unwrap()
-        .migrations()
-        .status()
-        .await
-        .unwrap();
+        let status = db.store(1).migrations().status().await.unwrap();
         assert!(status.is_current(), "round {round}: {status:?}");
         on_rows!(rows, |pool| pool.close().await);
 

@@ -119,6 +119,31 @@ impl TestDb {
     pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
         self.url.strip_prefix("sqlite://").map(std::path::PathBuf::from)
     }
+
+    /// A new database, as [`TestDb::create`], with the vault's migrations applied.
+    // tests/api's; tests/conformance includes this file too and has no use for it.
+    #[allow(dead_code)]
+    pub async fn create_migrated(prefix: &str) -> Self {
+        let db = Self::create(prefix).await;
+        let store = db.store(1);
+        store.migrate().await.expect("the test database migrates");
+        store.close().await;
+        db
+    }
+
+    /// A store of the test's own on this database, as the `keys` commands, a second vault
+    /// process or the test itself would open it, with a pool of `max_connections`.
+    #[allow(dead_code)]
+    pub fn store(&self, max_connections: u32) -> token_vault::store::Store {
+        token_vault::store::Store::connect_lazy(
+            &secrecy::SecretString::from(self.url.clone()),
+            &token_vault::store::PoolOptions {
+                max_connections,
+                acquire_timeout: std::time::Duration::from_secs(10),
+            },
+        )
+        .expect("the test database's URL")
+    }
 }
 
 impl Drop for TestDb {
