@@ -185,9 +185,12 @@ pub async fn serve(listen: std::net::SocketAddr, kind: Kind, max_connections: u3
             token_url: format!("{base}/oauth2/token"),
         },
         // Read-only, as many connections as the vault's pool: WAL lets readers run side by side.
+        // Neither database floor pings a pooled connection before its query (sqlx's default
+        // does): the vault does not, and the floor is the least work a call needs.
         Kind::Database(url) if url.starts_with("sqlite:") => Floor::SqliteDatabase(
             sqlx::sqlite::SqlitePoolOptions::new()
                 .max_connections(max_connections)
+                .test_before_acquire(false)
                 .connect_with(
                     url.parse::<sqlx::sqlite::SqliteConnectOptions>()
                         .expect("a SQLite URL")
@@ -199,6 +202,7 @@ pub async fn serve(listen: std::net::SocketAddr, kind: Kind, max_connections: u3
         Kind::Database(url) => Floor::Database(
             sqlx::postgres::PgPoolOptions::new()
                 .max_connections(max_connections)
+                .test_before_acquire(false)
                 .connect(&url)
                 .await
                 .expect("the floor's database answers"),

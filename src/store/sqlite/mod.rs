@@ -79,6 +79,9 @@ pub(super) fn connect_lazy(url: &SecretString, options: &PoolOptions) -> Result<
     Ok(SqlitePoolOptions::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
+        // No ping before every query, as on Postgres: a connection to a file does not drop,
+        // and the ping is one more hop to the connection's worker thread on every statement.
+        .test_before_acquire(false)
         .connect_lazy_with(connect))
 }
 
