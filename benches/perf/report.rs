@@ -957,10 +957,18 @@ const FINDINGS: &str = "
   6.48 against 5.15 ms, 1.26 and 1.26 x, missed. The vault's time beyond its statements is
   ~0.35 to 0.5 ms in the partial run (its own code, ~0.3 ms by the diagnostic timestamps
   above) and 0.8 to 1.6 ms in the full runs, where the table holds a million rows and the
-  vault has just served the cold-cache scenario. Not explained yet. One difference to test
-  next: the vault's pool hands out its 20 connections in turn (sqlx keeps idle connections in
-  a queue), so each statement lands on a connection and a Postgres backend idle for ~1 s,
-  where the bare client, one call at a time, reuses one connection.
+  vault has just served the cold-cache scenario. Most of it is the pool, not the vault's
+  code: sqlx hands out idle connections first in, first out (a crossbeam `ArrayQueue` in
+  sqlx-core 0.8.6), so each of the vault's statements lands on one of its 20 connections, and
+  its Postgres backend, idle for ~1 s, where the bare client, one call at a time, reuses one.
+  Three `--only refresh` runs, one after the other (2026-12-03, 14:00, machine slower than in
+  the morning: bare statements 6 to 8 ms), with the bare client first opening 20 connections
+  so that it rotates over them as the vault does, then without, then with again: 1.10 and 1.08
+  x, then 1.25 and 1.39 x, then 1.11 and 1.14 x (stale, not cached). Rotating cost the bare
+  statements 0.7 to 1.9 ms; the vault's own time did not move (7.6 to 7.8 ms stale). That
+  experiment was not kept: the row's floor stays the least work (one warm connection), and
+  the gap is the vault's to close, for instance by a pool that hands out the connection used
+  last; sqlx's does not offer one.
 - **Refresh latency on SQLite: 1.48 to 1.79 x its statements.** This run: 5.11 against 3.17 ms
   stale in the cache and 5.23 against 3.54 ms not cached (1.61 and 1.48 x); the first run 6.32
   against 3.52 and 6.57 against 3.92 ms (1.79 and 1.68 x). The vault's tail is long where the
