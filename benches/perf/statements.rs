@@ -135,28 +135,15 @@ pub async fn refresh_fleet(
                 assert!(answer.status().is_success(), "the provider refreshes");
                 let body: serde_json::Value = answer.json().await.expect("a JSON body");
                 steps.add(2, &mut step);
-                let generation = row.generation + 1;
-                let seal = |purpose, field: &str| {
-                    let text = body[field].as_str().expect("the token response's field");
-                    keyring
-                        .seal(
-                            &Aad::for_generation(purpose, tenant, "understory", generation),
-                            text.as_bytes(),
-                        )
-                        .expect("sealing works")
-                };
-                let now = time::OffsetDateTime::now_utc();
-                let tokens = NewTokens {
-                    generation,
-                    scopes: row.scopes.clone(),
-                    token_type: "bearer".into(),
-                    access_token: seal(Purpose::AccessToken, "access_token"),
-                    access_token_issued_at: now,
-                    access_token_expires_at: now + time::Duration::hours(1),
-                    refresh_token: Some(seal(Purpose::RefreshToken, "refresh_token")),
-                    refresh_token_expires_at: None,
-                    keepalive_due_at: None,
-                };
+                let field = |name: &str| body[name].as_str().expect("the token response's field").to_owned();
+                let tokens = sealed_tokens(
+                    &keyring,
+                    tenant,
+                    row.generation + 1,
+                    &row.scopes,
+                    &field("access_token"),
+                    &field("refresh_token"),
+                );
                 connections
                     .store_refresh(leased.connection.id, row.generation, &tokens, RefreshCause::Caller)
                     .await
@@ -223,31 +210,15 @@ pub async fn refresh_once(
         .expect("the lease is free");
     let lease = timed(started);
     tokio::time::sleep(idle).await;
-    let next = generation + 1;
-    let seal = |purpose, text: String| {
-        keyring
-            .seal(
-                &Aad::for_generation(purpose, tenant, "understory", next),
-                text.as_bytes(),
-            )
-            .expect("sealing works")
-    };
-    let now = time::OffsetDateTime::now_utc();
-    let tokens = NewTokens {
-        generation: next,
-        scopes: leased.connection.scopes.clone(),
-        token_type: "bearer".into(),
-        // The size of the scripted provider's access tokens (~900 bytes), as the vault stores.
-        access_token: seal(Purpose::AccessToken, format!("{tenant}.{}", "a".repeat(860))),
-        access_token_issued_at: now,
-        access_token_expires_at: now + time::Duration::hours(1),
-        refresh_token: Some(seal(
-            Purpose::RefreshToken,
-            format!("ory_rt_statements_{tenant}_{next}"),
-        )),
-        refresh_token_expires_at: None,
-        keepalive_due_at: None,
-    };
+    // The size of the scripted provider's access tokens (~900 bytes), as the vault stores.
+    let tokens = sealed_tokens(
+        keyring,
+        tenant,
+        generation + 1,
+        &leased.connection.scopes,
+        &format!("{tenant}.{}", "a".repeat(860)),
+        &format!("ory_rt_statements_{tenant}_{}", generation + 1),
+    );
     let started = Instant::now();
     connections
         .store_refresh(leased.connection.id, generation, &tokens, RefreshCause::Caller)
@@ -257,6 +228,38 @@ pub async fn refresh_once(
         read,
         lease,
         store: timed(started),
+    }
+}
+
+/// New tokens for `tenant` at `generation`, sealed as the vault seals them (access and refresh
+/// token, each bound to its purpose and generation), valid for an hour.
+fn sealed_tokens(
+    keyring: &Keyring,
+    tenant: &str,
+    generation: i64,
+    scopes: &[String],
+    access_token: &str,
+    refresh_token: &str,
+) -> NewTokens {
+    let seal = |purpose, text: &str| {
+        keyring
+            .seal(
+                &Aad::for_generation(purpose, tenant, "understory", generation),
+                text.as_bytes(),
+            )
+            .expect("sealing works")
+    };
+    let now = time::OffsetDateTime::now_utc();
+    NewTokens {
+        generation,
+        scopes: scopes.to_vec(),
+        token_type: "bearer".into(),
+        access_token: seal(Purpose::AccessToken, access_token),
+        access_token_issued_at: now,
+        access_token_expires_at: now + time::Duration::hours(1),
+        refresh_token: Some(seal(Purpose::RefreshToken, refresh_token)),
+        refresh_token_expires_at: None,
+        keepalive_due_at: None,
     }
 }
 
