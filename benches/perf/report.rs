@@ -985,6 +985,20 @@ const FINDINGS: &str = "
   SQLite pool no longer pings a connection before each statement (`test_before_acquire`, off
   on Postgres since an earlier stop): the cold-cache row on SQLite went from 0.842 x in the
   first run to 0.935 x in this one, with the floor's ping removed as well.
+- **SQLite: one writer per process (after this table's run).** The store now sends a
+  process's writes through one connection of their own and its reads through the others
+  (`src/store/sqlite/mod.rs`, `SqlitePools`). Before, each write took any of up to 20
+  connections and met the others at SQLite's lock, whose busy handler polls, sleeping 1 to
+  100 ms between tries. A throwaway program (2026-12-03, same session, not kept) ran 3,000
+  authorizations and then 3,000 refreshes' writes (the lease, then the store) through the
+  store, 64 at once, on a new file: before, the writes made 1,177 and 1,234/s with p99 373 and
+  464 ms and max 2,250 and 2,333 ms (two runs); after, 1,097 and 1,346/s with p99 54.5 and
+  85.1 ms and max 55.4 and 86.9 ms. The rate is the same, since SQLite still runs one write
+  at a time; the wait is now in order. The SQLite scenario now prints this as a note
+  (`sqlite_write_burst`): in `--only sqlite` after the change, 2,500 refreshes' writes at 64 at
+  once made 1,224/s, max 73.1 ms, 1.54 x the time of 64 writes one at a time. One caller at a
+  time does not change: the refresh rows in `--only sqlite` runs of the same session were 1.28
+  and 1.20 x before, 1.27 and 1.26 x and then 1.23 and 1.23 x after (stale, not cached).
 - **The database floors no longer ping.** sqlx's pools ping an idle connection before handing
   it out unless told not to; the vault's do not, and the floors did, so each floor query cost
   a round trip more than the least a call needs. Both database floors now skip it. The

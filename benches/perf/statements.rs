@@ -231,6 +231,49 @@ pub async fn refresh_once(
     }
 }
 
+/// The writes of a burst of refreshes from one process: for each of `tenants` (seeded at
+/// generation 1), the lease and then the store of rotated tokens, `in_flight` at a time with no
+/// token request between them, so that only the writes wait for each other. Each refresh's
+/// time is the lease's and the store's together, waits included.
+pub async fn write_burst(
+    store: &Store,
+    keyring: Arc<Keyring>,
+    tenants: Vec<String>,
+    in_flight_count: usize,
+) -> LoadResult {
+    let tenants = Arc::new(tenants);
+    let count = tenants.len();
+    let work = {
+        let store = store.clone();
+        move |i: usize| {
+            let (store, keyring, tenants) = (store.clone(), keyring.clone(), tenants.clone());
+            async move {
+                let tenant = &tenants[i];
+                let key = ConnectionKey::from_stored(tenant, "understory");
+                let connections = store.connections();
+                let leased = connections
+                    .try_acquire_lease(&key, 1, uuid::Uuid::new_v4(), Duration::from_secs(45))
+                    .await
+                    .expect("the lease statement")
+                    .expect("the lease is free");
+                let tokens = sealed_tokens(
+                    &keyring,
+                    tenant,
+                    2,
+                    &leased.connection.scopes,
+                    &format!("{tenant}.{}", "a".repeat(860)),
+                    &format!("ory_rt_burst_{tenant}_2"),
+                );
+                connections
+                    .store_refresh(leased.connection.id, 1, &tokens, RefreshCause::Caller)
+                    .await
+                    .expect("the store statement");
+            }
+        }
+    };
+    in_flight(count, in_flight_count, work).await
+}
+
 /// New tokens for `tenant` at `generation`, sealed as the vault seals them (access and refresh
 /// token, each bound to its purpose and generation), valid for an hour.
 fn sealed_tokens(

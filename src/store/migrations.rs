@@ -56,7 +56,8 @@ impl<'a> Migrations<'a> {
                 (applied, sqlx::migrate!("./migrations/postgres"))
             }
             #[cfg(feature = "sqlite")]
-            Backend::Sqlite(pool) => {
+            Backend::Sqlite(db) => {
+                let pool = db.readers();
                 let exists: bool = sqlx::query_scalar(
                     "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
                 )

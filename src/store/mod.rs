@@ -114,7 +114,7 @@ pub(crate) enum Backend {
     #[cfg(feature = "postgres")]
     Postgres(sqlx::PgPool),
     #[cfg(feature = "sqlite")]
-    Sqlite(sqlx::SqlitePool),
+    Sqlite(sqlite::SqlitePools),
 }
 
 /// Which implementation a database URL names.
@@ -207,7 +207,7 @@ impl Store {
             #[cfg(feature = "postgres")]
             Backend::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
             #[cfg(feature = "sqlite")]
-            Backend::Sqlite(pool) => sqlite::migrate(pool).await?,
+            Backend::Sqlite(db) => sqlite::migrate(db).await?,
         }
         Ok(())
     }
@@ -220,8 +220,8 @@ impl Store {
                 sqlx::query("SELECT 1").execute(pool).await?;
             }
             #[cfg(feature = "sqlite")]
-            Backend::Sqlite(pool) => {
-                sqlx::query("SELECT 1").execute(pool).await?;
+            Backend::Sqlite(db) => {
+                sqlx::query("SELECT 1").execute(db.readers()).await?;
             }
         }
         Ok(())
@@ -235,7 +235,7 @@ impl Store {
             #[cfg(feature = "postgres")]
             Backend::Postgres(pool) => pool.close().await,
             #[cfg(feature = "sqlite")]
-            Backend::Sqlite(pool) => pool.close().await,
+            Backend::Sqlite(db) => db.close().await,
         }
     }
 
@@ -246,7 +246,7 @@ impl Store {
             #[cfg(feature = "postgres")]
             Backend::Postgres(pool) => (pool.size(), pool.num_idle()),
             #[cfg(feature = "sqlite")]
-            Backend::Sqlite(pool) => (pool.size(), pool.num_idle()),
+            Backend::Sqlite(db) => db.usage(),
         }
     }
 

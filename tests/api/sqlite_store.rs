@@ -225,3 +225,87 @@ async fn processes_migrating_a_new_sqlite_file_at_once_all_succeed_and_apply_eac
         }
     }
 }
+
+/// A process's writes go through one connection of their own and queue for it, rather than
+/// for SQLite's lock in the busy handler (`store::sqlite::SqlitePools`). Many refreshes of
+/// different connections at once, each a lease and then the store of rotated tokens: every
+/// one commits, each connection ends one generation on with exactly one current refresh token,
+/// and the store never opened more than its readers and its one writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_of_one_process_all_commit_through_its_one_writer() {
+    use token_vault::{
+        connection_key::ConnectionKey,
+        store::{NewTokens, Origin, RefreshCause},
+    };
+    const READERS: u32 = 4;
+    const CONNECTIONS: usize = 64;
+    let db = TestDb::create_sqlite("tv_test");
+    let store = db.store(READERS);
+    store.migrate().await.unwrap();
+    let tokens = |generation: i64| {
+        let now = time::OffsetDateTime::now_utc();
+        NewTokens {
+            generation,
+            scopes: vec!["bookings".into()],
+            token_type: "bearer".into(),
+            // The store keeps what it is given; sealing is not what this test is about.
+            access_token: vec![generation as u8; 64],
+            access_token_issued_at: now,
+            access_token_expires_at: now + time::Duration::hours(1),
+            refresh_token: Some(vec![generation as u8; 32]),
+            refresh_token_expires_at: None,
+            keepalive_due_at: None,
+        }
+    };
+    let key = |i: usize| ConnectionKey::from_stored(&format!("tenant-{i:02}"), "understory");
+    for i in 0..CONNECTIONS {
+        store
+            .connections()
+            .store_authorization(&key(i), None, &tokens(1), Origin::Authorization)
+            .await
+            .unwrap();
+    }
+
+    let refreshes: Vec<_> = (0..CONNECTIONS)
+        .map(|i| {
+            let (store, key, tokens) = (store.clone(), key(i), tokens(2));
+            tokio::spawn(async move {
+                let leased = store
+                    .connections()
+                    .try_acquire_lease(&key, 1, uuid::Uuid::new_v4(), Duration::from_secs(30))
+                    .await?
+                    .expect("nobody else holds this connection's lease");
+                store
+                    .connections()
+                    .store_refresh(leased.connection.id, 1, &tokens, RefreshCause::Caller)
+                    .await
+            })
+        })
+        .collect();
+    let mut peak_open = 0;
+    for refresh in refreshes {
+        refresh.await.unwrap().expect("every refresh commits");
+        peak_open = peak_open.max(store.pool_usage().0);
+    }
+
+    let rows = Rows::connect(&db.url).await;
+    let per_connection: Vec<(i64, i64)> = on_rows!(rows, |pool| sqlx::query_as(
+        "SELECT c.generation, (SELECT count(*) FROM refresh_tokens r
+                                WHERE r.connection_id = c.id AND r.superseded_at IS NULL)
+           FROM connections c ORDER BY c.tenant_id"
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap());
+    assert_eq!(
+        per_connection,
+        vec![(2, 1); CONNECTIONS],
+        "(generation, current refresh tokens)"
+    );
+    assert!(
+        peak_open <= READERS + 1,
+        "{peak_open} connections open: at most {READERS} readers and one writer"
+    );
+    on_rows!(rows, |pool| pool.close().await);
+    store.close().await;
+}

@@ -4,19 +4,18 @@
 
 use std::time::Duration;
 
-use sqlx::SqlitePool;
 use tracing::Instrument;
 
-use super::{begin_immediate, earlier, ts, ts_opt};
+use super::{begin_immediate, earlier, ts, ts_opt, SqlitePools};
 use crate::store::{audit::*, StoreError};
 
-pub(in crate::store) async fn insert(pool: &SqlitePool, rows: &[AuditRow]) -> Result<(), StoreError> {
+pub(in crate::store) async fn insert(db: &SqlitePools, rows: &[AuditRow]) -> Result<(), StoreError> {
     async {
         if rows.is_empty() {
             return Ok(());
         }
         // One transaction (one commit, one fsync), however many rows.
-        let mut tx = pool.begin().await?;
+        let mut tx = db.writer().begin().await?;
         for r in rows {
             let occurred_at = ts(r.occurred_at);
             let window_end = ts_opt(r.window_end);
@@ -45,10 +44,10 @@ pub(in crate::store) async fn insert(pool: &SqlitePool, rows: &[AuditRow]) -> Re
     .await
 }
 
-pub(in crate::store) async fn delete_older_than(pool: &SqlitePool, keep: Duration) -> Result<u64, StoreError> {
+pub(in crate::store) async fn delete_older_than(db: &SqlitePools, keep: Duration) -> Result<u64, StoreError> {
     async {
         let before = earlier(keep);
-        let mut tx = begin_immediate(pool).await?;
+        let mut tx = begin_immediate(db).await?;
         sqlx::query!("UPDATE audit_sweep SET active = 1")
             .execute(&mut *tx)
             .await?;

@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{begin_immediate, later, scopes_from, scopes_json, ts, ts_opt};
+use super::{begin_immediate, later, scopes_from, scopes_json, ts, ts_opt, SqlitePools};
 use crate::{
     connection_key::ConnectionKey,
     store::{connections::*, StoreError},
@@ -55,10 +55,7 @@ impl Row {
     }
 }
 
-pub(in crate::store) async fn find(
-    pool: &SqlitePool,
-    key: &ConnectionKey,
-) -> Result<Option<ConnectionRow>, StoreError> {
+pub(in crate::store) async fn find(db: &SqlitePools, key: &ConnectionKey) -> Result<Option<ConnectionRow>, StoreError> {
     async {
         let (tenant, provider) = (key.tenant().as_str(), key.provider().as_str());
         let row = sqlx::query_as!(
@@ -74,7 +71,7 @@ pub(in crate::store) async fn find(
             tenant,
             provider,
         )
-        .fetch_optional(pool)
+        .fetch_optional(db.readers())
         .await?;
         row.map(Row::into_connection).transpose()
     }
@@ -99,18 +96,18 @@ async fn current_on(
 }
 
 pub(in crate::store) async fn current_refresh_token(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     connection_id: i64,
 ) -> Result<Option<CurrentRefreshToken>, StoreError> {
     async {
-        let mut conn = pool.acquire().await?;
+        let mut conn = db.readers().acquire().await?;
         current_on(&mut conn, connection_id).await
     }
     .instrument(db_span!("SELECT", "refresh_tokens"))
     .await
 }
 
-pub(in crate::store) async fn generation(pool: &SqlitePool, key: &ConnectionKey) -> Result<Option<i64>, StoreError> {
+pub(in crate::store) async fn generation(db: &SqlitePools, key: &ConnectionKey) -> Result<Option<i64>, StoreError> {
     async {
         let (tenant, provider) = (key.tenant().as_str(), key.provider().as_str());
         let generation = sqlx::query_scalar!(
@@ -118,7 +115,7 @@ pub(in crate::store) async fn generation(pool: &SqlitePool, key: &ConnectionKey)
             tenant,
             provider,
         )
-        .fetch_optional(pool)
+        .fetch_optional(db.readers())
         .await?;
         Ok(generation)
     }
@@ -185,7 +182,7 @@ pub(super) async fn event(
 }
 
 pub(in crate::store) async fn store_authorization(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     key: &ConnectionKey,
     replaces: Option<i64>,
     tokens: &NewTokens,
@@ -199,7 +196,7 @@ pub(in crate::store) async fn store_authorization(
         let expires_at = ts(tokens.access_token_expires_at);
         let refresh_expires_at = ts_opt(tokens.refresh_token_expires_at);
         let keepalive_due_at = ts_opt(tokens.keepalive_due_at);
-        let mut tx = begin_immediate(pool).await?;
+        let mut tx = begin_immediate(db).await?;
         let id = match replaces {
             Some(generation) => {
                 let import = origin == Origin::Import;
@@ -299,7 +296,7 @@ pub(in crate::store) async fn store_authorization(
 }
 
 pub(in crate::store) async fn try_acquire_lease(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     key: &ConnectionKey,
     generation: i64,
     holder: Uuid,
@@ -308,7 +305,7 @@ pub(in crate::store) async fn try_acquire_lease(
     async {
         let (tenant, provider) = (key.tenant().as_str(), key.provider().as_str());
         let until = later(ttl);
-        let mut tx = begin_immediate(pool).await?;
+        let mut tx = begin_immediate(db).await?;
         let row = sqlx::query_as!(
             Row,
             r#"UPDATE connections
@@ -362,7 +359,7 @@ pub(in crate::store) async fn try_acquire_lease(
 }
 
 pub(in crate::store) async fn release_lease(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     connection_id: i64,
     holder: Uuid,
 ) -> Result<(), StoreError> {
@@ -373,7 +370,7 @@ pub(in crate::store) async fn release_lease(
             connection_id,
             holder,
         )
-        .execute(pool)
+        .execute(db.writer())
         .await?;
         Ok(())
     }
@@ -382,7 +379,7 @@ pub(in crate::store) async fn release_lease(
 }
 
 pub(in crate::store) async fn store_refresh(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     connection_id: i64,
     from_generation: i64,
     tokens: &NewTokens,
@@ -397,7 +394,7 @@ pub(in crate::store) async fn store_refresh(
         let keepalive_due_at = ts_opt(tokens.keepalive_due_at);
         let has_refresh_token = tokens.refresh_token.is_some();
         let keepalive = cause == RefreshCause::Keepalive;
-        let mut tx = begin_immediate(pool).await?;
+        let mut tx = begin_immediate(db).await?;
         // Read under the write lock: the reason the update clears, as last committed.
         let before = sqlx::query!(
             "SELECT status_reason FROM connections WHERE id = ?1 AND generation = ?2",
@@ -470,7 +467,7 @@ pub(in crate::store) async fn store_refresh(
 }
 
 pub(in crate::store) async fn write_back(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     connection_id: i64,
     authorized_at: OffsetDateTime,
     tokens: &NewTokens,
@@ -483,7 +480,7 @@ pub(in crate::store) async fn write_back(
         let keepalive_due_at = ts_opt(tokens.keepalive_due_at);
         let has_refresh_token = tokens.refresh_token.is_some();
         let authorized_at = ts(authorized_at);
-        let mut tx = begin_immediate(pool).await?;
+        let mut tx = begin_immediate(db).await?;
         let before_status = sqlx::query_scalar!(
             r#"SELECT status AS "status!" FROM connections WHERE id = ?1"#,
             connection_id
@@ -549,13 +546,13 @@ pub(in crate::store) async fn write_back(
 }
 
 pub(in crate::store) async fn mark_reauthorization_required(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     connection_id: i64,
     generation: i64,
     reason: &str,
 ) -> Result<bool, StoreError> {
     async {
-        let mut tx = begin_immediate(pool).await?;
+        let mut tx = begin_immediate(db).await?;
         let marked = sqlx::query!(
             r#"UPDATE connections
                   SET status = 'reauthorization_required', status_reason = ?3,
@@ -636,7 +633,7 @@ impl Summary {
 }
 
 pub(in crate::store) async fn describe(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     key: &ConnectionKey,
 ) -> Result<Option<ConnectionSummary>, StoreError> {
     async {
@@ -659,7 +656,7 @@ pub(in crate::store) async fn describe(
             tenant,
             provider,
         )
-        .fetch_optional(pool)
+        .fetch_optional(db.readers())
         .await?;
         row.map(Summary::into_summary).transpose()
     }
@@ -668,7 +665,7 @@ pub(in crate::store) async fn describe(
 }
 
 pub(in crate::store) async fn list(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     filter: &ConnectionFilter,
     limit: i64,
 ) -> Result<Vec<ConnectionSummary>, StoreError> {
@@ -703,7 +700,7 @@ pub(in crate::store) async fn list(
             after_tenant,
             limit,
         )
-        .fetch_all(pool)
+        .fetch_all(db.readers())
         .await?;
         rows.into_iter().map(Summary::into_summary).collect()
     }
@@ -711,16 +708,16 @@ pub(in crate::store) async fn list(
     .await
 }
 
-pub(in crate::store) async fn count_by_status(pool: &SqlitePool) -> Result<Vec<(String, i64)>, StoreError> {
+pub(in crate::store) async fn count_by_status(db: &SqlitePools) -> Result<Vec<(String, i64)>, StoreError> {
     let rows =
         sqlx::query!(r#"SELECT status AS "status!", count(*) AS "count!: i64" FROM connections GROUP BY status"#)
-            .fetch_all(pool)
+            .fetch_all(db.readers())
             .await?;
     Ok(rows.into_iter().map(|r| (r.status, r.count)).collect())
 }
 
 pub(in crate::store) async fn note_refresh_outcome_unknown(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     connection_id: i64,
     generation: i64,
     holder: Uuid,
@@ -734,7 +731,7 @@ pub(in crate::store) async fn note_refresh_outcome_unknown(
             generation,
             holder,
         )
-        .execute(pool)
+        .execute(db.writer())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -743,7 +740,7 @@ pub(in crate::store) async fn note_refresh_outcome_unknown(
 }
 
 pub(in crate::store) async fn extend_lease(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     connection_id: i64,
     generation: i64,
     holder: Uuid,
@@ -759,7 +756,7 @@ pub(in crate::store) async fn extend_lease(
             holder,
             until,
         )
-        .execute(pool)
+        .execute(db.writer())
         .await?;
         Ok(done.rows_affected() == 1)
     }

@@ -3,19 +3,18 @@
 
 use std::time::Duration;
 
-use sqlx::SqlitePool;
 use time::OffsetDateTime;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{begin_immediate, connections::event, later};
+use super::{begin_immediate, connections::event, later, SqlitePools};
 use crate::{
     connection_key::ConnectionKey,
     store::{connections::CurrentRefreshToken, disconnect::*, StoreError},
 };
 
 pub(in crate::store) async fn take_disconnect_lease(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     key: &ConnectionKey,
     holder: Uuid,
     ttl: Duration,
@@ -23,7 +22,7 @@ pub(in crate::store) async fn take_disconnect_lease(
     async {
         let (tenant, provider) = (key.tenant().as_str(), key.provider().as_str());
         let until = later(ttl);
-        let mut tx = begin_immediate(pool).await?;
+        let mut tx = begin_immediate(db).await?;
         let target = sqlx::query!(
             r#"SELECT id AS "id!", status AS "status!", disconnected_at AS "disconnected_at: OffsetDateTime",
                       generation AS "generation!"
@@ -80,7 +79,7 @@ pub(in crate::store) async fn take_disconnect_lease(
 }
 
 pub(in crate::store) async fn disconnect(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     connection_id: i64,
     generation: i64,
     holder: Uuid,
@@ -88,7 +87,7 @@ pub(in crate::store) async fn disconnect(
     event_reason: &str,
 ) -> Result<Option<OffsetDateTime>, StoreError> {
     async {
-        let mut tx = begin_immediate(pool).await?;
+        let mut tx = begin_immediate(db).await?;
         let updated = sqlx::query!(
             r#"UPDATE connections
                   SET generation = generation + 1, status = 'disconnected', status_reason = 'deleted',

@@ -7,11 +7,10 @@
 
 use std::time::Duration;
 
-use sqlx::SqlitePool;
 use time::OffsetDateTime;
 use tracing::Instrument;
 
-use super::{begin_immediate, earlier};
+use super::{begin_immediate, earlier, SqlitePools};
 use crate::store::{events::*, StoreError};
 
 /// The newest id ever handed out (deleted or not) and the pruned mark, read in one snapshot.
@@ -25,9 +24,9 @@ async fn marks(conn: &mut sqlx::SqliteConnection) -> Result<(i64, i64), StoreErr
     Ok((row.newest, row.pruned))
 }
 
-pub(in crate::store) async fn head(pool: &SqlitePool) -> Result<EventPosition, StoreError> {
+pub(in crate::store) async fn head(db: &SqlitePools) -> Result<EventPosition, StoreError> {
     async {
-        let mut conn = pool.acquire().await?;
+        let mut conn = db.readers().acquire().await?;
         let (newest, pruned) = marks(&mut conn).await?;
         Ok(EventPosition {
             txid: 0,
@@ -39,14 +38,14 @@ pub(in crate::store) async fn head(pool: &SqlitePool) -> Result<EventPosition, S
 }
 
 pub(in crate::store) async fn after(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     after: EventPosition,
     limit: i64,
 ) -> Result<EventBatch, StoreError> {
     async {
         // One read transaction: the marks and the rows from one snapshot, so a sweep
         // committing in between can't make events vanish unnoticed.
-        let mut tx = pool.begin().await?;
+        let mut tx = db.readers().begin().await?;
         let (newest, pruned) = marks(&mut tx).await?;
         if after.txid != 0 || after.id > newest {
             return Ok(EventBatch::Unknown);
@@ -86,13 +85,13 @@ pub(in crate::store) async fn after(
 }
 
 pub(in crate::store) async fn delete_older_than(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     keep: Duration,
     batch: i64,
 ) -> Result<u64, StoreError> {
     async {
         let before = earlier(keep);
-        let mut tx = begin_immediate(pool).await?;
+        let mut tx = begin_immediate(db).await?;
         let gone = sqlx::query_scalar!(
             r#"DELETE FROM connection_events
                 WHERE id IN (SELECT id FROM connection_events

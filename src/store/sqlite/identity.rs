@@ -2,17 +2,17 @@
 //! random id chosen when the file was created (`store_identity`); another file put in its place
 //! has another one. There is no standby: a commit is on this machine's disk or nowhere.
 
-use sqlx::SqlitePool;
 use time::OffsetDateTime;
 use tracing::Instrument;
 
 use super::earlier;
+use super::SqlitePools;
 use crate::store::{identity::*, StoreError};
 
-pub(in crate::store) async fn current(pool: &SqlitePool) -> Result<String, StoreError> {
+pub(in crate::store) async fn current(db: &SqlitePools) -> Result<String, StoreError> {
     async {
         let identity = sqlx::query_scalar!(r#"SELECT identity AS "identity!" FROM store_identity"#)
-            .fetch_one(pool)
+            .fetch_one(db.readers())
             .await?;
         Ok(identity)
     }
@@ -20,14 +20,14 @@ pub(in crate::store) async fn current(pool: &SqlitePool) -> Result<String, Store
     .await
 }
 
-pub(in crate::store) async fn record_first(pool: &SqlitePool, identity: &str) -> Result<(), StoreError> {
+pub(in crate::store) async fn record_first(db: &SqlitePools, identity: &str) -> Result<(), StoreError> {
     async {
         sqlx::query!(
             "INSERT INTO database_identity (id, identity, changed_at) VALUES (1, ?1, '1970-01-01T00:00:00.000Z')
              ON CONFLICT (id) DO NOTHING",
             identity,
         )
-        .execute(pool)
+        .execute(db.writer())
         .await?;
         Ok(())
     }
@@ -36,7 +36,7 @@ pub(in crate::store) async fn record_first(pool: &SqlitePool, identity: &str) ->
 }
 
 pub(in crate::store) async fn record_change(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     identity: &str,
     grace: std::time::Duration,
 ) -> Result<OffsetDateTime, StoreError> {
@@ -57,7 +57,7 @@ pub(in crate::store) async fn record_change(
             identity,
             before,
         )
-        .fetch_one(pool)
+        .fetch_one(db.writer())
         .await?;
         Ok(changed_at)
     }
@@ -65,6 +65,6 @@ pub(in crate::store) async fn record_change(
     .await
 }
 
-pub(in crate::store) async fn durability(_pool: &SqlitePool) -> Result<Durability, StoreError> {
+pub(in crate::store) async fn durability(_db: &SqlitePools) -> Result<Durability, StoreError> {
     Ok(Durability::single_node())
 }

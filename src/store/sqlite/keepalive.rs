@@ -4,15 +4,14 @@
 
 use std::time::Duration;
 
-use sqlx::SqlitePool;
 use time::OffsetDateTime;
 use tracing::Instrument;
 
-use super::{json_array, later, ts};
+use super::{json_array, later, ts, SqlitePools};
 use crate::store::{keepalive::*, StoreError};
 
 pub(in crate::store) async fn claim(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     limit: i64,
     ttl: Duration,
     providers: &[String],
@@ -40,7 +39,7 @@ pub(in crate::store) async fn claim(
             until,
             providers,
         )
-        .fetch_all(pool)
+        .fetch_all(db.writer())
         .await?;
         let claimed_until = rows.first().map(|r| r.claimed_until);
         Ok(Claim {
@@ -61,7 +60,7 @@ pub(in crate::store) async fn claim(
 }
 
 pub(in crate::store) async fn release(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     ids: &[i64],
     claimed_until: OffsetDateTime,
 ) -> Result<u64, StoreError> {
@@ -74,7 +73,7 @@ pub(in crate::store) async fn release(
             ids,
             claimed_until,
         )
-        .execute(pool)
+        .execute(db.writer())
         .await?;
         Ok(done.rows_affected())
     }
@@ -83,7 +82,7 @@ pub(in crate::store) async fn release(
 }
 
 pub(in crate::store) async fn note_failure(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     connection_id: i64,
     generation: i64,
     reason: &str,
@@ -103,7 +102,7 @@ pub(in crate::store) async fn note_failure(
             reason,
             retry,
         )
-        .execute(pool)
+        .execute(db.writer())
         .await?;
         Ok(done.rows_affected() == 1)
     }

@@ -55,7 +55,54 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const TIME_FORMAT: &[BorrowedFormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
 
-pub(super) fn connect_lazy(url: &SecretString, options: &PoolOptions) -> Result<SqlitePool, StoreError> {
+/// One SQLite file's two pools: the process's writes go through one connection, its reads
+/// through the others.
+///
+/// SQLite runs one writing transaction at a time on a file, so a second writing connection in
+/// the same process buys nothing but waiting, and it waits badly: SQLite's busy handler polls,
+/// sleeping 1 to 100 ms between tries, so a write that meets another one pays for the sleep, not
+/// for the other write. Through `writer` (one connection) the process's writes queue on the
+/// pool instead, in order, each starting as the one before commits. That connection also keeps
+/// its page cache: SQLite drops a connection's cache when another connection wrote to the file
+/// since its last transaction, so spreading writes over many connections makes each one read
+/// the pages it needs again. Reads go through `readers`: under WAL they run beside the writer
+/// and never wait for it. Processes sharing the file still meet each other at the busy timeout.
+///
+/// A write sent to `readers` would still be correct (SQLite takes its own lock), only slower;
+/// each statement below picks its pool by whether it writes.
+#[derive(Clone, Debug)]
+pub(crate) struct SqlitePools {
+    readers: SqlitePool,
+    writer: SqlitePool,
+}
+
+impl SqlitePools {
+    /// For statements that only read.
+    pub(crate) fn readers(&self) -> &SqlitePool {
+        &self.readers
+    }
+
+    /// For statements and transactions that write.
+    pub(crate) fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    pub(crate) async fn close(&self) {
+        self.writer.close().await;
+        self.readers.close().await;
+    }
+
+    /// Connections open in both pools, and how many of them are idle.
+    pub(crate) fn usage(&self) -> (u32, usize) {
+        (
+            self.readers.size() + self.writer.size(),
+            self.readers.num_idle() + self.writer.num_idle(),
+        )
+    }
+}
+
+/// The pools of the file `url` names: `options.max_connections` readers and one writer.
+pub(super) fn connect_lazy(url: &SecretString, options: &PoolOptions) -> Result<SqlitePools, StoreError> {
     let connect = SqliteConnectOptions::from_str(url.expose_secret())
         .map_err(StoreError::Database)?
         // Never creates the file, whatever the URL's `mode` says: a mistyped path must not start
@@ -76,13 +123,20 @@ pub(super) fn connect_lazy(url: &SecretString, options: &PoolOptions) -> Result<
     if let Some(path) = missing_file(url.expose_secret()) {
         return Err(StoreError::MissingFile { path });
     }
-    Ok(SqlitePoolOptions::new()
-        .max_connections(options.max_connections)
-        .acquire_timeout(options.acquire_timeout)
-        // No ping before every query, as on Postgres: a connection to a file does not drop,
-        // and the ping is one more hop to the connection's worker thread on every statement.
-        .test_before_acquire(false)
-        .connect_lazy_with(connect))
+    let pool = |max_connections: u32| {
+        SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            // No ping before every query, as on Postgres: a connection to a file does not
+            // drop, and the ping is one more hop to the connection's worker thread on every
+            // statement.
+            .test_before_acquire(false)
+            .connect_lazy_with(connect.clone())
+    };
+    Ok(SqlitePools {
+        readers: pool(options.max_connections),
+        writer: pool(1),
+    })
 }
 
 /// The file a SQLite URL names, when it certainly does not exist: `None` for an existing file,
@@ -127,11 +181,11 @@ pub(super) async fn create_database_if_missing(url: &SecretString) -> Result<(),
 /// Applies `migrations/sqlite`. sqlx takes no lock around SQLite migrations: two processes
 /// starting together on a new file may both apply the first one, and the second fails on what
 /// the first created. It tries again a moment later and finds it applied.
-pub(super) async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+pub(super) async fn migrate(db: &SqlitePools) -> Result<(), StoreError> {
     let migrator = sqlx::migrate!("./migrations/sqlite");
     let mut attempt = 1;
     loop {
-        match migrator.run(pool).await {
+        match migrator.run(db.writer()).await {
             Ok(()) => return Ok(()),
             Err(e) if attempt < 4 => {
                 tracing::debug!(error = %e, attempt, "migrating the SQLite store failed; trying again");
@@ -155,8 +209,9 @@ pub(super) fn is_busy(error: &dyn DatabaseError) -> bool {
 
 /// A transaction that holds the write lock from its start: for every read-then-write, so that
 /// what it read is still true when it writes (another process waits, up to the busy timeout).
-async fn begin_immediate(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, StoreError> {
-    Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+/// On the writer, so the process's own writes queue on the pool rather than on the lock.
+async fn begin_immediate(db: &SqlitePools) -> Result<Transaction<'static, Sqlite>, StoreError> {
+    Ok(db.writer().begin_with("BEGIN IMMEDIATE").await?)
 }
 
 /// A time as stored.

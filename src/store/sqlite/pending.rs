@@ -1,18 +1,17 @@
 //! SQLite: pending authorizations (the statements behind `store::pending`). The begins of one
 //! tenant are serialised by the write lock (`BEGIN IMMEDIATE`), as Postgres's advisory lock does.
 
-use sqlx::SqlitePool;
 use tracing::Instrument;
 
-use super::{begin_immediate, scopes_from, scopes_json, ts};
+use super::{begin_immediate, scopes_from, scopes_json, ts, SqlitePools};
 use crate::store::{pending::*, StoreError};
 
-pub(in crate::store) async fn insert(pool: &SqlitePool, new: NewPendingAuthorization<'_>) -> Result<u64, StoreError> {
+pub(in crate::store) async fn insert(db: &SqlitePools, new: NewPendingAuthorization<'_>) -> Result<u64, StoreError> {
     async {
         let (tenant, provider) = (new.key.tenant().as_str(), new.key.provider().as_str());
         let scopes = scopes_json(new.scopes);
         let expires_at = ts(new.expires_at);
-        let mut tx = begin_immediate(pool).await?;
+        let mut tx = begin_immediate(db).await?;
         sqlx::query!(
             "INSERT INTO pending_authorizations
                  (state_hash, tenant_id, provider, redirect_uri, scopes, pkce_verifier, expires_at)
@@ -52,7 +51,7 @@ pub(in crate::store) async fn insert(pool: &SqlitePool, new: NewPendingAuthoriza
 }
 
 pub(in crate::store) async fn consume(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     state_hash: &[u8],
 ) -> Result<Option<PendingAuthorization>, StoreError> {
     async {
@@ -65,7 +64,7 @@ pub(in crate::store) async fn consume(
                       redirect_uri AS "redirect_uri!", scopes AS "scopes!", pkce_verifier AS "pkce_verifier: Vec<u8>""#,
             state_hash,
         )
-        .fetch_optional(pool)
+        .fetch_optional(db.writer())
         .await?;
         row.map(|r| {
             Ok(PendingAuthorization {
@@ -83,12 +82,12 @@ pub(in crate::store) async fn consume(
     .await
 }
 
-pub(in crate::store) async fn delete_finished(pool: &SqlitePool) -> Result<u64, StoreError> {
+pub(in crate::store) async fn delete_finished(db: &SqlitePools) -> Result<u64, StoreError> {
     let done = sqlx::query!(
         "DELETE FROM pending_authorizations
           WHERE expires_at <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now') OR consumed_at IS NOT NULL"
     )
-    .execute(pool)
+    .execute(db.writer())
     .await?;
     Ok(done.rows_affected())
 }

@@ -3,15 +3,14 @@
 
 use std::time::Duration;
 
-use sqlx::SqlitePool;
 use time::OffsetDateTime;
 use tracing::Instrument;
 
-use super::{begin_immediate, earlier, ts_opt};
+use super::{begin_immediate, earlier, ts_opt, SqlitePools};
 use crate::store::{retention::*, StoreError};
 
 pub(in crate::store) async fn purge_superseded(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     keep_generations: u32,
     keep_for: Duration,
     limit: i64,
@@ -25,7 +24,7 @@ pub(in crate::store) async fn purge_superseded(
         let after_at = ts_opt(after_at);
         let before = earlier(keep_for);
         let keep_generations = i64::from(keep_generations);
-        let mut tx = begin_immediate(pool).await?;
+        let mut tx = begin_immediate(db).await?;
         let candidates = sqlx::query!(
             r#"SELECT connection_id AS "connection_id!", generation AS "generation!",
                       superseded_at AS "superseded_at!: OffsetDateTime"

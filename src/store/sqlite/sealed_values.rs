@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqliteConnection;
 
 use super::begin_immediate;
+use super::SqlitePools;
 use crate::store::{
     sealed_values::{Key, *},
     StoreError,
@@ -21,7 +22,7 @@ fn header(value: &[u8]) -> Vec<u8> {
     value[..value.len().min(2 + usize::from(value[1]))].to_vec()
 }
 
-pub(in crate::store) async fn count_by_header(pool: &SqlitePool) -> Result<Vec<HeaderCount>, StoreError> {
+pub(in crate::store) async fn count_by_header(db: &SqlitePools) -> Result<Vec<HeaderCount>, StoreError> {
     // Only each value's first bytes leave SQLite (a header is at most 257 bytes); the counting
     // is here, in the same process.
     let rows = sqlx::query!(
@@ -33,7 +34,7 @@ pub(in crate::store) async fn count_by_header(pool: &SqlitePool) -> Result<Vec<H
            SELECT 'pkce_verifier', substr(pkce_verifier, 1, 257) FROM pending_authorizations
             WHERE pkce_verifier IS NOT NULL"#
     )
-    .fetch_all(pool)
+    .fetch_all(db.readers())
     .await?;
     let mut counts: BTreeMap<(String, Vec<u8>), i64> = BTreeMap::new();
     for r in rows {
@@ -54,13 +55,13 @@ pub(in crate::store) async fn count_by_header(pool: &SqlitePool) -> Result<Vec<H
 }
 
 pub(in crate::store) async fn rewrap_batch(
-    pool: &SqlitePool,
+    db: &SqlitePools,
     from: &Position,
     keep_header: &[u8],
     limit: i64,
     mut reseal: impl FnMut(&SealedRow) -> Option<Vec<u8>>,
 ) -> Result<Batch, StoreError> {
-    let mut tx = begin_immediate(pool).await?;
+    let mut tx = begin_immediate(db).await?;
     let rows = select_batch(&mut tx, &from.0, keep_header, limit).await?;
     let selected = rows.len();
     let next = rows.last().map(|r| r.position.clone()).unwrap_or_else(|| from.clone());
