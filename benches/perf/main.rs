@@ -857,12 +857,11 @@ async fn refresh<DB>(
     };
     for batch in 0..samples.div_ceil(BATCH) {
         let size = BATCH.min(samples - batch * BATCH);
-        let cached: Vec<String> = (0..size).map(|i| format!("refresh-cached-{batch:03}-{i:02}")).collect();
-        let uncached: Vec<String> = (0..size)
-            .map(|i| format!("refresh-uncached-{batch:03}-{i:02}"))
-            .collect();
+        // Each side's tenants of this batch: the vault's cached and uncached ones, and the bare
+        // statements' stale and uncached ones.
         let named =
             |path: &str| -> Vec<String> { (0..size).map(|i| format!("refresh-{path}-{batch:03}-{i:02}")).collect() };
+        let (cached, uncached) = (named("cached"), named("uncached"));
         let (stale_bare, uncached_bare) = (named("stale-statements"), named("uncached-statements"));
         bench
             .connect_tenants(

@@ -1016,7 +1016,17 @@ const FINDINGS: &str = "
   0.801 to 0.936), p99 0.93 x; the first run, against the pinging floor, 0.982 x (vault 8,118,
   floor 8,267), and the previous stop's 0.993 x. The floor's ping was worth ~6 % of its rate,
   and the vault ran 9 % slower in this run than in the first with the same code on that path,
-  as the hot path did. The miss path was not profiled this stop.
+  as the hot path did. The miss path, profiled after this run (2026-12-03, `--only cold`,
+  `perf record --call-graph dwarf -F 149` on the vault for 25 s of the scenario, 1,994 samples,
+  about half a core of the machine's two): 42 % of the vault's samples in the kernel (task
+  switches and the sockets), 15 % in HTTP/2 and gRPC, 6 % in sqlx and the Postgres protocol
+  (the row's decode included), 5 % in the allocator, 5 % in tokio, 3 % unsealing (AES-GCM),
+  1 % the cache's insert and eviction. No step of the miss path's own is worth the gap. Two
+  guesses were tried and dropped, two `--only cold` runs each: the floor reading the same 14
+  columns as the vault instead of 2 (floor 14,174 and 13,619 req/s against 14,226 and 14,792
+  before: within the runs' spread), and mimalloc never returning freed pages to the system
+  (`MIMALLOC_PURGE_DELAY=-1`: 0.856 and 0.864 x against 0.851 and 0.824 x). In these partial
+  runs the row was 0.824 to 0.890 x.
 - **Stampede over five bursts.** This run: one provider request and one token in every burst;
   the slowest caller 103.4, 97.4, 95.8, 82.2 and 83.4 ms (median 95.8 ms) against the gRPC
   floor's median 41.3 ms: within the delay plus 1.5 x the floor's (111.9 ms).
