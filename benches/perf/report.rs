@@ -981,8 +981,12 @@ const FINDINGS: &str = "
   pages, so the process that writes most pays for copying the log into the file, on a commit
   of some caller's request; that fits the tail, not the median. Moving checkpoints off the
   request path (a background `PRAGMA wal_checkpoint(PASSIVE)` with a larger automatic
-  threshold as the safety net) is the next step; not done this stop. Also this stop: the
-  SQLite pool no longer pings a connection before each statement (`test_before_acquire`, off
+  threshold as the safety net) was tried after this run and dropped: with `serve`
+  checkpointing every 250 ms, two `--only sqlite` runs gave the vault's own time 2.90 and
+  3.50 ms stale in the cache (1.52 and 1.23 x) and 3.08 and 3.71 ms not cached (1.37 and
+  1.23 x), max 137.0 and 97.1 ms stale, against 3.40 and 3.67 ms (1.23 and 1.23 x), max 75.1
+  ms stale and 127.6 ms not cached, in the run just before without it: no change beyond the
+  runs' spread, so the tail is not the checkpoints. Also this stop: the SQLite pool no longer pings a connection before each statement (`test_before_acquire`, off
   on Postgres since an earlier stop): the cold-cache row on SQLite went from 0.842 x in the
   first run to 0.935 x in this one, with the floor's ping removed as well.
 - **SQLite: one writer per process (after this table's run).** The store now sends a
