@@ -196,7 +196,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// A one-connection pool for the administrative commands.
+/// A one-connection pool for the administrative commands (on SQLite, one reader and the
+/// writer, each opened only when used).
 fn admin_store(settings: &Settings) -> anyhow::Result<store::Store> {
     Ok(store::Store::connect_lazy(
         &settings.database.url,

@@ -1063,7 +1063,7 @@ async fn sqlite(bench: &Bench, report: &mut Report, keyring: &Keyring, grpc_floo
 }
 
 /// SQLite runs one write at a time: a burst of refreshes' writes from one process (the lease
-/// and the store, through the vault's `Store` with its pool) against the same writes one at a
+/// and the store, through `token_vault::store::Store` with the vault's pool size) against the same writes one at a
 /// time, on seeded tenants nothing else touches (the last of the seed). In order, waiting
 /// writers' slowest is about `in_flight` writes' time; a writer polling SQLite's lock instead
 /// waits for its sleeps. A note, not a row: the issue sets no target for it.

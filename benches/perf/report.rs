@@ -923,8 +923,8 @@ const FINDINGS: &str = "
   mutual TLS 0.838 x then 0.881 x. The absolute rates moved too (the hot path's floor 62,050
   then 52,480 req/s). A row that misses here by a few hundredths has met in another run of
   the same code; each bullet below says which. Changed after this table's run: the SQLite
-  store sends a process's writes through one connection of their own (below, "SQLite: one
-  writer per process"); its rows on SQLite were measured again in `--only sqlite` runs, given
+  store sends a process's writes through one connection of their own (below, \"SQLite: one
+  writer per process\"); its rows on SQLite were measured again in `--only sqlite` runs, given
   there.
 - **Refresh throughput: 0.814 x the bare client, 0.889 x the vault's own statements.** This
   run: 10,000 connections expired together, 10,400 calls at 64 in flight, 951 refreshes/s

@@ -9,6 +9,8 @@
 //! - [`refresh_once`]: the refresh latency rows' reference. One refresh's statements, one
 //!   caller at a time, with the provider's delay between the lease and the store, timed
 //!   statement by statement.
+//! - [`write_burst`]: a refresh's writes only (the lease, then the store), many at once or one
+//!   at a time: how one process's writes wait for each other on SQLite.
 
 use std::{
     sync::{

@@ -10,7 +10,7 @@
 //! a live database, since sqlx checks every query of one build against one `DATABASE_URL`.
 
 /// Runs a repository method on whichever store this is: `postgres::<module>::<function>` or
-/// `sqlite::<module>::<function>`, with the pool first.
+/// `sqlite::<module>::<function>`, with the pool first (SQLite's two, `sqlite::SqlitePools`).
 macro_rules! dispatch {
     ($backend:expr, $module:ident :: $function:ident ( $($arg:expr),* $(,)? )) => {
         match $backend {
@@ -212,7 +212,8 @@ impl Store {
         Ok(())
     }
 
-    /// One round trip; used by the health reporter.
+    /// One round trip; used by the health reporter. On SQLite through a reader: the writer
+    /// opens the same file with the same settings, and a write it can't make fails on its own.
     pub async fn ping(&self) -> Result<(), StoreError> {
         match &self.backend {
             #[cfg(feature = "postgres")]

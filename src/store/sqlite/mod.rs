@@ -101,7 +101,10 @@ impl SqlitePools {
     }
 }
 
-/// The pools of the file `url` names: `options.max_connections` readers and one writer.
+/// The pools of the file `url` names: `options.max_connections` readers and one writer. A
+/// write waits for the writer at least as long as SQLite would wait for another process's lock
+/// (`BUSY_TIMEOUT`): queued behind the process's own writes, it should not give up sooner than
+/// it would behind another process's.
 pub(super) fn connect_lazy(url: &SecretString, options: &PoolOptions) -> Result<SqlitePools, StoreError> {
     let connect = SqliteConnectOptions::from_str(url.expose_secret())
         .map_err(StoreError::Database)?
@@ -123,10 +126,10 @@ pub(super) fn connect_lazy(url: &SecretString, options: &PoolOptions) -> Result<
     if let Some(path) = missing_file(url.expose_secret()) {
         return Err(StoreError::MissingFile { path });
     }
-    let pool = |max_connections: u32| {
+    let pool = |max_connections: u32, acquire_timeout: Duration| {
         SqlitePoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(options.acquire_timeout)
+            .acquire_timeout(acquire_timeout)
             // No ping before every query, as on Postgres: a connection to a file does not
             // drop, and the ping is one more hop to the connection's worker thread on every
             // statement.
@@ -134,8 +137,8 @@ pub(super) fn connect_lazy(url: &SecretString, options: &PoolOptions) -> Result<
             .connect_lazy_with(connect.clone())
     };
     Ok(SqlitePools {
-        readers: pool(options.max_connections),
-        writer: pool(1),
+        readers: pool(options.max_connections, options.acquire_timeout),
+        writer: pool(1, options.acquire_timeout.max(BUSY_TIMEOUT)),
     })
 }
 
