@@ -212,15 +212,7 @@ pub async fn refresh_once(
         .expect("the lease is free");
     let lease = timed(started);
     tokio::time::sleep(idle).await;
-    // The size of the scripted provider's access tokens (~900 bytes), as the vault stores.
-    let tokens = sealed_tokens(
-        keyring,
-        tenant,
-        generation + 1,
-        &leased.connection.scopes,
-        &format!("{tenant}.{}", "a".repeat(860)),
-        &format!("ory_rt_statements_{tenant}_{}", generation + 1),
-    );
+    let tokens = made_up_tokens(keyring, tenant, generation + 1, &leased.connection.scopes);
     let started = Instant::now();
     connections
         .store_refresh(leased.connection.id, generation, &tokens, RefreshCause::Caller)
@@ -258,14 +250,7 @@ pub async fn write_burst(
                     .await
                     .expect("the lease statement")
                     .expect("the lease is free");
-                let tokens = sealed_tokens(
-                    &keyring,
-                    tenant,
-                    2,
-                    &leased.connection.scopes,
-                    &format!("{tenant}.{}", "a".repeat(860)),
-                    &format!("ory_rt_burst_{tenant}_2"),
-                );
+                let tokens = made_up_tokens(&keyring, tenant, 2, &leased.connection.scopes);
                 connections
                     .store_refresh(leased.connection.id, 1, &tokens, RefreshCause::Caller)
                     .await
@@ -274,6 +259,20 @@ pub async fn write_burst(
         }
     };
     in_flight(count, in_flight_count, work).await
+}
+
+/// Tokens for `tenant` at `generation` that no provider issued, of the scripted provider's sizes
+/// (an access token of ~900 bytes), sealed as the vault stores them: for the statements that
+/// store a refresh without asking the provider.
+fn made_up_tokens(keyring: &Keyring, tenant: &str, generation: i64, scopes: &[String]) -> NewTokens {
+    sealed_tokens(
+        keyring,
+        tenant,
+        generation,
+        scopes,
+        &format!("{tenant}.{}", "a".repeat(860)),
+        &format!("ory_rt_made_up_{tenant}_{generation}"),
+    )
 }
 
 /// New tokens for `tenant` at `generation`, sealed as the vault seals them (access and refresh

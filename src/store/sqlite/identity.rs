@@ -5,8 +5,7 @@
 use time::OffsetDateTime;
 use tracing::Instrument;
 
-use super::earlier;
-use super::SqlitePools;
+use super::{earlier, SqlitePools};
 use crate::store::{identity::*, StoreError};
 
 pub(in crate::store) async fn current(db: &SqlitePools) -> Result<String, StoreError> {
