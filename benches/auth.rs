@@ -1,6 +1,6 @@
 //! Criterion figures for what authentication and the audit add to every GetAccessToken: the
 //! caller's identification (bearer hash compared with every configured hash, or the client
-//! certificate's names), its policy and limits, and the audit count. The rest of the call is
+//! certificate's names, read once per connection), its policy and limits, and the audit count. The rest of the call is
 //! measured by the perf harness (`./scripts/bench`).
 
 use std::{hint::black_box, sync::Arc};
@@ -10,7 +10,7 @@ use figment::providers::{Format, Toml};
 use http::HeaderMap;
 use token_vault::{
     audit::{Audit, AuditEvent, EventKind},
-    auth::{hash_token, Authenticator, Rpc},
+    auth::{hash_token, Authenticator, CertificateNames, Rpc},
     config::Settings,
     connection_key::ConnectionKey,
     store::{PoolOptions, Store},
@@ -78,11 +78,16 @@ fn authentication(c: &mut Criterion) {
         })
     });
     let chain = client_certificate();
+    // Once per connection, when its TLS handshake ends.
+    c.bench_function("auth_mtls_read_certificate_names", |b| {
+        b.iter(|| CertificateNames::read(black_box(&chain)))
+    });
+    let names = CertificateNames::read(&chain);
     let no_headers = HeaderMap::new();
     c.bench_function("auth_mtls_identify_admit_authorize", |b| {
         b.iter(|| {
             let caller = auth
-                .identify(&no_headers, Some(black_box(&chain)))
+                .identify(&no_headers, Some(black_box(&names)))
                 .map_err(|u| u.detail)
                 .expect("known");
             let permit = caller.admit(Some(Rpc::GetAccessToken)).expect("within limits");

@@ -9,13 +9,13 @@ use std::{
 };
 
 use futures::future::BoxFuture;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
 use super::status::CallError;
 use crate::{
     audit::{Audit, AuditEvent, EventKind},
     auth::{Caller, Denied, Permit, Refused, Rpc, SharedAuthenticator},
+    listener::PeerConnection,
 };
 
 /// The service anyone may call: Kubernetes probes carry no credentials.
@@ -61,15 +61,11 @@ impl AuthLayer {
             None if reflection => "ServerReflection",
             None => "unknown RPC",
         };
-        let certs = request
+        let certificate = request
             .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(TlsConnectInfo::peer_certs);
-        let caller = match self
-            .auth
-            .current()
-            .identify(request.headers(), certs.as_deref().map(Vec::as_slice))
-        {
+            .get::<PeerConnection>()
+            .and_then(|peer| peer.certificate.as_deref());
+        let caller = match self.auth.current().identify(request.headers(), certificate) {
             Ok(caller) => caller,
             Err(unidentified) => {
                 self.audit.count(

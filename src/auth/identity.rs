@@ -51,30 +51,46 @@ pub fn match_token(configured: &[(TokenHash, usize)], presented: &TokenHash) -> 
     configured.get(index).map(|(_, caller)| *caller)
 }
 
-/// The URI and DNS names of the end-entity certificate (the first of the chain), each with
-/// the caller index `lookup` gives it; the first name that names a caller wins.
-pub fn match_certificate(
-    chain: &[CertificateDer<'static>],
-    lookup: impl Fn(SanKind, &str) -> Option<usize>,
-) -> Result<usize, String> {
-    let Some(leaf) = chain.first() else {
-        return Err("empty certificate chain".into());
-    };
-    let cert = webpki::EndEntityCert::try_from(leaf).map_err(|_| "unparsable client certificate".to_owned())?;
-    let mut first_name = None;
-    for uri in cert.valid_uri_names() {
-        if let Some(i) = lookup(SanKind::Uri, uri) {
-            return Ok(i);
-        }
-        first_name.get_or_insert_with(|| format!("certificate uri:{uri}"));
+/// The names a verified client certificate offers to identify its caller: the URI and then the
+/// DNS subject alternative names of the end-entity certificate (the first of the chain), or why
+/// it offers none. Read once per connection, when its TLS handshake ends (`crate::listener`),
+/// since the chain cannot change for the connection's life; each call then only looks the
+/// names up in the current policy, so a reloaded policy applies to the next call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateNames {
+    /// In the order they are tried; or the detail a refusal records.
+    names: Result<Vec<(SanKind, String)>, String>,
+}
+
+impl CertificateNames {
+    pub fn read(chain: &[CertificateDer<'_>]) -> Self {
+        let names = match chain.first() {
+            None => Err("empty certificate chain".to_owned()),
+            Some(leaf) => match webpki::EndEntityCert::try_from(leaf) {
+                Err(_) => Err("unparsable client certificate".to_owned()),
+                Ok(cert) => Ok(cert
+                    .valid_uri_names()
+                    .map(|uri| (SanKind::Uri, uri.to_owned()))
+                    .chain(cert.valid_dns_names().map(|dns| (SanKind::Dns, dns.to_owned())))
+                    .collect()),
+            },
+        };
+        Self { names }
     }
-    for dns in cert.valid_dns_names() {
-        if let Some(i) = lookup(SanKind::Dns, dns) {
-            return Ok(i);
+
+    /// The caller index `lookup` gives the first name that names a caller; else the refusal's
+    /// detail, naming the certificate's first name.
+    pub fn find(&self, lookup: impl Fn(SanKind, &str) -> Option<usize>) -> Result<usize, String> {
+        let names = self.names.as_ref().map_err(Clone::clone)?;
+        if let Some(found) = names.iter().find_map(|(kind, name)| lookup(*kind, name)) {
+            return Ok(found);
         }
-        first_name.get_or_insert_with(|| format!("certificate dns:{dns}"));
+        Err(match names.first() {
+            Some((SanKind::Uri, uri)) => format!("certificate uri:{uri}"),
+            Some((SanKind::Dns, dns)) => format!("certificate dns:{dns}"),
+            None => "certificate without URI or DNS names".to_owned(),
+        })
     }
-    Err(first_name.unwrap_or_else(|| "certificate without URI or DNS names".into()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,5 +142,56 @@ mod tests {
         assert_eq!(bearer_token(&h), Some("abc"));
         h.insert("authorization", "Basic abc".parse().unwrap());
         assert_eq!(bearer_token(&h), None);
+    }
+
+    fn certificate(dns: &[&str], uris: &[&str]) -> Vec<CertificateDer<'static>> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>()).unwrap();
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI((*uri).try_into().unwrap()));
+        }
+        vec![params.self_signed(&key).unwrap().der().clone()]
+    }
+
+    #[test]
+    fn a_certificate_names_its_caller_by_uri_first_then_dns() {
+        let names = CertificateNames::read(&certificate(&["a.svc", "b.svc"], &["spiffe://c/x", "spiffe://c/y"]));
+        let lookup = |known: &'static [(SanKind, &'static str, usize)]| {
+            move |kind: SanKind, name: &str| known.iter().find(|(k, n, _)| *k == kind && *n == name).map(|e| e.2)
+        };
+        // A URI wins over a DNS name, whatever their order in the policy.
+        assert_eq!(
+            names.find(lookup(&[(SanKind::Dns, "a.svc", 1), (SanKind::Uri, "spiffe://c/y", 2)])),
+            Ok(2)
+        );
+        assert_eq!(names.find(lookup(&[(SanKind::Dns, "b.svc", 3)])), Ok(3));
+        // A name of the wrong kind names nobody.
+        assert_eq!(
+            names.find(lookup(&[(SanKind::Dns, "spiffe://c/x", 4), (SanKind::Uri, "a.svc", 5)])),
+            Err("certificate uri:spiffe://c/x".to_owned())
+        );
+        let dns_only = CertificateNames::read(&certificate(&["a.svc"], &[]));
+        assert_eq!(dns_only.find(|_, _| None), Err("certificate dns:a.svc".to_owned()));
+        assert_eq!(dns_only.find(lookup(&[(SanKind::Dns, "a.svc", 6)])), Ok(6));
+    }
+
+    #[test]
+    fn a_chain_without_usable_names_says_why() {
+        let none = CertificateNames::read(&certificate(&[], &[]));
+        assert_eq!(
+            none.find(|_, _| Some(0)),
+            Err("certificate without URI or DNS names".to_owned())
+        );
+        assert_eq!(
+            CertificateNames::read(&[]).find(|_, _| Some(0)),
+            Err("empty certificate chain".to_owned())
+        );
+        let garbage = [CertificateDer::from(vec![0x30, 0x03, 0x01, 0x01, 0xff])];
+        assert_eq!(
+            CertificateNames::read(&garbage).find(|_, _| Some(0)),
+            Err("unparsable client certificate".to_owned())
+        );
     }
 }

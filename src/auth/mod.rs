@@ -24,10 +24,9 @@ use std::{
 };
 
 use http::HeaderMap;
-use rustls::pki_types::CertificateDer;
 
 pub use denied::Denied;
-pub use identity::{hash_token, parse_token_hash};
+pub use identity::{hash_token, parse_token_hash, CertificateNames};
 pub use limit::{Permit, Rate, Refused};
 pub use policy::{Policy, Rpc};
 pub use reload::{load_authenticator, watch_security, PolicyDigest, ReloadCounts, Reloaded, SecurityReloader};
@@ -315,23 +314,23 @@ impl Authenticator {
         self.callers.iter().map(|c| c.name().as_ref())
     }
 
-    /// The caller behind a request: its verified client certificate first, then its bearer
-    /// token.
+    /// The caller behind a request: its verified client certificate's names first, then its
+    /// bearer token.
     pub fn identify(
         &self,
         headers: &HeaderMap,
-        peer_certs: Option<&[CertificateDer<'static>]>,
+        certificate: Option<&CertificateNames>,
     ) -> Result<Caller, Unidentified> {
         if let Some(caller) = &self.insecure {
             return Ok(caller.clone());
         }
         let mut detail = "no credentials".to_owned();
-        if let Some(chain) = peer_certs.filter(|_| self.uses_certificates()) {
+        if let Some(certificate) = certificate.filter(|_| self.uses_certificates()) {
             let lookup = |kind: SanKind, name: &str| match kind {
                 SanKind::Uri => self.by_uri.get(name).copied(),
                 SanKind::Dns => self.by_dns.get(name).copied(),
             };
-            match identity::match_certificate(chain, lookup) {
+            match certificate.find(lookup) {
                 Ok(i) => return self.caller(i),
                 Err(d) => detail = d,
             }

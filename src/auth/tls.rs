@@ -8,8 +8,9 @@
 //! (`crate::listener`) runs the handshake itself, so that it can bound how long one may take and
 //! how many run at once. It takes [`ServerTls::current`] for each new connection: a reload
 //! swaps the whole configuration, new connections get the new one, and established ones keep
-//! the session they negotiated. The verified client chain reaches the authentication layer the
-//! same way as before, through tonic's `TlsConnectInfo` on each request.
+//! the session they negotiated. The verified client chain's names are read once per connection
+//! when its handshake ends (`crate::listener`), and reach the authentication layer with each
+//! request on it.
 
 use std::{
     fmt,

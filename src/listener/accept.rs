@@ -28,6 +28,8 @@ use tokio::{
 };
 use tonic::transport::server::{Connected, TcpIncoming};
 
+use super::PeerConnection;
+
 /// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`: what every HTTP/2 client sends first.
 const HTTP2_PREFACE_LEN: usize = 24;
 /// How long the loop pauses after a failed accept. Out of file descriptors, accept fails at once
@@ -45,11 +47,12 @@ pub struct AcceptLimits {
 }
 
 /// Turns an accepted TCP stream into what the HTTP/2 server reads: itself (plaintext) or a TLS
-/// session. Tonic's `Connected` impls give the request its connection info either way, the
-/// verified client certificates included (`TlsConnectInfo` for a `tokio_rustls` stream).
+/// session, and describes the result once for every request on it ([`PeerConnection`], the
+/// verified client certificate's names included).
 pub trait Handshake: Clone + Send + Sync + 'static {
-    type Io: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static;
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<Self::Io>> + Send;
+    fn peer(io: &Self::Io) -> PeerConnection;
 }
 
 /// No TLS: the TCP stream is served as it is.
@@ -62,6 +65,10 @@ impl Handshake for Plaintext {
     async fn handshake(&self, tcp: TcpStream) -> io::Result<TcpStream> {
         Ok(tcp)
     }
+
+    fn peer(io: &TcpStream) -> PeerConnection {
+        PeerConnection::of_tcp(io)
+    }
 }
 
 impl Handshake for tokio_rustls::TlsAcceptor {
@@ -69,6 +76,10 @@ impl Handshake for tokio_rustls::TlsAcceptor {
 
     async fn handshake(&self, tcp: TcpStream) -> io::Result<Self::Io> {
         self.accept(tcp).await
+    }
+
+    fn peer(io: &Self::Io) -> PeerConnection {
+        PeerConnection::of_tls(io)
     }
 }
 
@@ -79,6 +90,10 @@ impl Handshake for crate::auth::tls::ServerTls {
 
     async fn handshake(&self, tcp: TcpStream) -> io::Result<Self::Io> {
         tokio_rustls::TlsAcceptor::from(self.current()).accept(tcp).await
+    }
+
+    fn peer(io: &Self::Io) -> PeerConnection {
+        PeerConnection::of_tls(io)
     }
 }
 
@@ -171,7 +186,12 @@ impl<H: Handshake> Doorway<H> {
         self.handshakes.spawn(async move {
             let peer = stream.peer_addr().ok();
             match tokio::time::timeout_at(deadline, handshake.handshake(stream)).await {
-                Ok(Ok(io)) => Some(Accepted::new(io, slot, deadline)),
+                Ok(Ok(io)) => {
+                    // Here, in the connection's own task, so that a certificate's parse never
+                    // holds up the accept loop.
+                    let peer = H::peer(&io);
+                    Some(Accepted::new(io, peer, slot, deadline))
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(?peer, error = %e, "TLS handshake failed");
                     None
@@ -185,10 +205,11 @@ impl<H: Handshake> Doorway<H> {
     }
 }
 
-/// A connection handed to the HTTP/2 server: its slot, and until the HTTP/2 preface has been
-/// read, the handshake deadline.
+/// A connection handed to the HTTP/2 server: its slot, what its requests are told about it,
+/// and until the HTTP/2 preface has been read, the handshake deadline.
 pub struct Accepted<IO> {
     io: IO,
+    peer: PeerConnection,
     _slot: OwnedSemaphorePermit,
     preface: Option<Preface>,
 }
@@ -199,9 +220,10 @@ struct Preface {
 }
 
 impl<IO> Accepted<IO> {
-    fn new(io: IO, slot: OwnedSemaphorePermit, deadline: Instant) -> Self {
+    fn new(io: IO, peer: PeerConnection, slot: OwnedSemaphorePermit, deadline: Instant) -> Self {
         Self {
             io,
+            peer,
             _slot: slot,
             preface: Some(Preface {
                 missing: HTTP2_PREFACE_LEN,
@@ -211,11 +233,11 @@ impl<IO> Accepted<IO> {
     }
 }
 
-impl<IO: Connected> Connected for Accepted<IO> {
-    type ConnectInfo = IO::ConnectInfo;
+impl<IO> Connected for Accepted<IO> {
+    type ConnectInfo = PeerConnection;
 
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+    fn connect_info(&self) -> PeerConnection {
+        self.peer.clone()
     }
 }
 

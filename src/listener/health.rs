@@ -13,10 +13,7 @@ use std::{
 
 use futures::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::{
-    transport::server::{TcpConnectInfo, TlsConnectInfo},
-    Request, Response, Status,
-};
+use tonic::{Request, Response, Status};
 use tonic_health::{
     pb::{
         health_server::{Health, HealthServer},
@@ -25,6 +22,8 @@ use tonic_health::{
     server::{HealthReporter, HealthService, WatchStream},
 };
 use tonic_types::{ErrorDetails, StatusExt};
+
+use super::PeerConnection;
 
 /// The stable reason a refused Watch carries (`google.rpc.ErrorInfo`, domain `tokenvault`).
 pub const HEALTH_WATCH_LIMITED: &str = "HEALTH_WATCH_LIMITED";
@@ -106,13 +105,10 @@ fn refused(message: &str) -> Status {
 
 /// The connection a request came on, with or without TLS.
 fn connection<T>(request: &Request<T>) -> ConnectionKey {
-    let tcp = request.extensions().get::<TcpConnectInfo>().or_else(|| {
-        request
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .map(TlsConnectInfo::get_ref)
-    });
-    tcp.map_or((None, None), |info| (info.local_addr(), info.remote_addr()))
+    request
+        .extensions()
+        .get::<PeerConnection>()
+        .map_or((None, None), |peer| (peer.local_addr, peer.remote_addr))
 }
 
 #[tonic::async_trait]

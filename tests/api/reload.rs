@@ -359,7 +359,12 @@ async fn a_caller_added_to_the_policy_file_is_accepted_without_a_restart_and_a_b
     assert_eq!(text.matches("CALLER POLICY RELOAD REFUSED").count(), 2, "{text}");
     assert!(text.contains("GetEverything"), "the reason is logged: {text}");
 
-    // A caller removed from the file is refused from the next call on.
+    // A certificate caller on a connection opened before the next reloads: the vault reads
+    // the certificate's names once per connection and looks them up in the policy of each call.
+    let mut svc = mtls_client(&app, pki.client(Some(&pki.leaf(&[], &[SERVICE_SPIFFE])))).await;
+    svc.get_access_token(token_request("acme")).await.unwrap();
+
+    // A caller removed from the file is refused from the next call on, on its open connection.
     mount.set(&[("policy.toml", bearer_caller("newcomer", NEWCOMER_TOKEN))]);
     eventually("the shorter policy is taken", || {
         app.reloads.reloaded(Reloaded::Policy) == 2
@@ -367,7 +372,21 @@ async fn a_caller_added_to_the_policy_file_is_accepted_without_a_restart_and_a_b
     .await;
     let err = app_caller.get_access_token(token_request("acme")).await.unwrap_err();
     assert_reason(&err, Code::Unauthenticated, "CALLER_UNKNOWN");
+    let err = svc.get_access_token(token_request("acme")).await.unwrap_err();
+    assert_reason(&err, Code::Unauthenticated, "CALLER_UNKNOWN");
     newcomer.get_access_token(token_request("acme")).await.unwrap();
+
+    // And a certificate caller added back, under another name, is known on the same connection.
+    mount.set(&[(
+        "policy.toml",
+        bearer_caller("newcomer", NEWCOMER_TOKEN)
+            + &caller("svc-again", &format!("mtls_uris = [\"{SERVICE_SPIFFE}\"]")),
+    )]);
+    eventually("the policy with the certificate caller is taken", || {
+        app.reloads.reloaded(Reloaded::Policy) == 3
+    })
+    .await;
+    svc.get_access_token(token_request("acme")).await.unwrap();
 }
 
 #[tokio::test]
