@@ -1091,6 +1091,26 @@ const FINDINGS: &str = "
 
   In these partial runs the row was 0.824 to 0.890 x. On Postgres, every full and partial run
   since the floor stopped pinging has it between 0.82 and 0.89 x.
+  After this table's run (2026-12-04), both processes were profiled over the same 30 s of one
+  `--only cold` run (`perf record -F 149 --call-graph dwarf`, 1,854 samples of the vault and
+  1,887 of the floor; vault 9,253 req/s, floor 11,471, 0.807 x). Per request, the vault used
+  1.22 x the floor's CPU. On a scale where the floor's CPU per request is 100:
+  - the query through the pool: vault 33, floor 32;
+  - sqlx's ping of each connection it takes back (`return_to_pool`, which sqlx-core 0.8.6
+    runs on every release): vault 23, floor 25;
+  - the handler: vault 51, floor 36. The read beyond its query (coalescing, the row's 14
+    columns) costs 6 of the difference, the cache's insert and eviction 3.5, unsealing 3.3 and
+    the audit's count 1.4;
+  - the remaining 7.5 of the vault's 122 are spread over the authentication layer, tracing's
+    spans and HTTP/2.
+
+  System calls per request were the same in both (`perf stat` on the syscall tracepoints, an
+  earlier run the same hour): ~1.9 sendto, ~2.7 recvfrom and ~1.6 writev. The gap is the
+  vault's own work per miss, each step a few percent; no one step holds it. Partial runs under
+  these profilers gave 0.72 to 0.84 x. A pool without the release ping (see the refresh
+  latency bullet) would cut about a fifth of the CPU per miss. It would cut the floor's just as
+  much, so the ratio would hardly move. Closing the gap needs less work in the vault's own
+  steps.
 - **Stampede over five bursts.** This table: one provider request and one token in every
   burst. The slowest caller took 68.8, 75.2, 75.7, 77.8 and 71.2 ms (median 75.2 ms), against
   the gRPC floor's median 18.9 ms: within the delay plus 1.5 x the floor's (78.4 ms). The
