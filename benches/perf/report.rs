@@ -1058,7 +1058,7 @@ const FINDINGS: &str = "
   5.5 % (the floor's too), and identifying the caller from its certificate on every call
   (`auth::identity`, webpki's parsing) 1.5 %. That parse now happens once per connection: the
   listener reads the verified certificate's URI and DNS names when the handshake ends
-  (`src/listener/peer.rs`), and each call only looks them up in the policy in force. Criterion
+  (`src/auth/peer.rs`), and each call only looks them up in the policy in force. Criterion
   (`cargo bench --bench auth`, 2026-12-04, the commit before and after): identifying,
   admitting and authorising an mTLS call went from 284 to 108 ns. Reading the names costs
   277 ns, once per connection. This table's row (0.967 x) is the first full run with it.

@@ -14,8 +14,7 @@ use tower::{Layer, Service};
 use super::status::CallError;
 use crate::{
     audit::{Audit, AuditEvent, EventKind},
-    auth::{Caller, Denied, Permit, Refused, Rpc, SharedAuthenticator},
-    listener::PeerConnection,
+    auth::{Caller, Denied, PeerConnection, Permit, Refused, Rpc, SharedAuthenticator},
 };
 
 /// The service anyone may call: Kubernetes probes carry no credentials.

@@ -12,6 +12,7 @@
 mod denied;
 mod identity;
 mod limit;
+mod peer;
 mod policy;
 pub mod reload;
 pub mod tls;
@@ -28,6 +29,7 @@ use http::HeaderMap;
 pub use denied::Denied;
 pub use identity::{hash_token, parse_token_hash, CertificateNames};
 pub use limit::{Permit, Rate, Refused};
+pub use peer::PeerConnection;
 pub use policy::{Policy, Rpc};
 pub use reload::{load_authenticator, watch_security, PolicyDigest, ReloadCounts, Reloaded, SecurityReloader};
 pub use validity::{validity, Validity};

@@ -28,7 +28,7 @@ use tokio::{
 };
 use tonic::transport::server::{Connected, TcpIncoming};
 
-use super::PeerConnection;
+use crate::auth::PeerConnection;
 
 /// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`: what every HTTP/2 client sends first.
 const HTTP2_PREFACE_LEN: usize = 24;

@@ -23,7 +23,7 @@ use tonic_health::{
 };
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::PeerConnection;
+use crate::auth::PeerConnection;
 
 /// The stable reason a refused Watch carries (`google.rpc.ErrorInfo`, domain `tokenvault`).
 pub const HEALTH_WATCH_LIMITED: &str = "HEALTH_WATCH_LIMITED";

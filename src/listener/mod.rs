@@ -1,6 +1,6 @@
 //! Before authentication: how connections are accepted and how much each may hold before
-//! anyone knows who is calling. A connection cap and a handshake deadline (`accept`), what
-//! each request is told about its connection (`peer`: addresses, client certificate names),
+//! anyone knows who is calling. A connection cap and a handshake deadline (`accept`), which
+//! also describes each connection once for its requests (`auth::PeerConnection`),
 //! HTTP/2 keepalive, a stream cap per connection and a call timeout (the tonic builder here),
 //! and bounded health Watch streams (`health`); the Prometheus scrape endpoint (`metrics`), on
 //! a plaintext HTTP/1.1 listener of its own. Every bound is a `server.*` setting; see
@@ -9,12 +9,10 @@
 mod accept;
 mod health;
 mod metrics;
-mod peer;
 
 pub use accept::{incoming, AcceptLimits, Accepted, Handshake, Plaintext};
 pub use health::{health_server, LimitedHealth, HEALTH_WATCH_LIMITED};
 pub use metrics::{serve_metrics, Render};
-pub use peer::PeerConnection;
 
 use crate::config::ServerSettings;
 

@@ -1,7 +1,9 @@
-//! What the listener learns about a connection once, when its handshake ends, and hands to
-//! every request on it as tonic's connect info ([`PeerConnection`]): its addresses and, over
-//! mutual TLS, the names of the client certificate rustls verified. The certificate is parsed
-//! here, once per connection, rather than on every call: its chain cannot change while the
+//! What the listener (`crate::listener`) learns about a connection once, when its handshake
+//! ends, and hands to every request on it as tonic's connect info ([`PeerConnection`]): its
+//! addresses and, over mutual TLS, the names of the client certificate rustls verified. Here in
+//! `auth` because the authentication layer is what reads it, and both the listener and the API
+//! sit above `auth` in the layer map (`crate::layers`). The certificate is parsed
+//! by [`PeerConnection::of_tls`], once per connection, rather than on every call: its chain cannot change while the
 //! connection lives (TLS 1.3 has no renegotiation), and a caller's calls are many where its
 //! connections are few.
 
@@ -10,7 +12,7 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use crate::auth::CertificateNames;
+use super::CertificateNames;
 
 /// A request's connection: each request gets a clone (two addresses and an `Arc`).
 #[derive(Debug, Clone)]
