@@ -993,7 +993,9 @@ const FINDINGS: &str = "
     (1.34 and 1.31 x), after the one-writer change.
   - The previous table, before it: 5.11 against 3.17 and 5.23 against 3.54 ms (1.61 and
     1.48 x); the first run of 2026-12-03 had 1.79 and 1.68 x.
-  - `--only sqlite` runs between the two tables: 1.20 to 1.28 x.
+  - `--only sqlite` runs between the two tables: 1.20 to 1.28 x. One after this table
+    (2026-12-04, 17:40, with the machine slower again: hot path's floor 55,627 req/s):
+    4.92 against 3.19 ms and 5.48 against 3.74 ms, 1.54 and 1.47 x.
 
   The vault's tail is long where the bare statements' is not: max 150.5 and 99.3 ms in this
   table, 69.8 and 258.9 ms in the previous one. `strace -c` on both processes over 40 s of the
@@ -1070,7 +1072,8 @@ const FINDINGS: &str = "
     of 2026-12-03, against the pinging floor: 0.982 x (vault 8,118, floor 8,267). The full run
     before that: 0.993 x.
   - SQLite, this table: 19,238 against 22,388 (pairs 0.847 to 0.930), p99 1.17 x. The previous
-    table: 0.935 x (11,108 against 11,883). The SQLite store's change between the two tables
+    table: 0.935 x (11,108 against 11,883). An `--only sqlite` run after this table (2026-12-04,
+    17:40, machine slower): 0.792 x (11,802 against 14,911, pairs 0.755 to 0.931), p99 1.51 x. The SQLite store's change between the two tables
     sends writes to their own connection and leaves the reads' statement and pool size as they
     were.
 
