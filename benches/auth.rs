@@ -1,7 +1,7 @@
 //! Criterion figures for what authentication and the audit add to every GetAccessToken: the
 //! caller's identification (bearer hash compared with every configured hash, or the client
-//! certificate's names, read once per connection), its policy and limits, and the audit count. The rest of the call is
-//! measured by the perf harness (`./scripts/bench`).
+//! certificate's names, read once per connection), its policy and limits, and the audit count.
+//! The rest of the call is measured by the perf harness (`./scripts/bench`).
 
 use std::{hint::black_box, sync::Arc};
 

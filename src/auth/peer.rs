@@ -2,8 +2,8 @@
 //! ends, and hands to every request on it as tonic's connect info ([`PeerConnection`]): its
 //! addresses and, over mutual TLS, the names of the client certificate rustls verified. Here in
 //! `auth` because the authentication layer is what reads it, and both the listener and the API
-//! sit above `auth` in the layer map (`crate::layers`). The certificate is parsed
-//! by [`PeerConnection::of_tls`], once per connection, rather than on every call: its chain cannot change while the
+//! sit above `auth` in the layer map (`crate::layers`). [`PeerConnection::of_tls`] parses the
+//! certificate once per connection rather than on every call: its chain cannot change while the
 //! connection lives (TLS 1.3 has no renegotiation), and a caller's calls are many where its
 //! connections are few.
 
