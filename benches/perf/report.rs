@@ -1014,8 +1014,39 @@ const FINDINGS: &str = "
 
   The run just before, without it: 3.40 and 3.67 ms (1.23 and 1.23 x), max 75.1 ms stale and
   127.6 ms not cached. No change beyond the runs' spread, so the tail is not the checkpoints.
-  The rest of the vault's ~0.75 ms beyond its statements here (0.35 ms on Postgres) is not
-  attributed.
+  The vault's ~0.75 ms beyond its statements in this table (0.35 ms on Postgres) was taken
+  apart on 2026-12-04, after the table, in four `--only sqlite` runs of a throwaway build that
+  timed the vault's steps (machine slower: hot-path floor 35,090 to 41,931 req/s; own time 1.24
+  to 1.32 x stale in the cache and 1.25 to 1.28 x not cached). Medians over 200 samples:
+  - Inside the vault, the path's statements cost what the bare client's cost: the lease 0.62 to
+    0.84 ms (bare 0.70 to 0.94), the store 0.99 to 1.23 ms (bare 0.87 to 1.08). The token
+    request took 1.77 to 1.91 ms beyond the delay, as when this process sends it directly (1.81
+    to 1.90 ms). Sealing the new tokens took 0.02 ms.
+  - The rest is the gRPC call around the handler. Wall-clock stamps in the client, in the
+    vault's authentication layer and handler, and in the provider floor's handler (one run:
+    2.45 and 2.68 ms own time against 1.97 and 2.13 ms of statements): from the client's send
+    to the handler, 477 µs in the vault against 320 µs in the floor; from the handler's answer
+    back to the client, 414 against 378 µs. That is 0.19 ms of the vault's ~0.5 ms beyond its
+    statements in that run.
+  - The same shows on a cache hit. 200 calls to one cached tenant, each after 50 ms idle, took
+    0.61 to 0.72 ms in the vault against 0.46 to 0.57 ms for the gRPC floor (medians of rounds
+    of 200, over two runs); back to back, 0.18 to 0.22 against 0.15 to 0.19 ms. Back to back,
+    the vault used 1.3 times the floor's CPU over the same seconds (`perf stat`). A profile of
+    those calls (`perf record --call-graph dwarf`) spreads the difference over the vault's own
+    steps (the cache, the audit's count, the conversion, the authentication layer, routing among
+    four services), none above 1.5 % of its samples. After 50 ms idle every step costs about
+    three times as much as back to back, the floor's too.
+  - Not the cause, each tried once or twice with no change beyond the runs' spread: the audit
+    holding its event rows 5 ms before writing them (1.32 and 1.27 x, against 1.30 and 1.28 x
+    the run before); and for the cache hit after idle, a tonic server without HTTP/2
+    keep-alive, stream cap and call timeout, no per-call trace span, the system allocator
+    instead of mimalloc, one runtime worker, and mimalloc never returning memory.
+
+  So on SQLite, whose path's statements take ~2 ms, the 1.15 x target leaves 0.3 ms for all
+  the vault adds, and its gRPC call alone takes ~0.15 to 0.19 ms more than the floor's after
+  the provider's 50 ms of idle. On Postgres, 3.4 ms of statements absorb the same overhead
+  (1.09 to 1.11 x). The row stays missed: closing it needs a leaner per-call path, and no
+  single step of it holds the difference.
   Also on 2026-12-03: the SQLite pool no longer pings a connection before each statement
   (`test_before_acquire`, off on Postgres since an earlier stop). With the floor's ping removed
   as well, the cold-cache row on SQLite went from 0.842 x to 0.935 x.
