@@ -1145,6 +1145,23 @@ const FINDINGS: &str = "
   latency bullet) would cut about a fifth of the CPU per miss. It would cut the floor's just as
   much, so the ratio would hardly move. Closing the gap needs less work in the vault's own
   steps.
+  That was measured on 2026-12-04, after the table, with a throwaway build: the cache-miss read
+  in the vault, the floor's read, or both, took a connection from a last-in-first-out stack of
+  at most 20 (the pools' size) and put it back without a ping. `--only cold` runs, one after
+  another on a slow hour of the machine:
+  - both pinging, as in the table: 0.746 x and 0.854 x (floor 8,834 and 10,078 req/s);
+  - only the vault without the ping: 0.970 x (floor 8,543 req/s; a first run whose stack had no
+    bound, so the vault held up to 64 connections against the floor's 20, gave 1.059 x);
+  - both without the ping: 0.898 x and 0.826 x (floor 10,920 and 13,264 req/s).
+
+  Without the ping the floor answered ~20 to 30 % more requests a second, and the vault's
+  ratio to a floor built the same way stayed where it was. A pool of the vault's own would
+  raise the cache-miss throughput by about as much; the row would only read as met against a
+  floor that keeps paying a round trip the vault no longer pays, and the table does not count
+  that as met. Such a pool also has to keep what the ping does today (a cancelled read's
+  unread answer drained before the connection serves another, a cancelled transaction's
+  rollback sent before the connection is parked) and has to be tested with thousands of
+  cancellations; it is not built.
 - **Stampede over five bursts.** This table: one provider request and one token in every
   burst. The slowest caller took 68.8, 75.2, 75.7, 77.8 and 71.2 ms (median 75.2 ms), against
   the gRPC floor's median 18.9 ms: within the delay plus 1.5 x the floor's (78.4 ms). The
