@@ -1034,13 +1034,13 @@ const FINDINGS: &str = "
     the vault used 1.3 times the floor's CPU over the same seconds (`perf stat`). A profile of
     those calls (`perf record --call-graph dwarf`) spreads the difference over the vault's own
     steps (the cache, the audit's count, the conversion, the authentication layer, routing among
-    four services), none above 1.5 % of its samples. After 50 ms idle every step costs about
-    three times as much as back to back, the floor's too.
+    four services), each a few percent of its samples at most. After 50 ms idle a call costs
+    about three times what it costs back to back, in the floor too.
   - Not the cause, each tried once or twice with no change beyond the runs' spread: the audit
     holding its event rows 5 ms before writing them (1.32 and 1.27 x, against 1.30 and 1.28 x
-    the run before); and for the cache hit after idle, a tonic server without HTTP/2
-    keep-alive, stream cap and call timeout, no per-call trace span, the system allocator
-    instead of mimalloc, one runtime worker, and mimalloc never returning memory.
+    the run before); for the cache hit after idle, a tonic server without HTTP/2 keep-alive,
+    stream cap and call timeout, no per-call trace span, and the system allocator instead of
+    mimalloc; for the calls back to back, mimalloc never returning memory.
 
   So on SQLite, whose path's statements take ~2 ms, the 1.15 x target leaves 0.3 ms for all
   the vault adds, and its gRPC call alone takes ~0.15 to 0.19 ms more than the floor's after
@@ -1154,11 +1154,11 @@ const FINDINGS: &str = "
     bound, so the vault held up to 64 connections against the floor's 20, gave 1.059 x);
   - both without the ping: 0.898 x and 0.826 x (floor 10,920 and 13,264 req/s).
 
-  Without the ping the floor answered ~20 to 30 % more requests a second, and the vault's
-  ratio to a floor built the same way stayed where it was. A pool of the vault's own would
-  raise the cache-miss throughput by about as much; the row would only read as met against a
-  floor that keeps paying a round trip the vault no longer pays, and the table does not count
-  that as met. Such a pool also has to keep what the ping does today (a cancelled read's
+  Without the ping the floor answered ~20 to 30 % more requests a second (across runs, so the
+  machine's drift is in that figure), and the vault's ratio to a floor built the same way
+  stayed where it was. A pool of the vault's own would raise the cache-miss throughput by about
+  as much. The row would then read as met only against a floor that keeps paying a round trip
+  the vault no longer pays, and the table does not count that as met. Such a pool also has to keep what the ping does today (a cancelled read's
   unread answer drained before the connection serves another, a cancelled transaction's
   rollback sent before the connection is parked) and has to be tested with thousands of
   cancellations; it is not built.
