@@ -1018,35 +1018,44 @@ const FINDINGS: &str = "
   apart on 2026-12-04, after the table, in four `--only sqlite` runs of a throwaway build that
   timed the vault's steps (machine slower: hot-path floor 35,090 to 41,931 req/s; own time 1.24
   to 1.32 x stale in the cache and 1.25 to 1.28 x not cached). Medians over 200 samples:
-  - Inside the vault, the path's statements cost what the bare client's cost: the lease 0.62 to
-    0.84 ms (bare 0.70 to 0.94), the store 0.99 to 1.23 ms (bare 0.87 to 1.08). The token
-    request took 1.77 to 1.91 ms beyond the delay, as when this process sends it directly (1.81
-    to 1.90 ms). Sealing the new tokens took 0.02 ms.
-  - The rest is the gRPC call around the handler. Wall-clock stamps in the client, in the
-    vault's authentication layer and handler, and in the provider floor's handler (one run:
-    2.45 and 2.68 ms own time against 1.97 and 2.13 ms of statements): from the client's send
-    to the handler, 477 µs in the vault against 320 µs in the floor; from the handler's answer
-    back to the client, 414 against 378 µs. That is 0.19 ms of the vault's ~0.5 ms beyond its
-    statements in that run.
-  - The same shows on a cache hit. 200 calls to one cached tenant, each after 50 ms idle, took
-    0.61 to 0.72 ms in the vault against 0.46 to 0.57 ms for the gRPC floor (medians of rounds
-    of 200, over two runs); back to back, 0.18 to 0.22 against 0.15 to 0.19 ms. Back to back,
-    the vault used 1.3 times the floor's CPU over the same seconds (`perf stat`). A profile of
-    those calls (`perf record --call-graph dwarf`) spreads the difference over the vault's own
-    steps (the cache, the audit's count, the conversion, the authentication layer, routing among
-    four services), each a few percent of its samples at most. After 50 ms idle a call costs
-    about three times what it costs back to back, in the floor too.
-  - Not the cause, each tried once or twice with no change beyond the runs' spread: the audit
-    holding its event rows 5 ms before writing them (1.32 and 1.27 x, against 1.30 and 1.28 x
-    the run before); for the cache hit after idle, a tonic server without HTTP/2 keep-alive,
-    stream cap and call timeout, no per-call trace span, and the system allocator instead of
-    mimalloc; for the calls back to back, mimalloc never returning memory.
+  - Inside the vault, the path's statements together cost what the bare client's cost: the
+    lease 0.62 to 0.84 ms (bare 0.70 to 0.94; always 0.06 to 0.14 ms less), the store 0.99 to
+    1.23 ms (bare 0.87 to 1.08; always 0.08 to 0.16 ms more), the two summed within -0.06 to
+    +0.10 ms of the bare client's. The token request took 1.77 to 1.91 ms beyond the delay, as
+    when this process sends it directly (1.81 to 1.90 ms). Sealing the new tokens took 0.02 ms.
+  - One run also put wall-clock stamps in the client, in the vault's authentication layer and
+    handler, and in the provider floor's handler (2.45 and 2.68 ms own time against 1.97 and
+    2.13 ms of statements, so ~0.5 ms beyond them). Stale in the cache:
+    - the gRPC call around the handler, ~0.19 ms: from the client's send to the handler, 477 µs
+      in the vault against 320 µs in the floor; from the handler's answer back to the client,
+      414 against 378 µs;
+    - inside the handler, between the timed steps, ~0.28 ms: from the refresh task's end to the
+      waiting handler 0.10 ms (the task's cache insert, its end, the wake); within the task,
+      outside the timed steps, 0.06 ms; between the lease statement and the token request (the
+      database's identity check, the cache lookup) 0.05 ms; after the store statement (the
+      rotation kept for a failover) 0.03 ms; the handler beyond the vault's call (audit,
+      conversion) 0.04 ms;
+    - the token request ~0.04 ms more than the floor's whole handler.
+  - A cache hit shows the same per-call cost. 200 calls to one cached tenant, each after 50 ms
+    idle of the client, took 0.61 to 0.72 ms in the vault against 0.46 to 0.57 ms for the gRPC
+    floor: 0.13 to 0.15 ms more, round by round (medians of rounds of 200, two runs). Back to
+    back: 0.18 to 0.22 against 0.15 to 0.19 ms (four runs). Back to back, the vault used 1.3
+    times the floor's CPU: `perf stat` on both over the same seconds, and 456 against 351
+    samples of `perf record --call-graph dwarf`. The profile spreads the difference over the
+    vault's own steps (the cache, the audit's count, the conversion, the authentication layer,
+    routing among four services), each a few percent of its samples at most. After 50 ms idle
+    a call costs about three times what it costs back to back, in the floor too.
+  - Not the cause, each tried once or twice, none helping: the audit holding its event rows
+    5 ms before writing them (1.32 and 1.27 x, against 1.30 and 1.28 x the run before); for
+    the cache hit after idle, a tonic server without HTTP/2 keep-alive, stream cap and call
+    timeout, no per-call trace span, and the system allocator instead of mimalloc; for the
+    calls back to back, mimalloc never returning memory.
 
-  So on SQLite, whose path's statements take ~2 ms, the 1.15 x target leaves 0.3 ms for all
-  the vault adds, and its gRPC call alone takes ~0.15 to 0.19 ms more than the floor's after
-  the provider's 50 ms of idle. On Postgres, 3.4 ms of statements absorb the same overhead
-  (1.09 to 1.11 x). The row stays missed: closing it needs a leaner per-call path, and no
-  single step of it holds the difference.
+  So on SQLite, whose path's statements take ~2 ms, the 1.15 x target leaves 0.3 ms for all the
+  vault adds, and after 50 ms idle its gRPC call alone costs 0.13 to 0.19 ms more than the
+  floor's. On Postgres, with 3.4 to 3.8 ms of statements, the vault's 0.35 ms beyond them is
+  1.09 to 1.11 x. The row stays missed: closing it needs a leaner per-call path and a cheaper
+  hand-off from the refresh task, and no single step holds the difference.
   Also on 2026-12-03: the SQLite pool no longer pings a connection before each statement
   (`test_before_acquire`, off on Postgres since an earlier stop). With the floor's ping removed
   as well, the cold-cache row on SQLite went from 0.842 x to 0.935 x.
@@ -1145,23 +1154,28 @@ const FINDINGS: &str = "
   latency bullet) would cut about a fifth of the CPU per miss. It would cut the floor's just as
   much, so the ratio would hardly move. Closing the gap needs less work in the vault's own
   steps.
-  That was measured on 2026-12-04, after the table, with a throwaway build: the cache-miss read
-  in the vault, the floor's read, or both, took a connection from a last-in-first-out stack of
-  at most 20 (the pools' size) and put it back without a ping. `--only cold` runs, one after
-  another on a slow hour of the machine:
-  - both pinging, as in the table: 0.746 x and 0.854 x (floor 8,834 and 10,078 req/s);
-  - only the vault without the ping: 0.970 x (floor 8,543 req/s; a first run whose stack had no
-    bound, so the vault held up to 64 connections against the floor's 20, gave 1.059 x);
-  - both without the ping: 0.898 x and 0.826 x (floor 10,920 and 13,264 req/s).
+  The pool without the release ping was measured on Postgres on 2026-12-04, after the table,
+  with a throwaway build: the cache-miss read in the vault, the floor's read, or both, took a
+  connection from a last-in-first-out stack of at most 20 (the pools' size) and put it back
+  without a ping. `--only cold` runs, one after another on a slow hour of the machine:
+  - both with sqlx's ping on release, as in the table: 0.746 x and 0.854 x (floor 8,834 and
+    10,078 req/s);
+  - only the vault without the ping: 0.970 x (floor 8,543 req/s). A first run whose stack had
+    no bound, so that the vault held up to 64 connections against the floor's 20, gave
+    1.059 x;
+  - both without the ping: 0.898 x and 0.826 x (floor 10,920 and 13,264 req/s). A first such
+    run, with neither stack bounded, ended with the vault answering INTERNAL, most likely for
+    want of Postgres connections (not verified); it is not counted.
 
-  Without the ping the floor answered ~20 to 30 % more requests a second (across runs, so the
-  machine's drift is in that figure), and the vault's ratio to a floor built the same way
-  stayed where it was. A pool of the vault's own would raise the cache-miss throughput by about
-  as much. The row would then read as met only against a floor that keeps paying a round trip
-  the vault no longer pays, and the table does not count that as met. Such a pool also has to keep what the ping does today (a cancelled read's
-  unread answer drained before the connection serves another, a cancelled transaction's
-  rollback sent before the connection is parked) and has to be tested with thousands of
-  cancellations; it is not built.
+  Without the ping the floor answered ~28 % more requests a second on the means of two runs
+  each (single pairs of runs 8 to 50 %: the machine's drift is in these figures), and the
+  vault's ratio to a floor built the same way stayed where it was. A pool of the vault's own
+  would likely raise its cache-miss throughput by a similar amount. The row would then read as
+  met only against a floor that keeps paying a round trip the vault no longer pays, and the
+  table does not count that as met. Such a pool also has to keep what the ping does today (a
+  cancelled read's unread answer drained before the connection serves another, a cancelled
+  transaction's rollback sent before the connection is parked) and has to be tested with
+  thousands of cancellations; it is not built.
 - **Stampede over five bursts.** This table: one provider request and one token in every
   burst. The slowest caller took 68.8, 75.2, 75.7, 77.8 and 71.2 ms (median 75.2 ms), against
   the gRPC floor's median 18.9 ms: within the delay plus 1.5 x the floor's (78.4 ms). The
