@@ -1029,8 +1029,9 @@ const FINDINGS: &str = "
     - the gRPC call around the handler, ~0.19 ms: from the client's send to the handler, 477 µs
       in the vault against 320 µs in the floor; from the handler's answer back to the client,
       414 against 378 µs;
-    - inside the handler, between the timed steps, ~0.28 ms: from the refresh task's end to the
-      waiting handler 0.10 ms (the task's cache insert, its end, the wake); within the task,
+    - inside the handler, between the timed steps, ~0.28 ms: the hand-off to the refresh task
+      and back, 0.10 ms (the stale cache entry's lookup, the spawn, the task's cache insert, its
+      end, and the wake of the waiting handler); within the task,
       outside the timed steps, 0.06 ms; between the lease statement and the token request (the
       database's identity check, the cache lookup) 0.05 ms; after the store statement (the
       rotation kept for a failover) 0.03 ms; the handler beyond the vault's call (audit,
