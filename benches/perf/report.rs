@@ -1029,16 +1029,17 @@ const FINDINGS: &str = "
     - the gRPC call around the handler, ~0.19 ms: from the client's send to the handler, 477 µs
       in the vault against 320 µs in the floor; from the handler's answer back to the client,
       414 against 378 µs;
-    - inside the handler, between the timed steps, ~0.28 ms: the hand-off to the refresh task
-      and back, 0.10 ms (the stale cache entry's lookup, the spawn, the task's cache insert, its
-      end, and the wake of the waiting handler; timed leg by leg in a fifth run, which gave
-      1.25 and 1.20 x: the spawn to the task's start 35 µs, the task's cache insert and end
-      25 µs, the task's end to the handler resumed 40 µs, medians of 196 with the probes' own
-      writes in them); within the task,
-      outside the timed steps, 0.06 ms; between the lease statement and the token request (the
-      database's identity check, the cache lookup) 0.05 ms; after the store statement (the
-      rotation kept for a failover) 0.03 ms; the handler beyond the vault's call (audit,
-      conversion) 0.04 ms;
+    - inside the handler, between the timed steps, ~0.28 ms:
+      - the hand-off to the refresh task and back, 0.10 ms: the stale cache entry's lookup, the
+        spawn, the task's cache insert and end, the wake of the waiting handler. A fifth run
+        (1.25 and 1.20 x) timed it leg by leg, medians of 196 with the probes' own writes in
+        them: the spawn to the task's start 35 µs, the task's cache insert and end 25 µs, the
+        task's end to the handler resumed 40 µs;
+      - within the task, outside the timed steps, 0.06 ms;
+      - between the lease statement and the token request (the database's identity check, the
+        cache lookup), 0.05 ms;
+      - after the store statement (the rotation kept for a failover), 0.03 ms;
+      - the handler beyond the vault's call (audit, conversion), 0.04 ms;
     - the token request ~0.04 ms more than the floor's whole handler.
   - A cache hit shows the same per-call cost. 200 calls to one cached tenant, each after 50 ms
     idle of the client, took 0.61 to 0.72 ms in the vault against 0.46 to 0.57 ms for the gRPC
@@ -1117,9 +1118,9 @@ const FINDINGS: &str = "
     before that: 0.993 x.
   - SQLite, this table: 19,238 against 22,388 (pairs 0.847 to 0.930), p99 1.17 x. The previous
     table: 0.935 x (11,108 against 11,883). An `--only sqlite` run after this table (2026-12-04,
-    17:40, machine slower): 0.792 x (11,802 against 14,911, pairs 0.755 to 0.931), p99 1.51 x. The SQLite store's change between the two tables
-    sends writes to their own connection and leaves the reads' statement and pool size as they
-    were.
+    17:40, machine slower): 0.792 x (11,802 against 14,911, pairs 0.755 to 0.931), p99 1.51 x.
+    The SQLite store's change between the two tables sends writes to their own connection and
+    leaves the reads' statement and pool size as they were.
 
   The miss path, profiled on 2026-12-03 (`--only cold`, `perf record --call-graph dwarf -F 149`
   on the vault for 25 s of the scenario, 1,994 samples, about half a core of the machine's two):
