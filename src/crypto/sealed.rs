@@ -10,8 +10,8 @@
 //! panic.
 
 use aes_gcm::{
-    aead::{Aead, Payload},
-    Nonce,
+    aead::{Aead, AeadInPlace, Payload},
+    Nonce, Tag,
 };
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use secrecy::SecretString;
@@ -180,10 +180,35 @@ impl Keyring {
         Ok(Zeroizing::new(plaintext))
     }
 
+    /// Opens a sealed text straight into the string handed out: the ciphertext is copied once,
+    /// into a buffer of the plaintext's exact size, and decrypted there. So no second copy of
+    /// the plaintext is made per open (an access token is opened on every cache miss), and no
+    /// reallocation can leave one behind unzeroized; on any failure the buffer is zeroized.
     pub fn open_str(&self, aad: &Aad<'_>, sealed: &[u8]) -> Result<SecretString, SealError> {
-        let bytes = self.open(aad, sealed)?;
-        let text = std::str::from_utf8(&bytes).map_err(|_| SealError::NotText)?;
-        Ok(SecretString::from(text.to_owned()))
+        let parts = SealedParts::parse(sealed)?;
+        let key = self
+            .get(parts.key_id)
+            .ok_or_else(|| SealError::UnknownKey(parts.key_id.to_owned()))?;
+        // `parse` checked that the ciphertext holds at least the tag.
+        let (ciphertext, tag) = parts.ciphertext.split_at(parts.ciphertext.len() - TAG_LEN);
+        let mut buffer = Zeroizing::new(ciphertext.to_vec());
+        key.cipher
+            .decrypt_in_place_detached(
+                Nonce::from_slice(parts.nonce),
+                &aad.encode(),
+                &mut buffer,
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| SealError::Authentication)?;
+        match String::from_utf8(std::mem::take(&mut *buffer)) {
+            // `to_vec` allocated exactly the plaintext's length, so the string's conversion to
+            // the secret's boxed `str` keeps the same allocation.
+            Ok(text) => Ok(SecretString::from(text)),
+            Err(not_text) => {
+                drop(Zeroizing::new(not_text.into_bytes()));
+                Err(SealError::NotText)
+            }
+        }
     }
 }
 
@@ -378,6 +403,40 @@ mod tests {
             let mut tampered = sealed.clone();
             tampered[i] ^= 0x01;
             assert!(ring.open(&aad(1), &tampered).is_err(), "bit flipped at {i}");
+        }
+    }
+
+    /// `open_str` decrypts in place rather than through `open`, so it is held to the same
+    /// checks on its own: text of any length round-trips, bytes that are not UTF-8 are refused,
+    /// and every wrong key, row, truncation or bit flip is an error.
+    #[test]
+    fn open_str_round_trips_text_and_refuses_everything_else() {
+        use secrecy::ExposeSecret;
+        let k1 = ring(&["k1"]);
+        for text in ["", "t", "ory_at_\u{e9}\u{1f511}", &"x".repeat(900)] {
+            let sealed = k1.seal(&aad(2), text.as_bytes()).unwrap();
+            assert_eq!(k1.open_str(&aad(2), &sealed).unwrap().expose_secret(), text);
+        }
+        let not_text = k1.seal(&aad(2), &[0x66, 0xff, 0x66]).unwrap();
+        assert_eq!(k1.open_str(&aad(2), &not_text).unwrap_err(), SealError::NotText);
+
+        let sealed = k1.seal(&aad(2), b"some token value").unwrap();
+        assert_eq!(k1.open_str(&aad(3), &sealed).unwrap_err(), SealError::Authentication);
+        assert_eq!(
+            ring(&["k1"]).open_str(&aad(2), &sealed).unwrap_err(),
+            SealError::Authentication
+        );
+        assert_eq!(
+            ring(&["k2"]).open_str(&aad(2), &sealed).unwrap_err(),
+            SealError::UnknownKey("k1".into())
+        );
+        for len in 0..sealed.len() {
+            assert!(k1.open_str(&aad(2), &sealed[..len]).is_err(), "truncated to {len}");
+        }
+        for i in 0..sealed.len() {
+            let mut tampered = sealed.clone();
+            tampered[i] ^= 0x01;
+            assert!(k1.open_str(&aad(2), &tampered).is_err(), "bit flipped at {i}");
         }
     }
 

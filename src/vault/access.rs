@@ -56,7 +56,7 @@ impl Vault {
         }
 
         let row = self.read_active_connection(&key).await?;
-        let token = tokens::open_access_token(&self.inner.keyring, &key, &row)?;
+        let token = tokens::open_access_token(&self.inner.keyring, &key, row)?;
         self.inner.cache.put(key.clone(), token.clone());
         self.read_or_refreshed(key, client, token, margin, deadline).await
     }
@@ -101,7 +101,8 @@ impl Vault {
         deadline: Option<Instant>,
     ) -> Result<(AccessToken, TokenSource), VaultError> {
         let row = self.read_active_connection(&key).await?;
-        let current = tokens::open_access_token(&self.inner.keyring, &key, &row)?;
+        let row_generation = row.generation;
+        let current = tokens::open_access_token(&self.inner.keyring, &key, row)?;
         if !rejected.matches(&current.token) {
             self.inner.cache.put(key.clone(), current.clone());
             // A read joined a moment before this replica stored a newer generation would be
@@ -114,8 +115,8 @@ impl Vault {
                 .unwrap_or(current);
             return self.read_or_refreshed(key, client, newest, margin, deadline).await;
         }
-        tracing::info!(tenant_id = %key.tenant(), provider = %key.provider(), generation = row.generation, "a caller reports the current access token rejected by the provider; refreshing");
-        let mut generation = row.generation;
+        tracing::info!(tenant_id = %key.tenant(), provider = %key.provider(), generation = row_generation, "a caller reports the current access token rejected by the provider; refreshing");
+        let mut generation = row_generation;
         for _ in 0..REJECTED_ROUNDS {
             let token = self
                 .inner

@@ -53,10 +53,11 @@ struct Entry {
 }
 
 /// A cached token, as compact as the token's fields allow: the token itself (one exact-size
-/// allocation), the token type and scopes shared with other entries, the rest inline.
+/// allocation, shared with the callers it is handed to), the token type and scopes shared with
+/// other entries, the rest inline.
 #[derive(Clone)]
 struct CachedToken {
-    token: SecretString,
+    token: Arc<SecretString>,
     token_type: Arc<str>,
     scopes: Arc<[String]>,
     issued_at: OffsetDateTime,
@@ -224,7 +225,7 @@ mod tests {
 
     fn token(generation: i64) -> AccessToken {
         AccessToken {
-            token: SecretString::from("t"),
+            token: Arc::new(SecretString::from("t")),
             token_type: "bearer".into(),
             issued_at: OffsetDateTime::now_utc(),
             expires_at: OffsetDateTime::now_utc() + time::Duration::hours(1),
@@ -333,5 +334,9 @@ mod tests {
         assert_eq!(got_b.generation, 2);
         use secrecy::ExposeSecret;
         assert_eq!(got_a.token.expose_secret(), "t");
+        assert!(
+            Arc::ptr_eq(&got_a.token, &first.token) && Arc::ptr_eq(&cache.get(&a).unwrap().token, &first.token),
+            "the put and every hit share one copy of the plaintext"
+        );
     }
 }

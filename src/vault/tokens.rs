@@ -1,5 +1,7 @@
 //! Sealing and opening a connection's tokens with the associated data of their row.
 
+use std::sync::Arc;
+
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
@@ -10,19 +12,19 @@ use crate::{
     store::{ConnectionRow, NewTokens},
 };
 
-/// Opens the access token of `key`'s row.
+/// Opens the access token of `key`'s row, taking the row's fields rather than copying them.
 pub(super) fn open_access_token(
     keyring: &SharedKeyring,
     key: &ConnectionKey,
-    row: &ConnectionRow,
+    row: ConnectionRow,
 ) -> Result<AccessToken, VaultError> {
     let aad = Aad::for_connection(Purpose::AccessToken, key, row.generation);
     Ok(AccessToken {
-        token: keyring.open_str(&aad, &row.access_token)?,
-        token_type: row.token_type.clone(),
+        token: Arc::new(keyring.open_str(&aad, &row.access_token)?),
+        token_type: row.token_type,
         issued_at: row.access_token_issued_at,
         expires_at: row.access_token_expires_at,
-        scopes: row.scopes.clone().into(),
+        scopes: row.scopes.into(),
         generation: row.generation,
     })
 }
@@ -64,7 +66,7 @@ pub(super) fn seal_token_response(
         .as_ref()
         .and_then(|_| lifetime::refresh_token_expires_at(provider, sent_at, response.refresh_token_expires_in));
     let token = AccessToken {
-        token: response.access_token.clone(),
+        token: Arc::new(response.access_token.clone()),
         token_type: response.token_type.clone(),
         issued_at: sent_at,
         expires_at,

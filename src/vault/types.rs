@@ -1,6 +1,6 @@
 //! The flows' inputs and outputs, free of any wire format.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use secrecy::SecretString;
 use time::OffsetDateTime;
@@ -110,11 +110,14 @@ pub struct ImportedConnection {
 /// An access token handed to a caller.
 #[derive(Clone, Debug)]
 pub struct AccessToken {
-    pub token: SecretString,
+    /// Shared: the cache and every caller it is handed to hold one copy of the plaintext,
+    /// zeroized when the last of them lets go. A cache hit or put is then a reference count,
+    /// not a ~900-byte allocation, copy and zeroization (docs/performance.md, the cold cache).
+    pub token: Arc<SecretString>,
     pub token_type: String,
     pub issued_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
-    pub scopes: std::sync::Arc<[String]>,
+    pub scopes: Arc<[String]>,
     /// The connection generation the token belongs to.
     pub generation: i64,
 }
@@ -226,7 +229,7 @@ mod tests {
     fn token(lifetime_secs: i64) -> AccessToken {
         let issued_at = OffsetDateTime::UNIX_EPOCH;
         AccessToken {
-            token: SecretString::from("t"),
+            token: Arc::new(SecretString::from("t")),
             token_type: "bearer".into(),
             issued_at,
             expires_at: issued_at + time::Duration::seconds(lifetime_secs),

@@ -51,7 +51,9 @@ impl RefresherInner {
                 // the row's own.
                 let valid = match cached.filter(|t| t.expires_at > now) {
                     Some(token) => Some(token),
-                    None => Some(tokens::open_access_token(&self.keyring, key, row)?).filter(|t| t.expires_at > now),
+                    None => {
+                        Some(tokens::open_access_token(&self.keyring, key, row.clone())?).filter(|t| t.expires_at > now)
+                    }
                 };
                 match valid {
                     Some(token) => Ok(Some(Acquired::Theirs(token))),
@@ -162,7 +164,7 @@ impl RefresherInner {
             // Someone else refreshed. Their token is used as long as it has not expired, even
             // if it is shorter-lived than the margin asks: refreshing again would kill it for
             // whoever already holds it. An expired one is refreshed from the new generation.
-            let token = tokens::open_access_token(&self.keyring, key, &fresh)?;
+            let token = tokens::open_access_token(&self.keyring, key, fresh)?;
             if token.expires_at > OffsetDateTime::now_utc() {
                 return Ok(Some(Acquired::Theirs(token)));
             }
