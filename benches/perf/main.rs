@@ -265,6 +265,19 @@ struct Bench {
     pki: pki::BenchPki,
 }
 
+/// The environment the image sets for the vault (the Dockerfile's `ENV` lines that tune the
+/// process, such as mimalloc's purge delay), so the vault runs here as it runs when deployed.
+/// A variable already in this process's environment wins, for experiments.
+fn image_env() -> Vec<(String, String)> {
+    include_str!("../../Dockerfile")
+        .lines()
+        .filter_map(|line| line.strip_prefix("ENV MIMALLOC_"))
+        .filter_map(|rest| rest.split_once('='))
+        .map(|(name, value)| (format!("MIMALLOC_{name}"), value.trim().to_string()))
+        .filter(|(name, _)| std::env::var_os(name).is_none())
+        .collect()
+}
+
 impl Bench {
     /// Starts the vault binary; returns it once SERVING, with the time that took. `callers`:
     /// who may call (an authenticated caller is audited). `cache_max_age` replaces the vault's
@@ -391,6 +404,7 @@ redirect_uris = ["https://bench.example/callback"]
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_token-vault"))
             .args(["serve", "--config"])
             .arg(&config)
+            .envs(image_env())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
