@@ -46,8 +46,9 @@ RUN ["/usr/local/bin/token-vault", "--version"]
 # longer than the token cache's sweep interval (vault.cache_max_age, 5 s by default), so the
 # pages a sweep frees are reused by the entries put after it instead of being returned and
 # faulted in again. Under sustained cache misses that re-faulting took ~700 page faults a second
-# and ~7 % more CPU per call (docs/performance.md, the cold cache). Raise it with a longer
-# cache_max_age; mimalloc reads it only as the process starts.
+# and ~7 % more CPU per call (one 60 s run each way; docs/performance.md, the cold cache). With a
+# longer cache_max_age, raise it above that age (60 s at most: the sweep runs at least once a
+# minute). mimalloc reads it only as the process starts.
 ENV MIMALLOC_PURGE_DELAY=10000
 # Numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 65532:65532

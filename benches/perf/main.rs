@@ -265,17 +265,35 @@ struct Bench {
     pki: pki::BenchPki,
 }
 
-/// The environment the image sets for the vault (the Dockerfile's `ENV` lines that tune the
-/// process, such as mimalloc's purge delay), so the vault runs here as it runs when deployed.
-/// A variable already in this process's environment wins, for experiments.
+/// The environment the image sets for the vault (the Dockerfile's `ENV MIMALLOC_*` settings,
+/// such as the allocator's purge delay), so the vault runs here as it runs when deployed. A
+/// variable already in this process's environment wins, for experiments. Only the
+/// `ENV NAME=VALUE` form, unquoted, is read; anything else naming `MIMALLOC_` stops the bench
+/// rather than leaving the setting out unnoticed.
 fn image_env() -> Vec<(String, String)> {
-    include_str!("../../Dockerfile")
-        .lines()
-        .filter_map(|line| line.strip_prefix("ENV MIMALLOC_"))
-        .filter_map(|rest| rest.split_once('='))
-        .map(|(name, value)| (format!("MIMALLOC_{name}"), value.trim().to_string()))
-        .filter(|(name, _)| std::env::var_os(name).is_none())
-        .collect()
+    let mut env = Vec::new();
+    for line in include_str!("../../Dockerfile").lines().map(str::trim) {
+        if !line.contains("MIMALLOC_") || line.starts_with('#') {
+            continue;
+        }
+        let settings = line
+            .strip_prefix("ENV ")
+            .unwrap_or_else(|| panic!("Dockerfile: MIMALLOC_ outside an `ENV NAME=VALUE` line: {line}"));
+        for setting in settings.split_whitespace() {
+            match setting.split_once('=') {
+                Some((name, value))
+                    if name.starts_with("MIMALLOC_") && !value.is_empty() && !value.contains(['"', '\'', '\\']) =>
+                {
+                    if std::env::var_os(name).is_none() {
+                        env.push((name.to_string(), value.to_string()));
+                    }
+                }
+                Some((name, _)) if !name.starts_with("MIMALLOC_") => {}
+                _ => panic!("Dockerfile: cannot read `{setting}` as an unquoted MIMALLOC_NAME=VALUE"),
+            }
+        }
+    }
+    env
 }
 
 impl Bench {

@@ -918,8 +918,8 @@ const FINDINGS: &str = "
   eade072, on an otherwise idle machine. Two changes to what it measured came after it: an
   access token's plaintext shared by the cache and its callers and opened in place (commit
   267d6be), and mimalloc's purge delay set to 10 s in the image and in the bench's vault. Both
-  are measured in partial runs in the cold-cache bullet below. The previous table was the full run of 2026-12-03 on
-  commit 6f56e33. Two changes came between them: the SQLite store's one writer per process
+  are measured in partial runs in the cold-cache bullet below. The previous table was the full
+  run of 2026-12-03 on commit 6f56e33. Two changes came between them: the SQLite store's one writer per process
   (below) and the client certificate's names read once per connection (below). Neither touches
   the Postgres paths. The machine ran faster on this day: the hot path's gRPC floor made
   74,669 req/s against 52,480, the cold-cache database floor 11,891 against 8,807, and the
@@ -1203,42 +1203,49 @@ const FINDINGS: &str = "
     `MIMALLOC_PURGE_DELAY=-1`, RSS stayed at 209 MiB and the faults stopped after the first
     fill. A vault with `cache_max_age = \"1h\"` keeps its entries across the floor's runs, fills
     its 100,000 entries and evicts. Five pairs of runs, each pair the default age then one hour
-    (the first two before the change below, the last three after it): 0.816 / 0.854, 0.843 /
-    0.925, 0.874 / 0.890, 0.752 / 0.898 and 0.817 / 0.862 x. The hour came out ahead in all
-    five, by 0.066 x on the means (0.820 against 0.886 x), and even then below the 0.90 x target
-    on this hour of the machine. The row keeps the default age: it is what operators run, and a
-    longer age keeps plaintext tokens in memory longer, which `cache_max_age` exists to bound.
-    The same faults happen under sustained load with the default age. A throwaway 60 s run of
-    the vault alone (64 in flight, 1,000,000 tenants) showed its minor faults rising by ~700 a
-    second throughout, and its RSS swinging between 163 and 185 MiB: each sweep frees up to
+    (the first two before the change to the plaintext's copies in the next bullet, the last
+    three after it; all five with mimalloc's default purge delay): 0.816 / 0.854, 0.843 / 0.925,
+    0.874 / 0.890, 0.752 / 0.898 and 0.817 / 0.862 x. The hour came out ahead in all five, by
+    0.065 x on the means (0.820 against 0.886 x), and even then below the 0.90 x target on this
+    hour of the machine. The row keeps the default age: it is what operators run, and a longer
+    age keeps plaintext tokens in memory longer, which `cache_max_age` exists to bound. The same
+    faults happen under sustained load with the default age. A throwaway 60 s run of the vault
+    alone (64 in flight, 1,000,000 tenants) showed its minor faults rising by ~700 a second
+    throughout, and its RSS swinging between 163 and 185 MiB: each sweep frees up to
     `cache_max_age` worth of entries at once, and pages still free a second later go back to the
     system before the entries that replace them are put. With `MIMALLOC_PURGE_DELAY=10000`,
     longer than the sweep interval, the same run showed ~100 faults a second, RSS steady at 211
     to 214 MiB, and the vault's CPU per call at 57.4 against 61.7 us (one run each: 749,696 and
-    734,565 calls). The image now sets it (`Dockerfile`, docs/deploy.md), and the bench starts
-    the vault with the image's `MIMALLOC_` settings (`image_env` in `benches/perf/main.rs`). It
-    cannot be set from the code: mimalloc reads its options from the environment as the process
-    starts, and the crate forbids `unsafe` code, which its option call needs. Three pairs of
-    `--only cold` runs, each 1 s (mimalloc's default) then 10 s: 0.845 / 0.853, 0.854 / 0.881
-    and 0.808 / 0.873 x (means 0.836 and 0.869 x), p99 1.83 / 1.64, 1.60 / 1.42 and 1.84 / 1.39
-    x. The memory row with it (`--only scale`): 183 bytes per entry beyond the token, from the
-    vault's +158.3 MiB and its memory floor's +56.9 MiB (the floor, a vault with a small cache,
-    keeps its freed pages longer too); the bound and the sweeps within their limits (the last
-    doubling +5.4 MiB, 1 %; the sweeps' second half +7.7 MiB against their first, 5 % of the
-    cache's cost, where the run before the change had -4.4 MiB).
+    734,565 calls). The earlier `MIMALLOC_PURGE_DELAY=-1` runs (above) showed no change beyond
+    the spread in the ratio; these count faults and CPU directly, and the pairs below alternate
+    the two settings run by run. The image now sets it (`Dockerfile`, docs/deploy.md), and the
+    bench starts the vault with the image's `MIMALLOC_` settings (`image_env` in
+    `benches/perf/main.rs`). The code does not set it: mimalloc's option call is a C function
+    that the `mimalloc` crate does not wrap, and token-vault forbids `unsafe` code; the
+    environment variable is read as the process starts. Three pairs of `--only cold` runs, each
+    1 s (mimalloc's default) then 10 s: 0.845 / 0.853, 0.854 / 0.881 and 0.808 / 0.873 x (means
+    0.836 and 0.869 x), p99 1.83 / 1.64, 1.60 / 1.42 and 1.84 / 1.39 x. The memory row with it
+    (`--only scale`): 183 bytes per entry beyond the token, from the vault's +158.3 MiB and its
+    memory floor's +56.9 MiB (the floor, a vault with a small cache, keeps its freed pages
+    longer too); the bound and the sweeps within their limits (the last doubling +5.4 MiB, 1 %;
+    the sweeps' second half +7.7 MiB against their first, 5 % of the cache's cost, where the run
+    before the change had -4.4 MiB).
   - Copies of the plaintext. The access token is now one allocation shared by the cache and
     every caller it is handed to (`Arc<SecretString>`, `src/vault/types.rs`), so a cache hit and
     a cache put no longer allocate, copy and zeroize ~900 bytes each. It is also opened in
-    place, into a buffer of its exact size (`Keyring::open_str`): 1.025 -> 0.918 us (`cargo
-    bench --bench crypto -- open_access_token`, criterion means, before and after in the same
-    hour). The row read from the database is moved into the token, not copied. Three `--only
-    cold` runs after these changes: 0.859, 0.808 and 0.819 x, no change beyond the runs' spread.
-    The copies were not where the difference is. Costs, measured before and after in the same
-    hour: the shared token's counter is one more 32-byte allocation per cached entry (`--only
-    scale`: the vault grew 159.0 MiB against 156.1 MiB, ~30 bytes an entry; the memory row's
-    figure came to 431 against 341 bytes, most of that the memory floor's own swing, 34.3
-    against 39.9 MiB; within the 512-byte target). The hot path (`--only hot`, a slow hour of
-    the machine): 0.887 x after, 0.869 x before.
+    place, into a buffer of its exact size (`Keyring::open_str`): 1.025 us before, 0.918 us
+    after (criterion means of the new `open_access_token_as_text`, `cargo bench --bench crypto`,
+    run against the previous `open_str` and then this one in the same hour). The row's token
+    type and scopes are moved into the token, not cloned. Three `--only cold` runs after these
+    changes: 0.859, 0.808 and 0.819 x, no change beyond the runs' spread. The copies are not
+    where the vault's gap to the floor lies. Costs, measured before and after in the same hour:
+    the shared token's counter is one more 32-byte allocation per cached entry (`--only scale`:
+    the vault grew 159.0 MiB after against 156.1 MiB before, ~30 bytes an entry; the memory
+    row's figure came to 431 bytes after against 341 before, most of that the memory floor's own
+    swing, 34.3 MiB after against 39.9 before; within the 512-byte target). The hot path
+    (`--only hot`, a slow hour of the machine): 0.887 x after, 0.869 x before. The copy made for
+    the gRPC response (an ordinary `String` in the generated message) is still freed without
+    being zeroized, as before this change.
 - **Stampede over five bursts.** This table: one provider request and one token in every
   burst. The slowest caller took 68.8, 75.2, 75.7, 77.8 and 71.2 ms (median 75.2 ms), against
   the gRPC floor's median 18.9 ms: within the delay plus 1.5 x the floor's (78.4 ms). The

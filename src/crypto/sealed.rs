@@ -191,7 +191,8 @@ impl Keyring {
             .ok_or_else(|| SealError::UnknownKey(parts.key_id.to_owned()))?;
         // `parse` checked that the ciphertext holds at least the tag.
         let (ciphertext, tag) = parts.ciphertext.split_at(parts.ciphertext.len() - TAG_LEN);
-        let mut buffer = Zeroizing::new(ciphertext.to_vec());
+        let mut buffer = Zeroizing::new(Vec::with_capacity(ciphertext.len()));
+        buffer.extend_from_slice(ciphertext);
         key.cipher
             .decrypt_in_place_detached(
                 Nonce::from_slice(parts.nonce),
@@ -201,9 +202,13 @@ impl Keyring {
             )
             .map_err(|_| SealError::Authentication)?;
         match String::from_utf8(std::mem::take(&mut *buffer)) {
-            // `to_vec` allocated exactly the plaintext's length, so the string's conversion to
-            // the secret's boxed `str` keeps the same allocation.
-            Ok(text) => Ok(SecretString::from(text)),
+            // The buffer was allocated for exactly the plaintext's length, so the string's
+            // conversion to the secret's boxed `str` keeps the same allocation (a shrinking
+            // reallocation would leave a copy behind that nothing zeroizes).
+            Ok(text) => {
+                debug_assert_eq!(text.capacity(), text.len());
+                Ok(SecretString::from(text))
+            }
             Err(not_text) => {
                 drop(Zeroizing::new(not_text.into_bytes()));
                 Err(SealError::NotText)

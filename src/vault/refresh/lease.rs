@@ -51,9 +51,8 @@ impl RefresherInner {
                 // the row's own.
                 let valid = match cached.filter(|t| t.expires_at > now) {
                     Some(token) => Some(token),
-                    None => {
-                        Some(tokens::open_access_token(&self.keyring, key, row.clone())?).filter(|t| t.expires_at > now)
-                    }
+                    None => Some(tokens::open_access_token(&self.keyring, key, leased.connection)?)
+                        .filter(|t| t.expires_at > now),
                 };
                 match valid {
                     Some(token) => Ok(Some(Acquired::Theirs(token))),
