@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
-    crypto::{sealed_key_id, Aad, Key, KeyId, Keyring, Purpose, SealedParts},
+    crypto::{sealed_key_id, Aad, Key, KeyId, Keyring, Purpose, SealError, SealedParts},
     oauth::{
         parse_token_response, CallbackOutcome, CallbackParams, TokenError, TokenResponse, MAX_ERROR_DESCRIPTION_LEN,
         MAX_ERROR_LEN, MAX_EXPIRES_IN, MAX_PARAM_LEN,
@@ -185,6 +185,18 @@ pub fn sealed_value(data: &[u8]) {
         .open(&aad, &sealed)
         .unwrap_or_else(|e| panic!("opening failed: {e}"));
     assert_eq!(opened.as_slice(), data);
+    // A cache miss opens text in place (`open_str`), not through `open`: the two must agree,
+    // on the raw input (the same error) and on its sealed form (the text, or `NotText`).
+    assert_eq!(ring.open_str(&aad, data).err(), ring.open(&aad, data).err());
+    match (std::str::from_utf8(data), ring.open_str(&aad, &sealed)) {
+        (Ok(text), Ok(opened)) => assert_eq!(opened.expose_secret(), text),
+        (Err(_), Err(e)) => assert_eq!(e, SealError::NotText),
+        (text, opened) => panic!(
+            "open_str disagrees with open: input UTF-8 {}, open_str succeeded {}",
+            text.is_ok(),
+            opened.is_ok()
+        ),
+    }
     let other_row = Aad::for_generation(Purpose::AccessToken, "tenant", "provider", 2);
     assert!(ring.open(&other_row, &sealed).is_err());
     if let Some(cut) = sealed.len().checked_sub(1 + data.len() % 16) {
