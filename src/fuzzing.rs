@@ -185,8 +185,8 @@ pub fn sealed_value(data: &[u8]) {
         .open(&aad, &sealed)
         .unwrap_or_else(|e| panic!("opening failed: {e}"));
     assert_eq!(opened.as_slice(), data);
-    // A cache miss opens text in place (`open_str`), not through `open`: the two must agree,
-    // on the raw input (the same error) and on its sealed form (the text, or `NotText`).
+    // A cache miss opens text with `open_str`, which takes over `open`'s buffer: the two must
+    // agree, on the raw input (the same error) and on its sealed form (the text, or `NotText`).
     assert_eq!(ring.open_str(&aad, data).err(), ring.open(&aad, data).err());
     match (std::str::from_utf8(data), ring.open_str(&aad, &sealed)) {
         (Ok(text), Ok(opened)) => assert_eq!(opened.expose_secret(), text),

@@ -1235,17 +1235,20 @@ const FINDINGS: &str = "
     a cache put no longer allocate, copy and zeroize ~900 bytes each. It is also opened in
     place, into a buffer of its exact size (`Keyring::open_str`): 1.025 us before, 0.918 us
     after (criterion means of the new `open_access_token_as_text`, `cargo bench --bench crypto`,
-    run against the previous `open_str` and then this one in the same hour). The row's token
-    type and scopes are moved into the token, not cloned. Three `--only cold` runs after these
-    changes: 0.859, 0.808 and 0.819 x, no change beyond the runs' spread. The copies are not
-    where the vault's gap to the floor lies. Costs, measured before and after in the same hour:
-    the shared token's counter is one more 32-byte allocation per cached entry (`--only scale`:
-    the vault grew 159.0 MiB after against 156.1 MiB before, ~30 bytes an entry; the memory
-    row's figure came to 431 bytes after against 341 before, most of that the memory floor's own
-    swing, 34.3 MiB after against 39.9 before; within the 512-byte target). The hot path
-    (`--only hot`, a slow hour of the machine): 0.887 x after, 0.869 x before. The copy made for
-    the gRPC response (an ordinary `String` in the generated message) is still freed without
-    being zeroized, as before this change.
+    run against the previous `open_str` and then this one in the same hour). After the second
+    review, `Keyring::open` itself decrypts this way and `open_str` takes its buffer over:
+    `open_access_token` (`open`) 0.943 us, against 1.002 and 1.014 us earlier the same evening,
+    and `open_access_token_as_text` 0.880 us. The row's token type and scopes are moved into the
+    token, not cloned. Three `--only cold` runs after these changes: 0.859, 0.808 and 0.819 x,
+    no change beyond the runs' spread. The copies are not where the vault's gap to the floor
+    lies. Costs, measured before and after in the same hour: the shared token's counter is one
+    more 32-byte allocation per cached entry (`--only scale`: the vault grew 159.0 MiB after
+    against 156.1 MiB before, ~30 bytes an entry; the memory row's figure came to 431 bytes
+    after against 341 before, most of that the memory floor's own swing, 34.3 MiB after against
+    39.9 before; within the 512-byte target). The hot path (`--only hot`, a slow hour of the
+    machine): 0.887 x after, 0.869 x before. The copy made for the gRPC response (an ordinary
+    `String` in the generated message) is still freed without being zeroized, as before this
+    change.
 - **Stampede over five bursts.** This table: one provider request and one token in every
   burst. The slowest caller took 68.8, 75.2, 75.7, 77.8 and 71.2 ms (median 75.2 ms), against
   the gRPC floor's median 18.9 ms: within the delay plus 1.5 x the floor's (78.4 ms). The

@@ -161,30 +161,11 @@ impl Keyring {
         self.seal(aad, plaintext.expose_secret().as_bytes())
     }
 
-    /// Opens a value sealed by any key of the keyring, checking it belongs to `aad`.
+    /// Opens a value sealed by any key of the keyring, checking it belongs to `aad`. The
+    /// ciphertext is copied once, into a buffer of exactly the plaintext's size, and decrypted
+    /// there, so a caller that keeps the plaintext ([`Self::open_str`], on every cache miss)
+    /// takes the buffer over without a second copy. On any failure the buffer is zeroized.
     pub fn open(&self, aad: &Aad<'_>, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
-        let parts = SealedParts::parse(sealed)?;
-        let key = self
-            .get(parts.key_id)
-            .ok_or_else(|| SealError::UnknownKey(parts.key_id.to_owned()))?;
-        let plaintext = key
-            .cipher
-            .decrypt(
-                Nonce::from_slice(parts.nonce),
-                Payload {
-                    msg: parts.ciphertext,
-                    aad: &aad.encode(),
-                },
-            )
-            .map_err(|_| SealError::Authentication)?;
-        Ok(Zeroizing::new(plaintext))
-    }
-
-    /// Opens a sealed text straight into the string handed out: the ciphertext is copied once,
-    /// into a buffer of the plaintext's exact size, and decrypted there. So no second copy of
-    /// the plaintext is made per open (an access token is opened on every cache miss), and no
-    /// reallocation can leave one behind unzeroized; on any failure the buffer is zeroized.
-    pub fn open_str(&self, aad: &Aad<'_>, sealed: &[u8]) -> Result<SecretString, SealError> {
         let parts = SealedParts::parse(sealed)?;
         let key = self
             .get(parts.key_id)
@@ -201,7 +182,14 @@ impl Keyring {
                 Tag::from_slice(tag),
             )
             .map_err(|_| SealError::Authentication)?;
-        match String::from_utf8(std::mem::take(&mut *buffer)) {
+        Ok(buffer)
+    }
+
+    /// Opens a sealed text as the secret string handed out, in the buffer [`Self::open`]
+    /// decrypted it in.
+    pub fn open_str(&self, aad: &Aad<'_>, sealed: &[u8]) -> Result<SecretString, SealError> {
+        let mut plaintext = self.open(aad, sealed)?;
+        match String::from_utf8(std::mem::take(&mut *plaintext)) {
             // The buffer was allocated for exactly the plaintext's length, so the string's
             // conversion to the secret's boxed `str` keeps the same allocation (a shrinking
             // reallocation would leave a copy behind that nothing zeroizes).
@@ -416,9 +404,10 @@ mod tests {
         assert_every_truncation_and_bit_flip_fails(&sealed, |bytes| ring.open(&aad(1), bytes).is_ok());
     }
 
-    /// `open_str` decrypts in place rather than through `open`, so it is held to the same
-    /// checks on its own: text of any length round-trips, bytes that are not UTF-8 are refused,
-    /// and every wrong key, row, truncation or bit flip is an error.
+    /// `open_str`, which the cache-miss path calls, is held to `open`'s checks on its own: text
+    /// of any length round-trips (the string keeps the decryption's exact-size buffer), bytes
+    /// that are not UTF-8 are refused, and every wrong key, row, truncation or bit flip is an
+    /// error.
     #[test]
     fn open_str_round_trips_text_and_refuses_everything_else() {
         use secrecy::ExposeSecret;
