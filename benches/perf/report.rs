@@ -914,41 +914,48 @@ const FINDINGS: &str = "
   After it, in `--only throughput` (2026-12-03, quiet machine), the same client's rounds held
   at 1.4 to 2.3 ms per read and 3.2 to 4.9 ms per lease; `query_plans.rs` keeps status out of
   every index key and bounds a lease's pages on stale statistics.
-- **This table's run, and the previous one.** This table is a full run of 2026-12-04 on commit
-  eade072, on an otherwise idle machine. Two changes to what it measured came after it: an
-  access token's plaintext shared by the cache and its callers and opened in place (commit
-  267d6be), and mimalloc's purge delay set to 10 s in the image and in the bench's vault. Both
-  are measured in partial runs in the cold-cache bullet below. The previous table was the full
-  run of 2026-12-03 on commit 6f56e33. Two changes came between them: the SQLite store's one writer per process
-  (below) and the client certificate's names read once per connection (below). Neither touches
-  the Postgres paths. The machine ran faster on this day: the hot path's gRPC floor made
-  74,669 req/s against 52,480, the cold-cache database floor 11,891 against 8,807, and the
-  provider floor's own overhead was 2.53 ms against 3.05. A durable commit cost the same (0.37
-  ms back to back and 1.63 ms after 50 ms idle, against 0.38 and 1.62). Rows whose code did not
-  change moved with the machine. The hot path went from 0.929 x to 0.973 x, with authentication
-  from 0.880 x to 0.941 x. Refresh latency on Postgres went from 1.26 and 1.26 x to 1.11 and
-  1.09 x. Refresh throughput went from 951 to 1,020 refreshes/s. The rows that missed here: the
-  cold cache on Postgres (0.873 x) and on SQLite (0.859 x; 0.935 x in the previous table), and
-  refresh latency on SQLite (1.34 and 1.31 x). Each bullet below gives the figures of both
-  tables and of the partial runs that measured the row between them.
-- **Refresh throughput: 1,020 refreshes/s, 0.863 x the bare client, 0.927 x the vault's own
-  statements.** This run: 10,000 connections expired together, 10,400 calls at 64 in flight,
-  1,020 refreshes/s against the bare client's 1,182 (pairs 0.845 to 0.884). Exactly one
+- **This table's run, and the previous one.** This table is a full run of 2026-12-05 on commit
+  560dfa1, on an otherwise idle machine. The previous table was the full run of 2026-12-04 on
+  commit eade072. Two changes to what they measure came between them, each measured in partial
+  runs in the cold-cache bullet below: an access token's plaintext shared by the cache and its
+  callers and opened in place (commits 267d6be and 560dfa1), and mimalloc's purge delay set to
+  10 s in the image and in the bench's vault (6526061). Neither touches a refresh's statements.
+  The machine ran about as fast as for the previous table: the hot path's gRPC floor made
+  74,153 req/s against 74,669, the provider floor's own overhead was 2.48 ms against 2.53, and a
+  durable commit cost 0.36 ms back to back and 1.58 ms after 50 ms idle, against 0.37 and 1.63.
+  The cold-cache database floor made 13,168 req/s against 11,891. In this table, against the
+  previous one:
+  - met in both: the hot path 0.967 x (0.973), with authentication 0.915 x (0.941), over mutual
+    TLS 0.932 x (0.967); refresh latency on Postgres 1.08 and 1.05 x (1.11 and 1.09); refresh
+    throughput 1,035 refreshes/s (1,020), 0.866 x the bare client (0.863); memory per cached
+    token 216 bytes beyond the token (305);
+  - missed in both: the cold cache on Postgres 0.886 x (0.873) and on SQLite 0.874 x (0.859),
+    the SQLite row's p99 1.51 x too (1.17, met then); refresh latency on SQLite 1.44 and 1.29 x
+    (1.34 and 1.31).
+
+  Each bullet below gives the figures of both tables and of the partial runs between them.
+  The spread of one row's pairs within a run (the cold cache on SQLite: 0.784 to 1.036) is as
+  wide as the change of any row from one table to the next.
+- **Refresh throughput: 1,035 refreshes/s, 0.866 x the bare client, 0.920 x the vault's own
+  statements.** This table: 10,000 connections expired together, 10,400 calls at 64 in flight,
+  1,035 refreshes/s against the bare client's 1,196 (pairs 0.860 to 0.878). Exactly one
   provider request per tenant, and no refresh token presented twice. Both of the issue's
-  targets are met in this run: 0.80 x the bare client, and 1,000 refreshes/s. The earlier full
-  runs met the first and not the second: the previous table 951/s (0.814 x), the first run of
-  2026-12-03 984/s (0.835 x). The bare client barely moved (1,168 and 1,179 then, 1,182 now),
-  because at 64 in flight it waits on the provider's 50 ms delay and two commits, which did not
-  get faster. The vault did, because its extra time per refresh is CPU. Its 64 calls in flight
-  at 1,020/s take 62.7 ms per refresh, 8.6 ms over the bare client's 54.1 ms (64 at 1,182/s).
-  In the previous table the same sums gave 67.3 against 54.8 ms, 12.5 ms over. So 1,000/s holds on this machine when it runs as fast as it did here, and not when it
-  runs as it did on 2026-12-03. The provider's delay alone allows 1,280/s.
+  targets are met: 0.80 x the bare client, and 1,000 refreshes/s. The previous table had
+  1,020/s (0.863 x); the full runs before it met the first and not the second: 951/s (0.814 x)
+  on 6f56e33, 984/s (0.835 x) in the first run of 2026-12-03. The bare client barely moved
+  (1,168 and 1,179 then, 1,182 in the previous table, 1,196 now), because at 64 in flight it
+  waits on the provider's 50 ms delay and two commits, which did not get faster. The vault did,
+  because its extra time per refresh is CPU. Its 64 calls in flight at 1,035/s take 61.8 ms per
+  refresh, 8.3 ms over the bare client's 53.5 ms (64 at 1,196/s); the previous table had 62.7
+  against 54.1 ms, 8.6 ms over, and the one on 6f56e33 67.3 against 54.8 ms, 12.5 ms over. So
+  1,000/s holds on this machine when it runs as fast as it did for these two tables, and not
+  when it runs as it did on 2026-12-03. The provider's delay alone allows 1,280/s.
   The split, per round: the vault's own statements from a bare client (read, lease, token
-  request, store, through a pool of 20 as the vault's) reach 0.931 x the bare client's one-row
-  commits (0.916 to 0.954; previous table 0.913 x). The lease returns the row and its refresh
-  token, and the store writes three rows and supersedes one, where the floor updates one
-  narrow row. The vault then reaches 0.927 x those statements (0.908 to 0.937; previous table
-  0.889 x). That covers gRPC, the cache, the single flight, the coalesced read and the rotation
+  request, store, through a pool of 20 as the vault's) reach 0.938 x the bare client's one-row
+  commits (0.907 to 0.957; previous table 0.931 x, the one before 0.913 x). The lease returns
+  the row and its refresh token, and the store writes three rows and supersedes one, where the
+  floor updates one narrow row. The vault then reaches 0.920 x those statements (0.911 to
+  0.954; previous table 0.927 x, the one before 0.889 x). That covers gRPC, the cache, the single flight, the coalesced read and the rotation
   kept for failover, in a process that shares two cores with Postgres, the load client and the
   scripted provider. A system-wide `perf record` over an `--only throughput` run (2026-12-03)
   put Postgres at 38 % of the samples, the bench process (load client, scripted provider and
@@ -966,15 +973,17 @@ const FINDINGS: &str = "
   on its own, on tenants of their own, alternately with the vault's calls and the provider
   floor's. The vault's own time is its latency less the provider floor's. Results on Postgres,
   stale in the cache / not cached:
-  - this table: 3.74 against 3.38 ms and 4.11 against 3.77 ms, 1.11 and 1.09 x, met;
+  - this table: 3.95 against 3.66 ms and 4.27 against 4.06 ms, 1.08 and 1.05 x, met;
+  - the previous table (eade072): 3.74 against 3.38 ms and 4.11 against 3.77 ms, 1.11 and
+    1.09 x, met;
   - `--only refresh` (2026-12-03, few rows in the table): 3.75 against 3.41 ms and 4.20
     against 3.72 ms, 1.10 and 1.13 x, met;
   - the first full run of 2026-12-03: 5.86 against 5.04 and 6.52 against 4.93 ms, 1.16 and
     1.32 x;
-  - the previous table: 5.78 against 4.58 and 6.48 against 5.15 ms, 1.26 and 1.26 x, missed.
+  - the table on 6f56e33: 5.78 against 4.58 and 6.48 against 5.15 ms, 1.26 and 1.26 x, missed.
 
-  The vault's time beyond its statements was 0.36 and 0.34 ms in this table and ~0.35 to 0.5
-  ms in the partial run. That is about its own code (~0.3 ms by the diagnostic timestamps
+  The vault's time beyond its statements was 0.29 and 0.21 ms in this table, 0.36 and 0.34 ms
+  in the previous one and ~0.35 to 0.5 ms in the partial run. That is about its own code (~0.3 ms by the diagnostic timestamps
   above). In the two full runs of 2026-12-03 it was 0.8 to 1.6 ms, and most of that was the
   pool, not the vault's code. sqlx hands out idle connections first in, first out (a crossbeam
   `ArrayQueue` in sqlx-core 0.8.6). So each of the vault's statements lands on one of its 20
@@ -985,23 +994,25 @@ const FINDINGS: &str = "
   again. They gave 1.10 and 1.08 x, then 1.25 and 1.39 x, then 1.11 and 1.14 x (stale, not
   cached). Rotating cost the bare statements 0.7 to 1.9 ms, and the vault's own time did not
   move (7.6 to 7.8 ms stale). That experiment was not kept: the row's floor stays the least
-  work (one warm connection). On the faster machine of this table, the rotation cost little.
+  work (one warm connection). On the faster machine of the last two tables, the rotation cost little.
   On a slower one the gap comes back, and closing it is the vault's job, for instance with a
   pool that hands out the connection used last. sqlx's pool does not offer one. A pool of the
   vault's own would also have to do what sqlx's does on release: it pings each returned
   connection, which flushes the rollback of a transaction whose caller went away. Not done
   here.
 - **Refresh latency on SQLite: 1.2 to 1.8 x its statements.**
-  - This table: 3.00 against 2.25 ms stale in the cache and 3.23 against 2.46 ms not cached
-    (1.34 and 1.31 x), after the one-writer change.
-  - The previous table, before it: 5.11 against 3.17 and 5.23 against 3.54 ms (1.61 and
+  - This table: 3.26 against 2.26 ms stale in the cache and 3.24 against 2.51 ms not cached
+    (1.44 and 1.29 x).
+  - The previous table, the first after the one-writer change: 3.00 against 2.25 and 3.23
+    against 2.46 ms (1.34 and 1.31 x).
+  - The table on 6f56e33, before it: 5.11 against 3.17 and 5.23 against 3.54 ms (1.61 and
     1.48 x); the first run of 2026-12-03 had 1.79 and 1.68 x.
-  - `--only sqlite` runs between the two tables: 1.20 to 1.28 x. One after this table
+  - `--only sqlite` runs between those two tables: 1.20 to 1.28 x. One after the previous table
     (2026-12-04, 17:40, with the machine slower again: hot path's floor 55,627 req/s):
     4.92 against 3.19 ms and 5.48 against 3.74 ms, 1.54 and 1.47 x.
 
-  The vault's tail is long where the bare statements' is not: max 150.5 and 99.3 ms in this
-  table, 69.8 and 258.9 ms in the previous one. `strace -c` on both processes over 40 s of the
+  The vault's tail is long where the bare statements' is not: max 161.5 and 167.8 ms in this
+  table, 150.5 and 99.3 ms in the previous one, 69.8 and 258.9 ms in the one on 6f56e33. `strace -c` on both processes over 40 s of the
   scenario (a partial run, 2026-12-03): the vault made 26,553 pread64, 18,933 pwrite64 and
   1,500 fsync calls, and the bench process (the bare statements) 4,801, 2,265 and 264. The vault
   also runs each batch's authorizations (through the vault, for both sides' tenants), which
@@ -1017,8 +1028,8 @@ const FINDINGS: &str = "
 
   The run just before, without it: 3.40 and 3.67 ms (1.23 and 1.23 x), max 75.1 ms stale and
   127.6 ms not cached. No change beyond the runs' spread, so the tail is not the checkpoints.
-  The vault's ~0.75 ms beyond its statements in this table (0.35 ms on Postgres) was taken
-  apart on 2026-12-04, after the table, in four `--only sqlite` runs of a throwaway build that
+  The vault's ~0.75 ms beyond its statements in the previous table (0.35 ms on Postgres; 1.00
+  and 0.73 ms in this one) was taken apart on 2026-12-04, after that table, in four `--only sqlite` runs of a throwaway build that
   timed the vault's steps (machine slower: hot-path floor 35,090 to 41,931 req/s; own time 1.24
   to 1.32 x stale in the cache and 1.25 to 1.28 x not cached). Medians over 200 samples:
   - Inside the vault, the path's statements together cost what the bare client's cost: the
@@ -1061,8 +1072,8 @@ const FINDINGS: &str = "
 
   So on SQLite, whose path's statements take ~2 ms, the 1.15 x target leaves 0.3 ms for all the
   vault adds, and after 50 ms idle its gRPC call alone costs 0.13 to 0.19 ms more than the
-  floor's. On Postgres, with 3.4 to 3.8 ms of statements, the vault's 0.35 ms beyond them is
-  1.09 to 1.11 x. The row stays missed: closing it needs a leaner per-call path and a cheaper
+  floor's. On Postgres, with 3.4 to 4.1 ms of statements, the vault's 0.2 to 0.35 ms beyond them
+  is 1.05 to 1.11 x. The row stays missed: closing it needs a leaner per-call path and a cheaper
   hand-off from the refresh task, and no single step holds the difference.
   Also on 2026-12-03: the SQLite pool no longer pings a connection before each statement
   (`test_before_acquire`, off on Postgres since an earlier stop). With the floor's ping removed
@@ -1078,23 +1089,24 @@ const FINDINGS: &str = "
 
   The rate is the same, since SQLite still runs one write at a time; the wait is now in order.
   The SQLite scenario prints this as a note (`sqlite_write_burst`). In this table's run, 2,500
-  refreshes' writes at 64 at once made 1,183/s, max 66.9 ms, which is 1.20 x the time of 64
-  writes one at a time.
+  refreshes' writes at 64 at once made 1,073/s, max 109.6 ms, which is 1.93 x the time of 64
+  writes one at a time (previous table: 1,183/s, max 66.9 ms, 1.20 x).
 - **The database floors no longer ping.** sqlx's pools ping an idle connection before handing
   it out unless told not to; the vault's do not, and the floors did, so each floor query cost
   a round trip more than the least a call needs. Both database floors now skip it. The
   cold-cache floor on Postgres made 8,267 req/s in the first run of 2026-12-03, with the ping,
-  and 8,807 in the previous table, without it.
-- **Mutual TLS and the bearer hot path: 0.967 x and 0.941 x.**
-  - This table: over mutual TLS 0.967 x its TLS floor (pairs 0.910 to 0.984); the
-    bearer-authenticated hot path with audit 0.941 x (0.862 to 0.980). Both meet the 0.90 x
+  and 8,807 in the table on 6f56e33, without it.
+- **Mutual TLS and the bearer hot path: 0.932 x and 0.915 x.**
+  - This table: over mutual TLS 0.932 x its TLS floor (pairs 0.921 to 0.986); the
+    bearer-authenticated hot path with audit 0.915 x (0.903 to 0.925). Both meet the 0.90 x
     target.
-  - The previous table: 0.881 x and 0.880 x, both missed.
+  - The previous table: 0.967 x and 0.941 x.
+  - The table on 6f56e33: 0.881 x and 0.880 x, both missed.
   - The first run of 2026-12-03: 0.838 x and 0.934 x.
   - The full run before those: 0.978 x and 0.941 x.
 
-  A new connection costs 1.032 x the floor's one at a time and 0.950 x in bursts of 64, within
-  target. The accept loop runs on the runtime's workers (`src/startup.rs`): context switches
+  A new connection costs 1.028 x the floor's one at a time and 1.035 x in bursts of 64, within
+  target (previous table 1.032 and 0.950 x). The accept loop runs on the runtime's workers (`src/startup.rs`): context switches
   per run went from 13.7k-15.4k to 7.4k-7.9k. The spread of the same code's ratio across runs
   (0.84 to 0.98) is wider than its distance to the target.
   A profile of the bearer vault (2026-12-03, `--only auth`, `perf record --call-graph dwarf -F
@@ -1111,19 +1123,24 @@ const FINDINGS: &str = "
   (`src/auth/peer.rs`), and each call only looks them up in the policy in force. Criterion
   (`cargo bench --bench auth`, 2026-12-04, the commit before and after): identifying,
   admitting and authorising an mTLS call went from 284 to 108 ns. Reading the names costs
-  277 ns, once per connection. This table's row (0.967 x) is the first full run with it.
-- **Cold cache at 1,000,000 tenants: 0.873 x on Postgres, 0.859 x on SQLite.** Both are
+  277 ns, once per connection. The previous table's row (0.967 x) was the first full run with
+  it.
+- **Cold cache at 1,000,000 tenants: 0.886 x on Postgres, 0.874 x on SQLite.** Both are
   measured against floors that no longer ping (above).
-  - Postgres, this table: the vault made 10,382 req/s against 11,891 (pairs 0.831 to 0.948),
-    p99 1.08 x.
-  - Postgres, the previous table: 7,395 against 8,807 (0.801 to 0.936), 0.840 x. The first run
-    of 2026-12-03, against the pinging floor: 0.982 x (vault 8,118, floor 8,267). The full run
+  - Postgres, this table: the vault made 11,669 req/s against 13,168 (pairs 0.844 to 0.924),
+    p99 1.01 x. It is the first full run with the shared plaintext and the 10 s purge delay
+    (below).
+  - Postgres, the previous table: 10,382 against 11,891 (0.831 to 0.948), 0.873 x, p99 1.08 x.
+    The table on 6f56e33: 7,395 against 8,807 (0.801 to 0.936), 0.840 x. The first run of
+    2026-12-03, against the pinging floor: 0.982 x (vault 8,118, floor 8,267). The full run
     before that: 0.993 x.
-  - SQLite, this table: 19,238 against 22,388 (pairs 0.847 to 0.930), p99 1.17 x. The previous
-    table: 0.935 x (11,108 against 11,883). An `--only sqlite` run after this table (2026-12-04,
-    17:40, machine slower): 0.792 x (11,802 against 14,911, pairs 0.755 to 0.931), p99 1.51 x.
-    The SQLite store's change between the two tables sends writes to their own connection and
-    leaves the reads' statement and pool size as they were.
+  - SQLite, this table: 14,322 against 16,385 (pairs 0.784 to 1.036), 0.874 x, p99 1.51 x.
+    The previous table: 0.859 x (19,238 against 22,388, pairs 0.847 to 0.930), p99 1.17 x. The
+    table on 6f56e33: 0.935 x (11,108 against 11,883). An `--only sqlite` run after the
+    previous table (2026-12-04, 17:40, machine slower): 0.792 x (11,802 against 14,911, pairs
+    0.755 to 0.931), p99 1.51 x. The SQLite store's change between the tables on 6f56e33 and
+    eade072 sends writes to their own connection and leaves the reads' statement and pool size
+    as they were.
 
   The miss path, profiled on 2026-12-03 (`--only cold`, `perf record --call-graph dwarf -F 149`
   on the vault for 25 s of the scenario, 1,994 samples, about half a core of the machine's two):
@@ -1142,7 +1159,7 @@ const FINDINGS: &str = "
 
   In these partial runs the row was 0.824 to 0.890 x. On Postgres, every full and partial run
   since the floor stopped pinging has it between 0.82 and 0.89 x.
-  After this table's run (2026-12-04), both processes were profiled over the same 30 s of one
+  After the previous table's run (2026-12-04), both processes were profiled over the same 30 s of one
   `--only cold` run (`perf record -F 149 --call-graph dwarf`, 1,854 samples of the vault and
   1,887 of the floor; vault 9,253 req/s, floor 11,471, 0.807 x). Per request, the vault used
   1.22 x the floor's CPU. On a scale where the floor's CPU per request is 100:
@@ -1162,7 +1179,7 @@ const FINDINGS: &str = "
   latency bullet) would cut about a fifth of the CPU per miss. It would cut the floor's just as
   much, so the ratio would hardly move. Closing the gap needs less work in the vault's own
   steps.
-  The pool without the release ping was measured on Postgres on 2026-12-04, after the table,
+  The pool without the release ping was measured on Postgres on 2026-12-04, after the previous table,
   with a throwaway build: the cache-miss read in the vault, the floor's read, or both, took a
   connection from a last-in-first-out stack of at most 20 (the pools' size) and put it back
   without a ping. `--only cold` runs, one after another on a slow hour of the machine:
@@ -1185,7 +1202,7 @@ const FINDINGS: &str = "
   transaction's rollback sent before the connection is parked) and has to be tested with
   thousands of cancellations; it is not built.
 
-  Measured on 2026-12-04, after the table, in `--only cold` runs, with the processes' CPU time
+  Measured on 2026-12-04, after the previous table, in `--only cold` runs, with the processes' CPU time
   read from /proc every second and `perf record -a -F 499`:
   - The machine is saturated through the row (1 to 3 % idle in `vmstat`), so throughput follows
     the CPU a call costs. In one run (vault 13,795 req/s, floor 15,785) the vault's process used
@@ -1248,26 +1265,57 @@ const FINDINGS: &str = "
     39.9 before; within the 512-byte target). The hot path (`--only hot`, a slow hour of the
     machine): 0.887 x after, 0.869 x before. The copy made for the gRPC response (an ordinary
     `String` in the generated message) is still freed without being zeroized, as before this
-    change.
+    change. This table's criterion run put `open` at 0.97 us and `seal` at 1.11 us (previous
+    table 0.94 and 1.07 us), within what these means move between runs.
+  - The audit trail's rows, which the floor does not write. Every GetAccessToken is counted
+    per caller, tenant, provider, outcome and detail, and each window (`audit.flush_interval`,
+    10 s) becomes one row per distinct key in `audit_events` (a heap and three indexes), up to
+    `audit.max_aggregate_keys` (50,000) keys a window. With 1,000,000 tenants asked for
+    uniformly nearly every call is a key of its own, so during the row the vault writes up to
+    5,000 audit rows a second into the Postgres whose CPU the floor's reads compete for. Two
+    ABBA sets of `--only cold` runs on 2026-12-05, the hour before this table, on its commit:
+    - with `TOKEN_VAULT_AUDIT__MAX_AGGREGATE_KEYS=1` (every key past the first counted per
+      caller only, so a window writes a handful of rows): 0.883 and 0.862 x, against 0.843 and
+      0.851 x with the default in the same set, +0.025 x on the means;
+    - with `RUST_LOG=warn` (no per-call span formatted by the log layer, no log line per
+      audit row): 0.836 and 0.848 x, against 0.828 and 0.843 x, no change beyond the spread.
+
+    So the audit's database writes were about half of these runs' distance to 0.90 x (0.847 x
+    on the default's means) and a sixth of their distance to the floor; the log layer's share
+    is too small to see. One such set each, on a noisy machine: an indication, not a measure. The rows are the design's record of who got
+    which tenant's token, when to within the window, and the row is measured with them.
+    What a row costs Postgres, timed on a scratch database with the table's migration (100
+    INSERTs of 1,000 rows like the writer's, random tenants among 1,000,000, `psql` on this
+    machine, 2026-12-05): 6.6 to 7.4 us a row with every index, 3.7 to 3.9 us without the
+    per-tenant index, 6.3 us without the `recorded_at` one. At 5,000 rows a second that is
+    ~35 ms of Postgres's CPU a second, about 4 % of the 83 to 84 % of a core it used in the
+    sampled run above. The per-tenant index (random insert positions) is half of it, and it is
+    what makes \"who got this tenant's token\" answerable without reading the whole trail, so it
+    stays; a BRIN index on `recorded_at` would save ~1 us a row and was not made.
 - **Stampede over five bursts.** This table: one provider request and one token in every
-  burst. The slowest caller took 68.8, 75.2, 75.7, 77.8 and 71.2 ms (median 75.2 ms), against
-  the gRPC floor's median 18.9 ms: within the delay plus 1.5 x the floor's (78.4 ms). The
-  previous table: median 95.8 ms against a budget of 111.9 ms.
+  burst. The slowest caller took 81.8, 74.5, 70.2, 68.8 and 72.1 ms (median 72.1 ms), against
+  the gRPC floor's median 32.2 ms (26.5 to 36.9): within the delay plus 1.5 x the floor's
+  (98.3 ms). The previous table: median 75.2 ms against the floor's 18.9 ms, a budget of 78.4
+  ms; the one on 6f56e33: median 95.8 ms against a budget of 111.9 ms. The vault's slowest
+  caller moves less between runs than the floor's does.
 - **Keeper among 1,050,605 connections.** Claiming 200 due connections is a range scan of
-  `connections_keepalive_due` (the plan is in the notes): p50 8.0 ms and p99 34.3 ms over 50
-  claims (previous table 13.5 and 38.7 ms). While the keeper refreshes 1,595 connections over
-  80 s, the hot path runs at 0.963 x the gRPC floor (pairs 0.907 to 0.995).
-- **Memory per cached token: 305 bytes beyond the token, against a memory floor.** The scale
+  `connections_keepalive_due` (the plan is in the notes): p50 9.5 ms and p99 24.8 ms over 50
+  claims (previous table 8.0 and 34.3 ms, the one on 6f56e33 13.5 and 38.7 ms). While the
+  keeper refreshes 1,593 connections over 80 s, the hot path runs at 0.942 x the gRPC floor
+  (pairs 0.912 to 0.994; previous table 0.963 x).
+- **Memory per cached token: 216 bytes beyond the token, against a memory floor.** The scale
   scenario runs a memory floor after the vault: a vault of the same build and settings with a
   cache of 1,000 entries, taken through the same fill and three of the sweeps. The vault's
-  growth beyond the floor's is the cache's. This table: the vault +152.1 MiB from start (33.4
-  MiB) to the median of its six sweeps, the floor +39.3 MiB under the same calls. That is 305
-  bytes per entry beyond the 890-byte token, within the 512-byte target. The previous table
-  had 255, the first run of 2026-12-03 320, and the standalone measure of the cache in the
-  previous bullet 244 to 265. The figure since start, which also carries what the process
-  grows by under any load, was 705 bytes. The bound and the sweeps stay flat: the last
-  doubling of distinct tokens grew RSS by 2.5 MiB, and the repeated sweeps' second half sat
-  1.1 MiB below their first.
+  growth beyond the floor's is the cache's. This table: the vault +169.0 MiB from start (33.4
+  MiB) to the median of its six sweeps, the floor +64.6 MiB under the same calls. That is 216
+  bytes per entry beyond the 890-byte token, within the 512-byte target. Both grew more than in
+  the previous table (+152.1 and +39.3 MiB, 305 bytes): with mimalloc's 10 s purge delay each
+  keeps its freed pages longer (the cold-cache bullet). The table on 6f56e33 had 255, the first
+  run of 2026-12-03 320, and the standalone measure of the cache in the previous bullet 244 to
+  265. The figure since start, which also carries what the process grows by under any load,
+  was 882 bytes (previous table 705). The bound and the sweeps stay flat: the last doubling of
+  distinct tokens grew RSS by 0.0 MiB, and the repeated sweeps' second half sat 0.1 MiB above
+  their first (previous table 2.5 MiB and -1.1 MiB).
 ";
 
 /// Cargo's target folder: `CARGO_TARGET_DIR` when set, else `target/` in the repository.
