@@ -755,6 +755,28 @@ impl Report {
 const FINDINGS: &str = "
 ## What the profile showed, and what changed
 
+The rows this table misses, in short (each has its bullet further down, with the runs and
+profiles behind it):
+
+- **Cold cache, Postgres 0.886 x and SQLite 0.874 x (target 0.90 x).** The machine is saturated
+  through the row, so throughput follows the CPU a call costs. The vault's process spends 1.2
+  to 1.3 x the floor's CPU per miss, spread over its own steps (coalescing and the row's
+  columns, the cache, unsealing, the audit's count, a few percent each). Its audit rows (one
+  per tenant a window, up to 5,000 a second here) add database work the floor does not have,
+  about +0.026 x on Postgres in one set of runs. Next levers: a narrower cache-miss read and a
+  cheaper coalescer. A pool without sqlx's ping on release would cut a fifth of the CPU per
+  miss, the floor's as much. The full runs on Postgres since the floor stopped pinging: 0.840,
+  0.873, 0.886 x.
+- **Cold cache on SQLite, p99 1.51 x (target 1.2 x).** 1.17 x in the previous table, 1.18 to
+  1.26 x in four partial runs after this one: the far end of the row's spread.
+- **Refresh latency on SQLite, 1.44 and 1.29 x its statements (target 1.15 x).** The
+  statements take ~2.3 ms, so the target leaves ~0.35 ms for all the vault adds. After 50 ms
+  idle its gRPC call alone costs 0.13 to 0.19 ms more than the floor's, and the hand-off to the
+  refresh task ~0.1 ms. Partial runs of the same commit the next hour: 1.06 to 1.18 x, three of
+  four within target.
+
+What was found and changed, in the order the work happened:
+
 - **Hot path 0.03 x the floor, p50 44 ms.** Every answer waited ~40 ms: the server accepted
   connections through `serve_with_incoming`, which ignores the builder's `TCP_NODELAY`, so small
   responses sat in Nagle's algorithm until the client's delayed ACK. Setting `TCP_NODELAY` on
