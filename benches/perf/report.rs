@@ -985,8 +985,8 @@ What was found and changed, in the order the work happened:
   put Postgres at 38 % of the samples, the bench process (load client, scripted provider and
   both bare clients) at ~12 %, the vault at ~8 % and idle at 18 %: the database, not the
   vault's code, is where a refresh's CPU goes here. The honest target beside the issue's, met
-  in every full run: >= 0.80 x the vault's own statements (the second throughput row). Tried in
-  an earlier session and not kept: a pool of 40 or 64, batching the audit, fillfactor 30 or 70
+  in every full run: >= 0.80 x the vault's own statements (the second throughput row). Tried before
+  and not kept: a pool of 40 or 64, batching the audit, fillfactor 30 or 70
   on connections.
 - **Refresh latency: priced by the path's own statements.** The rows used to price a refresh
   with bare one-row commits (two, and a one-row SELECT on a miss), which the vault's statements
@@ -1289,8 +1289,8 @@ What was found and changed, in the order the work happened:
     a cache put no longer allocate, copy and zeroize ~900 bytes each. It is also opened in
     place, into a buffer of its exact size (`Keyring::open_str`): 1.025 us before, 0.918 us
     after (criterion means of the new `open_access_token_as_text`, `cargo bench --bench crypto`,
-    run against the previous `open_str` and then this one in the same hour). After the second
-    review, `Keyring::open` itself decrypts this way and `open_str` takes its buffer over:
+    run against the previous `open_str` and then this one in the same hour). Since commit
+    560dfa1, `Keyring::open` itself decrypts this way and `open_str` takes its buffer over:
     `open_access_token` (`open`) 0.943 us, against 1.002 and 1.014 us earlier the same evening,
     and `open_access_token_as_text` 0.880 us. The row's token type and scopes are moved into the
     token, not cloned. Three `--only cold` runs after these changes: 0.859, 0.808 and 0.819 x,
