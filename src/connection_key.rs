@@ -45,6 +45,11 @@ impl TenantId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id's one allocation, shared: a reference count, not a copy.
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
 }
 
 impl fmt::Debug for TenantId {
@@ -70,6 +75,11 @@ impl ProviderName {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The name's one allocation, shared: a reference count, not a copy.
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
     }
 }
 

@@ -83,9 +83,9 @@ impl TokenVaultService {
         Fut: Future<Output = Result<T, VaultError>>,
     {
         let (asked, options) = parsed?;
-        event.tenant_id = Some(asked.tenant_id.as_str().into());
+        event.tenant_id = Some(asked.tenant_id.shared());
         let key = self.vault.connection_key(asked)?;
-        event.provider = Some(key.provider().as_str().into());
+        event.provider = Some(key.provider().shared());
         caller.may_use(&key)?;
         Ok(flow(key, options).await?)
     }
@@ -121,8 +121,8 @@ impl TokenVault for TokenVaultService {
             let callback = convert::callback(request.into_inner())?;
             let consumed = self.vault.consume_state(callback).await?;
             let key = consumed.key();
-            event.tenant_id = Some(key.tenant().as_str().into());
-            event.provider = Some(key.provider().as_str().into());
+            event.tenant_id = Some(key.tenant().shared());
+            event.provider = Some(key.provider().shared());
             caller.may_use(key)?;
             Ok::<_, CallError>(self.vault.exchange_code(consumed).await?)
         }
@@ -191,7 +191,7 @@ impl TokenVault for TokenVaultService {
         let mut event = AuditEvent::new(EventKind::ListConnections, caller.name(), "ok");
         let result = async {
             let asked = crate::vault::ListConnections::try_from(request.into_inner())?;
-            event.provider = asked.provider.clone();
+            event.provider = asked.provider.as_deref().map(Arc::from);
             // Filtered, not refused: a caller sees the connections its policy covers.
             let page = self
                 .vault
@@ -271,7 +271,7 @@ impl TokenVault for TokenVaultService {
         let mut event = AuditEvent::new(EventKind::WatchConnectionEvents, caller.name(), "ok");
         let result = async {
             let asked = WatchEvents::try_from(request.into_inner())?;
-            event.provider.clone_from(&asked.provider);
+            event.provider = asked.provider.as_deref().map(Arc::from);
             if let Some(prefix) = &asked.tenant_prefix {
                 event.detail = Some(format!("tenant_prefix {prefix}").into());
             }

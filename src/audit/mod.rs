@@ -23,7 +23,10 @@ mod writer;
 
 use std::{
     borrow::Cow,
-    collections::{hash_map::DefaultHasher, HashMap, HashSet},
+    collections::{
+        hash_map::{DefaultHasher, Entry},
+        HashMap, HashSet,
+    },
     hash::{Hash, Hasher},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -84,8 +87,9 @@ impl EventKind {
 pub struct AuditEvent {
     pub kind: EventKind,
     pub caller: Arc<str>,
-    pub tenant_id: Option<String>,
-    pub provider: Option<String>,
+    /// Shared with the call's connection key, so that counting a call copies no string.
+    pub tenant_id: Option<Arc<str>>,
+    pub provider: Option<Arc<str>>,
     /// `ok`, or the stable error reason the caller got.
     pub outcome: &'static str,
     pub detail: Option<Cow<'static, str>>,
@@ -103,13 +107,13 @@ impl AuditEvent {
         }
     }
 
-    pub fn tenant(mut self, tenant_id: impl Into<String>) -> Self {
+    pub fn tenant(mut self, tenant_id: impl Into<Arc<str>>) -> Self {
         self.tenant_id = Some(tenant_id.into());
         self
     }
 
     /// An empty provider (the request's "default") is left unset.
-    pub fn provider(mut self, provider: impl Into<String>) -> Self {
+    pub fn provider(mut self, provider: impl Into<Arc<str>>) -> Self {
         self.provider = Some(provider.into()).filter(|p| !p.is_empty());
         self
     }
@@ -196,21 +200,30 @@ impl Audit {
         }
     }
 
-    /// A call counted into the current window.
-    pub fn count(&self, mut event: AuditEvent) {
-        if let Some(n) = lock(self.shard(&event)).get_mut(&event) {
-            *n += 1;
+    /// A call counted into the current window. One hash for the shard and one lookup in it:
+    /// at 1,000,000 tenants nearly every call is a new key (docs/performance.md, the cold
+    /// cache).
+    pub fn count(&self, event: AuditEvent) {
+        let mut shard = lock(self.shard(&event));
+        let vacant = match shard.entry(event) {
+            Entry::Occupied(mut counted) => {
+                *counted.get_mut() += 1;
+                return;
+            }
+            Entry::Vacant(vacant) => vacant,
+        };
+        if self.shared.keys.fetch_add(1, Ordering::Relaxed) < self.shared.max_keys {
+            vacant.insert(1);
             return;
         }
-        if self.shared.keys.fetch_add(1, Ordering::Relaxed) >= self.shared.max_keys {
-            // Bounded memory: keep the caller, kind and outcome; drop what varies without bound.
-            event.tenant_id = None;
-            event.provider = None;
-            event.detail = Some(Cow::Borrowed(
-                "aggregate key limit reached: tenant and provider not kept",
-            ));
-        }
-        // The lock was let go in between: another thread may have added the key meanwhile.
+        // Bounded memory: keep the caller, kind and outcome; drop what varies without bound.
+        let mut event = vacant.into_key();
+        drop(shard);
+        event.tenant_id = None;
+        event.provider = None;
+        event.detail = Some(Cow::Borrowed(
+            "aggregate key limit reached: tenant and provider not kept",
+        ));
         *lock(self.shard(&event)).entry(event).or_insert(0) += 1;
     }
 

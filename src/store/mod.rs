@@ -46,7 +46,7 @@ use secrecy::{ExposeSecret, SecretString};
 pub use audit::{AuditEvents, AuditRow};
 pub use connections::{
     ConnectionFilter, ConnectionRow, ConnectionSummary, Connections, CurrentRefreshToken, DatabaseSeen, Leased,
-    NewTokens, Origin, RefreshCause,
+    NewTokens, Origin, RefreshCause, StoredAccessToken,
 };
 pub use disconnect::DisconnectLease;
 pub use events::{ConnectionEvents, EventBatch, EventNotifications, EventPosition, EventRow};

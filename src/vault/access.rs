@@ -7,11 +7,12 @@ use futures::FutureExt;
 use time::OffsetDateTime;
 
 use super::{
-    tokens, AccessToken, AccessTokenRequest, ConnectionInfo, ConnectionKey, TokenDigest, TokenSource, Vault, VaultError,
+    tokens, AccessToken, AccessTokenRequest, ConnectionInfo, ConnectionKey, ConnectionStatus, TokenDigest, TokenSource,
+    Vault, VaultError,
 };
 use crate::{
     oauth::ProviderClient,
-    store::{ConnectionRow, Store},
+    store::{ConnectionRow, Store, StoredAccessToken},
 };
 
 /// How many refreshes one rejection report may wait on before giving up. The second is needed
@@ -55,8 +56,8 @@ impl Vault {
             return Ok((token, TokenSource::Refresh));
         }
 
-        let row = self.read_active_connection(&key).await?;
-        let token = tokens::open_access_token(&self.inner.keyring, &key, row)?;
+        let stored = self.read_active_access_token(&key).await?;
+        let token = tokens::open_access_token(&self.inner.keyring, &key, stored)?;
         self.inner.cache.put(key.clone(), token.clone());
         self.read_or_refreshed(key, client, token, margin, deadline).await
     }
@@ -100,9 +101,9 @@ impl Vault {
         margin: std::time::Duration,
         deadline: Option<Instant>,
     ) -> Result<(AccessToken, TokenSource), VaultError> {
-        let row = self.read_active_connection(&key).await?;
-        let row_generation = row.generation;
-        let current = tokens::open_access_token(&self.inner.keyring, &key, row)?;
+        let stored = self.read_active_access_token(&key).await?;
+        let row_generation = stored.generation;
+        let current = tokens::open_access_token(&self.inner.keyring, &key, stored)?;
         if !rejected.matches(&current.token) {
             self.inner.cache.put(key.clone(), current.clone());
             // A read joined a moment before this replica stored a newer generation would be
@@ -135,14 +136,24 @@ impl Vault {
         ))
     }
 
-    /// The connection's row, read once however many callers miss the cache for it at once.
-    async fn read_active_connection(&self, key: &ConnectionKey) -> Result<ConnectionRow, VaultError> {
+    /// The connection's access token, read once however many callers miss the cache for it at
+    /// once.
+    async fn read_active_access_token(&self, key: &ConnectionKey) -> Result<StoredAccessToken, VaultError> {
         let store = self.inner.store.clone();
         let read_key = key.clone();
         self.inner
             .reads
             .run(key.clone(), move || {
-                async move { active_connection(&store, &read_key).await }.boxed()
+                async move {
+                    let stored = store
+                        .connections()
+                        .find_access_token(&read_key)
+                        .await?
+                        .ok_or(VaultError::ConnectionNotFound)?;
+                    ensure_active(&stored.status, stored.status_reason.as_deref())?;
+                    Ok(stored)
+                }
+                .boxed()
             })
             .await
     }
@@ -160,21 +171,25 @@ impl Vault {
     }
 }
 
-/// The tenant's connection, which must exist and be active. Shared by the cache-miss read and
-/// the refresh's re-reads.
+/// The tenant's connection, which must exist and be active: the refresh's re-reads.
 pub(super) async fn active_connection(store: &Store, key: &ConnectionKey) -> Result<ConnectionRow, VaultError> {
     let row = store
         .connections()
         .find(key)
         .await?
         .ok_or(VaultError::ConnectionNotFound)?;
-    if row.status == "disconnected" {
-        return Err(VaultError::ConnectionDisconnected);
-    }
-    if !row.is_active() {
-        return Err(VaultError::ReauthorizationRequired {
-            reason: row.status_reason.unwrap_or_else(|| "unknown".into()),
-        });
-    }
+    ensure_active(&row.status, row.status_reason.as_deref())?;
     Ok(row)
+}
+
+/// The error a connection in `status` answers with, if it is not active. Shared by the
+/// cache-miss read and the refresh's re-reads, so that both answer alike.
+fn ensure_active(status: &str, status_reason: Option<&str>) -> Result<(), VaultError> {
+    match ConnectionStatus::from_stored(status) {
+        ConnectionStatus::Active => Ok(()),
+        ConnectionStatus::Disconnected => Err(VaultError::ConnectionDisconnected),
+        ConnectionStatus::ReauthorizationRequired => Err(VaultError::ReauthorizationRequired {
+            reason: status_reason.unwrap_or("unknown").into(),
+        }),
+    }
 }

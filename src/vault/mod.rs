@@ -52,7 +52,7 @@ use crate::{
     crypto::SharedKeyring,
     metrics::RefreshCounters,
     oauth::ProviderClient,
-    store::{ConnectionRow, Store},
+    store::{Store, StoredAccessToken},
 };
 
 /// The vault: shared by every gRPC call, cheap to clone.
@@ -71,7 +71,7 @@ struct Inner {
     cache: cache::TokenCache,
     refresher: refresh::Refresher,
     /// The database read behind a cache miss, once per key at a time.
-    reads: coalesce::Coalescer<ConnectionKey, Result<ConnectionRow, VaultError>>,
+    reads: coalesce::Coalescer<ConnectionKey, Result<StoredAccessToken, VaultError>>,
     /// Rotations kept for write-back after the database goes back in time.
     failover: Arc<failover::FailoverGuard>,
     failover_check_interval: std::time::Duration,

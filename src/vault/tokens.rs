@@ -9,15 +9,16 @@ use super::{lifetime, AccessToken, ConnectionKey, VaultError};
 use crate::{
     crypto::{Aad, Purpose, SharedKeyring},
     oauth::{ProviderConfig, TokenResponse},
-    store::{ConnectionRow, NewTokens},
+    store::{NewTokens, StoredAccessToken},
 };
 
 /// Opens the access token of `key`'s row, taking the row's fields rather than copying them.
 pub(super) fn open_access_token(
     keyring: &SharedKeyring,
     key: &ConnectionKey,
-    row: ConnectionRow,
+    row: impl Into<StoredAccessToken>,
 ) -> Result<AccessToken, VaultError> {
+    let row = row.into();
     let aad = Aad::for_connection(Purpose::AccessToken, key, row.generation);
     Ok(AccessToken {
         token: Arc::new(keyring.open_str(&aad, &row.access_token)?),

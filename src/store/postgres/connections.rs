@@ -29,6 +29,28 @@ pub(in crate::store) async fn find(pool: &PgPool, key: &ConnectionKey) -> Result
     .await
 }
 
+pub(in crate::store) async fn find_access_token(
+    pool: &PgPool,
+    key: &ConnectionKey,
+) -> Result<Option<StoredAccessToken>, StoreError> {
+    async {
+        let row = sqlx::query_as!(
+            StoredAccessToken,
+            r#"SELECT status, status_reason, scopes, generation, token_type,
+                      COALESCE(access_token, ''::bytea) AS "access_token!",
+                      access_token_issued_at, access_token_expires_at
+                 FROM connections WHERE tenant_id = $1 AND provider = $2"#,
+            key.tenant().as_str(),
+            key.provider().as_str(),
+        )
+        .fetch_optional(pool)
+        .await?;
+        Ok(row)
+    }
+    .instrument(db_span!("SELECT", "connections"))
+    .await
+}
+
 pub(in crate::store) async fn current_refresh_token(
     pool: &PgPool,
     connection_id: i64,

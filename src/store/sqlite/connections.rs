@@ -79,6 +79,41 @@ pub(in crate::store) async fn find(db: &SqlitePools, key: &ConnectionKey) -> Res
     .await
 }
 
+pub(in crate::store) async fn find_access_token(
+    db: &SqlitePools,
+    key: &ConnectionKey,
+) -> Result<Option<StoredAccessToken>, StoreError> {
+    async {
+        let (tenant, provider) = (key.tenant().as_str(), key.provider().as_str());
+        let row = sqlx::query!(
+            r#"SELECT status, status_reason, scopes, generation, token_type,
+                      COALESCE(access_token, X'') AS "access_token!: Vec<u8>",
+                      access_token_issued_at AS "access_token_issued_at!: OffsetDateTime",
+                      access_token_expires_at AS "access_token_expires_at!: OffsetDateTime"
+                 FROM connections WHERE tenant_id = ?1 AND provider = ?2"#,
+            tenant,
+            provider,
+        )
+        .fetch_optional(db.readers())
+        .await?;
+        row.map(|row| {
+            Ok(StoredAccessToken {
+                status: row.status,
+                status_reason: row.status_reason,
+                scopes: scopes_from(&row.scopes)?,
+                generation: row.generation,
+                token_type: row.token_type,
+                access_token: row.access_token,
+                access_token_issued_at: row.access_token_issued_at,
+                access_token_expires_at: row.access_token_expires_at,
+            })
+        })
+        .transpose()
+    }
+    .instrument(db_span!("SELECT", "connections"))
+    .await
+}
+
 /// The current refresh token of a connection, read on `conn` (a transaction's, or the pool's).
 async fn current_on(
     conn: &mut SqliteConnection,
