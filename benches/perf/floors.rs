@@ -20,8 +20,18 @@ use rustls::{
     server::WebPkiClientVerifier,
     RootCertStore, ServerConfig,
 };
+use secrecy::ExposeSecret;
 use sqlx::{PgPool, SqlitePool};
-use token_vault::proto::{self, token_vault_server::TokenVault, token_vault_server::TokenVaultServer};
+use token_vault::{
+    audit::{Audit, AuditEvent, EventKind},
+    auth::INSECURE_DEV_CALLER,
+    config::{AuditSettings, Settings},
+    connection_key::ConnectionKey,
+    crypto::{Aad, Keyring, Purpose},
+    proto::{self, token_vault_server::TokenVault, token_vault_server::TokenVaultServer},
+    store::Store,
+};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::pki::ServerFiles;
@@ -30,6 +40,7 @@ enum Floor {
     Constant(proto::GetAccessTokenResponse),
     Database(PgPool),
     SqliteDatabase(SqlitePool),
+    MissDuties(Box<MissDuties>),
     Provider { http: reqwest::Client, token_url: String },
 }
 
@@ -37,8 +48,31 @@ enum Floor {
 pub enum Kind {
     Constant,
     Database(String),
+    /// The database floor plus the design's own work on every cache miss: the store's URL and
+    /// the keyring the tokens were sealed with.
+    MissDuties {
+        url: String,
+        keyring: String,
+    },
     /// The provider's base URL.
     Provider(String),
+}
+
+/// What the design requires of a call that misses the cache, and nothing else: the vault's own
+/// read statement (`Connections::find_access_token`, through `token_vault::store::Store` with a
+/// pool of the vault's size), unsealing the access token with the vault's keyring, and counting
+/// the call into the audit trail with the vault's `Audit`, whose writer turns each window into
+/// rows in the same database as the vault's does. No cache, no single flight, no
+/// authentication, no policy, no metrics or spans. Unlike the other floors this one calls into
+/// the vault on purpose: it prices the work the design's invariants (tokens sealed at rest,
+/// every access audited per caller and tenant) put on a miss, so that the cold-cache rows can
+/// split their gap into that work and what the vault adds around it, as the refresh
+/// throughput's second reference does for a refresh (`statements.rs`).
+pub struct MissDuties {
+    store: Store,
+    keyring: Keyring,
+    audit: Audit,
+    caller: Arc<str>,
 }
 
 #[tonic::async_trait]
@@ -129,6 +163,38 @@ impl TokenVault for Floor {
                     .map_err(|e| Status::internal(e.to_string()))?;
                 Ok(Response::new(stored_answer(&sealed, expires)))
             }
+            Floor::MissDuties(duties) => {
+                let tenant = request.into_inner().tenant_id;
+                let key = ConnectionKey::from_stored(&tenant, "understory");
+                let stored = duties
+                    .store
+                    .connections()
+                    .find_access_token(&key)
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?
+                    .ok_or_else(|| Status::not_found("no row"))?;
+                let aad = Aad::for_connection(Purpose::AccessToken, &key, stored.generation);
+                let token = duties
+                    .keyring
+                    .open_str(&aad, &stored.access_token)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                // The key the vault counts a call served from the database under.
+                duties.audit.count(
+                    AuditEvent::new(EventKind::GetAccessToken, &duties.caller, "ok")
+                        .tenant(key.tenant().shared())
+                        .provider(key.provider().shared())
+                        .detail("database"),
+                );
+                Ok(Response::new(proto::GetAccessTokenResponse {
+                    access_token: token.expose_secret().to_owned(),
+                    token_type: stored.token_type,
+                    expires_at: Some(prost_types::Timestamp {
+                        seconds: stored.access_token_expires_at.unix_timestamp(),
+                        nanos: 0,
+                    }),
+                    scopes: stored.scopes,
+                }))
+            }
             Floor::Provider { http, token_url } => {
                 // The same form the vault sends for a refresh (client_secret_post).
                 let answer = http
@@ -207,6 +273,20 @@ pub async fn serve(listen: std::net::SocketAddr, kind: Kind, max_connections: u3
                 .await
                 .expect("the floor's database answers"),
         ),
+        Kind::MissDuties { url, keyring } => {
+            let store = crate::statements::vault_sized_store(&url);
+            let audit_settings: AuditSettings = Settings::defaults()
+                .extract_inner("audit")
+                .expect("the vault's default audit settings");
+            // Runs until the process is killed, like the floor.
+            let (audit, _writer) = Audit::start(store.clone(), &audit_settings, CancellationToken::new());
+            Floor::MissDuties(Box::new(MissDuties {
+                store,
+                keyring: Keyring::parse(&keyring, None).expect("the bench's keyring"),
+                audit,
+                caller: INSECURE_DEV_CALLER.into(),
+            }))
+        }
         Kind::Constant => Floor::Constant(proto::GetAccessTokenResponse {
             // The size of a real Hydra access token (a JWT of ~900 bytes).
             access_token: "x".repeat(900),
