@@ -4,7 +4,6 @@
 //! being audited must not wait.
 
 use std::{
-    collections::HashMap,
     mem,
     sync::{atomic::Ordering, Arc},
     time::Duration,
@@ -83,7 +82,7 @@ pub(super) async fn run(
 pub(super) fn drain(shared: &Shared) -> Vec<(AuditEvent, u64)> {
     let mut out = Vec::new();
     for shard in &shared.windows {
-        let taken: HashMap<AuditEvent, u64> = mem::take(&mut *lock(shard));
+        let taken = mem::take(&mut *lock(shard));
         out.extend(taken);
     }
     shared.keys.store(0, Ordering::Relaxed);

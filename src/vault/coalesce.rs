@@ -34,7 +34,9 @@ use futures::{
 };
 use tokio_util::task::TaskTracker;
 
-pub(super) type Flights<K, V> = Arc<Mutex<HashMap<K, Flight<V>>>>;
+/// Keyed by connection, hashed with foldhash (seeded per process) rather than SipHash: every
+/// cache miss hashes its key here up to three times (docs/performance.md, the cold cache).
+pub(super) type Flights<K, V> = Arc<Mutex<HashMap<K, Flight<V>, foldhash::fast::RandomState>>>;
 
 pub(super) struct Coalescer<K, V: Clone> {
     inflight: Flights<K, V>,
@@ -109,7 +111,7 @@ impl<K: Hash + Eq, V: Clone> Drop for Waiter<K, V> {
 impl<K: Hash + Eq + Clone + Send + 'static, V: Clone + Send + Sync + 'static> Coalescer<K, V> {
     pub fn new(max_join_age: Duration) -> Self {
         Self {
-            inflight: Arc::new(Mutex::new(HashMap::new())),
+            inflight: Arc::new(Mutex::new(HashMap::default())),
             next_id: AtomicU64::new(0),
             max_join_age,
         }
