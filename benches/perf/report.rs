@@ -701,8 +701,7 @@ impl Report {
              floor is the gRPC floor over mutual TLS with the vault's rustls settings and the same \
              certificate files; the floor doing the design's own work per miss reads with the vault's \
              statement, unseals with its keyring and counts into its audit trail. The floors run in the \
-             bench's binary on the system allocator, the vault on mimalloc (see the findings on the \
-             cold cache). Ratios, not absolute numbers, are what to compare across machines.\n",
+             bench's binary on mimalloc, the vault's allocator. Ratios, not absolute numbers, are what to compare across machines.\n",
             time::OffsetDateTime::now_utc().date(),
             self.method
         );
