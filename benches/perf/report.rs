@@ -760,40 +760,37 @@ const FINDINGS: &str = "
 Where the rows stand, in short (each has its bullet further down, with the runs and profiles
 behind it):
 
-- **Cold cache on Postgres: 0.909 x the database floor, met in this table, but not to be
-  trusted: the floors run on glibc's allocator and the vault on mimalloc.** The floors live in
-  the bench's binary, which never chose an allocator; the vault chose mimalloc because it made
-  this very row 0.83 -> 0.94 x. Two `--only cold` runs after this table (2026-12-05, 23:24 and
-  23:27), with the bench's binary on mimalloc as the only change, put the database floor at
-  13,684 and 15,056 req/s and the row at 0.789 and 0.785 x (pairs 0.719 to 0.850). Against
-  the floor doing the design's own work (below) the vault made 0.869 and 0.931 x there. So
-  the table's verdict on this row, and the margin of every row whose floor allocates, is
-  flattered by the floors' allocator. The fix is one line (a `#[global_allocator]` in
-  `benches/perf/main.rs`) and a new full run; it was measured too late in this work to rerun
-  the table, and is the first thing to do next.
-  With that said, as measured: the pairs ran from 0.838 to 0.951 x; partial runs of the same
-  hour gave 0.79 to 0.88 x, and the full runs before it 0.840, 0.873 and 0.886 x. The
-  database floor reads two columns and answers. A miss in the vault must also unseal the token
-  and count the call into the audit trail, which writes one row per caller and tenant each
-  window (up to 5,000 rows a second here). A floor that does exactly that work and nothing
-  more made 0.835 and 0.869 x the database floor's throughput in partial runs, 0.921 x without
-  the audit (all three floors on glibc's allocator). Against that floor the vault made 1.040 x
-  in this table (its cache answers the few tenants asked twice within `cache_max_age`; the
-  floor has none), and 0.869 and 0.931 x with the floors on mimalloc. The row against the
-  design's own work is the honest target beside the database floor's. With the floors on
-  mimalloc it is not met reliably either, so both remain to be cut: what the audit costs a
-  miss (this table's commits cut only its hashing) and the vault's own work around it.
-- **Cold cache on SQLite: 0.840 x, p99 1.81 x (target 0.90 x, 1.2 x); against the design's own
-  work 1.140 x, p99 0.92 x.** The pairs ran from 0.791 to 1.028 x, the widest spread in the
-  table. On SQLite the audit's rows are written by the vault's own process into the file the
-  reads come from. The floor doing the same work has the same tail (its p99 9.05 ms against the
-  database floor's 6.43 ms), so the p99 is that work's and not the vault's. Both floors ran on
-  glibc's allocator here too (above); the SQLite rows were not rerun with mimalloc.
-- **Refresh latency on SQLite, stale in the cache: 1.21 x its statements (target 1.15 x); not
-  cached 1.07 x, met.** The statements take ~2.4 ms, so the target leaves ~0.37 ms for all
-  the vault adds; it took 0.50 ms here. After 50 ms idle the vault's gRPC call alone costs
-  0.13 to 0.19 ms more than the floor's, and the hand-off to the refresh task ~0.1 ms. The
-  previous table had 1.44 and 1.29 x; partial runs of its commit 1.06 to 1.18 x.
+- **This is the first table with fair floors.** Until the previous table (commit ad639b3) the
+  floors and the load client ran in the bench's binary on glibc's allocator, while the vault
+  runs on mimalloc, which the vault chose because it raised the cold cache from 0.83 to
+  0.94 x. A floor on a slower allocator than the vault's is not the least work a call needs,
+  and it flattered the rows whose floors allocate. The bench's binary now runs on mimalloc too
+  (commit 64b3b87). The vault's code is the same as for the previous table, so the two tables
+  differ in the floors' allocator and in the machine's hour. Two partial runs of the cold
+  cache isolated the allocator: 0.789 and 0.785 x with mimalloc floors, against 0.81 to
+  0.88 x with glibc's the same evening. One full run each cannot split the two causes row by
+  row: within this run the hot path made 0.866 x its gRPC floor early and 0.945 x beside the
+  keeper later, with the same floor.
+- **Missed in this table:** the hot path 0.866 x (previous table 0.944 x), with bearer
+  authentication and audit 0.792 x (0.932), h2load's cross-check 0.879 x (0.966), over mutual
+  TLS 0.851 x (0.980), and on SQLite 0.860 x (0.971); the cold cache on Postgres 0.845 x
+  (0.909), its p99 1.19 x within target, and against the design's own work 0.879 x (1.040),
+  p99 1.24 x; the cold cache on SQLite against the design's own work 0.851 x (1.140), p99
+  1.33 x; refresh latency on Postgres, stale in the cache, 1.15 x (1.06), just past the target
+  (3.55 against 3.08 ms); refresh latency on SQLite, 1.35 x stale in the cache and 1.23 x not
+  cached (1.21 and 1.07).
+- **Met:** a new connection over mutual TLS, 1.061 x one at a time and 0.925 x in bursts;
+  refresh latency on Postgres, not cached, 1.08 x; refresh throughput 1,012 refreshes/s
+  (1,000 needed), 0.854 x the bare client and 0.911 x the vault's own statements; the
+  stampede; the keeper's claim (p50 7.5 ms) and the hot path beside it, 0.945 x; the cold
+  cache on SQLite, 0.922 x, p99 1.10 x (0.840 x and 1.81 x in the previous table); memory per
+  cached token, 349 bytes beyond the token (300), with the bound and the sweeps flat.
+- **What it means for the work.** With fair floors the per-call cost the vault adds is no
+  longer hidden: on the hot path it is authentication, the audit's count, the cache lookup,
+  metrics and spans (each a few percent in the profiles below); on a miss, the design's own
+  work (the audit's rows and counting, unsealing) plus the same per-call cost. The rows
+  against the design's own work keep the two apart. The next table should be run twice, on
+  an idle machine, before any row's change is read as the code's.
 
 What was found and changed, in the order the work happened:
 
@@ -956,56 +953,53 @@ What was found and changed, in the order the work happened:
   After it, in `--only throughput` (2026-12-03, quiet machine), the same client's rounds held
   at 1.4 to 2.3 ms per read and 3.2 to 4.9 ms per lease; `query_plans.rs` keeps status out of
   every index key and bounds a lease's pages on stale statistics.
-- **This table's run, and the previous one.** This table is a full run of 2026-12-05 (22:54
-  to 23:21) on commit ad639b3, on an otherwise idle machine. The previous table was the full
-  run of the same day on commit 560dfa1; the one before it, of 2026-12-04, on eade072. Three
-  commits came between this table and the previous one, each measured in partial runs in the
-  bullet \"Cold cache: the design's own work per miss\" below: the cache-miss read narrowed to
-  the columns it uses and the audit's keys sharing the connection key's strings (fe04069), the
-  rows against a floor doing the design's own work per miss (4ee24ae), and foldhash for the
-  audit window's and the single-flight reads' maps (ad639b3). None touches a refresh's
-  statements. Most floors ran faster than for the previous table: the hot path's gRPC floor
-  made 83,993 req/s against 74,153, h2load's floor 95,429 against 80,507, the gRPC floor
-  beside the keeper 70,807 against 63,558, the SQLite database floor 19,939 against 16,385;
-  the Postgres database floor 12,691 against 13,168. The provider floor's own overhead was
-  2.33 ms against 2.48, and a durable commit cost 0.29 ms back to back and 1.58 ms after 50 ms
-  idle, against 0.36 and 1.58. The ratios are what compare. In this table, against the
-  previous one:
-  - met in both: the hot path 0.944 x (0.967), with authentication 0.932 x (0.915), over mutual
-    TLS 0.980 x (0.932); refresh latency on Postgres 1.06 and 1.02 x (1.08 and 1.05); refresh
-    throughput 1,046 refreshes/s (1,035), 0.875 x the bare client (0.866); the hot path on
-    SQLite 0.971 x (0.977); memory per cached token 300 bytes beyond the token (216);
-  - met now, missed then: the cold cache on Postgres 0.909 x (0.886); refresh latency on
-    SQLite, not cached, 1.07 x (1.29);
-  - missed in both: the cold cache on SQLite 0.840 x (0.874), its p99 1.81 x (1.51); refresh
-    latency on SQLite, stale in the cache, 1.21 x (1.44);
-  - new: the cold cache against the design's own work per miss, 1.040 x on Postgres and
-    1.140 x on SQLite.
+- **This table's run, and the previous one.** This table is a full run of 2026-12-05 (23:31
+  to 23:58) on commit 64b3b87, the first with the floors and the load client on mimalloc. The
+  previous table was the full run of the same evening (22:54 to 23:21) on ad639b3, with the
+  floors on glibc's allocator; the vault's code is the same in both. Before it, the table on
+  560dfa1 (2026-12-05) and the one on eade072 (2026-12-04). Three commits came between the
+  tables on 560dfa1 and ad639b3, each measured in partial runs in the bullet \"Cold cache: the
+  design's own work per miss\" below: the cache-miss read narrowed to the columns it uses and
+  the audit's keys sharing the connection key's strings (fe04069), the rows against a floor
+  doing the design's own work per miss (4ee24ae), and foldhash for the audit window's and the
+  single-flight reads' maps (ad639b3). None touches a refresh's statements.
+  - The floors, this table against the previous one: the hot path's gRPC floor 79,738 req/s
+    against 83,993, h2load's 101,342 against 95,429, the Postgres database floor 14,097
+    against 12,691, the floor doing the design's work 11,866 against 11,119; a durable commit
+    0.34 ms back to back and 1.01 ms after 50 ms idle, against 0.29 and 1.58. The vault on the
+    hot path made 69,063 req/s against 79,277. The ratios are what compare.
+  - The previous table against the one on 560dfa1 (both with glibc floors): met in both, the
+    hot path 0.944 x (0.967), with authentication 0.932 x (0.915), over mutual TLS 0.980 x
+    (0.932), refresh latency on Postgres 1.06 and 1.02 x (1.08 and 1.05), refresh throughput
+    1,046 refreshes/s (1,035), the hot path on SQLite 0.971 x (0.977), memory 300 bytes (216);
+    met then and not before, the cold cache on Postgres 0.909 x (0.886) and refresh latency on
+    SQLite, not cached, 1.07 x (1.29); missed in both, the cold cache on SQLite 0.840 x
+    (0.874), p99 1.81 x (1.51), and refresh latency on SQLite, stale, 1.21 x (1.44).
 
-  Each bullet below gives the figures of both tables and of the partial runs between them.
-  The spread of one row's pairs within a run (the cold cache on SQLite: 0.791 to 1.028) is as
-  wide as the change of any row from one table to the next.
+  Each bullet below gives the figures of the tables it names and of the partial runs between
+  them. The spread of one row's pairs within a run (the cold cache on Postgres in this table:
+  0.734 to 0.919) is as wide as the change of any row from one table to the next.
 - **Refresh throughput: 1,046 refreshes/s, 0.875 x the bare client, 0.924 x the vault's own
-  statements.** This table: 10,000 connections expired together, 10,400 calls at 64 in flight,
+  statements (the table on ad639b3).** The table on ad639b3: 10,000 connections expired together, 10,400 calls at 64 in flight,
   1,046 refreshes/s against the bare client's 1,195 (pairs 0.855 to 0.884). Exactly one
   provider request per tenant, and no refresh token presented twice. Both of the issue's
-  targets are met: 0.80 x the bare client, and 1,000 refreshes/s. The previous table had
+  targets are met: 0.80 x the bare client, and 1,000 refreshes/s. The table on 560dfa1 had
   1,035/s (0.866 x), the one on eade072 1,020/s (0.863 x); the full runs before them met the
   first and not the second: 951/s (0.814 x) on 6f56e33, 984/s (0.835 x) in the first run of
   2026-12-03. The bare client barely moved (1,168 and 1,179 then, 1,182, 1,196 and 1,195
   since), because at 64 in flight it waits on the provider's 50 ms delay and two commits,
   which did not get faster. The vault did, because its extra time per refresh is CPU. Its 64
   calls in flight at 1,046/s take 61.2 ms per refresh, 7.6 ms over the bare client's 53.6 ms
-  (64 at 1,195/s); the previous table had 61.8 against 53.5 ms, 8.3 ms over, and the one on
+  (64 at 1,195/s); the table on 560dfa1 had 61.8 against 53.5 ms, 8.3 ms over, and the one on
   6f56e33 67.3 against 54.8 ms, 12.5 ms over. So 1,000/s holds on this machine when it runs as
   fast as it did for the last three tables, and not when it runs as it did on 2026-12-03. The
   provider's delay alone allows 1,280/s.
   The split, per round: the vault's own statements from a bare client (read, lease, token
   request, store, through a pool of 20 as the vault's) reach 0.952 x the bare client's one-row
-  commits (0.925 to 0.957; previous table 0.938 x, the one on eade072 0.931 x). The lease returns
+  commits (0.925 to 0.957; the table on 560dfa1 0.938 x, the one on eade072 0.931 x). The lease returns
   the row and its refresh token, and the store writes three rows and supersedes one, where the
   floor updates one narrow row. The vault then reaches 0.924 x those statements (0.898 to
-  0.941; previous table 0.920 x, the one on eade072 0.927 x). That covers gRPC, the cache, the single flight, the coalesced read and the rotation
+  0.941; the table on 560dfa1 0.920 x, the one on eade072 0.927 x). That covers gRPC, the cache, the single flight, the coalesced read and the rotation
   kept for failover, in a process that shares two cores with Postgres, the load client and the
   scripted provider. A system-wide `perf record` over an `--only throughput` run (2026-12-03)
   put Postgres at 38 % of the samples, the bench process (load client, scripted provider and
@@ -1023,8 +1017,8 @@ What was found and changed, in the order the work happened:
   on its own, on tenants of their own, alternately with the vault's calls and the provider
   floor's. The vault's own time is its latency less the provider floor's. Results on Postgres,
   stale in the cache / not cached:
-  - this table: 3.76 against 3.54 ms and 4.06 against 3.96 ms, 1.06 and 1.02 x, met;
-  - the previous table (560dfa1): 3.95 against 3.66 ms and 4.27 against 4.06 ms, 1.08 and
+  - the table on ad639b3: 3.76 against 3.54 ms and 4.06 against 3.96 ms, 1.06 and 1.02 x, met;
+  - the table on 560dfa1: 3.95 against 3.66 ms and 4.27 against 4.06 ms, 1.08 and
     1.05 x, met;
   - the table on eade072: 3.74 against 3.38 ms and 4.11 against 3.77 ms, 1.11 and 1.09 x, met;
   - `--only refresh` (2026-12-03, few rows in the table): 3.75 against 3.41 ms and 4.20
@@ -1033,8 +1027,8 @@ What was found and changed, in the order the work happened:
     1.32 x;
   - the table on 6f56e33: 5.78 against 4.58 and 6.48 against 5.15 ms, 1.26 and 1.26 x, missed.
 
-  The vault's time beyond its statements was 0.22 and 0.10 ms in this table, 0.29 and 0.21 ms
-  in the previous one, 0.36 and 0.34 ms in the one on eade072 and ~0.35 to 0.5 ms in the
+  The vault's time beyond its statements was 0.22 and 0.10 ms in the table on ad639b3, 0.29 and 0.21 ms
+  in the one on 560dfa1, 0.36 and 0.34 ms in the one on eade072 and ~0.35 to 0.5 ms in the
   partial run. That is about its own code (~0.3 ms by the diagnostic timestamps
   above). In the two full runs of 2026-12-03 it was 0.8 to 1.6 ms, and most of that was the
   pool, not the vault's code. sqlx hands out idle connections first in, first out (a crossbeam
@@ -1053,9 +1047,9 @@ What was found and changed, in the order the work happened:
   connection, which flushes the rollback of a transaction whose caller went away. Not done
   here.
 - **Refresh latency on SQLite: 1.1 to 1.8 x its statements.**
-  - This table: 2.94 against 2.44 ms stale in the cache and 3.12 against 2.93 ms not cached
+  - The table on ad639b3: 2.94 against 2.44 ms stale in the cache and 3.12 against 2.93 ms not cached
     (1.21 and 1.07 x; the second met).
-  - The previous table (560dfa1): 3.26 against 2.26 ms stale in the cache and 3.24 against
+  - The table on 560dfa1: 3.26 against 2.26 ms stale in the cache and 3.24 against
     2.51 ms not cached (1.44 and 1.29 x).
   - Four `--only sqlite` runs of that commit in the hour after it (2026-12-05, ABBA, the B
     runs with the audit's aggregate keys capped, see the cold-cache bullet): with the defaults
@@ -1071,8 +1065,8 @@ What was found and changed, in the order the work happened:
     eade072 (2026-12-04, 17:40, with the machine slower again: hot path's floor 55,627 req/s):
     4.92 against 3.19 ms and 5.48 against 3.74 ms, 1.54 and 1.47 x.
 
-  The vault's tail is long where the bare statements' is not: max 74.8 and 134.8 ms in this
-  table, 161.5 and 167.8 ms in the previous one, 150.5 and 99.3 ms in the one on eade072,
+  The vault's tail is long where the bare statements' is not: max 74.8 and 134.8 ms in the table
+  on ad639b3, 161.5 and 167.8 ms in the one on 560dfa1, 150.5 and 99.3 ms in the one on eade072,
   69.8 and 258.9 ms in the one on 6f56e33. `strace -c` on both processes over 40 s of the
   scenario (a partial run, 2026-12-03): the vault made 26,553 pread64, 18,933 pwrite64 and
   1,500 fsync calls, and the bench process (the bare statements) 4,801, 2,265 and 264. The vault
@@ -1090,7 +1084,7 @@ What was found and changed, in the order the work happened:
   The run just before, without it: 3.40 and 3.67 ms (1.23 and 1.23 x), max 75.1 ms stale and
   127.6 ms not cached. No change beyond the runs' spread, so the tail is not the checkpoints.
   The vault's ~0.75 ms beyond its statements in the table on eade072 (0.35 ms on Postgres; on
-  SQLite 0.50 and 0.19 ms in this table, 1.00 and 0.73 ms in the previous one) was taken apart
+  SQLite 0.50 and 0.19 ms in the table on ad639b3, 1.00 and 0.73 ms in the one on 560dfa1) was taken apart
   on 2026-12-04, after that table, in four `--only sqlite` runs of a throwaway build that
   timed the vault's steps (machine slower: hot-path floor 35,090 to 41,931 req/s; own time 1.24
   to 1.32 x stale in the cache and 1.25 to 1.28 x not cached). Medians over 200 samples:
@@ -1135,7 +1129,7 @@ What was found and changed, in the order the work happened:
   So on SQLite, whose path's statements take ~2 ms, the 1.15 x target leaves 0.3 ms for all the
   vault adds, and after 50 ms idle its gRPC call alone costs 0.13 to 0.19 ms more than the
   floor's. On Postgres, with 3.4 to 4.1 ms of statements, the vault's 0.2 to 0.36 ms beyond them
-  is 1.02 to 1.11 x. In this table the not-cached row met its target (1.07 x) and the stale
+  is 1.02 to 1.11 x. In the table on ad639b3 the not-cached row met its target (1.07 x) and the stale
   row missed it (1.21 x, 0.50 ms beyond the statements). Meeting it in every run needs a
   leaner per-call path and a cheaper hand-off from the refresh task; no single step holds the
   difference.
@@ -1152,7 +1146,7 @@ What was found and changed, in the order the work happened:
   - after: 1,097 and 1,346/s, p99 54.5 and 85.1 ms, max 55.4 and 86.9 ms.
 
   The rate is the same, since SQLite still runs one write at a time; the wait is now in order.
-  The SQLite scenario prints this as a note (`sqlite_write_burst`). In this table's run, 2,500
+  The SQLite scenario prints this as a note (`sqlite_write_burst`). In the ad639b3 table's run, 2,500
   refreshes' writes at 64 at once made 1,306/s, max 72.6 ms, which is 1.48 x the time of 64
   writes one at a time (an earlier table: 1,073/s, max 109.6 ms, 1.93 x; the one on eade072:
   1,183/s, max 66.9 ms, 1.20 x).
@@ -1161,17 +1155,17 @@ What was found and changed, in the order the work happened:
   a round trip more than the least a call needs. Both database floors now skip it. The
   cold-cache floor on Postgres made 8,267 req/s in the first run of 2026-12-03, with the ping,
   and 8,807 in the table on 6f56e33, without it.
-- **Mutual TLS and the bearer hot path: 0.980 x and 0.932 x.**
-  - This table: over mutual TLS 0.980 x its TLS floor (pairs 0.939 to 0.994); the
+- **Mutual TLS and the bearer hot path: 0.980 x and 0.932 x (the table on ad639b3).**
+  - The table on ad639b3: over mutual TLS 0.980 x its TLS floor (pairs 0.939 to 0.994); the
     bearer-authenticated hot path with audit 0.932 x (0.909 to 0.943). Both meet the 0.90 x
     target.
-  - The previous table: 0.932 x and 0.915 x. The one on eade072: 0.967 x and 0.941 x.
+  - The table on 560dfa1: 0.932 x and 0.915 x. The one on eade072: 0.967 x and 0.941 x.
   - The table on 6f56e33: 0.881 x and 0.880 x, both missed.
   - The first run of 2026-12-03: 0.838 x and 0.934 x.
   - The full run before those: 0.978 x and 0.941 x.
 
   A new connection costs 1.038 x the floor's one at a time and 0.951 x in bursts of 64, within
-  target (previous table 1.028 and 1.035 x). The accept loop runs on the runtime's workers (`src/startup.rs`): context switches
+  target (the table on 560dfa1 1.028 and 1.035 x). The accept loop runs on the runtime's workers (`src/startup.rs`): context switches
   per run went from 13.7k-15.4k to 7.4k-7.9k. The spread of the same code's ratio across runs
   (0.84 to 0.98) is wider than its distance to the target.
   A profile of the bearer vault (2026-12-03, `--only auth`, `perf record --call-graph dwarf -F
@@ -1190,27 +1184,28 @@ What was found and changed, in the order the work happened:
   admitting and authorising an mTLS call went from 284 to 108 ns. Reading the names costs
   277 ns, once per connection. The row of the table on eade072 (0.967 x) was the first full
   run with it.
-- **Cold cache at 1,000,000 tenants: 0.909 x on Postgres, 0.840 x on SQLite.** Both are
+- **Cold cache at 1,000,000 tenants: 0.909 x on Postgres, 0.840 x on SQLite (the table on
+  ad639b3).** Both are
   measured against floors that no longer ping (above).
-  - Postgres, this table: the vault made 11,535 req/s against 12,691 (pairs 0.838 to 0.951),
+  - Postgres, the table on ad639b3: the vault made 11,535 req/s against 12,691 (pairs 0.838 to 0.951),
     0.909 x, p99 1.04 x; against the floor doing the design's own work per miss, 1.040 x
     (bullet \"Cold cache: the design's own work per miss\" below).
-  - Postgres, the previous table (560dfa1): 11,669 against 13,168 (pairs 0.844 to 0.924),
+  - Postgres, the table on 560dfa1: 11,669 against 13,168 (pairs 0.844 to 0.924),
     0.886 x, p99 1.01 x, the first full run with the shared plaintext and the 10 s purge delay
     (below). The table on eade072: 10,382 against 11,891 (0.831 to 0.948), 0.873 x, p99 1.08 x.
     The table on 6f56e33: 7,395 against 8,807 (0.801 to 0.936), 0.840 x. The first run of
     2026-12-03, against the pinging floor: 0.982 x (vault 8,118, floor 8,267). The full run
     before that: 0.993 x.
-  - SQLite, this table: 16,749 against 19,939 (pairs 0.791 to 1.028), 0.840 x, p99 1.81 x;
+  - SQLite, the table on ad639b3: 16,749 against 19,939 (pairs 0.791 to 1.028), 0.840 x, p99 1.81 x;
     against the floor doing the design's own work, 1.140 x, p99 0.92 x.
-  - SQLite, the previous table: 14,322 against 16,385 (pairs 0.784 to 1.036), 0.874 x, p99
+  - SQLite, the table on 560dfa1: 14,322 against 16,385 (pairs 0.784 to 1.036), 0.874 x, p99
     1.51 x. The table on eade072: 0.859 x (19,238 against 22,388, pairs 0.847 to 0.930), p99
     1.17 x. The table on 6f56e33: 0.935 x (11,108 against 11,883). An `--only sqlite` run after
     the table on eade072 (2026-12-04, 17:40, machine slower): 0.792 x (11,802 against 14,911, pairs
     0.755 to 0.931), p99 1.51 x. The SQLite store's change between the tables on 6f56e33 and
     eade072 sends writes to their own connection and leaves the reads' statement and pool size
     as they were.
-  - SQLite, four `--only sqlite` runs in the hour after the previous table (ABBA as for the
+  - SQLite, four `--only sqlite` runs in the hour after the table on 560dfa1 (ABBA as for the
     refresh latency above): with the defaults 0.800 and 0.871 x, p99 1.26 and 1.20 x; with the audit's
     aggregate keys capped at one 0.841 and 0.854 x, p99 1.18 and 1.18 x. On SQLite the audit's
     rows are written by the vault's own process; capping them moved the means by +0.012 x,
@@ -1341,8 +1336,8 @@ What was found and changed, in the order the work happened:
     39.9 before; within the 512-byte target). The hot path (`--only hot`, a slow hour of the
     machine): 0.887 x after, 0.869 x before. The copy made for the gRPC response (an ordinary
     `String` in the generated message) is still freed without being zeroized, as before this
-    change. This table's criterion run put `open` at 0.89 us and `seal` at 1.00 us (the previous
-    table 0.97 and 1.11 us, the one on eade072 0.94 and 1.07 us), within what these means move
+    change. The ad639b3 table's criterion run put `open` at 0.89 us and `seal` at 1.00 us (the table on
+    560dfa1 0.97 and 1.11 us, the one on eade072 0.94 and 1.07 us), within what these means move
     between runs.
   - The audit trail's rows, which the floor does not write. Every GetAccessToken is counted
     per caller, tenant, provider, outcome and detail, and each window (`audit.flush_interval`,
@@ -1351,7 +1346,7 @@ What was found and changed, in the order the work happened:
     `audit.max_aggregate_keys` (50,000) keys a window. With 1,000,000 tenants asked for
     uniformly nearly every call is a key of its own, so during the row the vault writes up to
     5,000 audit rows a second into the Postgres whose CPU the floor's reads compete for. Two
-    ABBA sets of `--only cold` runs on 2026-12-05, the hour before the previous table, on its commit:
+    ABBA sets of `--only cold` runs on 2026-12-05, the hour before the table on 560dfa1, on its commit:
     - with `TOKEN_VAULT_AUDIT__MAX_AGGREGATE_KEYS=1` (every key past the first counted per
       caller only, so a window writes a handful of rows): 0.883 and 0.862 x, against 0.843 and
       0.851 x with the default in the same set, +0.026 x on the means;
@@ -1372,33 +1367,34 @@ What was found and changed, in the order the work happened:
     stays; a BRIN index on `recorded_at` would save up to ~1 us a row and was not made. The
     next bullet prices the audit's whole cost per miss, the counting included, against a
     floor that does the design's work.
-- **Stampede over five bursts.** This table: one provider request and one token in every
+- **Stampede over five bursts.** The table on ad639b3: one provider request and one token in every
   burst. The slowest caller took 94.8, 67.2, 74.6, 69.2 and 65.7 ms (median 69.2 ms), against
   the gRPC floor's median 17.0 ms (13.5 to 21.1): within the delay plus 1.5 x the floor's
-  (75.5 ms). The previous table: median 72.1 ms against the floor's 32.2 ms, a budget of
+  (75.5 ms). The table on 560dfa1: median 72.1 ms against the floor's 32.2 ms, a budget of
   98.3 ms; the one on eade072: median 75.2 ms against a budget of 78.4 ms; the one on 6f56e33:
   median 95.8 ms against a budget of 111.9 ms. The vault's slowest caller moves less between
   runs than the floor's does.
 - **Keeper among 1,050,605 connections.** Claiming 200 due connections is a range scan of
   `connections_keepalive_due` (the plan is in the notes): p50 7.5 ms and p99 13.0 ms over 50
-  claims (previous table 9.5 and 24.8 ms, the one on eade072 8.0 and 34.3 ms). While the
+  claims (the table on 560dfa1 9.5 and 24.8 ms, the one on eade072 8.0 and 34.3 ms). While the
   keeper refreshes 1,598 connections over 80 s, the hot path runs at 0.943 x the gRPC floor
-  (pairs 0.926 to 1.062; previous table 0.942 x).
-- **Memory per cached token: 300 bytes beyond the token, against a memory floor.** The scale
+  (pairs 0.926 to 1.062; the table on 560dfa1 0.942 x).
+- **Memory per cached token: 300 bytes beyond the token, against a memory floor (the table on
+  ad639b3).** The scale
   scenario runs a memory floor after the vault: a vault of the same build and settings with a
   cache of 1,000 entries, taken through the same fill and three of the sweeps. The vault's
-  growth beyond the floor's is the cache's. This table: the vault +165.2 MiB from start (33.4
+  growth beyond the floor's is the cache's. The table on ad639b3: the vault +165.2 MiB from start (33.4
   MiB) to the median of its six sweeps, the floor +52.9 MiB under the same calls. That is 300
-  bytes per entry beyond the 890-byte token, within the 512-byte target. The previous table had
+  bytes per entry beyond the 890-byte token, within the 512-byte target. The table on 560dfa1 had
   +169.0 and +64.6 MiB, 216 bytes; the one on eade072 +152.1 and +39.3 MiB, 305 bytes. Most of
   the swing is the memory floor's own (+39.3 to +64.6 MiB over the three tables): with
   mimalloc's 10 s purge delay each process keeps its freed pages longer (the cold-cache
   bullet). The table on 6f56e33 had 255, the first run of 2026-12-03 320, and the standalone
   measure of the cache in the previous bullet 244 to 265. The figure since start, which also
-  carries what the process grows by under any load, was 843 bytes (previous table 882). The
+  carries what the process grows by under any load, was 843 bytes (the table on 560dfa1 882). The
   bound and the sweeps stay flat: the last doubling of distinct tokens grew RSS by 4.5 MiB
   (1 % of what caching them would cost), and the repeated sweeps' second half sat 1.6 MiB
-  below their first (previous table 0.0 MiB and +0.1 MiB).
+  below their first (the table on 560dfa1 0.0 MiB and +0.1 MiB).
 
 - **Cold cache: the design's own work per miss, priced by a floor of its own.** The database
   floor reads two columns and answers with the sealed bytes. A miss in the vault must also do
@@ -1442,11 +1438,12 @@ What was found and changed, in the order the work happened:
   - The floors' allocator. In the same profile the floor doing the design's work spent 13 % of
     its samples in glibc's `malloc` and `free` (1,637 of 12,539), the audit's counting 1.6 %
     (197). Every floor runs in the bench's binary on glibc's allocator, while the vault runs on
-    mimalloc. Two `--only cold` runs after this table with the bench's binary on mimalloc
+    mimalloc. Two `--only cold` runs after the table on ad639b3 with the bench's binary on mimalloc
     (2026-12-05, 23:24 and 23:27; a throwaway change): the database floor made 13,684 and
     15,056 req/s and the vault 0.789 and 0.785 x of it (pairs 0.719 to 0.850); the floor doing
     the design's work made 12,554 and 12,303 req/s and the vault 0.869 and 0.931 x of it
-    (pairs 0.837 to 0.999). The table's floors are to run on mimalloc from its next run.
+    (pairs 0.837 to 0.999). The floors run on mimalloc since commit 64b3b87; this table is
+    the first run with them.
 ";
 
 /// Cargo's target folder: `CARGO_TARGET_DIR` when set, else `target/` in the repository.
