@@ -764,13 +764,14 @@ behind it):
   floors and the load client ran in the bench's binary on glibc's allocator, while the vault
   runs on mimalloc, which the vault chose because it raised the cold cache from 0.83 to
   0.94 x. A floor on a slower allocator than the vault's is not the least work a call needs,
-  and it flattered the rows whose floors allocate. The bench's binary now runs on mimalloc too
+  and it likely flattered the rows whose floors allocate. The bench's binary now runs on mimalloc too
   (commit 64b3b87). The vault's code is the same as for the previous table, so the two tables
   differ in the floors' allocator and in the machine's hour. Two partial runs of the cold
-  cache isolated the allocator: 0.789 and 0.785 x with mimalloc floors, against 0.81 to
-  0.88 x with glibc's the same evening. One full run each cannot split the two causes row by
-  row: within this run the hot path made 0.866 x its gRPC floor early and 0.945 x beside the
-  keeper later, with the same floor.
+  cache with mimalloc floors gave 0.789 and 0.785 x, against 0.79 to 0.88 x (mean 0.84) in
+  seven runs with glibc's the same evening: lower, at the bottom of that range, not outside
+  it. One full run each cannot split the two causes row by row either: within this run the hot
+  path made 0.866 x its gRPC floor early and 0.945 x beside the keeper later, with the same
+  floor.
 - **Missed in this table:** the hot path 0.866 x (previous table 0.944 x), with bearer
   authentication and audit 0.792 x (0.932), h2load's cross-check 0.879 x (0.966), over mutual
   TLS 0.851 x (0.980), and on SQLite 0.860 x (0.971); the cold cache on Postgres 0.845 x
@@ -1442,8 +1443,11 @@ What was found and changed, in the order the work happened:
     (2026-12-05, 23:24 and 23:27; a throwaway change): the database floor made 13,684 and
     15,056 req/s and the vault 0.789 and 0.785 x of it (pairs 0.719 to 0.850); the floor doing
     the design's work made 12,554 and 12,303 req/s and the vault 0.869 and 0.931 x of it
-    (pairs 0.837 to 0.999). The floors run on mimalloc since commit 64b3b87; this table is
-    the first run with them.
+    (pairs 0.837 to 0.999). The seven `--only cold` runs of the same evening with glibc floors
+    and no profiler (this bullet and the ones before) had the row at 0.793 to 0.878 x, mean
+    0.840: the two runs sit at the bottom of that range. The floors run on mimalloc since commit 64b3b87,
+    whatever the size of the effect, because a floor is the least work a call needs; this
+    table is the first run with them.
 ";
 
 /// Cargo's target folder: `CARGO_TARGET_DIR` when set, else `target/` in the repository.
