@@ -41,10 +41,11 @@ impl ConnectionRow {
 const STATUS_ACTIVE: &str = "active";
 
 /// What a cache miss needs of a connection: its status and its access token (sealed), and
-/// nothing else. The miss path reads this instead of a [`ConnectionRow`]: at 1,000,000 tenants
-/// nearly every call is a miss, and the columns it does not use (the row's id, its key, which
-/// the caller already has, and three timestamps) were decoded and allocated for each
-/// (docs/performance.md, the cold cache).
+/// nothing else. The miss path reads this instead of a [`ConnectionRow`], so that the columns
+/// it does not use (the row's id, its key, which the caller already has, and three
+/// timestamps) are not decoded and allocated on every miss. The saving was too small to see in
+/// the cold-cache runs (docs/performance.md, the design's own work per miss); the refresh's
+/// re-reads, which need the whole row, keep [`Connections::find`].
 #[derive(Debug, Clone)]
 pub struct StoredAccessToken {
     pub status: String,
