@@ -261,3 +261,59 @@ async fn a_rejected_token_of_a_revoked_grant_marks_the_connection() {
         ]
     );
 }
+
+/// The mark is in the database, so it holds on every replica: one whose cache is cold reads it
+/// on its miss, and one whose cache still holds the revoked grant's token reads it when a caller
+/// reports that token. Neither asks the provider again.
+#[tokio::test]
+async fn a_revoked_grant_marked_on_one_replica_is_refused_by_the_others() {
+    let cluster = Cluster::start(3, TestOptions::default(), None, &[]).await;
+    cluster.connect_tenant("acme").await;
+    let rejected = cluster
+        .client(0)
+        .get_access_token(report("acme", ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let warm = cluster
+        .client(1)
+        .get_access_token(report("acme", ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    assert_eq!(warm, rejected);
+    cluster.provider.revoke_all();
+
+    let err = cluster
+        .client(0)
+        .get_access_token(report("acme", &rejected))
+        .await
+        .unwrap_err();
+    let meta = assert_reason(&err, Code::FailedPrecondition, "REAUTHORIZATION_REQUIRED");
+    assert_eq!(meta["status_reason"], "invalid_grant");
+    assert_eq!(cluster.provider.stats().refresh_requests, 1);
+
+    // Replica 2 has never been asked for this tenant: its answer comes from the row it reads.
+    let cold = cluster
+        .client(2)
+        .get_access_token(report("acme", ""))
+        .await
+        .unwrap_err();
+    let meta = assert_reason(&cold, Code::FailedPrecondition, "REAUTHORIZATION_REQUIRED");
+    assert_eq!(meta["status_reason"], "invalid_grant");
+    // Replica 1 still caches the token; a caller reporting it sends that replica to the row.
+    let reported = cluster
+        .client(1)
+        .get_access_token(report("acme", &rejected))
+        .await
+        .unwrap_err();
+    let meta = assert_reason(&reported, Code::FailedPrecondition, "REAUTHORIZATION_REQUIRED");
+    assert_eq!(meta["status_reason"], "invalid_grant");
+    assert_eq!(
+        cluster.provider.stats().refresh_requests,
+        1,
+        "the marked connection is not refreshed again from any replica"
+    );
+}
