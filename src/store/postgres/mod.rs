@@ -3,10 +3,12 @@
 //! across failovers are Postgres's.
 
 /// A `db` client span around one repository call, named as OpenTelemetry's database
-/// conventions ask (`<OPERATION> <table>`); extra fields may follow.
+/// conventions ask (`<OPERATION> <table>`); extra fields may follow. Its target is
+/// `telemetry::DB_SPAN_TARGET`'s, which keeps it in traces and out of the logs.
 macro_rules! db_span {
     ($operation:literal, $table:literal $(, $($field:tt)+)?) => {
         tracing::info_span!(
+            target: "token_vault::db",
             "db",
             otel.kind = "client",
             otel.name = concat!($operation, " ", $table),
