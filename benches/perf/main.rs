@@ -409,9 +409,10 @@ cache_max_entries = {cache}
 {cache_max_age}
 [keepalive]
 {keepalive}
+# The logs as a container runs them (the defaults: JSON lines, info).
 [log]
-format = "text"
-level = "warn"
+format = "json"
+level = "info"
 [auth]
 {auth}
 {tls}
