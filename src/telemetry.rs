@@ -311,6 +311,24 @@ mod tests {
         }
     }
 
+    /// The stores sit below this module in the layer map, so their `db_span!` macros spell
+    /// the target out: this keeps them and [`DB_SPAN_TARGET`] the same.
+    #[test]
+    fn the_stores_statement_spans_have_the_trace_only_target() {
+        let target = format!("target: {DB_SPAN_TARGET:?},");
+        for (store, source) in [
+            ("postgres", include_str!("store/postgres/mod.rs")),
+            ("sqlite", include_str!("store/sqlite/mod.rs")),
+        ] {
+            let macro_body = source
+                .split("macro_rules! db_span")
+                .nth(1)
+                .unwrap_or_else(|| panic!("the {store} store defines db_span!"));
+            let first_span = &macro_body[..macro_body.find(");").expect("the macro's span ends")];
+            assert!(first_span.contains(&target), "{store}'s db_span! sets {target}");
+        }
+    }
+
     #[test]
     fn log_lines_list_the_flow_spans_and_not_the_per_call_ones() {
         let captured = Captured::default();
