@@ -1499,6 +1499,18 @@ What was found and changed, in the order the work happened:
   refresh's own info lines. The table on 0e80358 is the first measured with the container's
   log settings, so every row against the table on 4b0d322 compares the code and the logging
   together.
+- **The bearer row's floor now gets the same header (after this table).** Until commit
+  5defecc the load client sent `authorization: Bearer …` to the vault only, so in the bearer
+  row the client built, encoded and sent a header per call for the vault and not for its
+  floor, on the same two cores, and the floor never decoded it. From the next table on the
+  floor is sent the same header and ignores it, as every authenticated call needs the header
+  sent and received whatever the server does with it. A profile of the bearer vault
+  (`perf record -F 999 -g`, 25 s of `--only auth`, 8,912 samples) put its own authentication
+  work at about 1.3 % of its samples (SHA-256 0.29 %, the constant-time match 0.43 %, the
+  authenticator's lookup and identify 0.35 %, the semaphore 0.28 %) and the audit's count near
+  1 %, less than the row's 0.07 to 0.11 x below the plain hot path. ABBA `--only auth` with
+  the two bench binaries, 2026-12-06 on a noisy hour: without the header 0.818 and 0.852 x,
+  with it 0.794 and 0.911 x, pairs from 0.575 to 1.129: the runs cannot tell the two apart.
 ";
 
 /// Cargo's target folder: `CARGO_TARGET_DIR` when set, else `target/` in the repository.
