@@ -4,8 +4,8 @@
 //! one is returned); a revoked grant is marked as needing a new authorization.
 
 use sha2::{Digest, Sha256};
-use token_vault::proto;
-use tonic::Code;
+use token_vault::proto::{self, token_vault_client::TokenVaultClient};
+use tonic::{transport::Channel, Code};
 
 use crate::{
     helpers::on_rows,
@@ -34,8 +34,16 @@ fn sha256(token: &str) -> Vec<u8> {
 }
 
 async fn get(app: &TestApp, request: proto::GetAccessTokenRequest) -> Result<String, tonic::Status> {
-    app.client
-        .clone()
+    token_from(app.client.clone(), request).await
+}
+
+/// GetAccessToken through `client` (one replica's, in the cluster tests): the token or the
+/// status.
+async fn token_from(
+    mut client: TokenVaultClient<Channel>,
+    request: proto::GetAccessTokenRequest,
+) -> Result<String, tonic::Status> {
+    client
         .get_access_token(request)
         .await
         .map(|r| r.into_inner().access_token)
@@ -85,35 +93,14 @@ async fn reporters_on_two_replicas_cause_one_refresh() {
     let cluster = Cluster::start(2, TestOptions::default(), None, &[]).await;
     cluster.connect_tenant("acme").await;
     // Both replicas hand out (and cache) the current token.
-    let mut first = cluster.client(0);
-    let rejected = first
-        .get_access_token(report("acme", ""))
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
-    let mut second = cluster.client(1);
-    let cached = second
-        .get_access_token(report("acme", ""))
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
+    let rejected = token_from(cluster.client(0), report("acme", "")).await.unwrap();
+    let cached = token_from(cluster.client(1), report("acme", "")).await.unwrap();
     assert_eq!(cached, rejected);
 
     let calls = [0usize, 1].into_iter().flat_map(|i| {
         let client = cluster.client(i);
         let rejected = rejected.clone();
-        (0..50).map(move |_| {
-            let mut client = client.clone();
-            let request = report("acme", &rejected);
-            async move {
-                client
-                    .get_access_token(request)
-                    .await
-                    .map(|r| r.into_inner().access_token)
-            }
-        })
+        (0..50).map(move |_| token_from(client.clone(), report("acme", &rejected)))
     });
     let results = futures::future::join_all(calls).await;
     let stats = cluster.provider.stats();
@@ -127,13 +114,7 @@ async fn reporters_on_two_replicas_cause_one_refresh() {
     // The replica whose cache still held the rejected token serves the new one to a caller
     // that reports it, without refreshing again.
     for i in [0, 1] {
-        let token = cluster
-            .client(i)
-            .get_access_token(report("acme", &rejected))
-            .await
-            .unwrap()
-            .into_inner()
-            .access_token;
+        let token = token_from(cluster.client(i), report("acme", &rejected)).await.unwrap();
         assert_eq!(token, newest);
     }
     assert_eq!(cluster.provider.stats().refresh_requests, 1);
@@ -269,26 +250,12 @@ async fn a_rejected_token_of_a_revoked_grant_marks_the_connection() {
 async fn a_revoked_grant_marked_on_one_replica_is_refused_by_the_others() {
     let cluster = Cluster::start(3, TestOptions::default(), None, &[]).await;
     cluster.connect_tenant("acme").await;
-    let rejected = cluster
-        .client(0)
-        .get_access_token(report("acme", ""))
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
-    let warm = cluster
-        .client(1)
-        .get_access_token(report("acme", ""))
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
+    let rejected = token_from(cluster.client(0), report("acme", "")).await.unwrap();
+    let warm = token_from(cluster.client(1), report("acme", "")).await.unwrap();
     assert_eq!(warm, rejected);
     cluster.provider.revoke_all();
 
-    let err = cluster
-        .client(0)
-        .get_access_token(report("acme", &rejected))
+    let err = token_from(cluster.client(0), report("acme", &rejected))
         .await
         .unwrap_err();
     let meta = assert_reason(&err, Code::FailedPrecondition, "REAUTHORIZATION_REQUIRED");
@@ -296,17 +263,11 @@ async fn a_revoked_grant_marked_on_one_replica_is_refused_by_the_others() {
     assert_eq!(cluster.provider.stats().refresh_requests, 1);
 
     // Replica 2 has never been asked for this tenant: its answer comes from the row it reads.
-    let cold = cluster
-        .client(2)
-        .get_access_token(report("acme", ""))
-        .await
-        .unwrap_err();
+    let cold = token_from(cluster.client(2), report("acme", "")).await.unwrap_err();
     let meta = assert_reason(&cold, Code::FailedPrecondition, "REAUTHORIZATION_REQUIRED");
     assert_eq!(meta["status_reason"], "invalid_grant");
     // Replica 1 still caches the token; a caller reporting it sends that replica to the row.
-    let reported = cluster
-        .client(1)
-        .get_access_token(report("acme", &rejected))
+    let reported = token_from(cluster.client(1), report("acme", &rejected))
         .await
         .unwrap_err();
     let meta = assert_reason(&reported, Code::FailedPrecondition, "REAUTHORIZATION_REQUIRED");

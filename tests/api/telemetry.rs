@@ -1,5 +1,7 @@
 //! Traces and metrics reach an OTLP receiver (run in-process here) with the expected names and
-//! attributes, continue the caller's W3C trace context, and carry no secret.
+//! attributes, continue the caller's W3C trace context, and carry no secret. And a real vault
+//! process, logging as in a container, writes JSON lines that name the flow they belong to but
+//! not the per-call spans kept for traces.
 
 use std::{
     collections::HashSet,
@@ -27,7 +29,10 @@ use token_vault::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::helpers::{spawn_app_with, TestOptions};
+use crate::{
+    helpers::{spawn_app_with, TestOptions},
+    replicas::Cluster,
+};
 
 #[derive(Clone, Default)]
 struct Receiver {
@@ -229,4 +234,91 @@ async fn spans_and_metrics_arrive_named_by_convention_and_without_secrets() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The span names a JSON log line lists (`spans`, outermost first).
+fn span_names(line: &serde_json::Value) -> Vec<String> {
+    line["spans"]
+        .as_array()
+        .map(|spans| {
+            spans
+                .iter()
+                .map(|s| s["name"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The vault's own binary with a container's log settings (JSON lines at info, the defaults
+/// but for the format), through hot calls, a caller error and a refresh: every line is one JSON
+/// object; the refresh's lines name the `vault.refresh` span and its tenant; no line lists the
+/// per-call RPC span or a statement's span, which are for traces only (formatting them cost the
+/// hot path about a quarter of its throughput, docs/performance.md).
+#[tokio::test]
+async fn a_vault_process_logs_json_lines_naming_the_refresh_and_not_the_per_call_spans() {
+    let cluster = Cluster::start(
+        1,
+        TestOptions {
+            access_ttl: 2,
+            ..Default::default()
+        },
+        None,
+        &[("TOKEN_VAULT_LOG__FORMAT", "json")],
+    )
+    .await;
+    cluster.connect_tenant("acme").await;
+    let token = |tenant: &'static str| {
+        let mut client = cluster.client(0);
+        async move {
+            client
+                .get_access_token(proto::GetAccessTokenRequest {
+                    tenant_id: tenant.into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().access_token)
+        }
+    };
+    let first = token("acme").await.unwrap();
+    for _ in 0..20 {
+        assert_eq!(token("acme").await.unwrap(), first, "served from the cache");
+    }
+    assert_eq!(token("nobody").await.unwrap_err().code(), tonic::Code::NotFound);
+    // Past the refresh margin of a 2 s token: the next call refreshes.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let refreshed = token("acme").await.unwrap();
+    assert_ne!(refreshed, first);
+    assert_eq!(cluster.provider.stats().refresh_requests, 1);
+
+    let logs = cluster.logs();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    assert!(lines.len() >= 3, "the process logged its start and the flows:\n{logs}");
+    for line in &lines {
+        for name in span_names(line) {
+            assert!(
+                name != "rpc" && name != "db",
+                "a trace-only span reached a log line: {line}"
+            );
+        }
+        let target = line["target"].as_str().unwrap_or_default();
+        assert!(target != "token_vault::rpc" && target != "token_vault::db", "{line}");
+    }
+    let refresh_line = lines
+        .iter()
+        .find(|l| l["message"] == "refreshed")
+        .unwrap_or_else(|| panic!("the refresh is logged:\n{logs}"));
+    let spans = refresh_line["spans"].as_array().unwrap();
+    let refresh_span = spans
+        .iter()
+        .find(|s| s["name"] == "vault.refresh")
+        .unwrap_or_else(|| panic!("the refresh's line names its span: {refresh_line}"));
+    assert_eq!(refresh_span["tenant_id"], "acme");
+    assert_eq!(refresh_line["level"], "INFO");
+    for secret in cluster.provider.issued_secrets() {
+        assert!(!logs.contains(&secret), "a token reached the log");
+    }
 }
