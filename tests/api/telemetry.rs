@@ -249,11 +249,12 @@ fn span_names(line: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The vault's own binary with a container's log settings (JSON lines at info, the defaults
-/// but for the format), through hot calls, a caller error and a refresh: every line is one JSON
-/// object; the refresh's lines name the `vault.refresh` span and its tenant; no line lists the
-/// per-call RPC span or a statement's span, which are for traces only (formatting them cost the
-/// hot path about a quarter of its throughput, docs/performance.md).
+/// The vault's own binary logging as in a container (JSON lines at info: what the default
+/// `auto` format gives when standard output is not a terminal; the tests' settings say text),
+/// through hot calls, a caller error and a refresh. Every line is one JSON object; the
+/// refresh's lines name the `vault.refresh` span and its tenant; no line lists the per-call
+/// RPC span or a statement's span, which are for traces only (formatting them cost the hot
+/// path about a quarter of its throughput, docs/performance.md).
 #[tokio::test]
 async fn a_vault_process_logs_json_lines_naming_the_refresh_and_not_the_per_call_spans() {
     let cluster = Cluster::start(
