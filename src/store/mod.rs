@@ -36,6 +36,8 @@ mod sealed_values;
 
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+pub use postgres::{Pool as PostgresPool, PooledConnection as PostgresConnection};
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -112,7 +114,7 @@ impl StoreError {
 #[derive(Clone, Debug)]
 pub(crate) enum Backend {
     #[cfg(feature = "postgres")]
-    Postgres(sqlx::PgPool),
+    Postgres(postgres::Pool),
     #[cfg(feature = "sqlite")]
     Sqlite(sqlite::SqlitePools),
 }
@@ -205,7 +207,15 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match &self.backend {
             #[cfg(feature = "postgres")]
-            Backend::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+            Backend::Postgres(pool) => {
+                let mut connection = pool.acquire().await?;
+                // `run_direct`, sqlx's way around `run`'s `Acquire` bound on `&mut PgConnection`,
+                // which callers that spawn this future can't prove `Send` for every lifetime.
+                sqlx::migrate!("./migrations/postgres")
+                    .run_direct(&mut *connection)
+                    .await?;
+                connection.finished();
+            }
             #[cfg(feature = "sqlite")]
             Backend::Sqlite(db) => sqlite::migrate(db).await?,
         }
@@ -245,7 +255,7 @@ impl Store {
     pub fn pool_usage(&self) -> (u32, usize) {
         match &self.backend {
             #[cfg(feature = "postgres")]
-            Backend::Postgres(pool) => (pool.size(), pool.num_idle()),
+            Backend::Postgres(pool) => pool.usage(),
             #[cfg(feature = "sqlite")]
             Backend::Sqlite(db) => db.usage(),
         }

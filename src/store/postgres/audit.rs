@@ -1,14 +1,14 @@
 //! Postgres: audit (the statements behind `store::audit`).
 
+use super::Pool;
 use crate::store::StoreError;
-use sqlx::PgPool;
 use time::OffsetDateTime;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::store::audit::*;
 
-pub(in crate::store) async fn insert(pool: &PgPool, rows: &[AuditRow]) -> Result<(), StoreError> {
+pub(in crate::store) async fn insert(pool: &Pool, rows: &[AuditRow]) -> Result<(), StoreError> {
     async {
         if rows.is_empty() {
             return Ok(());
@@ -47,10 +47,11 @@ pub(in crate::store) async fn insert(pool: &PgPool, rows: &[AuditRow]) -> Result
     .await
 }
 
-pub(in crate::store) async fn delete_older_than(pool: &PgPool, keep: std::time::Duration) -> Result<u64, StoreError> {
+pub(in crate::store) async fn delete_older_than(pool: &Pool, keep: std::time::Duration) -> Result<u64, StoreError> {
     async {
         let keep_secs = keep.as_secs_f64();
-        let mut tx = pool.begin().await?;
+        let mut connection = pool.acquire().await?;
+        let mut tx = connection.begin().await?;
         sqlx::query!("SELECT set_config('token_vault.audit_sweep', 'on', true)")
             .fetch_one(&mut *tx)
             .await?;
@@ -61,6 +62,7 @@ pub(in crate::store) async fn delete_older_than(pool: &PgPool, keep: std::time::
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        connection.finished();
         Ok(done.rows_affected())
     }
     .instrument(db_span!("DELETE", "audit_events"))

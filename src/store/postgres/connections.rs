@@ -1,8 +1,8 @@
 //! Postgres: connections (the statements behind `store::connections`).
 
+use super::Pool;
 use crate::connection_key::ConnectionKey;
 use crate::store::StoreError;
-use sqlx::PgPool;
 use std::time::Duration;
 use time::OffsetDateTime;
 use tracing::Instrument;
@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::store::connections::*;
 
-pub(in crate::store) async fn find(pool: &PgPool, key: &ConnectionKey) -> Result<Option<ConnectionRow>, StoreError> {
+pub(in crate::store) async fn find(pool: &Pool, key: &ConnectionKey) -> Result<Option<ConnectionRow>, StoreError> {
     async {
         let row = sqlx::query_as!(
             ConnectionRow,
@@ -30,7 +30,7 @@ pub(in crate::store) async fn find(pool: &PgPool, key: &ConnectionKey) -> Result
 }
 
 pub(in crate::store) async fn find_access_token(
-    pool: &PgPool,
+    pool: &Pool,
     key: &ConnectionKey,
 ) -> Result<Option<StoredAccessToken>, StoreError> {
     async {
@@ -52,7 +52,7 @@ pub(in crate::store) async fn find_access_token(
 }
 
 pub(in crate::store) async fn current_refresh_token(
-    pool: &PgPool,
+    pool: &Pool,
     connection_id: i64,
 ) -> Result<Option<CurrentRefreshToken>, StoreError> {
     async {
@@ -71,7 +71,7 @@ pub(in crate::store) async fn current_refresh_token(
     .await
 }
 
-pub(in crate::store) async fn generation(pool: &PgPool, key: &ConnectionKey) -> Result<Option<i64>, StoreError> {
+pub(in crate::store) async fn generation(pool: &Pool, key: &ConnectionKey) -> Result<Option<i64>, StoreError> {
     async {
         let generation = sqlx::query_scalar!(
             "SELECT generation FROM connections WHERE tenant_id = $1 AND provider = $2",
@@ -87,7 +87,7 @@ pub(in crate::store) async fn generation(pool: &PgPool, key: &ConnectionKey) -> 
 }
 
 pub(in crate::store) async fn store_authorization(
-    pool: &PgPool,
+    pool: &Pool,
     key: &ConnectionKey,
     replaces: Option<i64>,
     tokens: &NewTokens,
@@ -96,7 +96,8 @@ pub(in crate::store) async fn store_authorization(
     async {
         debug_assert_eq!(tokens.generation, replaces.map_or(1, |g| g + 1));
         let (tenant_id, provider) = (key.tenant().as_str(), key.provider().as_str());
-        let mut tx = pool.begin().await?;
+        let mut connection = pool.acquire().await?;
+        let mut tx = connection.begin().await?;
         let id = match replaces {
             Some(generation) => {
                 let id = sqlx::query_scalar!(
@@ -184,6 +185,7 @@ pub(in crate::store) async fn store_authorization(
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        connection.finished();
         Ok(id)
     }
     .instrument(db_span!("UPSERT", "connections"))
@@ -191,7 +193,7 @@ pub(in crate::store) async fn store_authorization(
 }
 
 pub(in crate::store) async fn try_acquire_lease(
-    pool: &PgPool,
+    pool: &Pool,
     key: &ConnectionKey,
     generation: i64,
     holder: Uuid,
@@ -264,7 +266,7 @@ pub(in crate::store) async fn try_acquire_lease(
     .await
 }
 
-pub(in crate::store) async fn release_lease(pool: &PgPool, connection_id: i64, holder: Uuid) -> Result<(), StoreError> {
+pub(in crate::store) async fn release_lease(pool: &Pool, connection_id: i64, holder: Uuid) -> Result<(), StoreError> {
     async {
         sqlx::query!(
             r#"UPDATE connections SET refresh_lease_holder = NULL, refresh_lease_until = NULL
@@ -281,7 +283,7 @@ pub(in crate::store) async fn release_lease(pool: &PgPool, connection_id: i64, h
 }
 
 pub(in crate::store) async fn store_refresh(
-    pool: &PgPool,
+    pool: &Pool,
     connection_id: i64,
     from_generation: i64,
     tokens: &NewTokens,
@@ -355,7 +357,7 @@ pub(in crate::store) async fn store_refresh(
 }
 
 pub(in crate::store) async fn write_back(
-    pool: &PgPool,
+    pool: &Pool,
     connection_id: i64,
     authorized_at: OffsetDateTime,
     tokens: &NewTokens,
@@ -413,7 +415,7 @@ pub(in crate::store) async fn write_back(
 }
 
 pub(in crate::store) async fn mark_reauthorization_required(
-    pool: &PgPool,
+    pool: &Pool,
     connection_id: i64,
     generation: i64,
     reason: &str,
@@ -446,7 +448,7 @@ pub(in crate::store) async fn mark_reauthorization_required(
 }
 
 pub(in crate::store) async fn describe(
-    pool: &PgPool,
+    pool: &Pool,
     key: &ConnectionKey,
 ) -> Result<Option<ConnectionSummary>, StoreError> {
     async {
@@ -471,7 +473,7 @@ pub(in crate::store) async fn describe(
 }
 
 pub(in crate::store) async fn list(
-    pool: &PgPool,
+    pool: &Pool,
     filter: &ConnectionFilter,
     limit: i64,
 ) -> Result<Vec<ConnectionSummary>, StoreError> {
@@ -507,7 +509,7 @@ pub(in crate::store) async fn list(
     .await
 }
 
-pub(in crate::store) async fn count_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>, StoreError> {
+pub(in crate::store) async fn count_by_status(pool: &Pool) -> Result<Vec<(String, i64)>, StoreError> {
     let rows = sqlx::query!(r#"SELECT status, count(*) AS "count!" FROM connections GROUP BY status"#)
         .fetch_all(pool)
         .await?;
@@ -515,7 +517,7 @@ pub(in crate::store) async fn count_by_status(pool: &PgPool) -> Result<Vec<(Stri
 }
 
 pub(in crate::store) async fn note_refresh_outcome_unknown(
-    pool: &PgPool,
+    pool: &Pool,
     connection_id: i64,
     generation: i64,
     holder: Uuid,
@@ -537,7 +539,7 @@ pub(in crate::store) async fn note_refresh_outcome_unknown(
 }
 
 pub(in crate::store) async fn extend_lease(
-    pool: &PgPool,
+    pool: &Pool,
     connection_id: i64,
     generation: i64,
     holder: Uuid,

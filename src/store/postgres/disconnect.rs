@@ -1,6 +1,6 @@
 //! Postgres: disconnect (the statements behind `store::disconnect`).
 
-use sqlx::PgPool;
+use super::Pool;
 
 use crate::connection_key::ConnectionKey;
 use crate::store::{connections::CurrentRefreshToken, StoreError};
@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::store::disconnect::*;
 
 pub(in crate::store) async fn take_disconnect_lease(
-    pool: &PgPool,
+    pool: &Pool,
     key: &ConnectionKey,
     holder: Uuid,
     ttl: Duration,
@@ -77,7 +77,7 @@ pub(in crate::store) async fn take_disconnect_lease(
 }
 
 pub(in crate::store) async fn disconnect(
-    pool: &PgPool,
+    pool: &Pool,
     connection_id: i64,
     generation: i64,
     holder: Uuid,

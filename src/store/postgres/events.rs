@@ -7,10 +7,9 @@
 //! whose transaction took its id early and committed late.
 
 use crate::store::StoreError;
-use sqlx::{
-    postgres::{PgListener, PgPoolOptions},
-    PgPool,
-};
+use sqlx::postgres::{PgListener, PgPoolOptions};
+
+use super::Pool;
 use tracing::Instrument;
 
 use crate::store::events::*;
@@ -20,7 +19,7 @@ use crate::store::events::*;
 const CHANNEL: &str = "token_vault_connection_events";
 
 /// A listener on a connection of its own.
-pub(in crate::store) async fn listen(pool: &PgPool) -> Result<PgListener, StoreError> {
+pub(in crate::store) async fn listen(pool: &Pool) -> Result<PgListener, StoreError> {
     let own = PgPoolOptions::new()
         .max_connections(1)
         .max_lifetime(None)
@@ -36,7 +35,7 @@ fn txid(text: &str) -> Result<u64, StoreError> {
         .map_err(|_| StoreError::Database(sqlx::Error::Decode(format!("txid {text:?} is not a number").into())))
 }
 
-pub(in crate::store) async fn head(pool: &PgPool) -> Result<EventPosition, StoreError> {
+pub(in crate::store) async fn head(pool: &Pool) -> Result<EventPosition, StoreError> {
     async {
         let row = sqlx::query!(
             r#"SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS "xmin!",
@@ -59,7 +58,7 @@ pub(in crate::store) async fn head(pool: &PgPool) -> Result<EventPosition, Store
     .await
 }
 
-pub(in crate::store) async fn after(pool: &PgPool, after: EventPosition, limit: i64) -> Result<EventBatch, StoreError> {
+pub(in crate::store) async fn after(pool: &Pool, after: EventPosition, limit: i64) -> Result<EventBatch, StoreError> {
     async {
         let rows = sqlx::query!(
             r#"SELECT (p.txid, p.id) > ($1::text::xid8, $2::bigint) AS "expired!",
@@ -126,7 +125,7 @@ pub(in crate::store) async fn after(pool: &PgPool, after: EventPosition, limit: 
 }
 
 pub(in crate::store) async fn delete_older_than(
-    pool: &PgPool,
+    pool: &Pool,
     keep: std::time::Duration,
     batch: i64,
 ) -> Result<u64, StoreError> {

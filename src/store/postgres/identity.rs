@@ -1,13 +1,13 @@
 //! Postgres: identity (the statements behind `store::identity`).
 
+use super::Pool;
 use crate::store::StoreError;
-use sqlx::PgPool;
 use time::OffsetDateTime;
 use tracing::Instrument;
 
 use crate::store::identity::*;
 
-pub(in crate::store) async fn current(pool: &PgPool) -> Result<String, StoreError> {
+pub(in crate::store) async fn current(pool: &Pool) -> Result<String, StoreError> {
     async {
         let identity = sqlx::query_scalar!(r#"SELECT token_vault_database_identity() AS "identity!""#)
             .fetch_one(pool)
@@ -18,7 +18,7 @@ pub(in crate::store) async fn current(pool: &PgPool) -> Result<String, StoreErro
     .await
 }
 
-pub(in crate::store) async fn record_first(pool: &PgPool, identity: &str) -> Result<(), StoreError> {
+pub(in crate::store) async fn record_first(pool: &Pool, identity: &str) -> Result<(), StoreError> {
     async {
         sqlx::query!(
             "INSERT INTO database_identity (id, identity, changed_at) VALUES (1, $1, 'epoch')
@@ -34,7 +34,7 @@ pub(in crate::store) async fn record_first(pool: &PgPool, identity: &str) -> Res
 }
 
 pub(in crate::store) async fn record_change(
-    pool: &PgPool,
+    pool: &Pool,
     identity: &str,
     grace: std::time::Duration,
 ) -> Result<OffsetDateTime, StoreError> {
@@ -60,7 +60,7 @@ pub(in crate::store) async fn record_change(
     .await
 }
 
-pub(in crate::store) async fn durability(pool: &PgPool) -> Result<Durability, StoreError> {
+pub(in crate::store) async fn durability(pool: &Pool) -> Result<Durability, StoreError> {
     async {
         let row = sqlx::query!(
             r#"SELECT current_setting('synchronous_standby_names') AS "names!",

@@ -1,7 +1,7 @@
 //! Postgres: keepalive (the statements behind `store::keepalive`).
 
+use super::Pool;
 use crate::store::StoreError;
-use sqlx::PgPool;
 use std::time::Duration;
 use time::OffsetDateTime;
 use tracing::Instrument;
@@ -9,7 +9,7 @@ use tracing::Instrument;
 use crate::store::keepalive::*;
 
 pub(in crate::store) async fn claim(
-    pool: &PgPool,
+    pool: &Pool,
     limit: i64,
     ttl: Duration,
     providers: &[String],
@@ -53,7 +53,7 @@ pub(in crate::store) async fn claim(
 }
 
 pub(in crate::store) async fn release(
-    pool: &PgPool,
+    pool: &Pool,
     ids: &[i64],
     claimed_until: OffsetDateTime,
 ) -> Result<u64, StoreError> {
@@ -73,7 +73,7 @@ pub(in crate::store) async fn release(
 }
 
 pub(in crate::store) async fn note_failure(
-    pool: &PgPool,
+    pool: &Pool,
     connection_id: i64,
     generation: i64,
     reason: &str,

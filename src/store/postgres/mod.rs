@@ -27,34 +27,30 @@ pub(super) mod events;
 pub(super) mod identity;
 pub(super) mod keepalive;
 pub(super) mod pending;
+mod pool;
 pub(super) mod retention;
 pub(super) mod sealed_values;
 
 use std::{str::FromStr, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions},
-    ConnectOptions, Connection, PgPool,
-};
+use sqlx::{postgres::PgConnectOptions, ConnectOptions, Connection};
+
+pub use pool::{Pool, PooledConnection};
 
 use super::{PoolOptions, StoreError};
 
-pub(super) fn connect_lazy(url: &SecretString, options: &PoolOptions) -> Result<PgPool, StoreError> {
+pub(super) fn connect_lazy(url: &SecretString, options: &PoolOptions) -> Result<Pool, StoreError> {
     let connect = PgConnectOptions::from_str(url.expose_secret())
         .map_err(StoreError::Database)?
         // Statements are logged at debug only: parameters are never logged by sqlx, but
         // there is nothing to learn from every hot-path SELECT at info.
         .log_statements(tracing::log::LevelFilter::Debug)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
-    Ok(PgPoolOptions::new()
-        .max_connections(options.max_connections)
-        .acquire_timeout(options.acquire_timeout)
-        // No ping before every query: it doubles the round trips of every call. A
-        // connection that died (a database restart) fails its next query, is discarded, and
-        // that one call answers UNAVAILABLE; refresh commits and waits retry on their own.
-        .test_before_acquire(false)
-        .connect_lazy_with(connect))
+    // No ping before a connection is handed out, nor after it comes back (see `pool`). A
+    // connection that died (a database restart) fails its next query, is discarded, and that
+    // one call answers UNAVAILABLE; refresh commits and waits retry on their own.
+    Ok(Pool::new(connect, options.max_connections, options.acquire_timeout))
 }
 
 /// Creates the database named in `url` when it does not exist (development convenience).

@@ -1,14 +1,15 @@
 //! Postgres: pending (the statements behind `store::pending`).
 
+use super::Pool;
 use crate::store::StoreError;
-use sqlx::PgPool;
 use tracing::Instrument;
 
 use crate::store::pending::*;
 
-pub(in crate::store) async fn insert(pool: &PgPool, new: NewPendingAuthorization<'_>) -> Result<u64, StoreError> {
+pub(in crate::store) async fn insert(pool: &Pool, new: NewPendingAuthorization<'_>) -> Result<u64, StoreError> {
     async {
-        let mut tx = pool.begin().await?;
+        let mut connection = pool.acquire().await?;
+        let mut tx = connection.begin().await?;
         // Serializes the begins of one tenant and provider, so that two at once can't each keep
         // `max_open` of the others and end above it together. Released at commit.
         sqlx::query!(
@@ -52,6 +53,7 @@ pub(in crate::store) async fn insert(pool: &PgPool, new: NewPendingAuthorization
         .await?
         .rows_affected();
         tx.commit().await?;
+        connection.finished();
         Ok(superseded)
     }
     .instrument(db_span!("INSERT", "pending_authorizations"))
@@ -59,7 +61,7 @@ pub(in crate::store) async fn insert(pool: &PgPool, new: NewPendingAuthorization
 }
 
 pub(in crate::store) async fn consume(
-    pool: &PgPool,
+    pool: &Pool,
     state_hash: &[u8],
 ) -> Result<Option<PendingAuthorization>, StoreError> {
     async {
@@ -78,7 +80,7 @@ pub(in crate::store) async fn consume(
     .await
 }
 
-pub(in crate::store) async fn delete_finished(pool: &PgPool) -> Result<u64, StoreError> {
+pub(in crate::store) async fn delete_finished(pool: &Pool) -> Result<u64, StoreError> {
     let done = sqlx::query!("DELETE FROM pending_authorizations WHERE expires_at <= now() OR consumed_at IS NOT NULL")
         .execute(pool)
         .await?;

@@ -1,14 +1,14 @@
 //! Postgres: retention (the statements behind `store::retention`).
 
+use super::Pool;
 use crate::store::StoreError;
-use sqlx::PgPool;
 use std::time::Duration;
 use tracing::Instrument;
 
 use crate::store::retention::*;
 
 pub(in crate::store) async fn purge_superseded(
-    pool: &PgPool,
+    pool: &Pool,
     keep_generations: u32,
     keep_for: Duration,
     limit: i64,

@@ -1,11 +1,11 @@
 //! Postgres: sealed values (the statements behind `store::sealed_values`).
 
+use super::Pool;
 use crate::store::StoreError;
-use sqlx::PgPool;
 
 use crate::store::sealed_values::{Key, *};
 
-pub(in crate::store) async fn count_by_header(pool: &PgPool) -> Result<Vec<HeaderCount>, StoreError> {
+pub(in crate::store) async fn count_by_header(pool: &Pool) -> Result<Vec<HeaderCount>, StoreError> {
     // CASE keeps get_byte away from values shorter than two bytes (it would raise).
     let rows = sqlx::query!(
         r#"SELECT col AS "col!", header AS "header!", count(*) AS "count!" FROM (
@@ -42,13 +42,14 @@ pub(in crate::store) async fn count_by_header(pool: &PgPool) -> Result<Vec<Heade
 }
 
 pub(in crate::store) async fn rewrap_batch(
-    pool: &PgPool,
+    pool: &Pool,
     from: &Position,
     keep_header: &[u8],
     limit: i64,
     mut reseal: impl FnMut(&SealedRow) -> Option<Vec<u8>>,
 ) -> Result<Batch, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut connection = pool.acquire().await?;
+    let mut tx = connection.begin().await?;
     let rows = select_batch(&mut tx, &from.0, keep_header, limit).await?;
     let selected = rows.len();
     let next = rows.last().map(|r| r.position.clone()).unwrap_or_else(|| from.clone());
@@ -63,6 +64,7 @@ pub(in crate::store) async fn rewrap_batch(
         update_batch(&mut tx, from.column(), replacements).await?
     };
     tx.commit().await?;
+    connection.finished();
     Ok(Batch {
         selected,
         rewritten,

@@ -136,6 +136,15 @@ pub(super) fn connect_lazy(url: &SecretString, options: &PoolOptions) -> Result<
             // drop, and the ping is one more hop to the connection's worker thread on every
             // statement.
             .test_before_acquire(false)
+            // A connection that comes back inside a transaction is closed, which rolls the
+            // transaction back, instead of going back to the pool. sqlx's `begin_with` counts
+            // its transaction before it has handed it over: a caller that gives up in between
+            // (BeginAuthorization callers by the thousand did, see
+            // `grant_safety::callers_giving_up_mid_transaction_by_the_thousand_leave_no_transaction_open`)
+            // leaves the connection inside a `BEGIN IMMEDIATE` that nothing will end. Back in
+            // the pool, the writer then refused every `begin_with` ("non-zero transaction
+            // depth") and would have run the process's other writes inside that transaction.
+            .after_release(|connection, _| Box::pin(async move { Ok(!connection.is_in_transaction()) }))
             .connect_lazy_with(connect.clone())
     };
     Ok(SqlitePools {
