@@ -4,12 +4,12 @@
 //! one is returned); a revoked grant is marked as needing a new authorization.
 
 use sha2::{Digest, Sha256};
-use token_vault::proto::{self, token_vault_client::TokenVaultClient};
-use tonic::{transport::Channel, Code};
+use token_vault::proto;
+use tonic::Code;
 
 use crate::{
     helpers::on_rows,
-    helpers::{assert_bad_field, assert_reason, spawn_app, TestApp, TestOptions},
+    helpers::{assert_bad_field, assert_reason, spawn_app, token_from, TestApp, TestOptions},
     replicas::Cluster,
 };
 
@@ -35,18 +35,6 @@ fn sha256(token: &str) -> Vec<u8> {
 
 async fn get(app: &TestApp, request: proto::GetAccessTokenRequest) -> Result<String, tonic::Status> {
     token_from(app.client.clone(), request).await
-}
-
-/// GetAccessToken through `client` (one replica's, in the cluster tests): the token or the
-/// status.
-async fn token_from(
-    mut client: TokenVaultClient<Channel>,
-    request: proto::GetAccessTokenRequest,
-) -> Result<String, tonic::Status> {
-    client
-        .get_access_token(request)
-        .await
-        .map(|r| r.into_inner().access_token)
 }
 
 /// A connected tenant whose (hour-long) current token has been handed out once: no refresh is

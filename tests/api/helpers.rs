@@ -335,21 +335,35 @@ impl TestApp {
     }
 }
 
+/// GetAccessToken through `client` (any vault's; one replica's in the cluster tests): the
+/// token or the status.
+pub async fn token_from(
+    mut client: TokenVaultClient<Channel>,
+    request: impl tonic::IntoRequest<proto::GetAccessTokenRequest>,
+) -> Result<String, Status> {
+    client
+        .get_access_token(request)
+        .await
+        .map(|r| r.into_inner().access_token)
+}
+
+/// The GetAccessToken request for `tenant`, nothing else set.
+pub fn token_request(tenant: &str) -> proto::GetAccessTokenRequest {
+    proto::GetAccessTokenRequest {
+        tenant_id: tenant.into(),
+        ..Default::default()
+    }
+}
+
 /// GetAccessToken for `tenant` with a deadline of `timeout`, as a caller that gives up would.
 pub async fn get_token_within(
     client: &mut TokenVaultClient<Channel>,
     tenant: &str,
     timeout: Duration,
 ) -> Result<String, Status> {
-    let mut request = tonic::Request::new(proto::GetAccessTokenRequest {
-        tenant_id: tenant.into(),
-        ..Default::default()
-    });
+    let mut request = tonic::Request::new(token_request(tenant));
     request.set_timeout(timeout);
-    client
-        .get_access_token(request)
-        .await
-        .map(|r| r.into_inner().access_token)
+    token_from(client.clone(), request).await
 }
 
 /// Asserts the status code and the stable ErrorInfo reason; returns the ErrorInfo metadata.

@@ -11,7 +11,7 @@ use token_vault::proto::{self, token_vault_client::TokenVaultClient};
 use tonic::transport::Channel;
 
 use crate::{
-    helpers::{connect, settings_toml, TestDb, TestOptions},
+    helpers::{connect, settings_toml, token_from, token_request, TestDb, TestOptions},
     provider::{ClientAuth, ScriptedProvider},
 };
 
@@ -186,19 +186,7 @@ impl Cluster {
     ) -> Vec<Result<String, tonic::Status>> {
         let calls = processes.iter().flat_map(|&i| {
             let client = self.client(i);
-            (0..per_process).map(move |_| {
-                let mut client = client.clone();
-                let tenant = tenant.to_owned();
-                async move {
-                    client
-                        .get_access_token(proto::GetAccessTokenRequest {
-                            tenant_id: tenant,
-                            ..Default::default()
-                        })
-                        .await
-                        .map(|r| r.into_inner().access_token)
-                }
-            })
+            (0..per_process).map(move |_| token_from(client.clone(), token_request(tenant)))
         });
         futures::future::join_all(calls).await
     }

@@ -30,7 +30,7 @@ use token_vault::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    helpers::{spawn_app_with, TestOptions},
+    helpers::{spawn_app_with, token_from, token_request, TestOptions},
     replicas::Cluster,
 };
 
@@ -268,18 +268,7 @@ async fn a_vault_process_logs_json_lines_naming_the_refresh_and_not_the_per_call
     )
     .await;
     cluster.connect_tenant("acme").await;
-    let token = |tenant: &'static str| {
-        let mut client = cluster.client(0);
-        async move {
-            client
-                .get_access_token(proto::GetAccessTokenRequest {
-                    tenant_id: tenant.into(),
-                    ..Default::default()
-                })
-                .await
-                .map(|r| r.into_inner().access_token)
-        }
-    };
+    let token = |tenant: &str| token_from(cluster.client(0), token_request(tenant));
     let first = token("acme").await.unwrap();
     for _ in 0..20 {
         assert_eq!(token("acme").await.unwrap(), first, "served from the cache");
