@@ -1,7 +1,7 @@
 //! The floors every vault figure is divided by, served from the same proto with the same tonic
 //! server settings: a server that answers GetAccessToken with a constant; one that answers it
-//! with one indexed SELECT of a stored (sealed) token row through sqlx (from Postgres, or from the
-//! SQLite scenario's file); and, for the refresh
+//! with one indexed SELECT of a stored (sealed) token row through sqlx (from Postgres, in the
+//! vault's own pool, or from the SQLite scenario's file); and, for the refresh
 //! scenario, one that answers it with the access token of one refresh-token request to the
 //! scripted provider (what any server must do for an expired token, and nothing else).
 //!
@@ -22,6 +22,7 @@ use rustls::{
 };
 use secrecy::ExposeSecret;
 use sqlx::{PgPool, SqlitePool};
+use token_vault::store::PostgresPool;
 use token_vault::{
     audit::{Audit, AuditEvent, EventKind},
     auth::INSECURE_DEV_CALLER,
@@ -38,7 +39,7 @@ use crate::pki::ServerFiles;
 
 enum Floor {
     Constant(proto::GetAccessTokenResponse),
-    Database(PgPool),
+    Database(PostgresPool),
     SqliteDatabase(SqlitePool),
     MissDuties(Box<MissDuties>),
     Provider { http: reqwest::Client, token_url: String },
@@ -252,7 +253,9 @@ pub async fn serve(listen: std::net::SocketAddr, kind: Kind, max_connections: u3
         },
         // Read-only, as many connections as the vault's pool: WAL lets readers run side by side.
         // Neither database floor pings a pooled connection before its query (sqlx's default
-        // does): the vault does not, and the floor is the least work a call needs.
+        // does): the vault does not, and the floor is the least work a call needs. On Postgres
+        // the floor's pool is the vault's own (`PostgresPool`), which does not ping a connection
+        // on its return either.
         Kind::Database(url) if url.starts_with("sqlite:") => Floor::SqliteDatabase(
             sqlx::sqlite::SqlitePoolOptions::new()
                 .max_connections(max_connections)
@@ -265,14 +268,11 @@ pub async fn serve(listen: std::net::SocketAddr, kind: Kind, max_connections: u3
                 .await
                 .expect("the floor's SQLite file opens"),
         ),
-        Kind::Database(url) => Floor::Database(
-            sqlx::postgres::PgPoolOptions::new()
-                .max_connections(max_connections)
-                .test_before_acquire(false)
-                .connect(&url)
-                .await
-                .expect("the floor's database answers"),
-        ),
+        Kind::Database(url) => Floor::Database(PostgresPool::new(
+            url.parse().expect("a Postgres URL"),
+            max_connections,
+            std::time::Duration::from_secs(30),
+        )),
         Kind::MissDuties { url, keyring } => {
             let store = crate::statements::vault_sized_store(&url);
             let audit_settings: AuditSettings = Settings::defaults()
@@ -386,13 +386,12 @@ pub async fn refresh_fleet(
         .execute(admin_pool)
         .await
         .expect("the floor's rows");
-    let options = admin_pool.connect_options();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(20)
-        .test_before_acquire(false)
-        .connect_with((*options).clone())
-        .await
-        .expect("the floor's pool");
+    // The vault's own pool, without a ping on each connection's return, as the vault's.
+    let pool = PostgresPool::new(
+        (*admin_pool.connect_options()).clone(),
+        20,
+        std::time::Duration::from_secs(30),
+    );
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let token_url = Arc::new(format!("{provider_url}/oauth2/token"));

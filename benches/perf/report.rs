@@ -698,7 +698,8 @@ impl Report {
              as its release binary in its own process, logging as in a container (JSON lines at info, \
              to /dev/null); each floor is a process serving the same proto with \
              the same tonic settings: the gRPC floor answers GetAccessToken with a constant, the database \
-             floor with one indexed SELECT (tenant, provider) of a sealed token row through sqlx; the TLS \
+             floor with one indexed SELECT (tenant, provider) of a sealed token row through sqlx (on Postgres, \
+             in the vault's own pool, which does not ping a connection on its return); the TLS \
              floor is the gRPC floor over mutual TLS with the vault's rustls settings and the same \
              certificate files; the floor doing the design's own work per miss reads with the vault's \
              statement, unseals with its keyring and counts into its audit trail. The floors run in the \
