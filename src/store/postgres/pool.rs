@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult};
+use deadpool::managed::{self, Metrics, Object, PoolError, QueueMode, RecycleError, RecycleResult};
 use futures::{future::BoxFuture, stream::BoxStream, TryStreamExt};
 use sqlx::{
     postgres::{PgConnectOptions, PgQueryResult, PgRow, PgStatement, PgTypeInfo},
@@ -104,6 +104,11 @@ impl Pool {
             options: Arc::clone(&options),
         })
         .max_size(max_connections as usize)
+        // The connection used last goes out first: its server process and its caches are
+        // warm, and under light load the others stay idle rather than taking turns (a
+        // rotation over 20 connections once cost the refresh path's statements 0.7 to 1.9 ms,
+        // docs/performance.md).
+        .queue_mode(QueueMode::Lifo)
         .build()
         // Only a missing runtime for timeouts fails a build, and this pool sets none: its one
         // deadline is `acquire_timeout`, kept by `acquire` itself.
