@@ -37,7 +37,8 @@ use sqlx::{
 /// after a failover behind one address, every connection has moved within this time.
 const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
-/// How long the flush of a connection left mid-work may take before it is closed instead.
+/// How long the check of a connection left mid-work (`flush`) may take before the connection
+/// is closed instead.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens connections with the store's options; a connection taken from the idle ones is
@@ -165,7 +166,7 @@ impl Pool {
 }
 
 /// A connection out of the pool. Dropped after `finished`, it goes back as it is; dropped
-/// without, it is flushed first (see the module's doc).
+/// without, it is checked first, and closed if it can't go back (`flush`).
 pub struct PooledConnection {
     object: Option<Object<Manager>>,
     finished: bool,
@@ -179,7 +180,7 @@ impl PooledConnection {
     }
 
     /// Begins a transaction on this connection. Dropped without its commit, the transaction
-    /// queues its ROLLBACK, which the flush sends.
+    /// queues its ROLLBACK, which `flush` sends.
     pub async fn begin(&mut self) -> Result<sqlx::Transaction<'_, Postgres>, sqlx::Error> {
         Connection::begin(&mut **self).await
     }
