@@ -27,6 +27,7 @@ mod listener;
 mod listing;
 mod operator_cli;
 mod pending;
+mod postgres_pool;
 mod private_postgres;
 mod prometheus;
 mod provider;

@@ -206,12 +206,26 @@ impl Drop for PooledConnection {
         if self.finished {
             return; // `object`'s drop puts it back
         }
+        let unchecked = Unchecked(Some(object));
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(flush(object));
+                runtime.spawn(flush(unchecked));
             }
-            // No runtime left to flush on (the process is ending): close it.
-            Err(_) => drop(Object::take(object)),
+            // No runtime left to check it on (the process is ending): `unchecked` closes it.
+            Err(_) => drop(unchecked),
+        }
+    }
+}
+
+/// A connection left mid-work, on its way through `flush`. It goes back to the pool only when
+/// the check passes; dropped any other way (the check's task dropped unrun or unfinished, as a
+/// runtime that is shutting down does) it is taken out of the pool and closed.
+struct Unchecked(Option<Object<Manager>>);
+
+impl Drop for Unchecked {
+    fn drop(&mut self) {
+        if let Some(object) = self.0.take() {
+            drop(Object::take(object));
         }
     }
 }
@@ -230,20 +244,24 @@ impl Drop for PooledConnection {
 /// The server knows: `transaction_timestamp()` equals `statement_timestamp()` only in the
 /// first statement of a transaction, so only outside an open transaction block; inside an
 /// aborted one the statement fails.
-async fn flush(mut object: Object<Manager>) {
+async fn flush(mut unchecked: Unchecked) {
+    let Some(object) = unchecked.0.as_mut() else { return };
     let outside_any_transaction = tokio::time::timeout(
         FLUSH_TIMEOUT,
-        sqlx::query_scalar::<_, bool>("SELECT transaction_timestamp() = statement_timestamp()").fetch_one(&mut *object),
+        sqlx::query_scalar::<_, bool>("SELECT transaction_timestamp() = statement_timestamp()")
+            .fetch_one(&mut **object),
     )
     .await;
-    if !matches!(outside_any_transaction, Ok(Ok(true))) {
-        tracing::debug!("a connection left mid-work did not come back outside a transaction; closing it");
-        // Terminate tells the server to end the session (and roll its transaction back) now,
-        // rather than when it notices the socket gone.
-        tokio::time::timeout(FLUSH_TIMEOUT, Object::take(object).close())
-            .await
-            .ok();
+    let Some(object) = unchecked.0.take() else { return };
+    if matches!(outside_any_transaction, Ok(Ok(true))) {
+        return; // `object`'s drop puts it back
     }
+    tracing::debug!("a connection left mid-work did not come back outside a transaction; closing it");
+    // Terminate tells the server to end the session (and roll its transaction back) now,
+    // rather than when it notices the socket gone.
+    tokio::time::timeout(FLUSH_TIMEOUT, Object::take(object).close())
+        .await
+        .ok();
 }
 
 impl<'p> Executor<'p> for &'_ Pool {
