@@ -146,6 +146,30 @@ async fn sigterm_while_a_refresh_waits_on_the_provider_stores_the_rotated_token_
     );
 }
 
+/// How many calls ended because their caller gave up (its deadline, or a cancellation).
+fn gave_up<T>(outcomes: &[Result<T, tonic::Status>]) -> usize {
+    outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(s) if s.code() == Code::DeadlineExceeded || s.code() == Code::Cancelled))
+        .count()
+}
+
+/// Waits up to 5 s for every connection of `store`'s pool to be idle again.
+async fn wait_for_idle_pool(store: &token_vault::store::Store) {
+    let started = Instant::now();
+    loop {
+        let (size, idle) = store.pool_usage();
+        if idle == size as usize {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the pool never went back to idle: {idle} of {size} connections idle"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Thousands of callers that give up mid-read must not keep pooled connections: afterwards the
 /// vault answers at once, health is SERVING, and the pool is back to idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -159,10 +183,7 @@ async fn callers_giving_up_by_the_thousand_leave_the_pool_idle() {
         async move { get_token_within(&mut client, &format!("ghost-{i}"), timeout).await }
     });
     let outcomes = futures::future::join_all(calls).await;
-    let gave_up = outcomes
-        .iter()
-        .filter(|o| matches!(o, Err(s) if s.code() == Code::DeadlineExceeded || s.code() == Code::Cancelled))
-        .count();
+    let gave_up = gave_up(&outcomes);
     assert!(gave_up > 100, "most callers gave up mid-call ({gave_up} of 3000)");
 
     // Another caller, on a connection of its own: the HTTP/2 layer may close the first one
@@ -179,16 +200,7 @@ async fn callers_giving_up_by_the_thousand_leave_the_pool_idle() {
     let unknown = get_token_within(&mut caller, "ghost-again", Duration::from_secs(5)).await;
     assert_reason(&unknown.unwrap_err(), Code::NotFound, "CONNECTION_NOT_FOUND");
 
-    let store = app.vault.store();
-    let started = Instant::now();
-    while store.pool_usage().1 != store.pool_usage().0 as usize {
-        let (size, idle) = store.pool_usage();
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the pool never went back to idle: {idle} of {size} connections idle"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_idle_pool(app.vault.store()).await;
 
     let serving = token_vault::startup::probe_health(&format!("http://{}", app.addr))
         .await
@@ -221,22 +233,10 @@ async fn callers_giving_up_mid_transaction_by_the_thousand_leave_no_transaction_
         }
     });
     let outcomes = futures::future::join_all(calls).await;
-    let gave_up = outcomes
-        .iter()
-        .filter(|o| matches!(o, Err(s) if s.code() == Code::DeadlineExceeded || s.code() == Code::Cancelled))
-        .count();
+    let gave_up = gave_up(&outcomes);
     assert!(gave_up > 100, "most callers gave up mid-call ({gave_up} of 3000)");
 
-    let store = app.vault.store();
-    let started = Instant::now();
-    while store.pool_usage().1 != store.pool_usage().0 as usize {
-        let (size, idle) = store.pool_usage();
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the pool never went back to idle: {idle} of {size} connections idle"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_idle_pool(app.vault.store()).await;
     // A session the vault closed because it was inside a transaction may show for a moment
     // while its server process exits; one the pool kept would show for good.
     if let Rows::Postgres(pool) = &app.rows {
