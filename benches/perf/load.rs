@@ -63,6 +63,9 @@ impl Pair {
 
 #[derive(Debug, Clone, Default)]
 pub struct LoadResult {
+    /// Calls sent, the warm-up's included (only where the run counts them: [`run`]).
+    pub sent: u64,
+    /// Calls answered OK in the measured window.
     pub requests: u64,
     pub errors: u64,
     pub first_error: Option<String>,
@@ -101,6 +104,7 @@ impl LoadResult {
 
     /// Adds another worker's counts (latencies unsorted).
     pub fn merge(&mut self, other: LoadResult) {
+        self.sent += other.sent;
         self.requests += other.requests;
         self.errors += other.errors;
         if self.first_error.is_none() {
@@ -156,24 +160,11 @@ pub async fn run(
                 let started = Instant::now();
                 let answer = client.get_access_token(request).await;
                 let took = started.elapsed();
-                if !measuring.load(Ordering::Relaxed) {
-                    continue;
-                }
-                match answer {
-                    Ok(_) => {
-                        result.requests += 1;
-                        result
-                            .latencies_us
-                            .push(took.as_micros().min(u128::from(u32::MAX)) as u32);
-                    }
-                    Err(status) => {
-                        result.errors += 1;
-                        result
-                            .first_error
-                            .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
-                    }
+                if measuring.load(Ordering::Relaxed) {
+                    result.record(took, answer.map(drop));
                 }
             }
+            result.sent = i;
             result
         }));
     }
@@ -189,13 +180,7 @@ pub async fn run(
         ..Default::default()
     };
     for w in workers {
-        let r = w.await.expect("a load worker panicked");
-        total.requests += r.requests;
-        total.errors += r.errors;
-        if total.first_error.is_none() {
-            total.first_error = r.first_error;
-        }
-        total.latencies_us.extend(r.latencies_us);
+        total.merge(w.await.expect("a load worker panicked"));
     }
     total.latencies_us.sort_unstable();
     total
