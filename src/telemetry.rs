@@ -169,10 +169,14 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<Telemetr
                     // cost two clock reads on every poll of an instrumented future; making
                     // the span's OpenTelemetry context current on every poll serves code that
                     // asks OpenTelemetry for the current context, which nothing here does:
-                    // parents are found through `tracing`'s own span tree.
+                    // parents are found through `tracing`'s own span tree. A span's source
+                    // file, module, line and target are four more attributes to build, encode
+                    // and ship with every span, which its name already identifies.
                     .with_threads(false)
                     .with_tracked_inactivity(false)
                     .with_context_activation(false)
+                    .with_location(false)
+                    .with_target(false)
                     .with_filter(spans_filter),
             )
         }

@@ -762,39 +762,36 @@ const FINDINGS: &str = "
 Where the rows stand, in short (each has its bullet further down, with the runs and profiles
 behind it):
 
-- **This table** ran on commit 922f232, on the `AMD EPYC` machine of the two tables before
-  it (the last bullet below has both), 2026-12-06 09:00 to 09:30. Its vault's Postgres store
-  has a pool of its own (the last bullet): no round trip when a connection comes back, and a
-  connection a caller left inside a transaction is never reused. The Postgres database
-  floors use the same pool, so every Postgres ratio here compares a vault and a floor that
-  both skip sqlx's ping; the floors' absolute figures rose with it (the cold cache's floor
-  12,737 req/s against 10,134 in the table on f59829b), and ratios on those rows are not
-  comparable with older tables one for one.
-- **Missed in this table:** the cold cache on Postgres 0.824 x, p99 1.41 x (10,498 req/s,
-  against 8,958 in the table before: the vault gained, the floor gained more, as an earlier
-  bullet predicted for a floor on the same pool), and against the design's own work 0.886 x,
-  p99 1.11 x; refresh throughput 999 refreshes/s, 0.846 x the bare client: the ratio meets
-  its target and the 1,000/s misses by one; on SQLite, the cold cache against the design's own
-  work 0.830 x (p99 1.53 x) and refresh latency 1.28 and 1.23 x.
-- **Met:** the hot path 0.920 x; with bearer authentication and audit 0.955 x and h2load's
-  cross-check 0.944 x, both met for the first time on this machine; over mutual TLS 0.907 x;
-  a new connection over mutual TLS 1.008 x one at a time and 0.982 x in bursts; refresh
-  latency on Postgres 0.99 and 0.97 x its bare statements (the vault's own time 2.19 and
-  2.27 ms, against 2.88 and 3.15 ms in the table before); refresh throughput against the
-  vault's own statements 0.929 x; the stampede; the keeper's claim and the hot path beside
-  it, 1.175 x; the hot path on SQLite 0.969 x; the cold cache on SQLite 0.937 x, p99
-  0.92 x; memory per cached token, 409 bytes beyond the token, with the bound and the sweeps
-  flat. 18 of 24 met.
-- **What it means for the work.** The two tables before, of one code an hour apart, each met
-  15 of 24 rows and not the same 15; this one meets 18, and the three hot-path rows that
-  moved to met (bearer, h2load, SQLite) do not touch the database, so the hour's noise
-  (pairs within a row spread 0.2 to 0.5 x on this machine) explains them as well as anything
-  in this stop. What the pool changed is on the database rows: the vault's own time per
-  refresh fell by ~0.7 ms, its statements' floor with it, and refresh throughput's absolute
-  figure reached 999/s (963 and 793 in the tables before). Still missed in every table on
-  this machine: the cold cache against the design's own work (by p99 on Postgres before, by
-  req/s here; by both on SQLite) and refresh latency on SQLite. The cold cache on Postgres
-  against its floor moved from met to missed because its floor lost the ping the vault lost.
+- **This table** ran on commit 4656fa0, on the `AMD EPYC` machine of the three tables before
+  it, 2026-12-06 11:17 to 11:49, in a slower hour than the table on 922f232 an hour and a
+  half earlier (the cold cache's floor 9,199 req/s against 12,737; the keeper's hot-path
+  floor 32,017 against 37,525). Its vault is that table's with two changes: a connection
+  whose check never ran is closed (commit 44fc9c4), and the OpenTelemetry layer does less per
+  span (the last bullet). It has two new rows, the hot path with traces exported over OTLP
+  (the last bullet), so it counts 26 rows.
+- **Missed in this table:** the hot path with every call's trace exported 0.737 x, against
+  this bench's own target of 0.80 x (the last bullet); over mutual TLS 0.842 x (pairs 0.805
+  to 0.986; 0.907 x in the table before); the cold cache on Postgres 0.860 x, p99 1.23 x,
+  and against the design's own work 0.947 x with p99 1.49 x; refresh throughput 927
+  refreshes/s, 0.810 x the bare client (the ratio meets its target, the 1,000/s does not);
+  refresh latency on SQLite 1.29 and 1.26 x.
+- **Met:** the hot path 0.955 x; with bearer authentication and audit 1.017 x; h2load's
+  cross-check 0.946 x; traces exported at 1 % sampled 0.927 x; a new connection over mutual
+  TLS 0.998 x one at a time and 1.098 x in bursts; refresh latency on Postgres 1.00 and
+  0.98 x its bare statements; refresh throughput against the vault's own statements 0.883 x;
+  the stampede; the keeper's claim and the hot path beside it, 1.049 x; on SQLite the hot
+  path 1.097 x, the cold cache 0.986 x (p99 0.98 x) and, for the first time, the cold cache
+  against the design's own work 0.986 x (p99 0.99 x); memory per cached token, 310 bytes
+  beyond the token, with the bound and the sweeps flat. 19 of 26 met.
+- **What it means for the work.** Against the table on 922f232 (18 of 24) the same vault
+  code on the database rows: the SQLite cold cache against the design's work moved to met
+  and mutual TLS to missed, both rows whose pairs spread by 0.2 x or more within one run, so
+  neither says more than the machine's hour. Still missed in every table on this machine:
+  the cold cache on Postgres by one of its two measures, refresh latency on SQLite, and
+  refresh throughput's 1,000/s (927 to 999/s; 0.81 to 0.85 x the bare client). The new
+  rows answer a question the table had left open: what tracing costs a call. Sampling every
+  call costs the hot path a quarter of its throughput; 1 % costs it a few percent. The
+  README and the chart now say how to set the sampler.
 
 What was found and changed, in the order the work happened:
 
@@ -1604,6 +1601,49 @@ What was found and changed, in the order the work happened:
     above, SipHash rehashing moka's map): a throwaway build, ABBA against fc808d7 (08:47 to
     08:57). fc808d7 939 and 999 refreshes/s, 0.807 and 0.850 x; with foldhash 930 and
     984/s, 0.804 and 0.832 x. No difference the runs can see. Not kept.
+- **Traces exported over OTLP: what tracing costs a call (2026-12-06, commits 4656fa0 and
+  after).** No row ran the vault with an exporter, which is how a platform team runs it. The
+  bench now starts a stand-in collector (`benches/perf/collector.rs`: OTLP/gRPC for traces and
+  metrics, decoding each export and counting its spans, nothing kept) in its own process
+  beside the load client, as a collector shares a node's cores, and two vaults exporting to
+  it: one at the SDK's default sampler (`parentbased_always_on`, every call a span), one at
+  `parentbased_traceidratio` with 0.01, both set with OpenTelemetry's standard variables.
+  Each runs against the gRPC floor, which exports nothing. The issue sets no target for
+  these rows; the bench's own are 0.90 x at 1 % (a trace that is not kept should cost a call
+  next to nothing) and 0.80 x with every call sampled.
+  - The table on 4656fa0: every call sampled 0.737 x (pairs 0.697 to 0.785), and 0.981 spans
+    reached the collector per call sent; the other ~2 % did not arrive, most likely dropped at
+    the exporter's queue (2,048 spans by default), which the SDK drops from rather than make a
+    call wait. At 1 %: 0.927 x (pairs 0.903 to 1.052), 0.010 spans a call.
+  - CPU per call, a new note beside these rows and the hot path's (each process's user and
+    system time from /proc over the five pairs, divided by the calls sent to it, warm-ups
+    included): less noisy than throughput on a machine whose two cores the load client
+    shares. In the table's run: the hot path's vault 23.0 us a call against its floor's
+    21.4 us (1.08 x); with every call sampled 30.4 us (1.41 x); at 1 % 26.1 us (1.13 x).
+    So an exported span cost the vault ~7 us of CPU a call, and at 1 % the layer still cost
+    ~3 us: it builds every span's data before the sampler drops it.
+  - Commit 4656fa0 turned off what tracing-opentelemetry's layer records for every span,
+    sampled or not, and nothing here reads: the thread's id and name (a copy of the name per
+    span), busy and idle times (two clock reads per poll of an instrumented future) and
+    making the span's context current on every poll (parents are found through `tracing`'s
+    span tree; the telemetry test's parent links hold without it). Five `--only otlp` runs
+    before the commit (10:37 to 11:08; A without, B with the first two off, C with all
+    three), CPU per call against the floor with every call sampled: A 1.48 and 1.61 x, B
+    1.23 x, C 1.36 and 1.52 x; at 1 %: A 1.19 and 1.36 x, B 1.21 x, C 1.22 and 1.20 x. Within
+    the runs' spread; kept as work removed that nobody reads.
+  - The commit after it also turns off each span's source location and target (four
+    attributes more to build, encode and decode per span). ABBA `--only otlp`, 11:52 to
+    12:04, A the table's commit, B this: with every call sampled, A 0.686 and 0.724 x with
+    CPU per call 1.50 and 1.51 x the floor's, B 0.924 and 0.789 x with 1.20 and 1.36 x,
+    both B runs ahead of both A runs on both measures (the vault's own CPU a call 42.5 and
+    39.7 us against 33.8 and 33.4 us). At 1 % the opposite, with no mechanism to explain it:
+    A 0.983 and 0.921 x (1.16 and 1.15 x CPU), B 0.776 and 0.829 x (1.33 and 1.23 x). The
+    change only skips work, so it stays; whether the every-call row now meets 0.80 x waits for
+    the next full table.
+  - What would move the every-call row further: a sampling decision before a span's data is
+    built, which tracing-opentelemetry does not offer (the SDK's sampler runs when the span
+    ends), and a cheaper export (its encoding, and here the collector's decoding, share the
+    machine). The README and the chart's values say to sample a fraction on a busy replica.
 ";
 
 /// Cargo's target folder: `CARGO_TARGET_DIR` when set, else `target/` in the repository.
