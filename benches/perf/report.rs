@@ -783,15 +783,17 @@ behind it):
   path 1.097 x, the cold cache 0.986 x (p99 0.98 x) and, for the first time, the cold cache
   against the design's own work 0.986 x (p99 0.99 x); memory per cached token, 310 bytes
   beyond the token, with the bound and the sweeps flat. 19 of 26 met.
-- **What it means for the work.** Against the table on 922f232 (18 of 24) the same vault
-  code on the database rows: the SQLite cold cache against the design's work moved to met
-  and mutual TLS to missed, both rows whose pairs spread by 0.2 x or more within one run, so
-  neither says more than the machine's hour. Still missed in every table on this machine:
-  the cold cache on Postgres by one of its two measures, refresh latency on SQLite, and
-  refresh throughput's 1,000/s (927 to 999/s; 0.81 to 0.85 x the bare client). The new
-  rows answer a question the table had left open: what tracing costs a call. Sampling every
-  call costs the hot path a quarter of its throughput; 1 % costs it a few percent. The
-  README and the chart now say how to set the sampler.
+- **What it means for the work.** Against the table on 922f232 (18 of 24), whose vault
+  differs from this one by the closing of unchecked connections and the tracing layer's
+  settings (which export nothing on the other rows): the SQLite cold cache against the
+  design's work moved to met and mutual TLS to missed, both rows whose pairs spread by
+  0.18 x or more within one run, so neither says more than the machine's hour. Still missed
+  in every table on this machine: the cold cache on Postgres by one of its two measures,
+  refresh latency on SQLite, and refresh throughput's 1,000/s (793 to 999/s; 0.68 to 0.85 x
+  the bare client). The new rows answer a question the table had left open: what tracing
+  costs a call. With every call sampled the hot path made 0.737 x the floor where it made
+  0.955 x untraced, about a fifth less; at 1 % 0.927 x, a few percent less. The README and
+  the chart now say how to set the sampler.
 
 What was found and changed, in the order the work happened:
 
@@ -1603,25 +1605,31 @@ What was found and changed, in the order the work happened:
     984/s, 0.804 and 0.832 x. No difference the runs can see. Not kept.
 - **Traces exported over OTLP: what tracing costs a call (2026-12-06, commits 4656fa0 and
   after).** No row ran the vault with an exporter, which is how a platform team runs it. The
-  bench now starts a stand-in collector (`benches/perf/collector.rs`: OTLP/gRPC for traces and
-  metrics, decoding each export and counting its spans, nothing kept) in its own process
-  beside the load client, as a collector shares a node's cores, and two vaults exporting to
-  it: one at the SDK's default sampler (`parentbased_always_on`, every call a span), one at
+  bench now starts a stand-in collector (`tests/support/otlp_collector.rs`, shared with the
+  tests: OTLP/gRPC for traces and metrics, decoding each export and counting its spans,
+  nothing kept) in the bench's process beside the load client, as a collector shares a
+  node's cores, and two vaults exporting to it: one at the SDK's default sampler (`parentbased_always_on`, every call a span), one at
   `parentbased_traceidratio` with 0.01, both set with OpenTelemetry's standard variables.
   Each runs against the gRPC floor, which exports nothing. The issue sets no target for
   these rows; the bench's own are 0.90 x at 1 % (a trace that is not kept should cost a call
   next to nothing) and 0.80 x with every call sampled.
   - The table on 4656fa0: every call sampled 0.737 x (pairs 0.697 to 0.785), and 0.981 spans
-    reached the collector per call sent; the other ~2 % did not arrive, most likely dropped at
-    the exporter's queue (2,048 spans by default), which the SDK drops from rather than make a
-    call wait. At 1 %: 0.927 x (pairs 0.903 to 1.052), 0.010 spans a call.
+    reached the collector per call sent. That count took every span, the authorizations'
+    and the cache's re-reads' included, so slightly more than 2 % of the calls' spans did not
+    arrive, most likely dropped from the exporter's queue (2,048 spans by default), which the
+    SDK drops from rather than make a call wait. At 1 %: 0.927 x (pairs 0.903 to 1.052),
+    0.010 spans a call. Since the commit after the table the row counts server spans only
+    (one per call sampled), after the authorizations' spans have arrived.
   - CPU per call, a new note beside these rows and the hot path's (each process's user and
     system time from /proc over the five pairs, divided by the calls sent to it, warm-ups
-    included): less noisy than throughput on a machine whose two cores the load client
-    shares. In the table's run: the hot path's vault 23.0 us a call against its floor's
-    21.4 us (1.08 x); with every call sampled 30.4 us (1.41 x); at 1 % 26.1 us (1.13 x).
-    So an exported span cost the vault ~7 us of CPU a call, and at 1 % the layer still cost
-    ~3 us: it builds every span's data before the sampler drops it.
+    included): a second measure beside throughput, which the load client's share of the two
+    cores does not enter, though it moves too (the vault with every call sampled, same code:
+    30.4 us a call in the table's run, 42.5 and 39.7 us in the partial runs below). In the
+    table's run: the hot path's vault 23.0 us a call against its floor's 21.4 us (1.08 x);
+    with every call sampled 30.4 us against 21.6 (1.41 x); at 1 % 26.1 us against 23.1
+    (1.13 x). So an exported span cost the vault ~7 us of CPU a call, and at 1 % the layer
+    still cost ~1 us against the floor (1.13 against 1.08 x): it builds every span's data
+    before the sampler drops it.
   - Commit 4656fa0 turned off what tracing-opentelemetry's layer records for every span,
     sampled or not, and nothing here reads: the thread's id and name (a copy of the name per
     span), busy and idle times (two clock reads per poll of an instrumented future) and
@@ -1640,9 +1648,15 @@ What was found and changed, in the order the work happened:
     A 0.983 and 0.921 x (1.16 and 1.15 x CPU), B 0.776 and 0.829 x (1.33 and 1.23 x). The
     change only skips work, so it stays; whether the every-call row now meets 0.80 x waits for
     the next full table.
+  - A trace-quality fix found while reading the spans: a caller that joined a refresh in
+    flight made a `refresh` span of its own that stayed empty, exported beside the real one.
+    The test `telemetry::callers_joining_a_refresh_in_flight_add_no_refresh_span` (50
+    callers at once on a replica that had not cached the token) counted 50 `refresh` spans
+    for the one refresh in three runs of the code before; the span is now made only for a
+    refresh that starts, and the test counts one.
   - What would move the every-call row further: a sampling decision before a span's data is
-    built, which tracing-opentelemetry does not offer (the SDK's sampler runs when the span
-    ends), and a cheaper export (its encoding, and here the collector's decoding, share the
+    built, which tracing-opentelemetry does not offer (the SDK's sampler runs when the layer
+    starts the span, after its data is built), and a cheaper export (its encoding, and here the collector's decoding, share the
     machine). The README and the chart's values say to sample a fraction on a busy replica.
 ";
 

@@ -26,6 +26,8 @@ mod lifecycle_delete;
 mod listener;
 mod listing;
 mod operator_cli;
+#[path = "../support/otlp_collector.rs"]
+mod otlp_collector;
 mod pending;
 mod postgres_pool;
 mod private_postgres;

@@ -1,25 +1,12 @@
-//! Traces and metrics reach an OTLP receiver (run in-process here) with the expected names and
+//! Traces and metrics reach an OTLP collector (run in-process here) with the expected names and
 //! attributes, continue the caller's W3C trace context, and carry no secret. And a real vault
 //! process, logging as in a container, writes JSON lines that name the flow they belong to but
 //! not the per-call spans kept for traces.
 
-use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashSet, time::Duration};
 
 use opentelemetry_proto::tonic::{
-    collector::{
-        metrics::v1::{
-            metrics_service_server::{MetricsService, MetricsServiceServer},
-            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-        },
-        trace::v1::{
-            trace_service_server::{TraceService, TraceServiceServer},
-            ExportTraceServiceRequest, ExportTraceServiceResponse,
-        },
-    },
+    collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{any_value::Value, KeyValue},
     trace::v1::{span::SpanKind, Span},
 };
@@ -27,39 +14,22 @@ use token_vault::{
     config::{LogFormat, LogSettings, TelemetrySettings},
     proto,
 };
-use tonic::{Request, Response, Status};
+use tonic::Request;
 
 use crate::{
     helpers::{spawn_app_with, token_from, token_request, TestOptions},
+    otlp_collector::{Collector, Keep},
     replicas::Cluster,
 };
 
-#[derive(Clone, Default)]
-struct Receiver {
-    traces: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
-    metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.traces.lock().unwrap().push(request.into_inner());
-        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
-    }
-}
-
-#[tonic::async_trait]
-impl MetricsService for Receiver {
-    async fn export(
-        &self,
-        request: Request<ExportMetricsServiceRequest>,
-    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        self.metrics.lock().unwrap().push(request.into_inner());
-        Ok(Response::new(ExportMetricsServiceResponse { partial_success: None }))
-    }
+/// Every span of every export, in the order received.
+fn spans_in(traces: &[ExportTraceServiceRequest]) -> Vec<Span> {
+    traces
+        .iter()
+        .flat_map(|t| &t.resource_spans)
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| s.spans.clone())
+        .collect()
 }
 
 fn attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
@@ -78,22 +48,14 @@ fn attr_str<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_and_metrics_arrive_named_by_convention_and_without_secrets() {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp_addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .add_service(MetricsServiceServer::new(receiver.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let collector = Collector::start(Keep::Exports).await;
     let guard = token_vault::telemetry::init(
         &LogSettings {
             format: LogFormat::Text,
             level: "warn".into(),
         },
         &TelemetrySettings {
-            otlp_endpoint: Some(format!("http://{otlp_addr}")),
+            otlp_endpoint: Some(collector.endpoint.clone()),
             service_name: "token-vault-test".into(),
             metrics_interval: Duration::from_millis(200),
             connection_count_interval: Duration::from_millis(100),
@@ -127,13 +89,8 @@ async fn spans_and_metrics_arrive_named_by_convention_and_without_secrets() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     tokio::task::spawn_blocking(move || drop(guard)).await.unwrap();
 
-    let traces = receiver.traces.lock().unwrap().clone();
-    let spans: Vec<Span> = traces
-        .iter()
-        .flat_map(|t| &t.resource_spans)
-        .flat_map(|r| &r.scope_spans)
-        .flat_map(|s| s.spans.clone())
-        .collect();
+    let traces = collector.traces();
+    let spans = spans_in(&traces);
     let services: HashSet<_> = traces
         .iter()
         .flat_map(|t| &t.resource_spans)
@@ -204,7 +161,7 @@ async fn spans_and_metrics_arrive_named_by_convention_and_without_secrets() {
         .iter()
         .any(|s| attr_str(&s.attributes, "db.system.name") == Some(system)));
 
-    let metrics = receiver.metrics.lock().unwrap().clone();
+    let metrics = collector.metrics();
     let names: HashSet<String> = metrics
         .iter()
         .flat_map(|m| &m.resource_metrics)
@@ -311,4 +268,48 @@ async fn a_vault_process_logs_json_lines_naming_the_refresh_and_not_the_per_call
     for secret in cluster.provider.issued_secrets() {
         assert!(!logs.contains(&secret), "a token reached the log");
     }
+}
+
+/// A stampede on one refresh is one `refresh` span in the traces, however many callers wait
+/// for it: a vault process exporting to the in-process collector, 50 callers at once for a
+/// tenant whose token is due and which that process never cached, so all of them read the
+/// row, find it stale and ask for the refresh together. Each caller that joined the refresh
+/// in flight used to leave an empty `refresh` span of its own.
+#[tokio::test]
+async fn callers_joining_a_refresh_in_flight_add_no_refresh_span() {
+    let collector = Collector::start(Keep::Exports).await;
+    let mut cluster = Cluster::start(
+        2,
+        TestOptions {
+            access_ttl: 2,
+            ..Default::default()
+        },
+        None,
+        &[("TOKEN_VAULT_TELEMETRY__OTLP_ENDPOINT", &collector.endpoint)],
+    )
+    .await;
+    cluster.connect_tenant("acme").await;
+    // Past the refresh margin of a 2 s token; process 1 has not seen the tenant yet.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let tokens: HashSet<String> = cluster
+        .stampede("acme", &[1], 50)
+        .await
+        .into_iter()
+        .map(|answer| answer.expect("every caller gets a token"))
+        .collect();
+    assert_eq!(tokens.len(), 1, "one refreshed token for every caller");
+    assert_eq!(cluster.provider.stats().refresh_requests, 1);
+    // On SIGTERM the process flushes what its exporter holds before it exits.
+    cluster.terminate(1);
+    assert!(cluster.wait_exit(1, Duration::from_secs(20)).await.success());
+
+    let spans = spans_in(&collector.traces());
+    let named = |name: &str| spans.iter().filter(|s| s.name == name).count();
+    assert_eq!(
+        named("tokenvault.v1.TokenVault/GetAccessToken"),
+        50,
+        "one server span per call"
+    );
+    assert_eq!(named("refresh"), 1, "one refresh span for the one refresh");
+    assert_eq!(named("POST token endpoint"), 1, "one token request");
 }

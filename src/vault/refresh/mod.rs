@@ -230,19 +230,23 @@ impl Refresher {
     ) -> Result<AccessToken, VaultError> {
         let inner = self.inner.clone();
         let task_key = key.clone();
-        // The task outlives its first caller, but its span still descends from that caller's
-        // RPC span, so the provider call shows up in its trace.
-        let span = tracing::info_span!(
-            "vault.refresh",
-            otel.name = "refresh",
-            tenant_id = %key.tenant(),
-            provider = %key.provider(),
-        );
         let running = self.flights.run_detached(
             key,
             &self.tasks,
             !self.inner.draining.is_cancelled(),
             move || {
+                // Made only for a refresh that starts: a caller joining one in flight would
+                // otherwise leave an empty `refresh` span in its trace (49 of them for 50
+                // callers in `callers_joining_a_refresh_in_flight_add_no_refresh_span`). The
+                // task outlives its first caller, but its span still descends from that
+                // caller's RPC span (current here, as this runs before `run_detached`
+                // returns), so the provider call shows up in its trace.
+                let span = tracing::info_span!(
+                    "vault.refresh",
+                    otel.name = "refresh",
+                    tenant_id = %task_key.tenant(),
+                    provider = %task_key.provider(),
+                );
                 async move { inner.run(&task_key, &client, generation, cause).await }
                     .instrument(span)
                     .boxed()
