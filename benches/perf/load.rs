@@ -131,12 +131,22 @@ pub async fn channels(target: &Target, n: usize) -> Vec<TokenVaultClient<Channel
     out
 }
 
+/// Which tenant worker `w` asks for in its `i`th call.
+pub type PickTenant = Arc<dyn Fn(usize, u64) -> String + Send + Sync>;
+
+/// Spreads the workers' calls over `tenants`: each worker steps through them 7 at a time from
+/// a start of its own, so that calls in flight together ask for different tenants.
+pub fn round_robin(tenants: Arc<Vec<String>>) -> PickTenant {
+    Arc::new(move |w: usize, i: u64| tenants[(w + i as usize * 7) % tenants.len()].clone())
+}
+
+/// `count` tenant names, `prefix-000` on: a scenario's connected tenants.
+pub fn tenant_names(prefix: &str, count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("{prefix}-{i:03}")).collect()
+}
+
 /// Drives `GetAccessToken` for tenants chosen by `tenant(worker, i)` at the given shape.
-pub async fn run(
-    target: &Target,
-    shape: LoadShape,
-    tenant: Arc<dyn Fn(usize, u64) -> String + Send + Sync>,
-) -> LoadResult {
+pub async fn run(target: &Target, shape: LoadShape, tenant: PickTenant) -> LoadResult {
     let clients = channels(target, shape.connections).await;
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));

@@ -32,7 +32,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use load::{LoadShape, Pair, Target};
+use load::{round_robin, tenant_names, LoadShape, Pair, PickTenant, Target};
 use provider::BenchProvider;
 use report::Report;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, SqlitePool};
@@ -578,13 +578,7 @@ redirect_uris = ["https://bench.example/callback"]
     /// `bearer`: the credentials sent with every call, to the floor too, which ignores them:
     /// building, sending and receiving the header is work any authenticated call needs, and
     /// the load client shares the machine's two cores with the server it measures.
-    async fn compare(
-        &self,
-        vault: &Proc,
-        bearer: Option<&'static str>,
-        floor: &Proc,
-        tenant: Arc<dyn Fn(usize, u64) -> String + Send + Sync>,
-    ) -> Vec<Pair> {
+    async fn compare(&self, vault: &Proc, bearer: Option<&'static str>, floor: &Proc, tenant: PickTenant) -> Vec<Pair> {
         let shape = LoadShape {
             bearer,
             ..self.plan.shape
@@ -651,9 +645,10 @@ pub struct DatabaseLatencies {
     pub commit_after_idle: Vec<u32>,
 }
 
-/// The CPU a vault and its floor use per call over a comparison: less noisy than their
-/// throughput on a machine whose two cores the load client shares, and what the vault's own
-/// work per call costs. Each process is idle while the other is measured.
+/// The CPU a vault and its floor use per call over a comparison: what the vault's own work per
+/// call costs, a measure beside throughput that the load client's share of the machine does
+/// not enter (it still moves from run to run; docs/performance.md). Each process is idle
+/// while the other is measured.
 struct CpuPerCall<'a> {
     vault: (&'a Proc, Duration),
     floor: (&'a Proc, Duration),
@@ -793,13 +788,9 @@ async fn all(plan: Plan) {
 /// authentication and audit, and cross-checked with h2load.
 async fn hot_path(bench: &Bench, report: &mut Report, vault: &Proc, grpc_floor: &Proc) {
     let plan = &bench.plan;
-    let hot: Vec<String> = (0..100).map(|i| format!("hot-{i:03}")).collect();
+    let hot = Arc::new(tenant_names("hot", 100));
     bench.connect_tenants(vault, &hot).await;
-    let hot = Arc::new(hot);
-    let pick_hot = {
-        let hot = hot.clone();
-        Arc::new(move |w: usize, i: u64| hot[(w + i as usize * 7) % hot.len()].clone())
-    };
+    let pick_hot = round_robin(hot.clone());
     if plan.runs("hot") {
         let cpu = CpuPerCall::start(vault, grpc_floor);
         let pairs = bench.compare(vault, None, grpc_floor, pick_hot.clone()).await;
@@ -862,11 +853,8 @@ async fn hot_path(bench: &Bench, report: &mut Report, vault: &Proc, grpc_floor: 
 /// team turning tracing on at the SDK's default should lose at most a fifth of the hot path.
 async fn traced_hot_path(bench: &Bench, report: &mut Report, grpc_floor: &Proc) {
     let collector = otlp_collector::Collector::start(otlp_collector::Keep::Counts).await;
-    let tenants: Arc<Vec<String>> = Arc::new((0..100).map(|i| format!("otlp-{i:03}")).collect());
-    let pick = {
-        let tenants = tenants.clone();
-        Arc::new(move |w: usize, i: u64| tenants[(w + i as usize * 7) % tenants.len()].clone())
-    };
+    let tenants = Arc::new(tenant_names("otlp", 100));
+    let pick = round_robin(tenants.clone());
     let samplers = [
         (
             "parentbased_always_on",
@@ -938,14 +926,9 @@ async fn mutual_tls(bench: &Bench, report: &mut Report) {
         "the vault and its TLS floor negotiate the same protocol, suite, group and ALPN"
     );
 
-    let tenants: Vec<String> = (0..100).map(|i| format!("tls-{i:03}")).collect();
+    let tenants = Arc::new(tenant_names("tls", 100));
     bench.connect_tenants(&vault, &tenants).await;
-    let tenants = Arc::new(tenants);
-    let pick = {
-        let tenants = tenants.clone();
-        Arc::new(move |w: usize, i: u64| tenants[(w + i as usize * 7) % tenants.len()].clone())
-    };
-    let pairs = bench.compare(&vault, None, &floor, pick).await;
+    let pairs = bench.compare(&vault, None, &floor, round_robin(tenants.clone())).await;
     report.ratio_row(
         &format!("hot path over mutual TLS (caller by SPIFFE ID; {negotiated}), audit on"),
         &pairs,
@@ -1275,11 +1258,9 @@ async fn sqlite(bench: &Bench, report: &mut Report, keyring: &Keyring, grpc_floo
         )
         .await;
 
-    let hot: Vec<String> = (0..100).map(|i| format!("hot-{i:03}")).collect();
+    let hot = Arc::new(tenant_names("hot", 100));
     bench.connect_tenants(&vault, &hot).await;
-    let hot = Arc::new(hot);
-    let pick_hot = Arc::new(move |w: usize, i: u64| hot[(w + i as usize * 7) % hot.len()].clone());
-    let pairs = bench.compare(&vault, None, grpc_floor, pick_hot).await;
+    let pairs = bench.compare(&vault, None, grpc_floor, round_robin(hot)).await;
     report.ratio_row(
         "hot path on SQLite: token valid and cached",
         &pairs,
@@ -1422,7 +1403,7 @@ async fn keeper(bench: &Bench, report: &mut Report, pool: &PgPool, keyring: &Key
     report.keeper_claim_row(indexed, due, CLAIM_BATCH, &claim_us, index_scan, &explained);
 
     // The hot path while the keeper refreshes: the `hot-*` tenants, cached after the warm-up.
-    let hot: Vec<String> = (0..100).map(|i| format!("hot-{i:03}")).collect();
+    let hot = Arc::new(tenant_names("hot", 100));
     // At the default pace (keepalive.max_per_second = 20): what a replica working through a
     // backlog of due connections costs its callers in production.
     let (busy, _) = bench
@@ -1435,11 +1416,9 @@ async fn keeper(bench: &Bench, report: &mut Report, pool: &PgPool, keyring: &Key
         )
         .await;
     bench.connect_tenants(&busy, &hot).await;
-    let hot = Arc::new(hot);
-    let pick_hot = Arc::new(move |w: usize, i: u64| hot[(w + i as usize * 7) % hot.len()].clone());
     let before = bench.provider.refreshes();
     let started = Instant::now();
-    let pairs = bench.compare(&busy, None, grpc_floor, pick_hot).await;
+    let pairs = bench.compare(&busy, None, grpc_floor, round_robin(hot)).await;
     let refreshed = bench.provider.refreshes() - before;
     let took = started.elapsed();
     assert!(refreshed > 0, "the keeper refreshed while the hot path was measured");
