@@ -63,7 +63,7 @@ impl Pair {
 
 #[derive(Debug, Clone, Default)]
 pub struct LoadResult {
-    /// Calls sent, the warm-up's included (only where the run counts them: [`run`]).
+    /// Calls sent, the warm-up's included (where the run counts them: [`alternate`]).
     pub sent: u64,
     /// Calls answered OK in the measured window.
     pub requests: u64,
@@ -113,6 +113,17 @@ impl LoadResult {
         self.latencies_us.extend(other.latencies_us);
     }
 
+    /// All of `results` as one run: their calls, latencies (sorted) and measured seconds.
+    pub fn pooled<'a>(results: impl IntoIterator<Item = &'a LoadResult>) -> LoadResult {
+        let mut total = LoadResult::default();
+        for result in results {
+            total.merge(result.clone());
+            total.seconds += result.seconds;
+        }
+        total.latencies_us.sort_unstable();
+        total
+    }
+
     pub fn max_ms(&self) -> f64 {
         self.latencies_us
             .last()
@@ -145,18 +156,27 @@ pub fn tenant_names(prefix: &str, count: usize) -> Vec<String> {
     (0..count).map(|i| format!("{prefix}-{i:03}")).collect()
 }
 
-/// Drives `GetAccessToken` for tenants chosen by `tenant(worker, i)` at the given shape.
-pub async fn run(target: &Target, shape: LoadShape, tenant: PickTenant) -> LoadResult {
-    let clients = channels(target, shape.connections).await;
+/// `shape.in_flight` workers calling over `clients` for `settle + measure`; only the answers
+/// of the last `measure` count. Worker `w`'s calls are numbered on from `next_call[w]`, which
+/// is left where the worker stopped, so that slices of load keep stepping through the tenants.
+/// Every worker's call in flight is answered before this returns.
+async fn drive(
+    clients: &[TokenVaultClient<Channel>],
+    shape: LoadShape,
+    tenant: &PickTenant,
+    next_call: &mut [u64],
+    settle: Duration,
+    measure: Duration,
+) -> LoadResult {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
-    for w in 0..shape.in_flight {
+    for (w, &first) in next_call.iter().enumerate() {
         let mut client = clients[w % clients.len()].clone();
         let (measuring, stop, tenant) = (measuring.clone(), stop.clone(), tenant.clone());
         workers.push(tokio::spawn(async move {
             let mut result = LoadResult::default();
-            let mut i = 0u64;
+            let mut i = first;
             while !stop.load(Ordering::Relaxed) {
                 let mut request = tonic::Request::new(proto::GetAccessTokenRequest {
                     tenant_id: tenant(w, i),
@@ -174,14 +194,14 @@ pub async fn run(target: &Target, shape: LoadShape, tenant: PickTenant) -> LoadR
                     result.record(took, answer.map(drop));
                 }
             }
-            result.sent = i;
-            result
+            result.sent = i - first;
+            (result, i)
         }));
     }
-    tokio::time::sleep(shape.warm_up).await;
+    tokio::time::sleep(settle).await;
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    tokio::time::sleep(shape.measure).await;
+    tokio::time::sleep(measure).await;
     measuring.store(false, Ordering::Relaxed);
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
@@ -189,11 +209,76 @@ pub async fn run(target: &Target, shape: LoadShape, tenant: PickTenant) -> LoadR
         seconds,
         ..Default::default()
     };
-    for w in workers {
-        total.merge(w.await.expect("a load worker panicked"));
+    for (worker, next) in workers.into_iter().zip(next_call.iter_mut()) {
+        let (result, stopped_at) = worker.await.expect("a load worker panicked");
+        total.merge(result);
+        *next = stopped_at;
     }
     total.latencies_us.sort_unstable();
     total
+}
+
+/// How [`alternate`] slices a comparison.
+#[derive(Clone, Copy)]
+pub struct Slicing {
+    /// Pairs of slices, one slice on each server per pair.
+    pub pairs: usize,
+    /// Load before a slice's measuring starts, while the calls in flight ramp up.
+    pub settle: Duration,
+    /// Each slice's measured window.
+    pub measure: Duration,
+}
+
+/// Load on two servers in turn, over connections to each that stay open for the whole
+/// comparison: `shape.warm_up` on each, then `slicing.pairs` pairs of one slice on each,
+/// alternating which goes first (`b` in even pairs). Returns each pair's `(a, b)` results;
+/// `sent` counts every call sent, the warm-up's in the first pair's.
+///
+/// Why slices: this machine's speed drifts by 10 to 30 % over tens of seconds, and a ratio of
+/// runs taken 8 s apart carries that drift. Slices of a second or two on open connections put
+/// the two sides of a pair a couple of seconds apart, and many pairs give a median that one
+/// noisy stretch cannot move.
+pub async fn alternate(
+    a: &Target,
+    b: &Target,
+    shape: LoadShape,
+    tenant: PickTenant,
+    slicing: Slicing,
+) -> Vec<(LoadResult, LoadResult)> {
+    let sides = [a, b];
+    let mut clients = Vec::new();
+    let mut next_call = Vec::new();
+    let mut warm_up_sent = Vec::new();
+    for target in sides {
+        let side_clients = channels(target, shape.connections).await;
+        let mut calls = vec![0; shape.in_flight];
+        let warm = drive(&side_clients, shape, &tenant, &mut calls, shape.warm_up, Duration::ZERO).await;
+        warm_up_sent.push(warm.sent);
+        clients.push(side_clients);
+        next_call.push(calls);
+    }
+    let mut pairs = Vec::new();
+    for pair in 0..slicing.pairs {
+        let order = if pair % 2 == 0 { [1, 0] } else { [0, 1] };
+        let mut results: [LoadResult; 2] = Default::default();
+        for side in order {
+            results[side] = drive(
+                &clients[side],
+                shape,
+                &tenant,
+                &mut next_call[side],
+                slicing.settle,
+                slicing.measure,
+            )
+            .await;
+            if pair == 0 {
+                results[side].sent += warm_up_sent[side];
+            }
+        }
+        let [a_result, b_result] = results;
+        pairs.push((a_result, b_result));
+    }
+    pairs
 }
 
 /// One `GetAccessToken` call for each entry of `tenants`, in order, `in_flight` at a time over

@@ -32,7 +32,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use load::{round_robin, tenant_names, LoadShape, Pair, PickTenant, Target};
+use load::{round_robin, tenant_names, LoadShape, Pair, PickTenant, Slicing, Target};
 use provider::BenchProvider;
 use report::Report;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, SqlitePool};
@@ -57,6 +57,9 @@ struct Plan {
     /// The scenarios to run; `None` runs them all.
     only: Option<Vec<String>>,
     shape: LoadShape,
+    /// How a throughput comparison alternates between the vault and its floor.
+    slicing: Slicing,
+    /// Rounds of the refresh throughput scenario and bursts of the stampede.
     rounds: usize,
     cold_tenants: u64,
     cache_entries: u64,
@@ -111,6 +114,11 @@ impl Plan {
             short,
             only,
             shape,
+            slicing: Slicing {
+                pairs: if short { 1 } else { 20 },
+                settle: Duration::from_millis(200),
+                measure: Duration::from_millis(if short { 1000 } else { 1500 }),
+            },
             rounds: if short { 1 } else { 5 },
             cold_tenants: if short { 20_000 } else { 1_000_000 },
             cache_entries: if short { 5_000 } else { 100_000 },
@@ -571,10 +579,11 @@ redirect_uris = ["https://bench.example/callback"]
         }
     }
 
-    /// Runs the vault and its floor in `rounds` adjacent pairs, alternating which of the two goes
-    /// first. Each pair is a ratio measured within seconds; the report takes the median pair,
-    /// so a noisy stretch of the machine (throughput here moved by 15 % from one 10 s window to
-    /// the next, 2026-12-02) spoils one pair instead of the whole comparison.
+    /// Runs the vault and its floor in turn, in `plan.slicing`'s pairs of slices over
+    /// connections that stay open (`load::alternate`). Each pair is a ratio measured within
+    /// seconds; the report takes the median pair, so a noisy stretch of the machine (throughput
+    /// here moved by 15 % from one 10 s window to the next, 2026-12-02) spoils a pair or two
+    /// instead of the whole comparison.
     /// `bearer`: the credentials sent with every call, to the floor too, which ignores them:
     /// building, sending and receiving the header is work any authenticated call needs, and
     /// the load client shares the machine's two cores with the server it measures.
@@ -583,24 +592,19 @@ redirect_uris = ["https://bench.example/callback"]
             bearer,
             ..self.plan.shape
         };
-        let mut pairs = Vec::new();
-        for round in 0..self.plan.rounds {
-            let (vault_run, floor_run) = if round % 2 == 0 {
-                let floor_run = load::run(&floor.target, shape, tenant.clone()).await;
-                (load::run(&vault.target, shape, tenant.clone()).await, floor_run)
-            } else {
-                let vault_run = load::run(&vault.target, shape, tenant.clone()).await;
-                (vault_run, load::run(&floor.target, shape, tenant.clone()).await)
-            };
-            for r in [&vault_run, &floor_run] {
-                assert_eq!(r.errors, 0, "every call must succeed: {:?}", r.first_error);
-            }
-            pairs.push(Pair {
-                vault: vault_run,
-                floor: floor_run,
-            });
-        }
-        pairs
+        let slices = load::alternate(&vault.target, &floor.target, shape, tenant, self.plan.slicing).await;
+        slices
+            .into_iter()
+            .map(|(vault_slice, floor_slice)| {
+                for r in [&vault_slice, &floor_slice] {
+                    assert_eq!(r.errors, 0, "every call must succeed: {:?}", r.first_error);
+                }
+                Pair {
+                    vault: vault_slice,
+                    floor: floor_slice,
+                }
+            })
+            .collect()
     }
 }
 
@@ -801,6 +805,16 @@ async fn hot_path(bench: &Bench, report: &mut Report, vault: &Proc, grpc_floor: 
             "gRPC floor",
             0.90,
             Some(1.2),
+        );
+
+        // What the machine alone puts into a ratio: the gRPC floor against a second process of
+        // the same binary, compared as the vault is. Its distance from 1 and its pairs' spread
+        // are the table's resolution in this run.
+        let twin = bench.floor(FloorKind::Constant, false).await;
+        let pairs = bench.compare(&twin, None, grpc_floor, pick_hot.clone()).await;
+        report.resolution_row(
+            "resolution: a second gRPC floor process against the gRPC floor, compared as the vault is",
+            &pairs,
         );
     }
 

@@ -43,13 +43,36 @@ fn quantile<T: Copy + Ord>(values: &[T], q: f64) -> Option<T> {
     Some(sorted[(last as f64 * q).round() as usize])
 }
 
+/// A load run's req/s and latency percentiles, as the table shows them.
+fn describe_load(r: &LoadResult) -> String {
+    format!(
+        "{:.0} req/s, p50 {} p90 {} p99 {} max {}",
+        r.rps(),
+        ms(r.percentile_ms(0.5)),
+        ms(r.percentile_ms(0.9)),
+        ms(r.percentile_ms(0.99)),
+        ms(r.max_ms())
+    )
+}
+
 /// Of back-to-back vault/floor pairs given by their ratios (in run order), the index of the
 /// median pair (the upper one of an even count, as in `quantile`) and, for more than one pair,
-/// the text that lists every ratio beside it.
+/// the text that shows their spread beside it: every ratio for a few pairs, the middle half and
+/// the range for many.
 fn median_pair(ratios: &[f64]) -> (usize, String) {
     let mut order: Vec<usize> = (0..ratios.len()).collect();
     order.sort_by(|a, b| ratios[*a].total_cmp(&ratios[*b]));
-    let listed = if ratios.len() > 1 {
+    let listed = if ratios.len() > 7 {
+        let at = |q: f64| ratios[order[((order.len() - 1) as f64 * q).round() as usize]];
+        format!(
+            " (median of {} pairs; middle half {:.3} to {:.3}, all {:.3} to {:.3})",
+            ratios.len(),
+            at(0.25),
+            at(0.75),
+            at(0.0),
+            at(1.0)
+        )
+    } else if ratios.len() > 1 {
         let each: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
         format!(" (median of {} pairs, in run order: {})", ratios.len(), each.join(", "))
     } else {
@@ -68,8 +91,19 @@ pub struct Burst {
 impl Report {
     pub fn new(plan: &Plan) -> Self {
         let shape = &plan.shape;
+        let slicing = &plan.slicing;
         let seconds = shape.measure.as_secs();
-        let pairs = if plan.rounds == 1 {
+        let slices = format!(
+            "the vault and its floor loaded in turn over connections that stay open: a {} s \
+             warm-up on each, then {} pair{} of slices of {} s measured after {} ms of load, \
+             alternating which goes first",
+            shape.warm_up.as_secs(),
+            slicing.pairs,
+            if slicing.pairs == 1 { "" } else { "s" },
+            slicing.measure.as_secs_f64(),
+            slicing.settle.as_millis(),
+        );
+        let h2load = if plan.rounds == 1 {
             format!("one vault run and one floor run of {seconds} s")
         } else {
             format!(
@@ -79,11 +113,12 @@ impl Report {
             )
         };
         let method = format!(
-            "`benches/perf`: {} HTTP/2 connections, {} requests in flight, a {} s warm-up, every gRPC \
-             status checked; each throughput figure, the h2load cross-check's too, is {pairs}",
-            shape.connections,
-            shape.in_flight,
-            shape.warm_up.as_secs(),
+            "`benches/perf`: {} HTTP/2 connections, {} requests in flight, every gRPC status \
+             checked; each throughput comparison is {slices}; the ratio is the median pair's, \
+             shown with the spread of all pairs, and req/s and latencies are each side's over all \
+             its slices, so that both sides of a ratio saw the same stretches of a machine whose \
+             speed drifts; h2load's cross-check is {h2load}",
+            shape.connections, shape.in_flight,
         );
         Self {
             short: plan.short,
@@ -115,9 +150,32 @@ impl Report {
         self.rows.push(row);
     }
 
+    /// Two processes of the same floor compared as the vault is compared with its floor: no
+    /// target, the ratio and its pairs' spread are what the machine alone puts into a ratio.
+    pub fn resolution_row(&mut self, scenario: &str, pairs: &[Pair]) {
+        let ratios: Vec<f64> = pairs.iter().map(Pair::ratio).collect();
+        let (median, listed) = median_pair(&ratios);
+        let second = LoadResult::pooled(pairs.iter().map(|pair| &pair.vault));
+        let first = LoadResult::pooled(pairs.iter().map(|pair| &pair.floor));
+        self.push(Row {
+            scenario: scenario.into(),
+            vault: describe_load(&second),
+            floor: describe_load(&first),
+            ratio: format!(
+                "{:.3} x req/s; p99 {:.2} x{listed}",
+                ratios[median],
+                second.percentile_ms(0.99) / first.percentile_ms(0.99)
+            ),
+            target: "reported: 1 x, the spread is the noise".into(),
+            met: None,
+        });
+    }
+
     /// Throughput against a floor (higher is better), and p99 against the floor's (noted, and
-    /// checked when `max_p99_ratio` is given), from `pairs` of back-to-back runs: the pair with
-    /// the median ratio is the one shown and checked; every pair's ratio is listed beside it.
+    /// checked when `max_p99_ratio` is given), from `pairs` of slices taken in turn: the median
+    /// pair's ratio is the one checked, with the spread of the pairs beside it; req/s and
+    /// latencies are each side's over all its slices, which the alternation exposed to the
+    /// same stretches of the machine.
     pub fn ratio_row(
         &mut self,
         scenario: &str,
@@ -128,7 +186,8 @@ impl Report {
     ) {
         let ratios: Vec<f64> = pairs.iter().map(Pair::ratio).collect();
         let (median, listed) = median_pair(&ratios);
-        let Pair { vault, floor } = &pairs[median];
+        let vault = &LoadResult::pooled(pairs.iter().map(|pair| &pair.vault));
+        let floor = &LoadResult::pooled(pairs.iter().map(|pair| &pair.floor));
         let ratio = ratios[median];
         let p99_ratio = vault.percentile_ms(0.99) / floor.percentile_ms(0.99);
         let mut met = ratio >= min_ratio;
@@ -139,20 +198,10 @@ impl Report {
             target.push_str(&format!("; p99 <= {max:.1} x"));
         }
         ratio_text.push_str(&listed);
-        let describe = |r: &LoadResult| {
-            format!(
-                "{:.0} req/s, p50 {} p90 {} p99 {} max {}",
-                r.rps(),
-                ms(r.percentile_ms(0.5)),
-                ms(r.percentile_ms(0.9)),
-                ms(r.percentile_ms(0.99)),
-                ms(r.max_ms())
-            )
-        };
         self.push(Row {
             scenario: scenario.into(),
-            vault: describe(vault),
-            floor: describe(floor),
+            vault: describe_load(vault),
+            floor: describe_load(floor),
             ratio: ratio_text,
             target,
             met: Some(met),
