@@ -48,7 +48,8 @@ pub struct LoadShape {
     pub bearer: Option<&'static str>,
 }
 
-/// One run against the vault and one against its floor, taken back to back.
+/// One slice of load on the vault and one on its floor, taken back to back (in the resolution
+/// row, the second floor process stands where the vault does).
 pub struct Pair {
     pub vault: LoadResult,
     pub floor: LoadResult,
@@ -190,8 +191,11 @@ async fn drive(
                 let started = Instant::now();
                 let answer = client.get_access_token(request).await;
                 let took = started.elapsed();
-                if measuring.load(Ordering::Relaxed) {
-                    result.record(took, answer.map(drop));
+                let answer = answer.map(drop);
+                // Errors count whenever they happen, the warm-up's and the settling's too;
+                // answers and latencies only in the measured window.
+                if answer.is_err() || measuring.load(Ordering::Relaxed) {
+                    result.record(took, answer);
                 }
             }
             result.sent = i - first;
@@ -232,7 +236,7 @@ pub struct Slicing {
 /// Load on two servers in turn, over connections to each that stay open for the whole
 /// comparison: `shape.warm_up` on each, then `slicing.pairs` pairs of one slice on each,
 /// alternating which goes first (`b` in even pairs). Returns each pair's `(a, b)` results;
-/// `sent` counts every call sent, the warm-up's in the first pair's.
+/// `sent` and `errors` count every call sent and every error, the warm-up's in the first pair's.
 ///
 /// Why slices: this machine's speed drifts by 10 to 30 % over tens of seconds, and a ratio of
 /// runs taken 8 s apart carries that drift. Slices of a second or two on open connections put
@@ -248,12 +252,12 @@ pub async fn alternate(
     let sides = [a, b];
     let mut clients = Vec::new();
     let mut next_call = Vec::new();
-    let mut warm_up_sent = Vec::new();
+    let mut warm_ups = Vec::new();
     for target in sides {
         let side_clients = channels(target, shape.connections).await;
         let mut calls = vec![0; shape.in_flight];
         let warm = drive(&side_clients, shape, &tenant, &mut calls, shape.warm_up, Duration::ZERO).await;
-        warm_up_sent.push(warm.sent);
+        warm_ups.push(warm);
         clients.push(side_clients);
         next_call.push(calls);
     }
@@ -272,7 +276,13 @@ pub async fn alternate(
             )
             .await;
             if pair == 0 {
-                results[side].sent += warm_up_sent[side];
+                let warm = std::mem::take(&mut warm_ups[side]);
+                let slice = &mut results[side];
+                slice.sent += warm.sent;
+                slice.errors += warm.errors;
+                if slice.first_error.is_none() {
+                    slice.first_error = warm.first_error;
+                }
             }
         }
         let [a_result, b_result] = results;

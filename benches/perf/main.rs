@@ -114,8 +114,9 @@ impl Plan {
             short,
             only,
             shape,
+            // An odd count, so that the median pair is the middle one and not the upper of two.
             slicing: Slicing {
-                pairs: if short { 1 } else { 20 },
+                pairs: if short { 1 } else { 21 },
                 settle: Duration::from_millis(200),
                 measure: Duration::from_millis(if short { 1000 } else { 1500 }),
             },
