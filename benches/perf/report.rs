@@ -43,6 +43,46 @@ fn quantile<T: Copy + Ord>(values: &[T], q: f64) -> Option<T> {
     Some(sorted[(last as f64 * q).round() as usize])
 }
 
+/// A comparison in pairs of slices, summed up: the median pair's ratio with the spread of the
+/// pairs, and each side pooled over all its slices, which the alternation exposed to the same
+/// stretches of the machine. The pooled req/s' ratio is shown too: it weighs a fast stretch's
+/// slices more, so it can differ from the median pair's by a few hundredths, and a reader
+/// should see both.
+struct Sliced {
+    median_ratio: f64,
+    /// The pairs' spread, as `median_pair` words it.
+    spread: String,
+    vault: LoadResult,
+    floor: LoadResult,
+}
+
+impl Sliced {
+    fn of(pairs: &[Pair]) -> Self {
+        let ratios: Vec<f64> = pairs.iter().map(Pair::ratio).collect();
+        let (median, spread) = median_pair(&ratios);
+        Self {
+            median_ratio: ratios[median],
+            spread,
+            vault: LoadResult::pooled(pairs.iter().map(|pair| &pair.vault)),
+            floor: LoadResult::pooled(pairs.iter().map(|pair| &pair.floor)),
+        }
+    }
+
+    fn p99_ratio(&self) -> f64 {
+        self.vault.percentile_ms(0.99) / self.floor.percentile_ms(0.99)
+    }
+
+    fn ratio_text(&self) -> String {
+        format!(
+            "{:.3} x req/s; all slices pooled {:.3} x; p99 {:.2} x{}",
+            self.median_ratio,
+            self.vault.rps() / self.floor.rps(),
+            self.p99_ratio(),
+            self.spread
+        )
+    }
+}
+
 /// A load run's req/s and latency percentiles, as the table shows them.
 fn describe_load(r: &LoadResult) -> String {
     format!(
@@ -152,34 +192,22 @@ impl Report {
     }
 
     /// Two processes of the same floor compared as the vault is compared with its floor: no
-    /// target, the ratio and its pairs' spread are what the machine alone puts into a ratio.
+    /// target, the ratio and its pairs' spread are what the machine (or the method) puts into a ratio.
     pub fn resolution_row(&mut self, scenario: &str, pairs: &[Pair]) {
-        let ratios: Vec<f64> = pairs.iter().map(Pair::ratio).collect();
-        let (median, listed) = median_pair(&ratios);
-        let second = LoadResult::pooled(pairs.iter().map(|pair| &pair.vault));
-        let first = LoadResult::pooled(pairs.iter().map(|pair| &pair.floor));
+        let sliced = Sliced::of(pairs);
         self.push(Row {
             scenario: scenario.into(),
-            vault: describe_load(&second),
-            floor: describe_load(&first),
-            ratio: format!(
-                "{:.3} x req/s; all slices pooled {:.3} x; p99 {:.2} x{listed}",
-                ratios[median],
-                second.rps() / first.rps(),
-                second.percentile_ms(0.99) / first.percentile_ms(0.99)
-            ),
+            vault: describe_load(&sliced.vault),
+            floor: describe_load(&sliced.floor),
+            ratio: sliced.ratio_text(),
             target: "reported: 1 x, the spread is the noise".into(),
             met: None,
         });
     }
 
     /// Throughput against a floor (higher is better), and p99 against the floor's (noted, and
-    /// checked when `max_p99_ratio` is given), from `pairs` of slices taken in turn: the median
-    /// pair's ratio is the one checked, with the spread of the pairs beside it; req/s and
-    /// latencies are each side's over all its slices, which the alternation exposed to the
-    /// same stretches of the machine. The ratio of those pooled req/s is shown too: it weighs
-    /// a fast stretch's slices more, so it can differ from the median pair's by a few
-    /// hundredths, and a reader should see both.
+    /// checked when `max_p99_ratio` is given), from `pairs` of slices taken in turn
+    /// ([`Sliced`]): the median pair's ratio is the one checked.
     pub fn ratio_row(
         &mut self,
         scenario: &str,
@@ -188,28 +216,18 @@ impl Report {
         min_ratio: f64,
         max_p99_ratio: Option<f64>,
     ) {
-        let ratios: Vec<f64> = pairs.iter().map(Pair::ratio).collect();
-        let (median, listed) = median_pair(&ratios);
-        let vault = &LoadResult::pooled(pairs.iter().map(|pair| &pair.vault));
-        let floor = &LoadResult::pooled(pairs.iter().map(|pair| &pair.floor));
-        let ratio = ratios[median];
-        let p99_ratio = vault.percentile_ms(0.99) / floor.percentile_ms(0.99);
-        let mut met = ratio >= min_ratio;
+        let sliced = Sliced::of(pairs);
+        let mut met = sliced.median_ratio >= min_ratio;
         let mut target = format!(">= {min_ratio:.2} x {floor_name} req/s");
-        let mut ratio_text = format!(
-            "{ratio:.3} x req/s; all slices pooled {:.3} x; p99 {p99_ratio:.2} x",
-            vault.rps() / floor.rps()
-        );
         if let Some(max) = max_p99_ratio {
-            met &= p99_ratio <= max;
+            met &= sliced.p99_ratio() <= max;
             target.push_str(&format!("; p99 <= {max:.1} x"));
         }
-        ratio_text.push_str(&listed);
         self.push(Row {
             scenario: scenario.into(),
-            vault: describe_load(vault),
-            floor: describe_load(floor),
-            ratio: ratio_text,
+            vault: describe_load(&sliced.vault),
+            floor: describe_load(&sliced.floor),
+            ratio: sliced.ratio_text(),
             target,
             met: Some(met),
         });
