@@ -810,11 +810,19 @@ async fn hot_path(bench: &Bench, report: &mut Report, vault: &Proc, grpc_floor: 
 
         // What the machine alone puts into a ratio: the gRPC floor against a second process of
         // the same binary, compared as the vault is. Its distance from 1 and its pairs' spread
-        // are the table's resolution in this run.
+        // are the table's resolution in this run. Then the same two with their places swapped:
+        // if the ratio leans because the second process is new (most rows compare a vault
+        // started for the row against the floor running since the start), the swapped ratio
+        // leans the other way; if it is the vault's place in the load client, both lean alike.
         let twin = bench.floor(FloorKind::Constant, false).await;
         let pairs = bench.compare(&twin, None, grpc_floor, pick_hot.clone()).await;
         report.resolution_row(
             "resolution: a second gRPC floor process against the gRPC floor, compared as the vault is",
+            &pairs,
+        );
+        let pairs = bench.compare(grpc_floor, None, &twin, pick_hot.clone()).await;
+        report.resolution_row(
+            "resolution, places swapped: the gRPC floor in the vault's place against its second process",
             &pairs,
         );
     }

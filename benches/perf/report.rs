@@ -777,8 +777,11 @@ impl Report {
              floor is the gRPC floor over mutual TLS with the vault's rustls settings and the same \
              certificate files; the floor doing the design's own work per miss reads with the vault's \
              statement, unseals with its keyring and counts into its audit trail. The floors run in the \
-             bench's binary on mimalloc, the vault's allocator. The resolution row compares two processes \
-             of the gRPC floor the same way: how far from 1 the machine alone put a ratio in this run. \
+             bench's binary on mimalloc, the vault's allocator. The resolution rows compare two processes \
+             of the gRPC floor the same way, the second process (started for the row, as the vault \
+             is for most rows) first in the vault's place and then in the floor's: how far from 1 the \
+             machine alone put a ratio in this run, and whether a process started for the row or the \
+             vault's place leans it. \
              Ratios, not absolute numbers, are what to compare across machines.\n",
             time::OffsetDateTime::now_utc().date(),
             self.method

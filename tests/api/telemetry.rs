@@ -127,6 +127,11 @@ async fn spans_and_metrics_arrive_named_by_convention_and_without_secrets() {
         .find(|s| hex(&s.trace_id) == "0af7651916cd43dd8448eb211c80319c")
         .expect("the call carrying traceparent continued its trace");
     assert_eq!(hex(&continued.parent_span_id), "b7ad6b7169203331");
+    // The two calls without one each start a trace of their own, with no parent.
+    let roots: Vec<&&Span> = rpc.iter().filter(|s| s.parent_span_id.is_empty()).collect();
+    assert_eq!(roots.len(), 2, "calls without traceparent are roots");
+    assert!(roots.iter().all(|s| s.trace_id != continued.trace_id));
+    assert_ne!(roots[0].trace_id, roots[1].trace_id);
 
     // The refresh it caused is a child of that call, and the token request a child of it.
     let refresh = spans
