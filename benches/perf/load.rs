@@ -53,6 +53,8 @@ pub struct LoadShape {
 pub struct Pair {
     pub vault: LoadResult,
     pub floor: LoadResult,
+    /// Which of the two was loaded first, where a pair is two slices in turn ([`alternate`]).
+    pub vault_first: Option<bool>,
 }
 
 impl Pair {
@@ -235,20 +237,15 @@ pub struct Slicing {
 
 /// Load on two servers in turn, over connections to each that stay open for the whole
 /// comparison: `shape.warm_up` on each, then `slicing.pairs` pairs of one slice on each,
-/// alternating which goes first (`b` in even pairs). Returns each pair's `(a, b)` results;
-/// `sent` and `errors` count every call sent and every error, the warm-up's in the first pair's.
+/// alternating which goes first (`b` in even pairs). Returns each pair's results, `a` as the
+/// vault; `sent` and `errors` count every call sent and every error, the warm-up's in the first
+/// pair's.
 ///
 /// Why slices: this machine's speed drifts by 10 to 30 % over tens of seconds, and a ratio of
 /// runs taken 8 s apart carries that drift. Slices of a second or two on open connections put
 /// the two sides of a pair a couple of seconds apart, and many pairs give a median that one
 /// noisy stretch cannot move.
-pub async fn alternate(
-    a: &Target,
-    b: &Target,
-    shape: LoadShape,
-    tenant: PickTenant,
-    slicing: Slicing,
-) -> Vec<(LoadResult, LoadResult)> {
+pub async fn alternate(a: &Target, b: &Target, shape: LoadShape, tenant: PickTenant, slicing: Slicing) -> Vec<Pair> {
     let sides = [a, b];
     let mut clients = Vec::new();
     let mut next_call = Vec::new();
@@ -285,8 +282,12 @@ pub async fn alternate(
                 }
             }
         }
-        let [a_result, b_result] = results;
-        pairs.push((a_result, b_result));
+        let [vault, floor] = results;
+        pairs.push(Pair {
+            vault,
+            floor,
+            vault_first: Some(order[0] == 0),
+        });
     }
     pairs
 }
