@@ -49,7 +49,7 @@ pub struct LoadShape {
 }
 
 /// One slice of load on the vault and one on its floor, taken back to back (in the resolution
-/// row, the second floor process stands where the vault does).
+/// rows, one gRPC floor process stands where the vault does).
 pub struct Pair {
     pub vault: LoadResult,
     pub floor: LoadResult,

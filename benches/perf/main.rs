@@ -805,7 +805,9 @@ async fn hot_path(bench: &Bench, report: &mut Report, vault: &Proc, grpc_floor: 
         // are the table's resolution in this run. Then the same two with their places swapped:
         // if the ratio leans because the second process is new (most rows compare a vault
         // started for the row against the floor running since the start), the swapped ratio
-        // leans the other way; if it is the vault's place in the load client, both lean alike.
+        // leans less (by then the second process has served a whole comparison, so it comes
+        // out nearer 1 rather than below it); if it is the vault's place in the load client,
+        // both lean alike.
         let twin = bench.floor(FloorKind::Constant, false).await;
         let pairs = bench.compare(&twin, None, grpc_floor, pick_hot.clone()).await;
         report.resolution_row(
