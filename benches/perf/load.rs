@@ -236,7 +236,7 @@ pub struct Slicing {
 }
 
 /// Load on two servers in turn, over connections to each that stay open for the whole
-/// comparison: `shape.warm_up` on each, then `slicing.pairs` pairs of one slice on each,
+/// comparison: `shape.warm_up` on both at once, then `slicing.pairs` pairs of one slice on each,
 /// alternating which goes first (`b` in even pairs). Returns each pair's results, `a` as the
 /// vault; `sent` and `errors` count every call sent and every error, the warm-up's in the first
 /// pair's.
@@ -246,18 +246,24 @@ pub struct Slicing {
 /// the two sides of a pair a couple of seconds apart, and many pairs give a median that one
 /// noisy stretch cannot move.
 pub async fn alternate(a: &Target, b: &Target, shape: LoadShape, tenant: PickTenant, slicing: Slicing) -> Vec<Pair> {
+    // Neither side is set up first: the connections are opened in turn, one to each, and both
+    // sides are warmed up at once. Setting up `a` fully before `b` (as the bench did) left the
+    // two resolution rows, two floor processes compared in either place, both above 1 in five
+    // of six runs (docs/performance.md, "The resolution in both places").
     let sides = [a, b];
-    let mut clients = Vec::new();
-    let mut next_call = Vec::new();
-    let mut warm_ups = Vec::new();
-    for target in sides {
-        let side_clients = channels(target, shape.connections).await;
-        let mut calls = vec![0; shape.in_flight];
-        let warm = drive(&side_clients, shape, &tenant, &mut calls, shape.warm_up, Duration::ZERO).await;
-        warm_ups.push(warm);
-        clients.push(side_clients);
-        next_call.push(calls);
+    let mut clients = [Vec::new(), Vec::new()];
+    for _ in 0..shape.connections {
+        for (side, target) in sides.iter().enumerate() {
+            clients[side].extend(channels(target, 1).await);
+        }
     }
+    let mut next_call = [vec![0; shape.in_flight], vec![0; shape.in_flight]];
+    let [a_calls, b_calls] = &mut next_call;
+    let (a_warm, b_warm) = tokio::join!(
+        drive(&clients[0], shape, &tenant, a_calls, shape.warm_up, Duration::ZERO),
+        drive(&clients[1], shape, &tenant, b_calls, shape.warm_up, Duration::ZERO),
+    );
+    let mut warm_ups = [a_warm, b_warm];
     let mut pairs = Vec::new();
     for pair in 0..slicing.pairs {
         let order = if pair % 2 == 0 { [1, 0] } else { [0, 1] };
