@@ -279,6 +279,9 @@ pub async fn alternate(a: &Target, b: &Target, shape: LoadShape, tenant: PickTen
             )
             .await;
             if pair == 0 {
+                // Not `LoadResult::merge`: the warm-up's zero-length measured window can catch
+                // a few answers, which belong to no slice's seconds; only its calls sent and
+                // its errors are added.
                 let warm = std::mem::take(&mut warm_ups[side]);
                 let slice = &mut results[side];
                 slice.sent += warm.sent;
