@@ -26,11 +26,12 @@ use token_vault::store::PostgresPool;
 use token_vault::{
     audit::{Audit, AuditEvent, EventKind},
     auth::INSECURE_DEV_CALLER,
-    config::{AuditSettings, Settings},
+    config::{AuditSettings, LogSettings, Settings, TelemetrySettings},
     connection_key::ConnectionKey,
     crypto::{Aad, Keyring, Purpose},
     proto::{self, token_vault_server::TokenVault, token_vault_server::TokenVaultServer},
     store::Store,
+    telemetry::TelemetryGuard,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -63,7 +64,9 @@ pub enum Kind {
 /// read statement (`Connections::find_access_token`, through `token_vault::store::Store` with a
 /// pool of the vault's size), unsealing the access token with the vault's keyring, and counting
 /// the call into the audit trail with the vault's `Audit`, whose writer turns each window into
-/// rows in the same database as the vault's does. No cache, no single flight, no
+/// rows in the same database as the vault's does, and logs each row as the vault does (the
+/// design keeps a `token_vault::audit` log line per row beside the table, docs/security.md): the
+/// vault's own logging, with its default settings, to stdout. No cache, no single flight, no
 /// authentication, no policy, no metrics or spans. Unlike the other floors this one calls into
 /// the vault on purpose: it prices the work the design's invariants (tokens sealed at rest,
 /// every access audited per caller and tenant) put on a miss, so that the cold-cache rows can
@@ -74,6 +77,8 @@ pub struct MissDuties {
     keyring: Keyring,
     audit: Audit,
     caller: Arc<str>,
+    /// The vault's logging, installed for the audit trail's log lines; kept for the process's life.
+    _logging: TelemetryGuard,
 }
 
 #[tonic::async_trait]
@@ -275,9 +280,15 @@ pub async fn serve(listen: std::net::SocketAddr, kind: Kind, max_connections: u3
         )),
         Kind::MissDuties { url, keyring } => {
             let store = crate::statements::vault_sized_store(&url);
-            let audit_settings: AuditSettings = Settings::defaults()
+            let defaults = Settings::defaults();
+            let audit_settings: AuditSettings = defaults
                 .extract_inner("audit")
                 .expect("the vault's default audit settings");
+            let log: LogSettings = defaults.extract_inner("log").expect("the vault's default log settings");
+            let telemetry: TelemetrySettings = defaults
+                .extract_inner("telemetry")
+                .expect("the vault's default telemetry settings");
+            let logging = token_vault::telemetry::init(&log, &telemetry).expect("the vault's logging");
             // Runs until the process is killed, like the floor.
             let (audit, _writer) = Audit::start(store.clone(), &audit_settings, CancellationToken::new());
             Floor::MissDuties(Box::new(MissDuties {
@@ -285,6 +296,7 @@ pub async fn serve(listen: std::net::SocketAddr, kind: Kind, max_connections: u3
                 keyring: Keyring::parse(&keyring, None).expect("the bench's keyring"),
                 audit,
                 caller: INSECURE_DEV_CALLER.into(),
+                _logging: logging,
             }))
         }
         Kind::Constant => Floor::Constant(proto::GetAccessTokenResponse {

@@ -228,6 +228,22 @@ impl Report {
         });
     }
 
+    /// A floor doing what the design requires, compared with a barer floor as the vault is: no
+    /// target of its own. Its ratio is the most that `bounded`'s row can reach without dropping
+    /// work the design requires, so where it sits under that row's target, the target is out of
+    /// reach in this run and the row beside it is what the vault adds.
+    pub fn bound_row(&mut self, scenario: &str, pairs: &[Pair], bounded: &str) {
+        let sliced = Sliced::of(pairs);
+        self.push(Row {
+            scenario: scenario.into(),
+            vault: describe_load(&sliced.vault),
+            floor: describe_load(&sliced.floor),
+            ratio: sliced.ratio_text(),
+            target: format!("reported: the most \"{bounded}\" can reach"),
+            met: None,
+        });
+    }
+
     /// Throughput against a floor (higher is better), and p99 against the floor's (noted, and
     /// checked when `max_p99_ratio` is given), from `pairs` of slices taken in turn
     /// ([`Sliced`]): the median pair's ratio is the one checked.
