@@ -77,7 +77,8 @@ pub struct MissDuties {
     keyring: Keyring,
     audit: Audit,
     caller: Arc<str>,
-    /// The vault's logging, installed for the audit trail's log lines; kept for the process's life.
+    /// What `telemetry::init` returns. The log layer it installs is process-wide; with the
+    /// default settings (no OTLP endpoint) the guard holds nothing, and is kept as the vault keeps it.
     _logging: TelemetryGuard,
 }
 

@@ -505,7 +505,6 @@ redirect_uris = ["https://bench.example/callback"]
         (Proc { child, target }, started.elapsed())
     }
 
-    /// Starts a floor process; `tls`: over mutual TLS with the TLS vault's files and settings.
     /// A gRPC floor started for one row, for the rows whose vault is started for that row too.
     /// Two processes of one binary can differ by a few percent however long each has run
     /// (docs/performance.md, the resolution in both places), so a row compares a new vault with
@@ -515,6 +514,7 @@ redirect_uris = ["https://bench.example/callback"]
         self.floor(FloorKind::Constant, false).await
     }
 
+    /// Starts a floor process; `tls`: over mutual TLS with the TLS vault's files and settings.
     async fn floor(&self, kind: FloorKind, tls: bool) -> Proc {
         let addr = free_addr();
         let mut command = tokio::process::Command::new(std::env::current_exe().unwrap());
@@ -812,8 +812,8 @@ async fn hot_path(bench: &Bench, report: &mut Report, vault: &Proc, grpc_floor: 
         // What the machine alone puts into a ratio: the gRPC floor against a second process of
         // the same binary, compared as the vault is. Its distance from 1 and its pairs' spread
         // are the table's resolution in this run. Then the same two with their places swapped:
-        // if the ratio leans because the second process is new (most rows compare a vault
-        // started for the row against the floor running since the start), the swapped ratio
+        // if the ratio leans because the second process is new (as a vault started for its row
+        // is; such rows now get a floor started with it, `fresh_grpc_floor`), the swapped ratio
         // leans less (by then the second process has served a whole comparison, so it comes
         // out nearer 1 rather than below it); if it is the vault's place in the load client,
         // both lean alike.
@@ -1271,7 +1271,7 @@ async fn refresh_throughput(bench: &Bench, report: &mut Report, vault: &Proc, po
 }
 
 /// The embedded store: the hot path, the cold cache and a refresh with the vault on a SQLite
-/// file (synchronous = FULL, as it runs), against the same floors as the Postgres rows, the
+/// file (synchronous = FULL, as it runs), against floors of the same kinds as the Postgres rows, the
 /// cold cache's floor reading the same file. Beside the Postgres rows, so that the table shows
 /// what choosing the one-node store costs or saves.
 async fn sqlite(bench: &Bench, report: &mut Report, keyring: &Keyring) {
