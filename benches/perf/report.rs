@@ -2080,6 +2080,17 @@ What was found and changed, in the order the work happened:
     (21:10 to 21:18) gave the bound 1.124 x (pooled 1.129 x), the cold row 0.976 x and the
     vault against the design's work 0.881 x. The cause was not found this session. Until it
     is, the SQLite cold row is read beside its bound, not alone.
+  - A profile of both SQLite floors over the same 25 s of the bound's comparison
+    (`./scripts/bench --only sqlite` on 1015ccd, 21:41 to 21:49; `perf record -F 299
+    --call-graph dwarf,16384 -p <pid>` on each): 3,426 samples of the database floor and
+    6,034 of the floor doing the design's work. The latter answered 1.066 x as many calls a
+    second in that run (11,181 against 10,225 req/s over all slices). So per call the
+    design's work took about 1.65 x the database floor's CPU and still answered more: the
+    database floor is not held back by its own CPU but waits on something else. Neither
+    slept in SQLite's WAL read locks (no `unixSleep` on any stack). Each spent a fifth to a
+    quarter of its samples handing statements to sqlx's SQLite worker threads and parking
+    them. What the database floor waits on is not found. In that run the cold row made
+    1.000 x the database floor and 0.915 x the design's work.
 ";
 
 /// Cargo's target folder: `CARGO_TARGET_DIR` when set, else `target/` in the repository.
