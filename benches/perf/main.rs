@@ -871,8 +871,8 @@ async fn hot_path(bench: &Bench, report: &mut Report, vault: &Proc, grpc_floor: 
 /// the cluster (`otlp_collector::Collector`, here in the bench's process), at two samplers set with
 /// OpenTelemetry's standard variables: the SDK's default, every call sampled
 /// (`parentbased_always_on`), and 1 % of calls (`parentbased_traceidratio`). Each runs in a vault
-/// process of its own against a gRPC floor started with it, which exports nothing. The row also counts the
-/// server spans that reached the collector per call sent (one per call sampled): below the
+/// process of its own against a gRPC floor started with it, which exports nothing. The row also
+/// counts the server spans that reached the collector per call sent (one per call sampled): below the
 /// sampled fraction, spans were lost on the way, most likely dropped from the exporter's queue
 /// (2,048 spans by default) when it was full.
 ///
@@ -1271,8 +1271,8 @@ async fn refresh_throughput(bench: &Bench, report: &mut Report, vault: &Proc, po
 }
 
 /// The embedded store: the hot path, the cold cache and a refresh with the vault on a SQLite
-/// file (synchronous = FULL, as it runs), against floors of the same kinds as the Postgres rows, the
-/// cold cache's floor reading the same file. Beside the Postgres rows, so that the table shows
+/// file (synchronous = FULL, as it runs), against floors of the same kinds as the Postgres rows,
+/// the cold cache's floor reading the same file. Beside the Postgres rows, so that the table shows
 /// what choosing the one-node store costs or saves.
 async fn sqlite(bench: &Bench, report: &mut Report, keyring: &Keyring) {
     let plan = &bench.plan;

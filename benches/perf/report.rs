@@ -217,15 +217,12 @@ impl Report {
     /// Two processes of the same floor compared as the vault is compared with its floor: no
     /// target, the ratio and its pairs' spread are what the machine (or the method) puts into a ratio.
     pub fn resolution_row(&mut self, scenario: &str, pairs: &[Pair]) {
-        let sliced = Sliced::of(pairs);
-        self.push(Row {
-            scenario: scenario.into(),
-            vault: describe_load(&sliced.vault),
-            floor: describe_load(&sliced.floor),
-            ratio: sliced.ratio_text(),
-            target: "reported: 1 x, the spread is the noise".into(),
-            met: None,
-        });
+        self.sliced_row(
+            scenario,
+            &Sliced::of(pairs),
+            "reported: 1 x, the spread is the noise".into(),
+            None,
+        );
     }
 
     /// A floor doing what the design requires, compared with a barer floor as the vault is: no
@@ -233,15 +230,8 @@ impl Report {
     /// work the design requires, so where it sits under that row's target, the target is out of
     /// reach in this run and the row beside it is what the vault adds.
     pub fn bound_row(&mut self, scenario: &str, pairs: &[Pair], bounded: &str) {
-        let sliced = Sliced::of(pairs);
-        self.push(Row {
-            scenario: scenario.into(),
-            vault: describe_load(&sliced.vault),
-            floor: describe_load(&sliced.floor),
-            ratio: sliced.ratio_text(),
-            target: format!("reported: the most \"{bounded}\" can reach"),
-            met: None,
-        });
+        let target = format!("reported: the most \"{bounded}\" can reach");
+        self.sliced_row(scenario, &Sliced::of(pairs), target, None);
     }
 
     /// Throughput against a floor (higher is better), and p99 against the floor's (noted, and
@@ -262,13 +252,19 @@ impl Report {
             met &= sliced.p99_ratio() <= max;
             target.push_str(&format!("; p99 <= {max:.1} x"));
         }
+        self.sliced_row(scenario, &sliced, target, Some(met));
+    }
+
+    /// A row of a sliced comparison: each side's load over all its slices and the pairs' ratio,
+    /// with the row's own target and verdict.
+    fn sliced_row(&mut self, scenario: &str, sliced: &Sliced, target: String, met: Option<bool>) {
         self.push(Row {
             scenario: scenario.into(),
             vault: describe_load(&sliced.vault),
             floor: describe_load(&sliced.floor),
             ratio: sliced.ratio_text(),
             target,
-            met: Some(met),
+            met,
         });
     }
 
