@@ -17,7 +17,10 @@ use opentelemetry::{
 };
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
-    metrics::SdkMeterProvider, propagation::TraceContextPropagator, trace::SdkTracerProvider, Resource,
+    metrics::SdkMeterProvider,
+    propagation::TraceContextPropagator,
+    trace::{Sampler, SdkTracer, SdkTracerProvider},
+    Resource,
 };
 use tracing::{Dispatch, Metadata, Span, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -31,6 +34,8 @@ use tracing_subscriber::{
 };
 
 use crate::config::{LogFormat, LogSettings, TelemetrySettings};
+
+mod sampling;
 
 /// The Prometheus exporter's registry, one per process like the global meter provider it reads.
 static PROMETHEUS_REGISTRY: OnceLock<prometheus::Registry> = OnceLock::new();
@@ -153,41 +158,52 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<Telemetr
                     what: "traces",
                     message: e.to_string(),
                 })?;
+            // The environment's sampler decides where each trace starts (`sampling`), before
+            // any span data is built; the SDK keeps whatever it is then handed.
+            let sampler = sampling::RootSampler::from_env();
+            sampling::install(sampler.clone());
             let tracer_provider = SdkTracerProvider::builder()
                 .with_batch_exporter(spans)
                 .with_resource(resource)
+                .with_sampler(Sampler::AlwaysOn)
                 .build();
             opentelemetry::global::set_tracer_provider(tracer_provider.clone());
             let tracer = tracer_provider.tracer("token-vault");
             guard.tracer_provider = Some(tracer_provider);
-            // Exported spans are this crate's own, at info and above, whatever the log level.
-            let spans_filter = Targets::new().with_target("token_vault", tracing::Level::INFO);
-            Some(
-                tracing_opentelemetry::layer()
-                    .with_tracer(tracer)
-                    // Off, as work on every span that nothing here reads; the layer does it
-                    // for unsampled spans too, so every call paid for it. A span's thread (an
-                    // async call hops between a runtime's threads, so the one it started on
-                    // says nothing) cost a copy of the thread's name; its busy and idle times
-                    // cost two clock reads on every poll of an instrumented future; making
-                    // the span's OpenTelemetry context current on every poll serves code that
-                    // asks OpenTelemetry for the current context, which nothing here does:
-                    // parents are found through `tracing`'s own span tree. A span's source
-                    // file, module, line and target are four more attributes to build, encode
-                    // and ship with every span, which its name already identifies.
-                    .with_threads(false)
-                    .with_tracked_inactivity(false)
-                    .with_context_activation(false)
-                    .with_location(false)
-                    .with_target(false)
-                    .with_filter(spans_filter),
-            )
+            Some(trace_layer(tracer, sampler))
         }
     };
 
     // `try_init`: tests and embedders may have installed a subscriber already.
     let _ = subscriber(log_layer, otel_layer).try_init();
     Ok(guard)
+}
+
+/// The layer that hands spans to OpenTelemetry: this crate's spans at info and above, whatever
+/// the log level, of the traces `sampler` samples where they start (`sampling`).
+fn trace_layer<S>(tracer: SdkTracer, sampler: sampling::RootSampler) -> impl Layer<S> + Send + Sync
+where
+    S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+{
+    let exported =
+        sampling::ExportedTraces::new(Targets::new().with_target("token_vault", tracing::Level::INFO), sampler);
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        // Off, as work on every span that nothing here reads. A span's thread (an async call
+        // hops between a runtime's threads, so the one it started on says nothing) cost a copy
+        // of the thread's name; its busy and idle times cost two clock reads on every poll of
+        // an instrumented future; making the span's OpenTelemetry context current on every
+        // poll serves code that asks OpenTelemetry for the current context, which nothing here
+        // does: parents are found through `tracing`'s own span tree. A span's source file,
+        // module, line and target are four more attributes to build, encode and ship with
+        // every span, which its name already identifies.
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
+        .with_location(false)
+        .with_target(false)
+        .with_filter(exported)
+        .and_then(sampling::keep_unsampled_rpc_spans())
 }
 
 /// The log layer type [`log_layer`] returns, over the registry.
@@ -249,8 +265,28 @@ where
 
 /// The server span of one gRPC call, named `<service>/<method>` and continuing the caller's
 /// trace (W3C `traceparent` in the request metadata). The handler records the status code.
+///
+/// Whether the call's trace is exported is decided here, before the span exists (`sampling`):
+/// a call that is not sampled gets a bare span that only keeps its place in `tracing`'s tree, so
+/// that nothing under it is exported either and none of its OpenTelemetry data is built.
 pub fn rpc_span(request: &http::Request<()>) -> Span {
+    // No trace is exported: no layer would want the span.
+    let Some(sampler) = sampling::installed() else {
+        return Span::none();
+    };
     let path = request.uri().path().trim_start_matches('/');
+    // W3C Trace Context is the one format read (`tracestate` only ever travels with a
+    // `traceparent`), so the propagator is named here rather than looked up in the global slot.
+    // Without the header the call starts its trace, and there is nothing to extract: the
+    // extraction was about 2 % of the vault's CPU samples on the hot path (docs/performance.md).
+    let caller = request
+        .headers()
+        .contains_key(TRACEPARENT)
+        .then(|| TraceContextPropagator::new().extract(&HeaderExtractor(request.headers())));
+    if !sampler.samples(caller.as_ref(), path, opentelemetry::trace::SpanKind::Server) {
+        // A root too, like a sampled call's span (and the name is `sampling::UNSAMPLED_RPC_SPAN`).
+        return tracing::info_span!(target: RPC_SPAN_TARGET, parent: None, "rpc.unsampled");
+    }
     let (service, method) = path.split_once('/').unwrap_or((path, ""));
     // A root in `tracing`'s tree: an RPC's parent, if any, is the caller's span, which only the
     // request's `traceparent` names.
@@ -266,16 +302,8 @@ pub fn rpc_span(request: &http::Request<()>) -> Span {
         rpc.method = method,
         rpc.grpc.status_code = tracing::field::Empty,
     );
-    // Disabled when no trace is exported: then there is no parent to look for. Without a
-    // `traceparent` the span is the trace's root as it stands, so the extraction and the
-    // re-parenting are skipped: together they were about 2.4 % of the vault's CPU samples on the
-    // hot path with 1 % of calls sampled (docs/performance.md), paid by every call that no
-    // caller's trace continues.
-    // W3C Trace Context is the one format read (`tracestate` only ever travels with a
-    // `traceparent`), so the propagator is named here rather than looked up in the global slot.
-    if !span.is_disabled() && request.headers().contains_key(TRACEPARENT) {
-        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
-        let _ = span.set_parent(parent);
+    if let Some(caller) = caller {
+        let _ = span.set_parent(caller);
     }
     span
 }

@@ -318,3 +318,82 @@ async fn callers_joining_a_refresh_in_flight_add_no_refresh_span() {
     assert_eq!(named("refresh"), 1, "one refresh span for the one refresh");
     assert_eq!(named("POST token endpoint"), 1, "one token request");
 }
+
+/// With a fraction of traces sampled (here none of the traces that start in the vault:
+/// `parentbased_traceidratio` at 0), a vault process exports the whole trace of a call whose
+/// caller sampled it, its refresh, token request and statements included, and nothing else:
+/// not the calls that start their trace in the vault, not the refresh one of them caused, not a
+/// call whose caller did not sample its trace, not the vault's background work. Whether a
+/// trace is exported is decided where it starts, before any of its spans' data is built
+/// (`telemetry::sampling`), and the spans under an unsampled call must not escape as traces
+/// of their own.
+#[tokio::test]
+async fn a_process_sampling_a_fraction_exports_whole_traces_and_nothing_of_the_rest() {
+    let collector = Collector::start(Keep::Exports).await;
+    let mut cluster = Cluster::start(
+        1,
+        TestOptions {
+            access_ttl: 2,
+            ..Default::default()
+        },
+        None,
+        &[
+            ("TOKEN_VAULT_TELEMETRY__OTLP_ENDPOINT", &collector.endpoint),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0"),
+        ],
+    )
+    .await;
+    cluster.connect_tenant("acme").await;
+    cluster.connect_tenant("beta").await;
+    // Past the refresh margin of a 2 s token: the next call for each tenant refreshes.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let with_traceparent = |tenant: &str, flags: &str| {
+        let mut request = Request::new(token_request(tenant));
+        let header = format!("00-{CALLER_TRACE}-b7ad6b7169203331-{flags}");
+        request
+            .metadata_mut()
+            .insert("traceparent", header.parse().expect("an ASCII header"));
+        token_from(cluster.client(0), request)
+    };
+    // A refresh in a call that starts its trace here, then one in a call continuing a sampled
+    // trace.
+    token_from(cluster.client(0), token_request("beta")).await.unwrap();
+    with_traceparent("acme", "01").await.unwrap();
+    // Hot calls: starting their trace here, and continuing a caller's unsampled one.
+    for _ in 0..20 {
+        token_from(cluster.client(0), token_request("acme")).await.unwrap();
+    }
+    with_traceparent("acme", "00").await.unwrap();
+    assert_eq!(cluster.provider.stats().refresh_requests, 2);
+    // On SIGTERM the process flushes what its exporter holds before it exits.
+    cluster.terminate(0);
+    assert!(cluster.wait_exit(0, Duration::from_secs(20)).await.success());
+
+    let spans = spans_in(&collector.traces());
+    let foreign: Vec<&str> = spans
+        .iter()
+        .filter(|s| hex(&s.trace_id) != CALLER_TRACE)
+        .map(|s| s.name.as_str())
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "spans of traces not sampled were exported: {foreign:?}"
+    );
+    let named = |name: &str| spans.iter().filter(|s| s.name == name).count();
+    assert_eq!(
+        named("tokenvault.v1.TokenVault/GetAccessToken"),
+        1,
+        "the sampled call only"
+    );
+    assert_eq!(named("refresh"), 1, "its refresh only");
+    assert_eq!(named("POST token endpoint"), 1, "its token request only");
+    assert!(
+        spans.iter().filter(|s| s.name.ends_with(" connections")).count() >= 2,
+        "its statements: {:?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+}
+
+/// The trace id of the callers' `traceparent` in these tests.
+const CALLER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
