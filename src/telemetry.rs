@@ -6,7 +6,9 @@
 //!
 //! Span names and attributes follow the OpenTelemetry semantic conventions: one server span
 //! per RPC (`rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`) continuing the
-//! caller's W3C trace context, with child spans for the provider call and database work.
+//! caller's W3C trace context, with child spans for the provider call and database work. Which
+//! traces are exported is decided once per trace, where it starts, before any span data is
+//! built (`sampling`).
 
 use std::{io::IsTerminal, sync::OnceLock};
 
@@ -25,7 +27,7 @@ use opentelemetry_sdk::{
 use tracing::{Dispatch, Metadata, Span, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
-    filter::{filter_fn, FilterExt, LevelFilter, Targets},
+    filter::{filter_fn, FilterExt, LevelFilter},
     fmt::{self, MakeWriter},
     layer::{Layered, SubscriberExt},
     registry::LookupSpan,
@@ -161,7 +163,6 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<Telemetr
             // The environment's sampler decides where each trace starts (`sampling`), before
             // any span data is built; the SDK keeps whatever it is then handed.
             let sampler = sampling::RootSampler::from_env();
-            sampling::install(sampler.clone());
             let tracer_provider = SdkTracerProvider::builder()
                 .with_batch_exporter(spans)
                 .with_resource(resource)
@@ -170,12 +171,18 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Result<Telemetr
             opentelemetry::global::set_tracer_provider(tracer_provider.clone());
             let tracer = tracer_provider.tracer("token-vault");
             guard.tracer_provider = Some(tracer_provider);
-            Some(trace_layer(tracer, sampler))
+            Some((trace_layer(tracer, sampler.clone()), sampler))
         }
     };
 
-    // `try_init`: tests and embedders may have installed a subscriber already.
-    let _ = subscriber(log_layer, otel_layer).try_init();
+    let (otel_layer, sampler) = otel_layer.unzip();
+    // `try_init`: tests and embedders may have installed a subscriber already. Only with ours
+    // does `rpc_span` decide the sampling: another subscriber gets the calls' spans as before.
+    if subscriber(log_layer, otel_layer).try_init().is_ok() {
+        if let Some(sampler) = sampler {
+            sampling::install(sampler);
+        }
+    }
     Ok(guard)
 }
 
@@ -185,8 +192,7 @@ fn trace_layer<S>(tracer: SdkTracer, sampler: sampling::RootSampler) -> impl Lay
 where
     S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
 {
-    let exported =
-        sampling::ExportedTraces::new(Targets::new().with_target("token_vault", tracing::Level::INFO), sampler);
+    let exported = sampling::ExportedTraces::new(sampling::traced_targets(), sampler);
     tracing_opentelemetry::layer()
         .with_tracer(tracer)
         // Off, as work on every span that nothing here reads. A span's thread (an async call
@@ -203,7 +209,7 @@ where
         .with_location(false)
         .with_target(false)
         .with_filter(exported)
-        .and_then(sampling::keep_unsampled_rpc_spans())
+        .and_then(sampling::keep_in_tree())
 }
 
 /// The log layer type [`log_layer`] returns, over the registry.
@@ -270,22 +276,15 @@ where
 /// a call that is not sampled gets a bare span that only keeps its place in `tracing`'s tree, so
 /// that nothing under it is exported either and none of its OpenTelemetry data is built.
 pub fn rpc_span(request: &http::Request<()>) -> Span {
-    // No trace is exported: no layer would want the span.
-    let Some(sampler) = sampling::installed() else {
-        return Span::none();
-    };
     let path = request.uri().path().trim_start_matches('/');
-    // W3C Trace Context is the one format read (`tracestate` only ever travels with a
-    // `traceparent`), so the propagator is named here rather than looked up in the global slot.
-    // Without the header the call starts its trace, and there is nothing to extract: the
-    // extraction was about 2 % of the vault's CPU samples on the hot path (docs/performance.md).
-    let caller = request
-        .headers()
-        .contains_key(TRACEPARENT)
-        .then(|| TraceContextPropagator::new().extract(&HeaderExtractor(request.headers())));
-    if !sampler.samples(caller.as_ref(), path, opentelemetry::trace::SpanKind::Server) {
-        // A root too, like a sampled call's span (and the name is `sampling::UNSAMPLED_RPC_SPAN`).
-        return tracing::info_span!(target: RPC_SPAN_TARGET, parent: None, "rpc.unsampled");
+    let sampler = sampling::installed();
+    // With our exporter, the caller's context is read first: it takes part in the decision.
+    let mut caller = sampler.and_then(|_| caller_context(request));
+    if let Some(sampler) = sampler {
+        if !sampler.samples(caller.as_ref(), path, opentelemetry::trace::SpanKind::Server) {
+            // A root like a sampled call's span; the name is `sampling::UNSAMPLED_RPC_SPAN`.
+            return tracing::info_span!(target: RPC_SPAN_TARGET, parent: None, "rpc.unsampled");
+        }
     }
     let (service, method) = path.split_once('/').unwrap_or((path, ""));
     // A root in `tracing`'s tree: an RPC's parent, if any, is the caller's span, which only the
@@ -302,10 +301,28 @@ pub fn rpc_span(request: &http::Request<()>) -> Span {
         rpc.method = method,
         rpc.grpc.status_code = tracing::field::Empty,
     );
+    // Without our exporter (none configured, or another subscriber installed first), the span
+    // is whatever the subscriber makes of it; with ours and no exporter, it is disabled and
+    // there is no parent to look for.
+    if sampler.is_none() && !span.is_disabled() {
+        caller = caller_context(request);
+    }
     if let Some(caller) = caller {
         let _ = span.set_parent(caller);
     }
     span
+}
+
+/// The caller's trace context, when the request carries a `traceparent`. W3C Trace Context is
+/// the one format read (`tracestate` only ever travels with a `traceparent`), so the
+/// propagator is named here rather than looked up in the global slot. Without the header the
+/// call starts its trace and there is nothing to extract: the extraction was about 2 % of the
+/// vault's CPU samples on the hot path (docs/performance.md).
+fn caller_context(request: &http::Request<()>) -> Option<opentelemetry::Context> {
+    let headers = request.headers();
+    headers
+        .contains_key(TRACEPARENT)
+        .then(|| TraceContextPropagator::new().extract(&HeaderExtractor(headers)))
 }
 
 /// Records a call's gRPC status code on the current RPC span.
@@ -385,6 +402,30 @@ mod tests {
             let first_span = &macro_body[..macro_body.find(");").expect("the macro's span ends")];
             assert!(first_span.contains(&target), "{store}'s db_span! sets {target}");
         }
+    }
+
+    /// With traces exported, the subscriber still tells `tracing` (and the `log` crate, through
+    /// `try_init`) that nothing above the log level is wanted: without that hint every disabled
+    /// callsite and every `log` record of the libraries would be asked about.
+    #[test]
+    fn exporting_traces_keeps_the_subscribers_maximum_level() {
+        use opentelemetry_sdk::trace::SdkTracerProvider;
+        let provider = SdkTracerProvider::builder().build();
+        let sampler = sampling::RootSampler::new(Sampler::AlwaysOn);
+        let log = log_layer(true, false, EnvFilter::new("info"), Captured::default());
+        let exporting = tracing_subscriber::registry()
+            .with(log)
+            .with(trace_layer(provider.tracer("test"), sampler.clone()));
+        assert_eq!(exporting.max_level_hint(), Some(LevelFilter::INFO));
+        let log = log_layer(true, false, EnvFilter::new("warn"), Captured::default());
+        let exporting = tracing_subscriber::registry()
+            .with(log)
+            .with(trace_layer(provider.tracer("test"), sampler));
+        assert_eq!(
+            exporting.max_level_hint(),
+            Some(LevelFilter::INFO),
+            "exported spans are wanted at info whatever the log level"
+        );
     }
 
     #[test]

@@ -10,20 +10,24 @@
 //! the trace starts in this process:
 //! - a call's server span, in [`super::rpc_span`], with the caller's `traceparent` as the parent
 //!   and before the span exists. An unsampled call gets a bare span of its own callsite
-//!   ([`UNSAMPLED_RPC_SPAN`]) that tracing-opentelemetry never sees: [`keep_unsampled_rpc_spans`]
-//!   is the one layer that wants it, so that it exists for its descendants to find;
+//!   ([`UNSAMPLED_RPC_SPAN`]) that tracing-opentelemetry never sees;
 //! - any other span that starts a trace (background work: the keeper's statements, the audit's
 //!   flushes), in [`ExportedTraces::enabled`].
 //!
 //! Every other span follows the trace it is in: exported when an exported span encloses it, and
 //! kept from tracing-opentelemetry when it sits only under spans that are not exported (an
-//! unsampled call's refresh, token request and statements). The SDK then keeps every span it is
-//! handed (`Sampler::AlwaysOn` in `init`).
+//! unsampled call's refresh, token request and statements). For that, every span that could be
+//! exported must exist in `tracing`'s tree whether or not it is, also where the log level does
+//! not want it (the refresh's span at `warn`): [`keep_in_tree`] is the layer that wants them all
+//! and does nothing with them. The SDK then keeps every span it is handed (`Sampler::AlwaysOn`
+//! in `init`).
 //!
 //! Two differences from the SDK deciding alone, both deliberate:
-//! - A span that opens outside any span but inside spans no layer exports is taken to be part of
-//!   an unsampled trace. The vault's spans are contextual (their parent is the current span),
-//!   the one exception being the server span, a root by construction.
+//! - A span is decided by the span current where it opens, not by an explicit `parent:`: it is
+//!   exported when an exported span encloses it, not when only unexported spans do, and starts
+//!   a trace when no span does. The vault's spans are contextual (their parent is the current
+//!   span), the one exception being the server span, a root by construction and decided in
+//!   `rpc_span`.
 //! - For a trace started here, `traceidratio` is asked with a trace id drawn for the decision,
 //!   not the one the SDK later gives the span (tracing-opentelemetry offers no way to pass it).
 //!   The fraction sampled is the same; what differs is that the decision cannot be recomputed
@@ -37,9 +41,9 @@ use opentelemetry::{
     Context as OtelContext,
 };
 use opentelemetry_sdk::trace::{Config, IdGenerator as _, RandomIdGenerator, SamplingDecision, ShouldSample};
-use tracing::{subscriber::Interest, Metadata, Subscriber};
+use tracing::{subscriber::Interest, Level, Metadata, Subscriber};
 use tracing_subscriber::{
-    filter::{filter_fn, FilterFn, Filtered, LevelFilter, Targets},
+    filter::{filter_fn, LevelFilter, Targets},
     layer::{Context, Filter},
     registry::LookupSpan,
     Layer,
@@ -159,19 +163,31 @@ where
     }
 }
 
+/// The spans that may be exported: this crate's, at info and above, whatever the log level.
+pub(super) fn traced_targets() -> Targets {
+    Targets::new().with_target("token_vault", Level::INFO)
+}
+
 /// Does nothing with the spans it sees.
 pub(super) struct KeepInTree;
 
 impl<S: Subscriber> Layer<S> for KeepInTree {}
 
-/// The layer that wants the unsampled calls' server spans, which no other layer does. Without
-/// it they would not exist, and the spans of an unsampled call (its refresh, the token request,
-/// the statements) would each start a trace of their own, to be sampled on their own.
-pub(super) fn keep_unsampled_rpc_spans<S>() -> Filtered<KeepInTree, FilterFn, S>
+/// The layer that wants every span that may be exported, so that each exists whether or not
+/// it is exported and whatever the log level. Without it an unsampled call's span, which no
+/// other layer wants, would not exist, nor the refresh's span at `warn`, and the spans under
+/// them (the token request, the statements) would each start a trace of their own, to be
+/// sampled on their own.
+pub(super) fn keep_in_tree<S>() -> impl Layer<S> + Send + Sync
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    KeepInTree.with_filter(filter_fn(is_unsampled_rpc as fn(&Metadata<'_>) -> bool))
+    let traced = traced_targets();
+    let spans = filter_fn(move |meta| meta.is_span() && traced.would_enable(meta.target(), meta.level()))
+        // Without a hint the subscriber's maximum level would be TRACE: every `log` record and
+        // every disabled callsite of the libraries would be asked about.
+        .with_max_level_hint(LevelFilter::INFO);
+    KeepInTree.with_filter(spans)
 }
 
 #[cfg(test)]
@@ -302,6 +318,30 @@ mod tests {
             "a call without traceparent is a root"
         );
         assert!(trace(3) != trace(0) && trace(6) != trace(3));
+    }
+
+    /// A refresh outlives the call that started it, on a task of its own: the spans opened in
+    /// it after the call's span has closed are still part of the call's unsampled trace, and
+    /// not traces of their own (the default sampler would export those), with no log layer
+    /// wanting the refresh's span, as at `warn`.
+    #[test]
+    fn spans_under_an_unsampled_call_stay_unexported_after_the_call_ends() {
+        let sampler = RootSampler::new(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+        install(sampler.clone());
+        let (dispatch, exported, provider) = exporting(sampler);
+        tracing::dispatcher::with_default(&dispatch, || {
+            let declined = rpc_span(&call(Some(&format!("00-{CALLER_TRACE}-b7ad6b7169203331-00"))));
+            let refresh = declined.in_scope(|| tracing::info_span!("vault.refresh", otel.name = "refresh"));
+            drop(declined);
+            refresh.in_scope(|| {
+                let statement = tracing::info_span!(target: DB_SPAN_TARGET, "db", otel.name = "UPDATE connections");
+                statement.in_scope(|| tracing::info!("refreshed"));
+            });
+        });
+        drop(dispatch);
+        provider.force_flush().expect("flushed");
+        let names: Vec<String> = exported.spans().iter().map(|s| s.name.to_string()).collect();
+        assert!(names.is_empty(), "exported from an unsampled call: {names:?}");
     }
 
     /// A trace started outside a call is sampled at the configured ratio, and whole: each

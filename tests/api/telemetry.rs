@@ -325,8 +325,9 @@ async fn callers_joining_a_refresh_in_flight_add_no_refresh_span() {
 /// not the calls that start their trace in the vault, not the refresh one of them caused, not a
 /// call whose caller did not sample its trace, not the vault's background work. Whether a
 /// trace is exported is decided where it starts, before any of its spans' data is built
-/// (`telemetry::sampling`), and the spans under an unsampled call must not escape as traces
-/// of their own.
+/// (`telemetry::sampling`), from the standard variables. (At 0 a span escaping an unsampled
+/// call as a trace of its own would be dropped too: the next test is the one that shows none
+/// does.)
 #[tokio::test]
 async fn a_process_sampling_a_fraction_exports_whole_traces_and_nothing_of_the_rest() {
     let collector = Collector::start(Keep::Exports).await;
@@ -393,6 +394,62 @@ async fn a_process_sampling_a_fraction_exports_whole_traces_and_nothing_of_the_r
         "its statements: {:?}",
         spans.iter().map(|s| &s.name).collect::<Vec<_>>()
     );
+}
+
+/// At the SDK's default sampler (`parentbased_always_on`), a caller that did not sample its
+/// trace gets nothing exported for its call, not even the refresh the call started: that
+/// refresh runs on a task of its own and outlives nothing, but its token request and
+/// statements open under spans that are not exported (the refresh's span exists only for
+/// that at the tests' `warn` level) and must not start traces of their own, which this
+/// sampler would export. A caller that sampled its trace gets its whole refresh in it.
+#[tokio::test]
+async fn a_refresh_under_a_caller_that_did_not_sample_exports_nothing() {
+    let collector = Collector::start(Keep::Exports).await;
+    let mut cluster = Cluster::start(
+        1,
+        TestOptions {
+            access_ttl: 2,
+            ..Default::default()
+        },
+        None,
+        &[("TOKEN_VAULT_TELEMETRY__OTLP_ENDPOINT", &collector.endpoint)],
+    )
+    .await;
+    cluster.connect_tenant("acme").await;
+    cluster.connect_tenant("beta").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let with_traceparent = |tenant: &str, flags: &str| {
+        let mut request = Request::new(token_request(tenant));
+        let header = format!("00-{CALLER_TRACE}-b7ad6b7169203331-{flags}");
+        request
+            .metadata_mut()
+            .insert("traceparent", header.parse().expect("an ASCII header"));
+        token_from(cluster.client(0), request)
+    };
+    with_traceparent("beta", "00").await.unwrap();
+    with_traceparent("acme", "01").await.unwrap();
+    assert_eq!(cluster.provider.stats().refresh_requests, 2);
+    cluster.terminate(0);
+    assert!(cluster.wait_exit(0, Duration::from_secs(20)).await.success());
+
+    let spans = spans_in(&collector.traces());
+    let refresh_grants: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name == "POST token endpoint" && attr_str(&s.attributes, "grant_type") == Some("refresh_token"))
+        .collect();
+    assert_eq!(refresh_grants.len(), 1, "the sampled call's token request only");
+    assert_eq!(hex(&refresh_grants[0].trace_id), CALLER_TRACE);
+    let refreshes: Vec<&Span> = spans.iter().filter(|s| s.name == "refresh").collect();
+    assert_eq!(refreshes.len(), 1, "the sampled call's refresh only");
+    assert_eq!(hex(&refreshes[0].trace_id), CALLER_TRACE);
+    let calls: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name == "tokenvault.v1.TokenVault/GetAccessToken")
+        .collect();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(hex(&calls[0].trace_id), CALLER_TRACE);
+    // The authorizations started traces here, sampled, so the sampler did export roots.
+    assert!(spans.iter().any(|s| s.name.ends_with("/CompleteAuthorization")));
 }
 
 /// The trace id of the callers' `traceparent` in these tests.
