@@ -257,6 +257,11 @@ mod tests {
 
     const CALLER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 
+    /// A caller's `traceparent` in [`CALLER_TRACE`], sampled (`flags` `01`) or not (`00`).
+    fn traceparent(flags: &str) -> String {
+        format!("00-{CALLER_TRACE}-b7ad6b7169203331-{flags}")
+    }
+
     /// The SDK's default, `parentbased_always_on`: a call whose caller did not sample its trace
     /// exports nothing, not even the refresh under it, which must not escape as a trace of its
     /// own; a call continuing a sampled trace exports itself and everything under it, in that
@@ -267,11 +272,11 @@ mod tests {
         install(sampler.clone());
         let (dispatch, exported, provider) = exporting(sampler);
         tracing::dispatcher::with_default(&dispatch, || {
-            let declined = rpc_span(&call(Some(&format!("00-{CALLER_TRACE}-b7ad6b7169203331-00"))));
+            let declined = rpc_span(&call(Some(&traceparent("00"))));
             assert!(!declined.is_disabled(), "kept in the tree for its children to find");
             declined.in_scope(refresh);
             drop(declined);
-            let continued = rpc_span(&call(Some(&format!("00-{CALLER_TRACE}-b7ad6b7169203331-01"))));
+            let continued = rpc_span(&call(Some(&traceparent("01"))));
             continued.in_scope(refresh);
             drop(continued);
             rpc_span(&call(None)).in_scope(refresh);
@@ -330,7 +335,7 @@ mod tests {
         install(sampler.clone());
         let (dispatch, exported, provider) = exporting(sampler);
         tracing::dispatcher::with_default(&dispatch, || {
-            let declined = rpc_span(&call(Some(&format!("00-{CALLER_TRACE}-b7ad6b7169203331-00"))));
+            let declined = rpc_span(&call(Some(&traceparent("00"))));
             let refresh = declined.in_scope(|| tracing::info_span!("vault.refresh", otel.name = "refresh"));
             drop(declined);
             refresh.in_scope(|| {

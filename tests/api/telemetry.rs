@@ -283,16 +283,7 @@ async fn a_vault_process_logs_json_lines_naming_the_refresh_and_not_the_per_call
 #[tokio::test]
 async fn callers_joining_a_refresh_in_flight_add_no_refresh_span() {
     let collector = Collector::start(Keep::Exports).await;
-    let mut cluster = Cluster::start(
-        2,
-        TestOptions {
-            access_ttl: 2,
-            ..Default::default()
-        },
-        None,
-        &[("TOKEN_VAULT_TELEMETRY__OTLP_ENDPOINT", &collector.endpoint)],
-    )
-    .await;
+    let mut cluster = exporting_cluster(2, &collector, &[]).await;
     cluster.connect_tenant("acme").await;
     // Past the refresh margin of a 2 s token; process 1 has not seen the tenant yet.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -331,32 +322,16 @@ async fn callers_joining_a_refresh_in_flight_add_no_refresh_span() {
 #[tokio::test]
 async fn a_process_sampling_a_fraction_exports_whole_traces_and_nothing_of_the_rest() {
     let collector = Collector::start(Keep::Exports).await;
-    let mut cluster = Cluster::start(
-        1,
-        TestOptions {
-            access_ttl: 2,
-            ..Default::default()
-        },
-        None,
-        &[
-            ("TOKEN_VAULT_TELEMETRY__OTLP_ENDPOINT", &collector.endpoint),
-            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
-            ("OTEL_TRACES_SAMPLER_ARG", "0"),
-        ],
-    )
-    .await;
+    let sampler = [
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0"),
+    ];
+    let mut cluster = exporting_cluster(1, &collector, &sampler).await;
     cluster.connect_tenant("acme").await;
     cluster.connect_tenant("beta").await;
     // Past the refresh margin of a 2 s token: the next call for each tenant refreshes.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let with_traceparent = |tenant: &str, flags: &str| {
-        let mut request = Request::new(token_request(tenant));
-        let header = format!("00-{CALLER_TRACE}-b7ad6b7169203331-{flags}");
-        request
-            .metadata_mut()
-            .insert("traceparent", header.parse().expect("an ASCII header"));
-        token_from(cluster.client(0), request)
-    };
+    let with_traceparent = |tenant: &str, flags: &str| token_from(cluster.client(0), traced_request(tenant, flags));
     // A refresh in a call that starts its trace here, then one in a call continuing a sampled
     // trace.
     token_from(cluster.client(0), token_request("beta")).await.unwrap();
@@ -397,35 +372,19 @@ async fn a_process_sampling_a_fraction_exports_whole_traces_and_nothing_of_the_r
 }
 
 /// At the SDK's default sampler (`parentbased_always_on`), a caller that did not sample its
-/// trace gets nothing exported for its call, not even the refresh the call started: that
-/// refresh runs on a task of its own and outlives nothing, but its token request and
-/// statements open under spans that are not exported (the refresh's span exists only for
-/// that at the tests' `warn` level) and must not start traces of their own, which this
-/// sampler would export. A caller that sampled its trace gets its whole refresh in it.
+/// trace gets nothing exported for its call, not even the refresh the call started. That
+/// refresh runs on a task of its own; its token request and statements open under spans that
+/// are not exported (at the tests' `warn` level no log line wants the refresh's span either)
+/// and must not start traces of their own, which this sampler would export. A caller that
+/// sampled its trace gets its whole refresh in it.
 #[tokio::test]
 async fn a_refresh_under_a_caller_that_did_not_sample_exports_nothing() {
     let collector = Collector::start(Keep::Exports).await;
-    let mut cluster = Cluster::start(
-        1,
-        TestOptions {
-            access_ttl: 2,
-            ..Default::default()
-        },
-        None,
-        &[("TOKEN_VAULT_TELEMETRY__OTLP_ENDPOINT", &collector.endpoint)],
-    )
-    .await;
+    let mut cluster = exporting_cluster(1, &collector, &[]).await;
     cluster.connect_tenant("acme").await;
     cluster.connect_tenant("beta").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let with_traceparent = |tenant: &str, flags: &str| {
-        let mut request = Request::new(token_request(tenant));
-        let header = format!("00-{CALLER_TRACE}-b7ad6b7169203331-{flags}");
-        request
-            .metadata_mut()
-            .insert("traceparent", header.parse().expect("an ASCII header"));
-        token_from(cluster.client(0), request)
-    };
+    let with_traceparent = |tenant: &str, flags: &str| token_from(cluster.client(0), traced_request(tenant, flags));
     with_traceparent("beta", "00").await.unwrap();
     with_traceparent("acme", "01").await.unwrap();
     assert_eq!(cluster.provider.stats().refresh_requests, 2);
@@ -454,3 +413,30 @@ async fn a_refresh_under_a_caller_that_did_not_sample_exports_nothing() {
 
 /// The trace id of the callers' `traceparent` in these tests.
 const CALLER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+
+/// `n` vault processes with 2 s tokens, exporting to `collector`, with `env` beside.
+async fn exporting_cluster(n: usize, collector: &Collector, env: &[(&str, &str)]) -> Cluster {
+    let endpoint = [("TOKEN_VAULT_TELEMETRY__OTLP_ENDPOINT", collector.endpoint.as_str())];
+    let env: Vec<(&str, &str)> = endpoint.into_iter().chain(env.iter().copied()).collect();
+    Cluster::start(
+        n,
+        TestOptions {
+            access_ttl: 2,
+            ..Default::default()
+        },
+        None,
+        &env,
+    )
+    .await
+}
+
+/// GetAccessToken for `tenant` from a caller in the trace [`CALLER_TRACE`], which it sampled
+/// (`flags` `01`) or not (`00`).
+fn traced_request(tenant: &str, flags: &str) -> Request<proto::GetAccessTokenRequest> {
+    let mut request = Request::new(token_request(tenant));
+    let header = format!("00-{CALLER_TRACE}-b7ad6b7169203331-{flags}");
+    request
+        .metadata_mut()
+        .insert("traceparent", header.parse().expect("an ASCII header"));
+    request
+}
