@@ -2128,9 +2128,12 @@ What was found and changed, in the order the work happened:
       two tests written for it (a unit test whose refresh span outlives its call with no
       log layer at all, and a vault process at the default sampler whose caller sent an
       unsampled `traceparent`) pass with the narrower layer too: tracing-subscriber made
-      the refresh's span although both per-layer filters declined it, for a reason not
-      traced. The layer now wants every span that may be exported, so the guarantee does
-      not rest on that.
+      the refresh's span although both per-layer filters declined it. The reason, read in
+      its source (0.3.23): with per-layer filters only, the registry's `enabled` answers
+      whether any filter enabled the span as `FilterMap::any_enabled`, which is `bits !=
+      u64::MAX`, true unless all 64 filter slots declined; so a span whose callsite is
+      asked each time is made even when every filter declines it. The layer now wants
+      every span that may be exported, so the guarantee does not rest on that.
   - Tests: unit tests through the layer `init` installs with an in-memory exporter (a call
     whose caller declined exports nothing, its refresh included, and fails without the
     keeping layer; calls without `traceparent` and background work start sampled traces

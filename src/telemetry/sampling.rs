@@ -177,7 +177,9 @@ impl<S: Subscriber> Layer<S> for KeepInTree {}
 /// it is exported and whatever the log level. Without it an unsampled call's span, which no
 /// other layer wants, would not exist, nor the refresh's span at `warn`, and the spans under
 /// them (the token request, the statements) would each start a trace of their own, to be
-/// sampled on their own.
+/// sampled on their own. (tracing-subscriber 0.3 happens to make a span that every per-layer
+/// filter declined when its callsite is asked each time, as the registry checks for "any
+/// filter enabled" with `bits != u64::MAX`; this does not rest on that.)
 pub(super) fn keep_in_tree<S>() -> impl Layer<S> + Send + Sync
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
