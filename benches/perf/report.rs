@@ -2159,6 +2159,31 @@ What was found and changed, in the order the work happened:
     `parentbased_traceidratio` 0 exports the whole trace of a call whose caller sampled it
     and nothing else; the existing telemetry tests (names, attributes, parents, the
     caller's trace continued, no secret, one refresh span per stampede) pass unchanged.
+- **The cold cache on Postgres: what the vault adds per miss, split (2026-12-07, commit
+  88d0d5e).** The next step the bullet \"The cold cache's bound\" named: its 7.5 % group (the
+  gRPC stack, the vault's layers and the handler) taken apart. `./scripts/bench --only cold`
+  (00:48 to 00:52): the cold row 0.820 x (pooled 0.847 x, pairs 0.521 to 1.339), the vault
+  against the design's own work 0.873 x (pooled 0.876 x), the bound 1.021 x (pooled
+  0.989 x). `perf record -F 299 --call-graph dwarf,16384 -p <pid>` on the vault for 25 s of
+  its comparison with the design's work, 3,037 samples, each frame counted once per sample
+  it is on:
+  - the read statement through the pool (`Pool::fetch_optional`) 34.6 %;
+  - the single flight around it (`Vault::read_active_access_token` outside the statement:
+    the coalescer's map, its shared future and its wakers) 4.2 %;
+  - the handler outside the read 9.5 %: unsealing 2.5 %, the cache's put 1.8 % and get
+    0.7 %, the audit's count 1.1 %, the conversions to and from the messages 0.9 %;
+  - tonic's decoding, response mapping and generated service outside the handler 5.2 %,
+    which the floor's tonic server does too;
+  - the authentication layer and the router outside the service 1.4 %;
+  - the audit writer 3.0 %.
+
+  Of these, what the floor doing the design's work does not do is the single flight (4.2 %),
+  the cache (2.5 %), the authentication layer and routing (1.4 %) and part of the
+  conversions: about 9 % of the vault's samples, the size of the gap to that floor in this
+  run (0.873 x). Each is a duty of the design, the single flight and the cache the largest:
+  closing the row needs them cheaper (the coalescer takes its lock three times and builds a
+  shared future and a boxed read for every miss, even with no other caller for the key), not
+  gone. Not tried this session.
 ";
 
 /// Cargo's target folder: `CARGO_TARGET_DIR` when set, else `target/` in the repository.
