@@ -886,7 +886,8 @@ behind it):
   8774fde; the vault differs from it in one place, telemetry: whether a trace is exported is
   now decided where the trace starts, before any span data is built (the last bullet,
   \"Sampling decided where a trace starts\"). Without an exporter, which is every row but the
-  two traced ones, the call's span is not made at all (it was made disabled before).
+  two traced ones, this table's vault did not make the call's span at all (it was made
+  disabled before, and is again since f937349).
   Each throughput comparison is 21 pairs of 1.5 s slices. 24 rows have a target; the two
   resolution rows, the two bounds and crypto's two have none.
 - **The resolution rows:** the second floor process in the vault's place 1.017 x (middle
@@ -894,9 +895,10 @@ behind it):
   0.979 x). A row within ~5 % of its target is still not decided by one table.
 - **Missed in this table (6):**
   - the hot path with every call's trace exported 0.722 x (target 0.80; pairs 0.597 to
-    0.853), its CPU per call 1.44 x the floor's. That row's code path is the one of the
-    table before (every call sampled), and its last six tables ran 0.737, 0.854, 0.766,
-    0.738, 0.776 and 0.722 x;
+    0.853), its CPU per call 1.44 x the floor's. Its spans are built and exported as in
+    the table before; what its path gained is the sampler's call per call and the new
+    filter (with `rpc_span`, 1.3 % of the vault's samples in the profile at the end), and
+    its last six tables ran 0.737, 0.854, 0.766, 0.738, 0.776 and 0.722 x;
   - a new caller connection over mutual TLS in bursts of 64: 1.207 x the floor's median
     first answer (target 1.2 x; 0.978 x in the table before), its p99 1.05 x. Its code is
     unchanged since that table;
@@ -952,7 +954,8 @@ behind it):
     0.978 x in the table before, 1.207 x in this one.
   - **The every-call traced row** is now the traced row that misses. Every span is built
     and exported there, as the SDK's default asks; what it costs is building, exporting
-    and (in the bench's process) decoding a span per call, which the change does not touch.
+    and (in the bench's process) decoding a span per call, which the change leaves as it
+    was.
     The README and the chart's values say to sample a fraction on a busy replica.
 
 What was found and changed, in the order the work happened:
@@ -2075,7 +2078,7 @@ What was found and changed, in the order the work happened:
     quarter of its samples handing statements to sqlx's SQLite worker threads and parking
     them. What the database floor waits on is not found. In that run the cold row made
     1.000 x the database floor and 0.915 x the design's work.
-- **Sampling decided where a trace starts (2026-12-06, commits 7cffc7c and f937349).** The
+- **Sampling decided where a trace starts (2026-12-06 and 07, commits 7cffc7c and f937349).** The
   step the bullet \"What an unsampled span costs\" named. Before, tracing-opentelemetry built
   every span's data (name, kind, attributes, start time), recorded into it and handed it to
   the SDK when the span closed, where the sampler first ran and, at 1 %, dropped 99 % of it.
@@ -2110,7 +2113,7 @@ What was found and changed, in the order the work happened:
 
     In the tables before, the 1 % row's CPU per call was 1.20 and 1.21 x the floor's; in
     these runs it stood 0.00 to 0.05 above the untraced row's, where the profile of the
-    old code put ~6 % of the vault's CPU on the unsampled spans. Its throughput made 0.92 to
+    old code put ~6 % of the vault's CPU on the unsampled spans. Its throughput made 0.93 to
     1.01 of the untraced row's (0.866 against 0.934 x in the third run, 0.943 against
     0.933 x in the fourth, the same code: one run does not settle a row within a few
     hundredths of its target). The every-call row is where it was: its spans are all built
@@ -2121,15 +2124,15 @@ What was found and changed, in the order the work happened:
     the profile's post-processing running beside it, 1 % 0.898 x). Each sample was put in
     the first group whose frame is on its stack: the OpenTelemetry batch processor's
     thread 5.5 % (turning spans into OTLP's protobuf types, dropping the span data), the
-    tracing-opentelemetry layer 4.0 % (closing a span, which builds the SDK's span, 1.4 %;
-    opening one 1.3 %; copying the string attributes, `record_str`, 1.1 %; recording the
-    status 0.4 %), the exporter's gRPC client to the collector 1.8 % plus 1.4 % of its
+    tracing-opentelemetry layer 4.0 % (closing a span, which builds the SDK's span,
+    opening one, copying the string attributes in `record_str` and recording the status,
+    in that order of size), the exporter's gRPC client to the collector 1.8 % plus 1.4 % of its
     HTTP/2 connection, `rpc_span` and the sampler 1.3 %, `tracing`'s registry 1.3 %, the
     metrics 0.5 %: about 16 % of the vault's samples, no step above 5.5 %. The rest is the
     server's own work (HTTP/2 to the callers 65 %, the handler 16 %). By CPU per call
     (1.40 x the floor's in that run, the untraced row 1.06 to 1.09 x in the runs above),
-    tracing adds about a fifth to the vault's CPU; the profile finds ~16 % in tracing's own
-    frames and does not place the rest. So the row has no single cost left to cut: each
+    tracing is about a fifth to a quarter of the vault's CPU; the profile finds ~16 % in
+    tracing's own frames and does not place the rest. So the row has no single cost left to cut: each
     exported span is built twice (tracing's, then the SDK's), converted, encoded and sent,
     each step a few percent.
   - A helper's review of 7cffc7c found two faults, mended in f937349:
@@ -2151,6 +2154,10 @@ What was found and changed, in the order the work happened:
       u64::MAX`, true unless all 64 filter slots declined; so a span whose callsite is
       asked each time is made even when every filter declines it. The layer now wants
       every span that may be exported, so the guarantee does not rest on that.
+    - without an exporter of ours, `rpc_span` makes the call's span again (disabled when
+      nothing wants it), reading the caller's `traceparent` when a subscriber does, so that
+      an embedder's own subscriber still sees the calls' spans; the sampler is installed
+      only when `init`'s subscriber is the one installed.
   - Tests: unit tests through the layer `init` installs with an in-memory exporter (a call
     whose caller declined exports nothing, its refresh included, and fails without the
     keeping layer; calls without `traceparent` and background work start sampled traces
@@ -2179,8 +2186,8 @@ What was found and changed, in the order the work happened:
 
   Of these, what the floor doing the design's work does not do is the single flight (4.2 %),
   the cache (2.5 %), the authentication layer and routing (1.4 %) and part of the
-  conversions: about 9 % of the vault's samples, the size of the gap to that floor in this
-  run (0.873 x). Each is a duty of the design, the single flight and the cache the largest:
+  conversions: about 8 to 9 % of the vault's samples, most of the gap to that floor in this
+  run (0.873 x, 12.7 % short of it), not all. Each is a duty of the design, the single flight and the cache the largest:
   closing the row needs them cheaper (the coalescer takes its lock three times and builds a
   shared future and a boxed read for every miss, even with no other caller for the key), not
   gone. Not tried this session.
