@@ -282,8 +282,8 @@ pub fn rpc_span(request: &http::Request<()>) -> Span {
     let mut caller = sampler.and_then(|_| caller_context(request));
     if let Some(sampler) = sampler {
         if !sampler.samples(caller.as_ref(), path, opentelemetry::trace::SpanKind::Server) {
-            // A root like a sampled call's span; the name is `sampling::UNSAMPLED_RPC_SPAN`.
-            return tracing::info_span!(target: RPC_SPAN_TARGET, parent: None, "rpc.unsampled");
+            // A root like a sampled call's span.
+            return tracing::info_span!(target: RPC_SPAN_TARGET, parent: None, sampling::UNSAMPLED_RPC_SPAN);
         }
     }
     let (service, method) = path.split_once('/').unwrap_or((path, ""));
