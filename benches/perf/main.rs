@@ -1029,7 +1029,9 @@ async fn cold_cache_on(
     let cold = bench.plan.cold_tenants;
     let pick_cold = Arc::new(move |_: usize, _: u64| seed::tenant(rand::random_range(0..cold)));
     let db_floor = bench.floor(floor, false).await;
+    let cpu = CpuPerCall::start(vault, &db_floor);
     let pairs = bench.compare(vault, None, &db_floor, pick_cold.clone()).await;
+    report.note(cpu.finish(&format!("cold cache on {store}"), &pairs));
     report.ratio_row(
         &format!("cold cache: valid in {store} only ({cold} tenants, uniform)"),
         &pairs,
@@ -1038,7 +1040,9 @@ async fn cold_cache_on(
         Some(1.2),
     );
     let duties_floor = bench.floor(FloorKind::MissDuties(store_url), false).await;
+    let cpu = CpuPerCall::start(vault, &duties_floor);
     let pairs = bench.compare(vault, None, &duties_floor, pick_cold.clone()).await;
+    report.note(cpu.finish(&format!("cold cache on {store} against the design's own work"), &pairs));
     report.ratio_row(
         &format!(
             "cold cache on {store} against the design's own work per miss: the vault's read \

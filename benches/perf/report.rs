@@ -1040,7 +1040,7 @@ What was found and changed, in the order the work happened:
   the database. Timestamps from a diagnostic build showed two more things. Callers that missed
   the cache at the same moment each read the row (7 to 141 reads per run), and the lease
   statement queued for a pooled connection behind those reads (3 to 45 ms); now misses on one
-  key share one read (`src/vault/coalesce.rs`), and the lease follows the read by ~3 ms.
+  key share one read (`src/vault/reads.rs` today), and the lease follows the read by ~3 ms.
   And the load client polled its 1,000 calls from one task, so the first request left only
   after all 1,000 were prepared (7-19 ms later) while its timer had started: each call is now a
   task of its own, timed from when it starts sending, against the vault and the floor alike.

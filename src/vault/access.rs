@@ -139,11 +139,12 @@ impl Vault {
     /// The connection's access token, read once however many callers miss the cache for it at
     /// once.
     async fn read_active_access_token(&self, key: &ConnectionKey) -> Result<StoredAccessToken, VaultError> {
+        // Owned, not borrowed: a read whose caller gave up goes on for those still waiting.
         let store = self.inner.store.clone();
         let read_key = key.clone();
         self.inner
             .reads
-            .run(key.clone(), move || {
+            .run(key, move || {
                 async move {
                     let stored = store
                         .connections()

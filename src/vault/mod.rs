@@ -11,7 +11,8 @@
 //! | DeleteConnection (revoke, wipe, disconnect) | `disconnect.rs` |
 //! | ListConnections (pages, filtered by the caller's policy) | `listing.rs` |
 //! | the refresh: one task per connection, the lease, the provider round | `refresh/` |
-//! | one evaluation per key for reads and refreshes | `coalesce.rs` |
+//! | one cache-miss read per key at a time | `reads.rs` |
+//! | one refresh task per key at a time | `coalesce.rs` |
 //! | this replica's token cache | `cache.rs` |
 //! | sealing and opening tokens for the store | `tokens.rs` |
 //! | keep-alive of idle connections before their refresh token expires | `keeper.rs` |
@@ -31,6 +32,7 @@ mod import;
 mod keeper;
 mod lifetime;
 mod listing;
+mod reads;
 mod refresh;
 mod retention;
 mod tokens;
@@ -71,7 +73,7 @@ struct Inner {
     cache: cache::TokenCache,
     refresher: refresh::Refresher,
     /// The database read behind a cache miss, once per key at a time.
-    reads: coalesce::Coalescer<ConnectionKey, Result<StoredAccessToken, VaultError>>,
+    reads: reads::ReadFlights<ConnectionKey, Result<StoredAccessToken, VaultError>>,
     /// Rotations kept for write-back after the database goes back in time.
     failover: Arc<failover::FailoverGuard>,
     failover_check_interval: std::time::Duration,
@@ -130,7 +132,7 @@ impl Vault {
                 settings: settings.vault.clone(),
                 cache,
                 refresher,
-                reads: coalesce::Coalescer::new(READ_JOIN_AGE),
+                reads: reads::ReadFlights::new(READ_JOIN_AGE),
                 failover,
                 failover_check_interval: settings.failover.check_interval,
                 keepalive: settings.keepalive.clone(),

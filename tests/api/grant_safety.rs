@@ -208,6 +208,70 @@ async fn callers_giving_up_by_the_thousand_leave_the_pool_idle() {
     assert!(serving, "health is SERVING");
 }
 
+/// Callers that give up while sharing a cache-miss read with callers that do not: the read
+/// lives in the caller that started it and goes when that caller gives up, so those still
+/// waiting read again. Every patient caller gets its tenant's token, and the pool ends idle.
+/// (Every call misses the cache here: entries are trusted for 1 ms.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callers_giving_up_on_a_shared_read_leave_the_others_served() {
+    let app = spawn_app_with(TestOptions {
+        extra_toml: "[vault]\ncache_max_age = \"1ms\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let tenants: Vec<String> = (0..10).map(|i| format!("shared-{i}")).collect();
+    for tenant in &tenants {
+        app.connect_tenant(tenant).await;
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // The patient callers on a connection of their own: the HTTP/2 layer may close the
+    // impatient ones' after so many reset streams (its rapid-reset defence).
+    let patient_connection = crate::helpers::connect(app.addr).await;
+    let calls = (0..3000u64).map(|i| {
+        // Every other caller gives up within 0.5 to 8 ms; the rest wait up to 10 s.
+        let patient = i % 2 == 1;
+        let mut client = if patient {
+            patient_connection.clone()
+        } else {
+            app.client.clone()
+        };
+        let tenant = tenants[((i / 2) % 10) as usize].clone();
+        let timeout = if patient {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_micros(500 + (i * 7919) % 7500)
+        };
+        async move {
+            let outcome = get_token_within(&mut client, &tenant, timeout).await;
+            (tenant, patient, outcome)
+        }
+    });
+    let outcomes = futures::future::join_all(calls).await;
+    let impatient: Vec<_> = outcomes
+        .iter()
+        .filter(|(_, patient, _)| !patient)
+        .map(|(_, _, outcome)| outcome.clone())
+        .collect();
+    let gave_up = gave_up(&impatient);
+    assert!(gave_up > 100, "many callers gave up mid-call ({gave_up} of 1500)");
+    let mut tokens = std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+    for (tenant, patient, outcome) in &outcomes {
+        match outcome {
+            Ok(token) => {
+                tokens.entry(tenant.clone()).or_default().insert(token.clone());
+            }
+            Err(status) => assert!(!patient, "a patient caller of {tenant} was not served: {status:?}"),
+        }
+    }
+    assert_eq!(tokens.len(), 10, "every tenant was served");
+    assert!(
+        tokens.values().all(|served| served.len() == 1),
+        "each tenant's callers got its one token: {:?}",
+        tokens.values().map(|served| served.len()).collect::<Vec<_>>()
+    );
+    wait_for_idle_pool(app.vault.store()).await;
+}
+
 /// Callers that give up by the thousand in the middle of BeginAuthorization, whose store call
 /// is a transaction under a per-tenant lock (Postgres's advisory lock, SQLite's write lock):
 /// none leaves its transaction open on a pooled connection. On Postgres no session of the
