@@ -55,14 +55,22 @@ struct Flight<V> {
     /// Which read this is, so that nothing ever forgets a newer read of its key.
     id: u64,
     started: Instant,
-    /// Where the read's result goes to the waiters; made by the first waiter.
-    waiters: Option<Arc<watch::Sender<Option<V>>>>,
+    /// Where the read's outcome goes to the waiters; made by the first waiter.
+    waiters: Option<Arc<watch::Sender<Outcome<V>>>>,
+}
+
+/// What the waiters of a read learn.
+enum Outcome<V> {
+    Pending,
+    Done(V),
+    /// The read was replaced for its age: start again (and join the read replacing it).
+    Restart,
 }
 
 /// What a caller does about a key: read it, or wait for the read in flight.
 enum Role<V> {
     Lead(u64),
-    Wait(watch::Receiver<Option<V>>),
+    Wait(watch::Receiver<Outcome<V>>),
 }
 
 impl<K, V> ReadFlights<K, V>
@@ -85,13 +93,13 @@ where
             match self.lead_or_join(key) {
                 Role::Lead(id) => break id,
                 Role::Wait(mut outcome) => {
-                    if let Ok(done) = outcome.wait_for(Option::is_some).await {
-                        if let Some(value) = done.as_ref() {
+                    if let Ok(outcome) = outcome.wait_for(|o| !matches!(o, Outcome::Pending)).await {
+                        if let Outcome::Done(value) = &*outcome {
                             return value.clone();
                         }
                     }
-                    // The read ended without a result (its leader panicked, or it was replaced
-                    // for its age): start again.
+                    // Replaced for its age, or ended without a result (the read panicked):
+                    // start again.
                 }
             }
         };
@@ -116,7 +124,7 @@ where
         if let Some(waiters) = forget(&self.inflight, key, id) {
             // Nobody can start waiting any more: the flight is out of the map.
             if waiters.receiver_count() > 0 {
-                waiters.send_replace(Some(value.clone()));
+                waiters.send_replace(Outcome::Done(value.clone()));
             }
         }
         value
@@ -125,34 +133,34 @@ where
     fn lead_or_join(&self, key: &K) -> Role<V> {
         let now = Instant::now();
         let mut inflight = lock(&self.inflight);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let lead = Flight {
+            id,
+            started: now,
+            waiters: None,
+        };
         let replaced = match inflight.entry(key.clone()) {
             Entry::Occupied(mut entry) if now.saturating_duration_since(entry.get().started) < self.max_join_age => {
                 let waiters = entry
                     .get_mut()
                     .waiters
-                    .get_or_insert_with(|| Arc::new(watch::channel(None).0));
+                    .get_or_insert_with(|| Arc::new(watch::channel(Outcome::Pending).0));
                 return Role::Wait(waiters.subscribe());
             }
             // Too old to join: this caller reads in its place.
-            Entry::Occupied(mut entry) => Some(entry.insert(self.flight(now))),
+            Entry::Occupied(mut entry) => entry.insert(lead).waiters,
             Entry::Vacant(entry) => {
-                entry.insert(self.flight(now));
+                entry.insert(lead);
                 None
             }
         };
-        let id = inflight.get(key).map_or(0, |flight| flight.id);
         drop(inflight);
-        // Outside the lock: dropping the old read's channel wakes its waiters, who start again.
-        drop(replaced);
-        Role::Lead(id)
-    }
-
-    fn flight(&self, now: Instant) -> Flight<V> {
-        Flight {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            started: now,
-            waiters: None,
+        // Outside the lock. The old read's waiters start again and join this one; if it runs
+        // in a task of its own, that task then sees nobody waiting and drops it.
+        if let Some(waiters) = replaced {
+            waiters.send_replace(Outcome::Restart);
         }
+        Role::Lead(id)
     }
 
     #[cfg(test)]
@@ -168,7 +176,8 @@ struct Lead<'a, K: Hash + Eq + Clone + Send + Sync + 'static, V: Clone + Send + 
     key: &'a K,
     id: u64,
     read: Option<BoxFuture<'static, V>>,
-    /// Still set when the lead is dropped: the read panicked while polled.
+    /// Still set when the lead is dropped: the read panicked while polled, and cannot be
+    /// polled again.
     polling: bool,
 }
 
@@ -183,17 +192,18 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, V: Clone + Send + Sync + 'sta
             .filter(|waiters| waiters.receiver_count() > 0);
         let runtime = tokio::runtime::Handle::try_current();
         match (waited, runtime) {
-            // A read that panicked cannot be polled again; without a runtime there is nowhere to
-            // run it. Either way the waiters start again.
+            // Without a runtime there is nowhere to run it. Either way the waiters, their
+            // channel closed with the entry, start again.
             (Some(waiters), Ok(runtime)) if !self.polling => {
                 drop(inflight);
-                runtime.spawn(read_for_waiters(
-                    self.inflight.clone(),
-                    self.key.clone(),
-                    self.id,
-                    read,
-                    waiters,
-                ));
+                // Made here, not in the task: a task dropped before its first poll (the runtime
+                // shutting down) still frees the key.
+                let forget = Forget {
+                    inflight: self.inflight.clone(),
+                    key: self.key.clone(),
+                    id: self.id,
+                };
+                runtime.spawn(read_for_waiters(read, waiters, forget));
             }
             _ => {
                 let forgotten = remove_if_current(&mut inflight, self.key, self.id);
@@ -205,36 +215,27 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static, V: Clone + Send + Sync + 'sta
 }
 
 /// A read its leader gave up on, driven for those still waiting until it ends or the last of
-/// them gives up too.
-async fn read_for_waiters<K: Hash + Eq + Clone, V: Clone>(
-    inflight: Arc<Map<K, V>>,
-    key: K,
-    id: u64,
+/// them gives up too. However the task ends (the read panics, the runtime shuts down),
+/// `forget` frees the key, and the waiters, their channel closed, start again.
+async fn read_for_waiters<K: Hash + Eq, V>(
     mut read: BoxFuture<'static, V>,
-    waiters: Arc<watch::Sender<Option<V>>>,
+    waiters: Arc<watch::Sender<Outcome<V>>>,
+    forget: Forget<K, V>,
 ) {
-    // However this task ends (the read panics, the runtime shuts down), the key is freed and
-    // the waiters, their channel closed, start again.
-    let _forget = Forget {
-        inflight: &inflight,
-        key: &key,
-        id,
-    };
     loop {
         tokio::select! {
             biased;
             value = &mut read => {
-                drop(forget(&inflight, &key, id));
-                waiters.send_replace(Some(value));
+                forget.now();
+                waiters.send_replace(Outcome::Done(value));
                 return;
             }
             () = waiters.closed() => {
                 // Callers join under the map's lock, so under it "nobody waits" is final.
-                let mut map = lock(&inflight);
+                let map = lock(&forget.inflight);
                 if waiters.receiver_count() == 0 {
-                    let forgotten = remove_if_current(&mut map, &key, id);
                     drop(map);
-                    drop(forgotten);
+                    forget.now();
                     return;
                 }
             }
@@ -242,22 +243,28 @@ async fn read_for_waiters<K: Hash + Eq + Clone, V: Clone>(
     }
 }
 
-/// Forgets read `id` of `key` when dropped, unless a newer read replaced it.
-struct Forget<'a, K: Hash + Eq, V> {
-    inflight: &'a Map<K, V>,
-    key: &'a K,
+/// Forgets read `id` of `key` when dropped (or told to now), unless a newer read replaced it.
+struct Forget<K: Hash + Eq, V> {
+    inflight: Arc<Map<K, V>>,
+    key: K,
     id: u64,
 }
 
-impl<K: Hash + Eq, V> Drop for Forget<'_, K, V> {
+impl<K: Hash + Eq, V> Forget<K, V> {
+    fn now(&self) {
+        drop(forget(&self.inflight, &self.key, self.id));
+    }
+}
+
+impl<K: Hash + Eq, V> Drop for Forget<K, V> {
     fn drop(&mut self) {
-        drop(forget(self.inflight, self.key, self.id));
+        self.now();
     }
 }
 
 /// Takes read `id` of `key` out of the map, unless a newer read replaced it, and returns its
 /// waiters' channel, if any waited.
-fn forget<K: Hash + Eq, V>(inflight: &Map<K, V>, key: &K, id: u64) -> Option<Arc<watch::Sender<Option<V>>>> {
+fn forget<K: Hash + Eq, V>(inflight: &Map<K, V>, key: &K, id: u64) -> Option<Arc<watch::Sender<Outcome<V>>>> {
     let mut map = lock(inflight);
     remove_if_current(&mut map, key, id).and_then(|flight| flight.waiters)
 }
@@ -378,8 +385,9 @@ mod tests {
         assert_eq!(reads.load(Ordering::SeqCst), 1);
     }
 
-    /// Impatient leaders must not starve a patient caller: the read its leader gave up on goes
-    /// on for the waiters, and callers arriving meanwhile join it instead of starting another.
+    /// An impatient leader must not cost a patient caller its read: the read its leader gave up
+    /// on goes on for the waiters, and callers arriving (and leaving) meanwhile join it instead
+    /// of starting reads that the next one to give up would cut short again.
     #[tokio::test]
     async fn a_read_whose_leader_gave_up_goes_on_for_those_waiting() {
         let (flights, reads, pool) = (
@@ -392,8 +400,8 @@ mod tests {
         settle().await;
         let patient = caller(&flights, &reads, &pool, &released, 2);
         settle().await;
+        leader.abort();
         for value in 3..8 {
-            leader.abort();
             let impatient = caller(&flights, &reads, &pool, &released, value);
             settle().await;
             impatient.abort();
@@ -460,46 +468,63 @@ mod tests {
         }
     }
 
+    /// Past `max_join_age` a read is replaced, not joined, and its waiters join the read that
+    /// replaces it: whether its leader is still there (stuck) or gave up, leaving the read to a
+    /// task of its own, which then drops it.
     #[tokio::test(start_paused = true)]
     async fn a_stuck_read_is_joined_only_until_it_is_too_old() {
-        let (flights, reads, pool) = (
-            flights(Duration::from_millis(50)),
-            Arc::default(),
-            Arc::new(Semaphore::new(10)),
-        );
-        let (_never, stuck_forever) = watch::channel(false);
-        let stuck = caller(&flights, &reads, &pool, &stuck_forever, 1);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let joined = tokio::time::timeout(
-            Duration::from_millis(10),
-            caller(&flights, &reads, &pool, &stuck_forever, 2),
-        )
-        .await;
-        assert!(
-            joined.is_err(),
-            "joined the read in flight rather than starting another"
-        );
-        let waiter = caller(&flights, &reads, &pool, &stuck_forever, 3);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        for leader_left in [false, true] {
+            let (flights, reads, pool) = (
+                flights(Duration::from_millis(50)),
+                Arc::default(),
+                Arc::new(Semaphore::new(10)),
+            );
+            let (_never, stuck_forever) = watch::channel(false);
+            let stuck = caller(&flights, &reads, &pool, &stuck_forever, 1);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let joined = tokio::time::timeout(
+                Duration::from_millis(10),
+                caller(&flights, &reads, &pool, &stuck_forever, 2),
+            )
+            .await;
+            assert!(
+                joined.is_err(),
+                "joined the read in flight rather than starting another"
+            );
+            let waiter = caller(&flights, &reads, &pool, &stuck_forever, 3);
+            settle().await;
+            if leader_left {
+                stuck.abort();
+                settle().await;
+                assert_eq!(pool.available_permits(), 9, "the stuck read goes on for its waiter");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
 
-        let (release, released) = watch::channel(false);
-        let replacement = caller(&flights, &reads, &pool, &released, 4);
-        settle().await;
-        assert_eq!(
-            reads.load(Ordering::SeqCst),
-            2,
-            "past max_join_age the stuck read is replaced"
-        );
-        stuck.abort();
-        settle().await;
-        assert_eq!(flights.len(), 1, "the stuck read, gone, did not forget its replacement");
-        release.send(true).unwrap();
-        assert_eq!(answer(replacement).await, 4);
-        assert_eq!(
-            answer(waiter).await,
-            4,
-            "the stuck read's waiter started again and joined the replacement"
-        );
-        assert_eq!(flights.len(), 0);
+            let (release, released) = watch::channel(false);
+            let replacement = caller(&flights, &reads, &pool, &released, 4);
+            settle().await;
+            assert_eq!(
+                reads.load(Ordering::SeqCst),
+                2,
+                "past max_join_age the stuck read is replaced"
+            );
+            stuck.abort();
+            settle().await;
+            assert_eq!(flights.len(), 1, "the stuck read, gone, did not forget its replacement");
+            assert_eq!(
+                pool.available_permits(),
+                9,
+                "the stuck read was dropped once nobody waited for it (leader left: {leader_left})"
+            );
+            release.send(true).unwrap();
+            assert_eq!(answer(replacement).await, 4);
+            assert_eq!(
+                answer(waiter).await,
+                4,
+                "the stuck read's waiter joined the replacement (leader left: {leader_left})"
+            );
+            assert_eq!(flights.len(), 0);
+            assert_eq!(pool.available_permits(), 10);
+        }
     }
 }

@@ -208,10 +208,11 @@ async fn callers_giving_up_by_the_thousand_leave_the_pool_idle() {
     assert!(serving, "health is SERVING");
 }
 
-/// Callers that give up while sharing a cache-miss read with callers that do not: the read
-/// lives in the caller that started it and goes when that caller gives up, so those still
-/// waiting read again. Every patient caller gets its tenant's token, and the pool ends idle.
-/// (Every call misses the cache here: entries are trusted for 1 ms.)
+/// Callers that give up while sharing cache-miss reads with callers that do not: a read
+/// whose leader gives up goes on for those still waiting, and is dropped once none is left.
+/// Every patient caller gets its tenant's one token, and the pool ends idle. (Nearly every call
+/// misses the cache here: entries are trusted for 1 ms.) What this cannot show from outside is
+/// how many reads ran; the unit tests in `src/vault/reads.rs` count them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn callers_giving_up_on_a_shared_read_leave_the_others_served() {
     let app = spawn_app_with(TestOptions {
