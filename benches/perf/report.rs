@@ -940,7 +940,10 @@ behind it):
   - **The cold cache on Postgres** missed in all six: 0.860, 0.868, 0.868, 0.836, 0.827,
     0.851 x. Its bound made 0.935 and 0.930 x in the last two: the 0.90 x is within the
     design's reach, and what remains is what the vault adds around the design's work (the
-    vault made 0.963 and 0.906 x that work in the last two) and the row's spread.
+    vault made 0.963 and 0.906 x that work in the last two) and the row's spread. Since
+    this table the single flight around the read is half as dear (the last bullet, \"The
+    cold cache's single flight, made cheap\"); in the runs since, the row did not move
+    outside its spread, and the CPU per call puts the vault's extra elsewhere.
   - **Refresh throughput** made 927, 874, 972, 1,028, 941 and 924 refreshes/s; its bare
     client 1,145, 1,193, 1,165 and 1,132/s in the last four. The absolute figure follows
     the machine's hour; the ratio target is met in all six, the 1,000/s in one.
@@ -2190,7 +2193,65 @@ What was found and changed, in the order the work happened:
   run (0.873 x, 12.7 % short of it), not all. Each is a duty of the design, the single flight and the cache the largest:
   closing the row needs them cheaper (the coalescer takes its lock three times and builds a
   shared future and a boxed read for every miss, even with no other caller for the key), not
-  gone. Not tried this session.
+  gone. Not tried that session; the next bullet did.
+
+- **The cold cache's single flight, made cheap (2026-12-07, commits fcc0f93 and 70f813e).**
+  The step the bullet above named. The read behind a miss was wrapped in a `futures` shared
+  future, with a weak handle in the coalescer's map, so that any waiter could poll it and it
+  lived as long as one of them did: three rounds of the map's lock, a shared future and a
+  boxed read for every miss, and a waker registered on every poll, even with nobody else
+  after the key (at 1,000,000 tenants, nearly always). `src/vault/reads.rs` now lets the
+  first caller lead: it polls the read itself, and the map holds a key, an id and a start
+  time until a second caller comes; waiters share a `watch` channel made by the first of
+  them. A leader that gives up while others wait hands its read to a task of its own, which
+  drives it for them and drops it when the last of them leaves, so the design's guarantees
+  stand: an abandoned read returns its pooled connection at once, and a patient caller is
+  not starved by impatient leaders. (A first form, never committed, restarted the read when
+  its leader gave up; a helper's review found that callers with short deadlines arriving
+  one after another could then cut every read short, and the hand-off replaced it.)
+  - In isolation: a throwaway harness ran the old `Coalescer::run` and the new
+    `ReadFlights::run` around a read that yields three times, 20,000 misses on 1,000 keys in
+    turn, under `valgrind --tool=callgrind`: the old single flight added 3,008 instructions
+    a miss, the new one 1,438 (0.48 x); the uncommitted first form, which did not box the
+    read, 938.
+  - In the bench, `./scripts/bench --only cold` runs (each row against its floor, pooled in
+    brackets; CPU per call is a new note beside the two cold rows, each process's CPU over
+    the calls sent):
+
+    | run (2026-12-07) | code | cold vs the database floor | vault vs the design's work | bound | CPU per call: vault / database floor, vault / design's work |
+    |---|---|---|---|---|---|
+    | 02:22 to 02:29 | the first form | 0.879 (0.871), p99 1.34 x | 0.988 (0.962) | 0.966 | - |
+    | 02:30 to 02:37 | the first form | 0.848 (0.878), p99 1.11 x | 0.887 (0.921) | 1.006 | - |
+    | 02:51 to 02:58 | the first form | 0.876 (0.867), p99 1.28 x | 0.951 (0.923) | 0.984 | 1.29, 1.14 |
+    | 03:09 to 03:16 | edd9b26, the old single flight, with this bench | 0.856 (0.879), p99 1.19 x | 0.845 (0.880) | 0.978 | 1.28, 1.17 |
+    | 03:18 to 03:57, a full run | edd9b26's vault and bench binaries, by mistake (below) | 0.891 (0.904), p99 1.14 x | 0.879 (0.889) | 1.045 | 1.26, 1.19 |
+    | 04:01 to 04:08 | 70f813e | 0.860 (0.854), p99 1.21 x | 0.875 (0.903) | 0.974 | 1.32, 1.15 |
+
+  - What that says: neither ratio moved outside its spread. Against the database floor the
+    cold row made 0.848 to 0.879 x (pooled 0.854 to 0.878 x) with the new single flight, and
+    0.856 and 0.891 x (pooled 0.879 and 0.904 x) with the old one in the same hours; against
+    the design's work 0.875 to 0.988 x new, 0.845 and 0.879 x old. The CPU per call shows
+    the saving and its size: against the design's work the vault's process spent 1.14 and
+    1.15 x that floor's CPU per call with the new single flight, 1.17 and 1.19 x with the
+    old, about 3 % of the vault's CPU per miss. Against the database floor it spent 1.26 to
+    1.32 x with either, some 25 to 30 us a call (for example 126.9 against 96.2 us), where
+    the single flight's saving is some 1,500 instructions, under a microsecond. The single
+    flight was not what holds the row. The next step is those 25 to 30 us: the same split as
+    the bullet above, of CPU per call rather than of samples, between the audit trail (its
+    count and its writer), unsealing, the cache and tonic's stack, with the design's-work
+    floor beside it (it does the audit and the unsealing, and the vault spends 1.14 to
+    1.19 x its CPU per call).
+  - The full run meant to give this change its table ran the old code. Its binaries had
+    been built, in the same target directory, from a worktree of edd9b26 for the A/B run at
+    03:09; cargo's fingerprints record a package's sources by relative path and mtime, and
+    the files this change touched were older than that build, so `cargo bench` on 70f813e
+    relinked nothing (and the bench wrote its table into the worktree, by its
+    `CARGO_MANIFEST_DIR`). Its rows are the old single flight in a slow hour (the hot path's
+    floor at 21,284 req/s against 54,276 in the table above; the hot path's CPU per call
+    50.7 against 19.0 us): 16 of 24 rows met, the cold cache on Postgres 0.891 x (pooled
+    0.904 x). The table above stays the one on 7cffc7c; a full run on this change is still
+    to be made. The run in the last line was made after touching every source file, and
+    its vault is this change's (its log's first line compiles token-vault afresh).
 ";
 
 /// Cargo's target folder: `CARGO_TARGET_DIR` when set, else `target/` in the repository.
