@@ -296,8 +296,14 @@ mod tests {
 
     type Flights = Arc<ReadFlights<&'static str, u32>>;
 
-    fn flights(max_join_age: Duration) -> Flights {
-        Arc::new(ReadFlights::new(max_join_age))
+    /// The flights under test, a count of the reads they start, and a pool of `connections`
+    /// permits that each read holds while it runs.
+    fn setup(max_join_age: Duration, connections: usize) -> (Flights, Arc<AtomicUsize>, Arc<Semaphore>) {
+        (
+            Arc::new(ReadFlights::new(max_join_age)),
+            Arc::default(),
+            Arc::new(Semaphore::new(connections)),
+        )
     }
 
     /// A caller of "acme" whose read counts itself in `reads`, then holds a permit of `pool`
@@ -340,11 +346,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_callers_share_one_read_and_later_ones_start_a_new_one() {
-        let (flights, reads, pool) = (
-            flights(Duration::from_secs(60)),
-            Arc::default(),
-            Arc::new(Semaphore::new(10)),
-        );
+        let (flights, reads, pool) = setup(Duration::from_secs(60), 10);
         let (release, released) = watch::channel(false);
         let callers: Vec<_> = (0..10).map(|i| caller(&flights, &reads, &pool, &released, i)).collect();
         settle().await;
@@ -363,11 +365,7 @@ mod tests {
     /// key is forgotten: the leader first (the read goes on for the others), then the others.
     #[tokio::test]
     async fn a_read_whose_callers_all_left_is_dropped_with_what_it_holds() {
-        let (flights, reads, pool) = (
-            flights(Duration::from_secs(60)),
-            Arc::default(),
-            Arc::new(Semaphore::new(1)),
-        );
+        let (flights, reads, pool) = setup(Duration::from_secs(60), 1);
         let (_release, released) = watch::channel(false);
         let leader = caller(&flights, &reads, &pool, &released, 1);
         settle().await;
@@ -390,11 +388,7 @@ mod tests {
     /// of starting reads that the next one to give up would cut short again.
     #[tokio::test]
     async fn a_read_whose_leader_gave_up_goes_on_for_those_waiting() {
-        let (flights, reads, pool) = (
-            flights(Duration::from_secs(60)),
-            Arc::default(),
-            Arc::new(Semaphore::new(10)),
-        );
+        let (flights, reads, pool) = setup(Duration::from_secs(60), 10);
         let (release, released) = watch::channel(false);
         let leader = caller(&flights, &reads, &pool, &released, 1);
         settle().await;
@@ -434,11 +428,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_that_panicked_is_read_again_for_its_waiters() {
         for leader_left in [false, true] {
-            let (flights, reads, pool) = (
-                flights(Duration::from_secs(60)),
-                Arc::default(),
-                Arc::new(Semaphore::new(10)),
-            );
+            let (flights, reads, pool) = setup(Duration::from_secs(60), 10);
             let (release, released) = watch::channel(false);
             let (release_again, released_again) = watch::channel(false);
             let leader = panicking_caller(&flights, &released);
@@ -474,11 +464,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stuck_read_is_joined_only_until_it_is_too_old() {
         for leader_left in [false, true] {
-            let (flights, reads, pool) = (
-                flights(Duration::from_millis(50)),
-                Arc::default(),
-                Arc::new(Semaphore::new(10)),
-            );
+            let (flights, reads, pool) = setup(Duration::from_millis(50), 10);
             let (_never, stuck_forever) = watch::channel(false);
             let stuck = caller(&flights, &reads, &pool, &stuck_forever, 1);
             tokio::time::sleep(Duration::from_millis(5)).await;
