@@ -53,16 +53,15 @@ impl<V: Clone> Flight<V> {
 /// meanwhile.
 struct Forget<K: Hash + Eq, V: Clone> {
     inflight: Flights<K, V>,
-    key: Option<K>,
+    key: K,
     id: u64,
 }
 
 impl<K: Hash + Eq, V: Clone> Drop for Forget<K, V> {
     fn drop(&mut self) {
-        let Some(key) = self.key.take() else { return };
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if inflight.get(&key).is_some_and(|flight| flight.id == self.id) {
-            inflight.remove(&key);
+        if inflight.get(&self.key).is_some_and(|flight| flight.id == self.id) {
+            inflight.remove(&self.key);
         }
     }
 }
@@ -98,7 +97,7 @@ impl<K: Hash + Eq + Clone + Send + 'static, V: Clone + Send + Sync + 'static> Co
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let forget = Forget {
             inflight: self.inflight.clone(),
-            key: Some(key.clone()),
+            key: key.clone(),
             id,
         };
         let evaluation = evaluate();
