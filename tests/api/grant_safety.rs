@@ -1,5 +1,6 @@
 //! Ordinary days that must not cost a customer their grant: a rolling update while a refresh
-//! waits on a slow provider, callers that give up by the thousand, a provider answer that
+//! waits on a slow provider, or while a read runs for a caller after the caller that started
+//! it gave up, callers that give up by the thousand, a provider answer that
 //! would crash the refresh, and provider answers that leave open whether the refresh token was
 //! consumed. Real processes (or the real server on a port), the real database, and the
 //! scripted Hydra-like provider, which counts every reuse of a refresh token.
@@ -585,4 +586,219 @@ async fn a_completed_authorization_rides_out_a_database_blip() {
         app.provider.state.lock().unwrap().issued_access_tokens[0]
     );
     assert_eq!(app.provider.stats().code_exchanges, 1, "the code was exchanged once");
+}
+
+/// Holds `ACCESS EXCLUSIVE` on the `connections` table, so that the vault's cache-miss read
+/// waits in Postgres until [`TableLock::release`].
+struct TableLock(sqlx::PgConnection);
+
+impl TableLock {
+    async fn take(database_url: &str) -> Self {
+        use sqlx::Connection;
+        let mut connection = sqlx::PgConnection::connect(database_url).await.unwrap();
+        sqlx::raw_sql("BEGIN; LOCK TABLE connections IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        Self(connection)
+    }
+
+    async fn release(mut self) {
+        sqlx::raw_sql("COMMIT").execute(&mut self.0).await.unwrap();
+    }
+}
+
+/// The vault's cache-miss reads (`find_access_token`'s statement) waiting on a lock in the
+/// test's database.
+async fn reads_waiting_on_the_lock(database_url: &str) -> i64 {
+    let pool = sqlx::PgPool::connect(database_url).await.unwrap();
+    let waiting = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND wait_event_type = 'Lock'
+            AND query LIKE 'SELECT status, status_reason, scopes, generation, token_type,%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    waiting
+}
+
+/// A read handed off: the first caller for `tenant` starts the cache-miss read, which waits
+/// on the table lock; a second caller joins it; the first gives up. Returns the second
+/// caller's call, still waiting, once the read is shown to have outlived its first caller
+/// (still exactly one statement in Postgres: a restarted read would show a second one).
+async fn hand_off_a_waiting_read(
+    cluster: &Cluster,
+    tenant: &str,
+) -> tokio::task::JoinHandle<Result<String, tonic::Status>> {
+    let call = |timeout: Duration| {
+        let (mut client, tenant) = (cluster.client(0), tenant.to_owned());
+        tokio::spawn(async move { get_token_within(&mut client, &tenant, timeout).await })
+    };
+    let leader = call(Duration::from_millis(1500));
+    crate::helpers::wait_until(
+        Duration::from_secs(5),
+        "the first caller's read waits on the lock",
+        || async { reads_waiting_on_the_lock(cluster.database_url()).await == 1 },
+    )
+    .await;
+    let patient = call(Duration::from_secs(60));
+    let left = leader.await.unwrap();
+    assert_eq!(gave_up(&[left]), 1, "the first caller gave up while its read waited");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        reads_waiting_on_the_lock(cluster.database_url()).await,
+        1,
+        "the read went on for the caller still waiting, and no second read started"
+    );
+    assert!(!patient.is_finished(), "the second caller still waits");
+    patient
+}
+
+/// One vault process whose cache-miss read for tenant `acme` is held up by a table lock and
+/// runs for a caller after the caller that started it gave up ([`hand_off_a_waiting_read`]).
+struct HandedOff {
+    cluster: Cluster,
+    /// The tenant's stored access token, which the read returns.
+    issued: String,
+    lock: TableLock,
+    patient: tokio::task::JoinHandle<Result<String, tonic::Status>>,
+}
+
+impl HandedOff {
+    /// With `shutdown_grace` as the process's grace period after SIGTERM.
+    async fn start(shutdown_grace: &str) -> Self {
+        let cluster = Cluster::start(
+            1,
+            // Tokens that stay valid through the test: a read, never a refresh.
+            TestOptions::default(),
+            None,
+            &[
+                ("TOKEN_VAULT_VAULT__CACHE_MAX_AGE", "1ms"),
+                ("TOKEN_VAULT_SERVER__SHUTDOWN_GRACE", shutdown_grace),
+            ],
+        )
+        .await;
+        cluster.connect_tenant("acme").await;
+        let issued = cluster.provider.newest_access_token();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let lock = TableLock::take(cluster.database_url()).await;
+        let patient = hand_off_a_waiting_read(&cluster, "acme").await;
+        Self {
+            cluster,
+            issued,
+            lock,
+            patient,
+        }
+    }
+}
+
+/// A rolling update while a cache-miss read, abandoned by the caller that started it, runs
+/// for another caller and waits on the database: SIGTERM stops new calls but lets that read
+/// finish within the grace period, the waiting caller gets the tenant's token, and the
+/// process exits cleanly right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_while_a_handed_off_read_waits_on_the_database_answers_its_caller_before_exiting() {
+    let HandedOff {
+        mut cluster,
+        issued,
+        lock,
+        patient,
+    } = HandedOff::start("30s").await;
+
+    cluster.terminate(0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!cluster.has_exited(0), "the process drains the call in flight");
+    assert_eq!(
+        reads_waiting_on_the_lock(cluster.database_url()).await,
+        1,
+        "SIGTERM did not cut the read short"
+    );
+    let released = Instant::now();
+    lock.release().await;
+    let served = patient.await.unwrap().expect("the waiting caller is served");
+    assert_eq!(served, issued, "with the tenant's stored token");
+    let status = cluster.wait_exit(0, Duration::from_secs(10)).await;
+    assert!(status.success(), "a drained process exits cleanly: {status:?}");
+    let exited_after = released.elapsed();
+    assert!(
+        exited_after < Duration::from_secs(5),
+        "exited {exited_after:?} after the read could finish"
+    );
+    assert_eq!(cluster.provider.stats().refresh_requests, 0, "a read, never a refresh");
+    record(
+        "16-sigterm-during-handed-off-read",
+        FaultReport {
+            fault: "SIGTERM while a cache-miss read waits on a table lock in Postgres, its first caller gone and a second caller waiting on it",
+            happened: format!(
+                "the read went on for the second caller (one statement in Postgres throughout); the process kept draining \
+                 until the lock was released, answered the caller with the stored token and exited 0 ({} ms later)",
+                exited_after.as_millis()
+            ),
+            token_requests: 0,
+            tenants_lost: 0,
+            callers_saw: "1 × Cancelled (the caller that left, by its own deadline), 1 × the stored token".into(),
+        },
+    );
+}
+
+/// The same read past the grace period: the process does not wait for a read the database
+/// holds up. It exits when the grace period ends, the waiting caller gets an error rather than
+/// hanging, and nothing is lost: once the lock is gone the next process serves the same token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_past_the_grace_period_does_not_wait_for_a_handed_off_read() {
+    let HandedOff {
+        mut cluster,
+        issued,
+        lock,
+        patient,
+    } = HandedOff::start("1s").await;
+
+    let terminated = Instant::now();
+    cluster.terminate(0);
+    let status = cluster.wait_exit(0, Duration::from_secs(10)).await;
+    let exited_after = terminated.elapsed();
+    assert!(
+        status.success(),
+        "the process exits cleanly past its grace period: {status:?}"
+    );
+    assert!(
+        exited_after < Duration::from_secs(5),
+        "exited {exited_after:?} after SIGTERM with a 1 s grace period"
+    );
+    assert!(
+        cluster.logs().contains("calls still in flight after the grace period"),
+        "the cut-off was logged"
+    );
+    let cut_off = tokio::time::timeout(Duration::from_secs(5), patient)
+        .await
+        .expect("the waiting caller is not left hanging")
+        .unwrap()
+        .expect_err("the waiting caller gets an error");
+    lock.release().await;
+
+    let next = cluster.spawn_process().await;
+    let served = get_token_within(&mut cluster.client(next), "acme", Duration::from_secs(10))
+        .await
+        .expect("the next process serves the tenant");
+    assert_eq!(served, issued, "with the same stored token");
+    assert_eq!(cluster.provider.stats().refresh_requests, 0, "a read, never a refresh");
+    record(
+        "17-sigterm-past-grace-during-handed-off-read",
+        FaultReport {
+            fault: "SIGTERM with a 1 s grace period while a cache-miss read waits on a table lock in Postgres, its first caller gone and a second caller waiting on it",
+            happened: format!(
+                "the process exited 0 when the grace period ended ({} ms after SIGTERM) with the read still held up; \
+                 after the lock was released the next process served the same stored token",
+                exited_after.as_millis()
+            ),
+            token_requests: 0,
+            tenants_lost: 0,
+            callers_saw: format!(
+                "1 × Cancelled (the caller that left, by its own deadline), 1 × {:?} (the caller cut off at exit), then 1 × the stored token",
+                cut_off.code()
+            ),
+        },
+    );
 }

@@ -145,6 +145,15 @@ impl Cluster {
             .expect("waiting for the process")
     }
 
+    /// Whether process `index` has exited (without waiting for it).
+    pub fn has_exited(&mut self, index: usize) -> bool {
+        self.processes[index]
+            .child
+            .try_wait()
+            .expect("asking the process's status")
+            .is_some()
+    }
+
     /// SIGKILL: no shutdown, no lease release.
     pub async fn kill(&mut self, index: usize) {
         let p = &mut self.processes[index];
