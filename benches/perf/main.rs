@@ -21,12 +21,14 @@ mod load;
 #[path = "../../tests/support/otlp_collector.rs"]
 mod otlp_collector;
 mod pki;
+mod procfs;
 mod provider;
 mod report;
 mod seed;
 mod statements;
 
 use std::{
+    collections::HashMap,
     process::Stdio,
     sync::Arc,
     time::{Duration, Instant},
@@ -42,8 +44,6 @@ use token_vault::{
 };
 use tonic::transport::Channel;
 
-/// `getconf CLK_TCK` on Linux, the unit of /proc's CPU times.
-const CLOCK_TICKS_PER_SECOND: u64 = 100;
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const PROVIDER_DELAY: Duration = Duration::from_millis(50);
 /// The bench caller's bearer token, and its SHA-256 as configured in the vault.
@@ -203,19 +203,9 @@ impl Proc {
         self.child.id().expect("running")
     }
 
-    /// CPU time the process has used, user and system, its ended threads' included; from
-    /// /proc, in clock ticks (10 ms here), which is fine over the seconds a scenario runs.
+    /// CPU time the process has used, user and system, its ended threads' included.
     fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // After the command's name, which may hold spaces: state is the first field, utime
-        // and stime the 12th and 13th.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or("", |(_, rest)| rest)
-            .split_whitespace()
-            .collect();
-        let ticks = |i: usize| fields.get(i).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
-        Duration::from_millis((ticks(11) + ticks(12)) * 1000 / CLOCK_TICKS_PER_SECOND)
+        procfs::cpu_time(self.pid())
     }
 
     /// Resident memory, from /proc.
@@ -654,31 +644,68 @@ pub struct DatabaseLatencies {
 /// The CPU a vault and its floor use per call over a comparison: what the vault's own work per
 /// call costs, a measure beside throughput that the load client's share of the machine does
 /// not enter (it still moves from run to run; docs/performance.md). Each process is idle
-/// while the other is measured.
+/// while the other is measured. Beside each process, the Postgres backends serving its
+/// connections (`procfs`): on the cold cache the database's share of a call is as large as
+/// the process's own, and only the vault writes audit rows there.
 struct CpuPerCall<'a> {
-    vault: (&'a Proc, Duration),
-    floor: (&'a Proc, Duration),
+    vault: Side<'a>,
+    floor: Side<'a>,
+}
+
+/// One side of [`CpuPerCall`]: the process and the CPU times at the start.
+struct Side<'a> {
+    proc: &'a Proc,
+    process: Duration,
+    backends: HashMap<u32, Duration>,
+}
+
+impl<'a> Side<'a> {
+    fn start(proc: &'a Proc) -> Self {
+        Self {
+            proc,
+            process: proc.cpu_time(),
+            backends: procfs::postgres_backends_cpu(proc.pid()),
+        }
+    }
+
+    /// The process's CPU per call and its backends', in microseconds.
+    fn per_call(&self, sent: u64) -> (f64, f64) {
+        let us = |cpu: Duration| cpu.as_secs_f64() * 1e6 / sent.max(1) as f64;
+        (
+            us(self.proc.cpu_time().saturating_sub(self.process)),
+            us(procfs::postgres_backends_cpu_since(self.proc.pid(), &self.backends)),
+        )
+    }
 }
 
 impl<'a> CpuPerCall<'a> {
     fn start(vault: &'a Proc, floor: &'a Proc) -> Self {
         Self {
-            vault: (vault, vault.cpu_time()),
-            floor: (floor, floor.cpu_time()),
+            vault: Side::start(vault),
+            floor: Side::start(floor),
         }
     }
 
-    /// A note: each process's CPU per call sent (warm-ups included, as in the CPU).
+    /// A note: each process's CPU per call sent (warm-ups included, as in the CPU), and its
+    /// Postgres backends' when it has any.
     fn finish(self, scenario: &str, pairs: &[Pair]) -> String {
-        let per_call = |(proc, before): (&Proc, Duration), sent: u64| {
-            proc.cpu_time().saturating_sub(before).as_secs_f64() * 1e6 / sent.max(1) as f64
-        };
-        let vault = per_call(self.vault, pairs.iter().map(|pair| pair.vault.sent).sum());
-        let floor = per_call(self.floor, pairs.iter().map(|pair| pair.floor.sent).sum());
-        format!(
+        let (vault, vault_db) = self.vault.per_call(pairs.iter().map(|pair| pair.vault.sent).sum());
+        let (floor, floor_db) = self.floor.per_call(pairs.iter().map(|pair| pair.floor.sent).sum());
+        let mut note = format!(
             "{scenario}: CPU per call sent, the vault's process {vault:.1} us, its floor's {floor:.1} us ({:.2} x)",
             vault / floor
-        )
+        );
+        if vault_db > 0.0 || floor_db > 0.0 {
+            note.push_str(&format!(
+                "; their Postgres backends {vault_db:.1} and {floor_db:.1} us ({:.2} x); both together {:.1} and \
+                 {:.1} us ({:.2} x)",
+                vault_db / floor_db,
+                vault + vault_db,
+                floor + floor_db,
+                (vault + vault_db) / (floor + floor_db)
+            ));
+        }
+        note
     }
 }
 
