@@ -915,7 +915,8 @@ behind it):
   - h2load's cross-check 0.927 x;
   - over mutual TLS 0.919 x (pooled 0.923 x);
   - a new connection over mutual TLS one at a time 0.999 x, in bursts of 64 0.961 x (1.207 x
-    and missed in the table before, the same code);
+    and missed in the table before; its path changed since only as every untraced call's
+    did, by f937349's and edd9b26's changes to the call's span);
   - refresh latency on Postgres 0.96 and 0.92 x its bare statements;
   - **refresh throughput 1,020 refreshes/s**, 0.870 x the bare client (1,173/s), and
     0.923 x the vault's own statements;
@@ -933,15 +934,17 @@ behind it):
   1e5c479, 8774fde, 7cffc7c and this one):
   - **The cold cache on Postgres** missed in all seven: 0.860, 0.868, 0.868, 0.836, 0.827,
     0.851, 0.876 x. Its bound made 0.935, 0.930 and 0.939 x in the last three, and the vault
-    0.963, 0.906 and 0.973 x the design's work: each factor within reach of 0.90 x alone,
-    their product not. The single flight made cheap did not move the row outside its spread
-    (0.876 x here, 0.851 x before it). The last bullet splits the CPU of a call on each
+    0.963, 0.906 and 0.973 x the design's work, whose products (0.900, 0.843, 0.914 x) the
+    row fell short of each time (0.827, 0.851, 0.876 x): the three comparisons run minutes
+    apart on a machine whose speed drifts. The single flight made cheap did not move the
+    row outside its spread (0.876 x here, 0.851 x before it). The last bullet splits the CPU of a call on each
     side, the Postgres backends' included. Per call the backends serving the vault used as
     much CPU as the vault's process (75.1 against 70.7 us in one run), and 1.26 x the
-    database floor's backends: the audit trail's rows and the vault's wider read cost
-    Postgres about as much again as the vault's own additions cost its process. The
-    per-tenant index of `audit_events` is ~4 us of that per call; one run without it met
-    0.904 x. It stays: it is what answers \"who got this tenant's token\" (that bullet).
+    database floor's backends, 15.5 us more: the audit trail's rows and the vault's wider read cost
+    Postgres ~10.5 us of those 15.5 (the design's-work floor's backends pay them too), and
+    1.5 to 4.3 us more are not explained. The per-tenant index of `audit_events` is ~4 us a
+    call; one run without it made 0.904 x (pooled 0.885 x). It stays: it is what answers
+    \"who got this tenant's token\" (that bullet).
   - **Refresh throughput** made 927, 874, 972, 1,028, 941, 924 and 1,020 refreshes/s; its
     bare client 1,145, 1,193, 1,165, 1,132 and 1,173/s in the last five. The absolute figure
     follows the machine's hour; the ratio target is met in all seven, the 1,000/s in two.
@@ -2255,13 +2258,14 @@ What was found and changed, in the order the work happened:
 - **The cold cache on Postgres: CPU per call, process and database (2026-12-07, the table
   on a9de961 and three `--only cold` runs).** The step the bullet above named: the vault's
   25 to 30 us a call over the database floor, split as CPU per call. Two findings: the
-  vault's additions are spread over a dozen duties, none above ~4 % of the floor's CPU per
-  call; and the Postgres backends serving a side use as much CPU per call as that side's
+  vault's additions are spread over some eight duties, the audit writer the largest (7.2 %
+  of the floor's CPU per call, its log lines 3.9 of that) and each other under ~4 %; and
+  the Postgres backends serving a side use as much CPU per call as that side's
   process, so the audit trail's rows, which only the vault and the design's-work floor
   write, weigh as much as the largest of the vault's own additions.
   - **The process, split.** `perf record -F 299 --call-graph dwarf,16384 -p <pid>` on the
     vault and on its floor for 25 s of each comparison (`./scripts/bench --only cold` on
-    a9de961, 05:32 to 05:36; that run's rows, the recording beside them: 0.817, 0.878 and the
+    a9de961, 05:33 to 05:37; that run's rows, the recording beside them: 0.817, 0.878 and the
     bound 0.915 x). The vault spent 1.33 x the database floor's CPU per call (80.7 against
     60.9 us). Each sample counted once per group whose frame is on its stack, each share
     scaled by its process's CPU per call, in percent of the floor's CPU per call:
@@ -2271,13 +2275,13 @@ What was found and changed, in the order the work happened:
     | the handler (`get_access_token`, everything under it) | 62 | 47 | +15 |
     | of which the read statement (`fetch_optional`, its decode included) | 44.6 | 42.8 | +1.8 |
     | of which unsealing | 4.1 | - | +4.1 |
-    | of which the cache | 3.6 | - | +3.6 |
+    | of which the cache's get and put | 2.9 | - | +2.9 |
     | of which the audit's count | 1.3 | - | +1.3 |
     | of which the single flight | 0.8 | - | +0.8 |
-    | of which the rest (conversions, the key, the futures) | | | ~+3.4 |
+    | of which the rest (conversions, the key, the futures) | | | ~+4.1 |
     | the connections' HTTP/2 tasks outside the handler | 58 | 49 | +9 |
-    | of which the authentication layer | 2.4 | - | +2.4 |
-    | the rest of the process (the audit writer 7.2, its log lines 3.9 of that) | 12.9 | 3.8 | +9 |
+    | of which tonic's router, polled under the authentication layer (the layer's own frames 0.2) | 4.2 | 2.9 | +1.3 |
+    | the rest of the process (the audit writer 7.2, its log lines 3.9 of that; the cache's sweep 0.7) | 12.9 | 3.8 | +9 |
     | in all | 133 | 100 | +33 |
 
     The connections' tasks outside the handler run the same tonic and HTTP/2 code on both
@@ -2287,7 +2291,7 @@ What was found and changed, in the order the work happened:
     Postgres backends serving each side's connections (`benches/perf/procfs.rs`: the
     process's TCP connections to port 5432, and the postgres processes at their other
     ends) and notes their CPU per call beside the process's. Two `--only cold` runs on
-    a9de961's vault with this bench, 06:20 to 06:30 (CPU per call sent, in us: process,
+    a9de961's vault with this bench, 06:21 to 06:32 (CPU per call sent, in us: process,
     backends, both together):
 
     | run | cold row (pooled), p99 | vault / design's work (pooled) | bound (pooled) | vault vs the database floor | vault vs the design's work |
@@ -2297,8 +2301,8 @@ What was found and changed, in the order the work happened:
 
     What it says:
     - a Postgres backend spends about 60 us of CPU per call on the floor's one indexed
-      SELECT, more than the floor's whole process (54 to 57 us; TLS to Postgres, the
-      extended protocol and a wake-up per statement on both ends);
+      SELECT, more than the floor's whole process (54 to 57 us); the connections to
+      Postgres use TLS, and the backends' CPU was not split further here;
     - the design's work adds ~10 us per call in Postgres (70.1 against 59.6 us): the audit
       rows and the read's wider row. The per-tenant index of `audit_events` is about 4 of
       them (the second run: the vault's backends 71.1 against 75.1 us, the design's 66.5
@@ -2311,13 +2315,15 @@ What was found and changed, in the order the work happened:
       failover checks every few seconds) are far too rare to be it;
     - the throughput ratio follows the processes' and backends' CPU together: with the load
       client's share per call the same on both sides (C), the row is about (113.7 + C) /
-      (145.8 + C), which gives the first run's 0.856 x for C near 77 us and then predicts
-      0.884 x for the second, whose pooled ratio was 0.885 x.
-  - **What reaching 0.90 x takes, by that arithmetic:** about 11 us less CPU per call,
-    process and database together, out of the vault's +32 us (the first run). No single
-    duty is that big: the per-tenant index ~4, unsealing ~2.5, the cache ~2.2, the audit
-    writer's log lines ~2.4, the authentication layer ~1.5, the vault's unexplained
-    backend share 1.5 to 4.3. The index stays: it answers \"who got this tenant's token\"
+      (145.8 + C). Fitted to the first run's pooled ratio (0.858 x) that gives C near
+      80 us, and predicts 0.886 x for the second, whose pooled ratio was 0.885 x (its median
+      pair 0.904 x): it holds for the pooled ratios, not for the median pairs.
+  - **What reaching 0.90 x takes, by that arithmetic:** about 10 to 11 us less CPU per
+    call, process and database together, out of the vault's +32 us (the first run). No
+    single duty is that big: the per-tenant index ~4, unsealing ~2.5, the audit writer's
+    log lines ~2.4 and the rest of the writer ~2, the cache ~2.2 (its sweep included),
+    routing under the authentication layer ~0.8, the vault's unexplained backend share
+    1.5 to 4.3. The index stays: it answers \"who got this tenant's token\"
     (docs/security.md's queries) without reading the whole trail, and the one run without
     it (0.904 x, pooled 0.885 x) is one run. Cheaper inserts for it (a window's rows sent in
     the index's order, so that a batch walks the index instead of jumping about), the
