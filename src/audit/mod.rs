@@ -285,6 +285,23 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_window_is_written_in_the_tenant_index_order() {
+        let (audit, _rx) = detached(10);
+        let caller: Arc<str> = "billing".into();
+        for tenant in ["tenant-c", "tenant-a", "tenant-d", "tenant-b"] {
+            audit.count(AuditEvent::new(EventKind::GetAccessToken, &caller, "ok").tenant(tenant));
+        }
+        let mut rows = Vec::new();
+        let (start, end) = (OffsetDateTime::UNIX_EPOCH, OffsetDateTime::now_utc());
+        writer::close_window(&audit.shared, &mut rows, start, end, uuid::Uuid::nil());
+        let tenants: Vec<_> = rows.iter().map(|row| row.tenant_id.as_deref()).collect();
+        assert_eq!(
+            tenants,
+            [Some("tenant-a"), Some("tenant-b"), Some("tenant-c"), Some("tenant-d")]
+        );
+    }
+
+    #[test]
     fn a_full_queue_drops_and_counts_never_waits() {
         let (audit, _rx) = detached(10);
         let caller: Arc<str> = "x".into();

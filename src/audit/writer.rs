@@ -89,14 +89,22 @@ pub(super) fn drain(shared: &Shared) -> Vec<(AuditEvent, u64)> {
     out
 }
 
-fn close_window(
+/// Turns the window's counts into rows, in the order of the per-tenant index
+/// (`audit_events_tenant`: the tenant, then the time, which all of a window's rows share), so
+/// that each INSERT walks that index instead of landing on pages at random. On a scratch copy
+/// of the table (1.5 million rows, 50,000-row windows in INSERTs of 1,000) that took about
+/// 2 us off the ~10 us Postgres spends on a row (docs/performance.md, the cold cache's CPU per
+/// call); sorting a full window costs the writer a few milliseconds.
+pub(super) fn close_window(
     shared: &Shared,
     pending: &mut Vec<AuditRow>,
     start: OffsetDateTime,
     end: OffsetDateTime,
     replica: Uuid,
 ) {
-    for (event, count) in drain(shared) {
+    let mut window = drain(shared);
+    window.sort_unstable_by(|(a, _), (b, _)| a.tenant_id.cmp(&b.tenant_id));
+    for (event, count) in window {
         event.log(count, Some((start, end)));
         pending.push(row(&event, start, Some(end), count, replica));
     }
