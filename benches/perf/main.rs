@@ -208,15 +208,9 @@ impl Proc {
         procfs::cpu_time(self.pid())
     }
 
-    /// Resident memory, from /proc.
+    /// Resident memory.
     fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .unwrap_or(0)
+        procfs::rss_bytes(self.pid())
     }
 }
 
@@ -695,7 +689,7 @@ impl<'a> CpuPerCall<'a> {
             "{scenario}: CPU per call sent, the vault's process {vault:.1} us, its floor's {floor:.1} us ({:.2} x)",
             vault / floor
         );
-        if vault_db > 0.0 || floor_db > 0.0 {
+        if floor_db > 0.0 {
             note.push_str(&format!(
                 "; their Postgres backends {vault_db:.1} and {floor_db:.1} us ({:.2} x); both together {:.1} and \
                  {:.1} us ({:.2} x)",
@@ -703,6 +697,11 @@ impl<'a> CpuPerCall<'a> {
                 vault + vault_db,
                 floor + floor_db,
                 (vault + vault_db) / (floor + floor_db)
+            ));
+        } else if vault_db > 0.0 {
+            // A floor without a database (the gRPC floor): no ratio to give.
+            note.push_str(&format!(
+                "; the vault's Postgres backends {vault_db:.1} us, the floor has none"
             ));
         }
         note

@@ -1,6 +1,7 @@
-//! What the bench reads about processes from /proc: a process's CPU time, and the Postgres
-//! backends that serve its connections, so that a comparison can price each side's calls in
-//! the database too (the vault's audit rows are written there, the floors' SELECTs read there).
+//! What the bench reads about processes from /proc: a process's CPU time and resident memory,
+//! and the Postgres backends that serve its connections, so that a comparison can price each
+//! side's calls in the database too (the vault's audit rows are written there, the floors'
+//! SELECTs read there).
 //!
 //! A backend is found through its socket: the process's TCP connections to port 5432 (from its
 //! file descriptors and /proc/net/tcp), then the postgres processes holding the other ends.
@@ -30,6 +31,17 @@ pub fn cpu_time(pid: u32) -> Duration {
         .collect();
     let ticks = |i: usize| fields.get(i).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
     Duration::from_millis((ticks(11) + ticks(12)) * 1000 / CLOCK_TICKS_PER_SECOND)
+}
+
+/// Process `pid`'s resident memory in bytes. Zero once it is gone.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
 }
 
 /// The CPU time of each Postgres backend serving one of `pid`'s connections now.
