@@ -363,7 +363,17 @@ pub async fn get_token_within(
 ) -> Result<String, Status> {
     let mut request = tonic::Request::new(token_request(tenant));
     request.set_timeout(timeout);
-    token_from(client.clone(), request).await
+    // The deadline is sent to the server, which ends the call; the client keeps it too, as
+    // gRPC clients do, so that a call whose stream the server never saw (its connection
+    // reset under a burst of cancellations) ends as DeadlineExceeded instead of hanging.
+    let client_side = timeout + Duration::from_secs(1);
+    tokio::time::timeout(client_side, token_from(client.clone(), request))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(
+                "no answer within the deadline (the client's own limit)",
+            ))
+        })
 }
 
 /// Asserts the status code and the stable ErrorInfo reason; returns the ErrorInfo metadata.
