@@ -9,7 +9,7 @@ use std::{
 };
 
 use token_vault_client::{proto::ErrorReason, AccessTokenMiddleware, Client, Code, Connection, Error, RetryPolicy};
-use wiremock::{matchers::any, Mock, MockServer, Request, ResponseTemplate};
+use wiremock::{matchers::any, Mock, Request, ResponseTemplate};
 
 use crate::{
     callers::{bearer_client, callers_toml, connect_as, Leaf, Pki, BILLING_SPIFFE},
@@ -199,14 +199,14 @@ async fn a_rate_limited_call_is_retried_after_the_delay_in_the_vaults_retry_info
 /// The provider's API, scripted: it accepts the access tokens the provider issued and has
 /// not revoked, and records the `Authorization` header and body of every request.
 struct ProviderApi {
-    server: MockServer,
+    server: crate::mock_http::Server,
     revoked: Arc<Mutex<HashSet<String>>>,
     seen: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl ProviderApi {
     async fn start(app: &TestApp) -> Self {
-        let server = MockServer::start().await;
+        let server = crate::mock_http::Server::start().await;
         let revoked = Arc::new(Mutex::new(HashSet::new()));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (issued, revoked_, seen_) = (app.provider.state.clone(), revoked.clone(), seen.clone());

@@ -150,7 +150,7 @@ async fn an_issuer_alone_is_enough_to_serve() {
 /// and both values.
 #[tokio::test]
 async fn settings_that_disagree_with_the_metadata_stop_start() {
-    let server = MockServer::start().await;
+    let server = crate::mock_http::Server::start().await;
     let uri = server.uri();
     let unused_database = "postgres://postgres@127.0.0.1:1/unused";
     let cases: [(&str, Value, &[&str]); 5] = [
@@ -209,7 +209,7 @@ async fn settings_that_disagree_with_the_metadata_stop_start() {
 #[tokio::test]
 async fn openid_discovery_and_partial_lists_are_accepted() {
     let db = TestDb::create("tv_test").await;
-    let server = MockServer::start().await;
+    let server = crate::mock_http::Server::start().await;
     let uri = server.uri();
     let mut document = metadata(&uri);
     document["scopes_supported"] = json!(["openid", "email"]);
@@ -241,7 +241,7 @@ async fn an_unreachable_issuer_is_a_warning_when_the_endpoints_are_configured() 
 /// naming the issuer and what each URL answered. An oversized document is not read.
 #[tokio::test]
 async fn an_issuer_without_usable_metadata_stops_start_when_it_is_needed() {
-    let server = MockServer::start().await;
+    let server = crate::mock_http::Server::start().await;
     let uri = server.uri();
     Mock::given(method("GET"))
         .and(path("/.well-known/oauth-authorization-server"))

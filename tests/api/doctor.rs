@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::Value;
 use time::OffsetDateTime;
-use wiremock::{matchers::any, Mock, MockServer, ResponseTemplate};
+use wiremock::{matchers::any, Mock, ResponseTemplate};
 
 use crate::{
     callers::Pki,
@@ -46,8 +46,8 @@ impl Drop for Dir {
 
 /// A provider answering every request with 200, and with `date` as its Date header if given
 /// (else the server's own clock).
-async fn provider(date: Option<SystemTime>) -> MockServer {
-    let server = MockServer::start().await;
+async fn provider(date: Option<SystemTime>) -> crate::mock_http::Server {
+    let server = crate::mock_http::Server::start().await;
     let mut answer = ResponseTemplate::new(200);
     if let Some(date) = date {
         answer = answer.insert_header("date", httpdate::fmt_http_date(date));

@@ -25,6 +25,7 @@ mod keys;
 mod lifecycle_delete;
 mod listener;
 mod listing;
+mod mock_http;
 mod operator_cli;
 #[path = "../support/otlp_collector.rs"]
 mod otlp_collector;

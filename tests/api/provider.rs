@@ -13,7 +13,9 @@ use std::{
 
 use base64::{engine::general_purpose::STANDARD, engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use sha2::{Digest, Sha256};
-use wiremock::{matchers::method, matchers::path, Mock, MockServer, Request, Respond, ResponseTemplate};
+use wiremock::{matchers::method, matchers::path, Mock, Request, Respond, ResponseTemplate};
+
+use crate::mock_http;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientAuth {
@@ -102,7 +104,7 @@ pub struct ProviderState {
 
 #[derive(Clone)]
 pub struct ScriptedProvider {
-    pub server: Arc<MockServer>,
+    pub server: Arc<mock_http::Server>,
     pub state: Arc<Mutex<ProviderState>>,
 }
 
@@ -321,7 +323,7 @@ impl ProviderState {
 
 impl ScriptedProvider {
     pub async fn start(client_id: &str, client_secret: &str, auth: ClientAuth) -> Self {
-        let server = MockServer::start().await;
+        let server = mock_http::Server::start().await;
         let state = Arc::new(Mutex::new(ProviderState {
             client_id: client_id.into(),
             client_secret: client_secret.into(),
