@@ -1,7 +1,8 @@
 //! Criterion figures for what authentication and the audit add to every GetAccessToken: the
 //! caller's identification (bearer hash compared with every configured hash, or the client
-//! certificate's names, read once per connection), its policy and limits, and the audit count.
-//! The rest of the call is measured by the perf harness (`./scripts/bench`).
+//! certificate's names, read once per connection), its policy and limits, and the audit count;
+//! and what the shutdown's cut-off (`api::CutOffLayer`) adds to a call, against the same call
+//! without it. The rest of the call is measured by the perf harness (`./scripts/bench`).
 
 use std::{hint::black_box, sync::Arc};
 
@@ -131,5 +132,54 @@ fn audit(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, authentication, audit);
+/// A call answered on its first poll (a cached token) and one that waits once (a database
+/// read), each with and without the cut-off's race in front of it.
+fn shutdown_cut_off(c: &mut Criterion) {
+    use std::{
+        convert::Infallible,
+        future::Future,
+        pin::Pin,
+        task::{Context, Poll},
+    };
+    use tower::{Layer, Service};
+
+    /// Pending on its first poll (waking itself), ready on the next.
+    struct WaitsOnce(bool);
+    impl Future for WaitsOnce {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if std::mem::replace(&mut self.0, true) {
+                Poll::Ready(())
+            } else {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+    }
+    let answer = || http::Response::new(tonic::body::Body::empty());
+    let at_once = tower::service_fn(move |_: http::Request<()>| async move { Ok::<_, Infallible>(answer()) });
+    let waits_once = tower::service_fn(move |_: http::Request<()>| async move {
+        WaitsOnce(false).await;
+        Ok::<_, Infallible>(answer())
+    });
+    let cut_off = token_vault::api::CutOffLayer::new(tokio_util::sync::CancellationToken::new());
+    let mut bare_at_once = at_once;
+    let mut raced_at_once = cut_off.layer(at_once);
+    let mut bare_waiting = waits_once;
+    let mut raced_waiting = cut_off.layer(waits_once);
+    c.bench_function("call_answered_at_once", |b| {
+        b.iter(|| futures::executor::block_on(bare_at_once.call(black_box(http::Request::new(())))))
+    });
+    c.bench_function("call_answered_at_once_with_cut_off", |b| {
+        b.iter(|| futures::executor::block_on(raced_at_once.call(black_box(http::Request::new(())))))
+    });
+    c.bench_function("call_that_waits_once", |b| {
+        b.iter(|| futures::executor::block_on(bare_waiting.call(black_box(http::Request::new(())))))
+    });
+    c.bench_function("call_that_waits_once_with_cut_off", |b| {
+        b.iter(|| futures::executor::block_on(raced_waiting.call(black_box(http::Request::new(())))))
+    });
+}
+
+criterion_group!(benches, authentication, audit, shutdown_cut_off);
 criterion_main!(benches);

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
-    api::{AuthLayer, TokenVaultService},
+    api::{AuthLayer, CutOffLayer, TokenVaultService},
     audit::Audit,
     auth::{
         load_authenticator, tls::ServerTls, watch_security, Authenticator, ReloadCounts, SecurityReloader,
@@ -38,6 +38,10 @@ pub const SERVICE_NAME: &str = "tokenvault.v1.TokenVault";
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the audit writer's last write.
 const AUDIT_FINAL_WRITE: Duration = Duration::from_secs(5);
+/// How long, past the grace period, the calls answered UNAVAILABLE have to reach their callers
+/// before the connections are closed. Writing an answer takes microseconds; this only bounds a
+/// peer that stopped reading.
+const CUT_OFF_ANSWERS: Duration = Duration::from_millis(500);
 
 pub struct Application {
     listener: TcpListener,
@@ -334,8 +338,12 @@ impl Application {
                 let _ = stopping_tx.send(std::time::Instant::now());
             }
         };
+        // Cancelled when the grace period ends: the calls still in flight are answered
+        // UNAVAILABLE (api/cut_off.rs) rather than dropped with their connections.
+        let cut_off = CancellationToken::new();
         let router = listener::builder(&self.settings.server)
             .trace_fn(crate::telemetry::rpc_span)
+            .layer(CutOffLayer::new(cut_off.clone()))
             // Every call but health: who is calling, may it, is it over its limits.
             .layer(AuthLayer::new(self.auth.clone(), audit.clone()))
             .add_service(health_service)
@@ -367,14 +375,29 @@ impl Application {
         let mut server = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(server));
         let stopping = futures::FutureExt::shared(async move { stopping_rx.await.ok() });
         // Graceful shutdown waits for in-flight calls; past the grace period they are cut off.
+        let served = |r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>| match r {
+            Ok(served) => served.map_err(anyhow::Error::from),
+            Err(e) => Err(anyhow::anyhow!("the gRPC server task failed: {e}")),
+        };
+        let mut cut_off_answers = Duration::ZERO;
         let result = tokio::select! {
-            r = &mut server => match r {
-                Ok(served) => served.map_err(anyhow::Error::from),
-                Err(e) => Err(anyhow::anyhow!("the gRPC server task failed: {e}")),
-            },
+            r = &mut server => served(r),
             _ = async { stopping.clone().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(?grace, "calls still in flight after the grace period; stopping anyway");
-                Ok(())
+                tracing::warn!(?grace, "calls still in flight after the grace period; answering them UNAVAILABLE and stopping");
+                // Each such call answers SHUTTING_DOWN at once; with no call left the graceful
+                // shutdown ends by itself once the answers are written. Bounded, for a peer
+                // that never reads them.
+                let cut_at = std::time::Instant::now();
+                cut_off.cancel();
+                let result = match tokio::time::timeout(CUT_OFF_ANSWERS, &mut server).await {
+                    Ok(r) => served(r),
+                    Err(_) => {
+                        tracing::warn!(timeout = ?CUT_OFF_ANSWERS, "connections still open after the cut-off's answers; closing them");
+                        Ok(())
+                    }
+                };
+                cut_off_answers = cut_at.elapsed();
+                result
             }
         };
         reporter.set_service_status("", ServingStatus::NotServing).await;
@@ -402,7 +425,10 @@ impl Application {
             let _ = self.vault.drain_refreshes(std::time::Duration::from_secs(1)).await;
         }
         // The writer's last window and queue; a stuck database must not hold the exit forever.
-        if tokio::time::timeout(AUDIT_FINAL_WRITE, audit_writer).await.is_err() {
+        // The time spent answering cut-off calls comes out of this bound, so that the process
+        // still ends within the grace docs/deploy.md computes for the pod.
+        let audit_budget = AUDIT_FINAL_WRITE.saturating_sub(cut_off_answers);
+        if tokio::time::timeout(audit_budget, audit_writer).await.is_err() {
             tracing::warn!("the audit writer did not finish its last write in time");
         }
         result

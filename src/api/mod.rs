@@ -4,6 +4,7 @@
 //! status code is recorded on its RPC span.
 
 mod convert;
+mod cut_off;
 mod layer;
 mod status;
 
@@ -25,6 +26,7 @@ use crate::{
     },
 };
 
+pub use cut_off::CutOffLayer;
 pub use layer::AuthLayer;
 pub use status::{code as status_code, to_status, CallError, ERROR_DOMAIN};
 

@@ -744,8 +744,9 @@ async fn sigterm_while_a_handed_off_read_waits_on_the_database_answers_its_calle
 }
 
 /// The same read past the grace period: the process does not wait for a read the database
-/// holds up. It exits when the grace period ends, the waiting caller gets an error rather than
-/// hanging, and nothing is lost: once the lock is gone the next process serves the same token.
+/// holds up. It exits when the grace period ends, the waiting caller is answered UNAVAILABLE
+/// `SHUTTING_DOWN` (retry elsewhere) rather than left hanging or cut off with its connection,
+/// and nothing is lost: once the lock is gone the next process serves the same token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_past_the_grace_period_does_not_wait_for_a_handed_off_read() {
     let HandedOff {
@@ -776,6 +777,9 @@ async fn sigterm_past_the_grace_period_does_not_wait_for_a_handed_off_read() {
         .expect("the waiting caller is not left hanging")
         .unwrap()
         .expect_err("the waiting caller gets an error");
+    // An answer of the vault's, which clients retry elsewhere, not the dropped connection's
+    // UNKNOWN (a transport error).
+    assert_reason(&cut_off, Code::Unavailable, "SHUTTING_DOWN");
     lock.release().await;
 
     let next = cluster.spawn_process().await;
@@ -789,16 +793,95 @@ async fn sigterm_past_the_grace_period_does_not_wait_for_a_handed_off_read() {
         FaultReport {
             fault: "SIGTERM with a 1 s grace period while a cache-miss read waits on a table lock in Postgres, its first caller gone and a second caller waiting on it",
             happened: format!(
-                "the process exited 0 when the grace period ended ({} ms after SIGTERM) with the read still held up; \
-                 after the lock was released the next process served the same stored token",
+                "the process answered the waiting caller UNAVAILABLE (SHUTTING_DOWN) and exited 0 when the grace period ended \
+                 ({} ms after SIGTERM) with the read still held up; after the lock was released the next process served \
+                 the same stored token",
                 exited_after.as_millis()
             ),
             token_requests: 0,
             tenants_lost: 0,
-            callers_saw: format!(
-                "1 × Cancelled (the caller that left, by its own deadline), 1 × {:?} (the caller cut off at exit), then 1 × the stored token",
-                cut_off.code()
+            callers_saw: "1 × Cancelled (the caller that left, by its own deadline), 1 × Unavailable SHUTTING_DOWN \
+                          (the caller cut off at exit), then 1 × the stored token"
+                .into(),
+        },
+    );
+}
+
+/// Many calls still waiting when the grace period ends, ten callers for each of twenty tenants
+/// whose cache-miss reads a table lock holds up: every one is answered UNAVAILABLE
+/// `SHUTTING_DOWN` when the grace period ends (none hangs, none sees its connection dropped as
+/// UNKNOWN), the process exits 0 right after, and the next process serves every tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_past_the_grace_period_answers_every_waiting_call_unavailable() {
+    let mut cluster = Cluster::start(
+        1,
+        TestOptions::default(),
+        None,
+        &[
+            ("TOKEN_VAULT_VAULT__CACHE_MAX_AGE", "1ms"),
+            ("TOKEN_VAULT_SERVER__SHUTDOWN_GRACE", "1s"),
+        ],
+    )
+    .await;
+    let tenants: Vec<String> = (0..20).map(|i| format!("waiting-{i}")).collect();
+    for tenant in &tenants {
+        cluster.connect_tenant(tenant).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let lock = TableLock::take(cluster.database_url()).await;
+    let calls: Vec<_> = (0..200)
+        .map(|i| {
+            let (mut client, tenant) = (cluster.client(0), tenants[i % tenants.len()].clone());
+            tokio::spawn(async move { get_token_within(&mut client, &tenant, Duration::from_secs(30)).await })
+        })
+        .collect();
+    // Reads wait on the lock, as many as the pool has connections; the other tenants' reads wait
+    // for a connection, and their callers with them.
+    crate::helpers::wait_until(Duration::from_secs(5), "reads wait on the lock", || async {
+        reads_waiting_on_the_lock(cluster.database_url()).await > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reads_waiting = reads_waiting_on_the_lock(cluster.database_url()).await;
+
+    let terminated = Instant::now();
+    cluster.terminate(0);
+    let status = cluster.wait_exit(0, Duration::from_secs(10)).await;
+    let exited_after = terminated.elapsed();
+    assert!(status.success(), "the process exits cleanly: {status:?}");
+    let outcomes = futures::future::join_all(calls).await;
+    let mut answered_unavailable = 0;
+    for outcome in outcomes {
+        let status = outcome.unwrap().expect_err("no read could finish");
+        assert_reason(&status, Code::Unavailable, "SHUTTING_DOWN");
+        answered_unavailable += 1;
+    }
+    assert!(
+        exited_after >= Duration::from_secs(1) && exited_after < Duration::from_secs(3),
+        "the calls were cut off when the 1 s grace period ended, not before nor long after: {exited_after:?}"
+    );
+    lock.release().await;
+
+    let next = cluster.spawn_process().await;
+    for tenant in &tenants {
+        get_token_within(&mut cluster.client(next), tenant, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("the next process serves {tenant}: {e:?}"));
+    }
+    assert_eq!(cluster.provider.stats().refresh_requests, 0, "reads, never a refresh");
+    record(
+        "18-sigterm-past-grace-with-calls-waiting",
+        FaultReport {
+            fault: "SIGTERM with a 1 s grace period while 200 GetAccessToken calls (10 for each of 20 tenants) wait on cache-miss reads a table lock holds up in Postgres (or on a pooled connection for one)",
+            happened: format!(
+                "{reads_waiting} reads waited on the lock; every call was answered when the grace period ended and the \
+                 process exited 0 ({} ms after SIGTERM); after the lock was released the next process served all 20 \
+                 tenants their stored tokens",
+                exited_after.as_millis()
             ),
+            token_requests: 0,
+            tenants_lost: 0,
+            callers_saw: format!("{answered_unavailable} × Unavailable SHUTTING_DOWN, then 20 × the stored token"),
         },
     );
 }
