@@ -185,11 +185,15 @@ impl Application {
     /// grace period) before ending background work.
     pub async fn run_until(mut self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let reporter = HealthReporter::new();
-        // One service for both listeners, so the Watch limits count every stream.
+        let statuses = ServingStatuses::new(reporter.clone());
+        // One service for both listeners, so the Watch limits count every stream. Its Watch
+        // streams end once the stop signal has set NOT_SERVING (listener/health.rs).
+        let closing_health_watches = CancellationToken::new();
         let health_service = listener::health_server(
             reporter.clone(),
             self.settings.server.max_health_watches,
             self.settings.server.max_health_watches_per_connection,
+            closing_health_watches.clone(),
         );
         // The reporter starts out SERVING; nothing is served before the first database check
         // says so (report_health below).
@@ -214,7 +218,7 @@ impl Application {
             self.settings.audit.sweep_interval,
             background.clone(),
         ));
-        tokio::spawn(report_health(self.vault.clone(), reporter.clone(), background.clone()));
+        tokio::spawn(report_health(self.vault.clone(), statuses.clone(), background.clone()));
         tokio::spawn({
             let (vault, stop) = (self.vault.clone(), background.clone());
             async move { vault.watch_database(stop).await }
@@ -322,19 +326,17 @@ impl Application {
         let refresh_budget = self.settings.refresh.lease_ttl;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<std::time::Instant>();
         let signal = {
-            let (vault, reporter) = (self.vault.clone(), reporter.clone());
+            let vault = self.vault.clone();
             async move {
                 stop.await;
                 tracing::info!("shutting down: no new calls or refreshes; finishing those in flight");
                 // Routed around at once, and nothing new reaches the provider from here.
-                reporter.set_service_status("", ServingStatus::NotServing).await;
-                reporter
-                    .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-                    .await;
+                statuses.stop().await;
                 vault.stop_starting_refreshes();
-                // Event watches never end on their own: end them (clients resume elsewhere)
-                // so that the server's graceful shutdown is not held up by them.
+                // Event and health watches never end on their own: end them (clients resume
+                // elsewhere) so that the server's graceful shutdown is not held up by them.
                 vault.close_event_watches();
+                closing_health_watches.cancel();
                 let _ = stopping_tx.send(std::time::Instant::now());
             }
         };
@@ -392,7 +394,7 @@ impl Application {
                 let result = match tokio::time::timeout(CUT_OFF_ANSWERS, &mut server).await {
                     Ok(r) => served(r),
                     Err(_) => {
-                        tracing::warn!(timeout = ?CUT_OFF_ANSWERS, "connections still open after the cut-off's answers; closing them");
+                        tracing::warn!(timeout = ?CUT_OFF_ANSWERS, "connections still open after the cut-off's answers; exiting without waiting for them");
                         Ok(())
                     }
                 };
@@ -435,9 +437,50 @@ impl Application {
     }
 }
 
+/// The health statuses of the server ("") and of the vault's service, written by the database
+/// check and by the stop signal. Once stopping they stay NOT_SERVING: a database check that
+/// finished just after SIGTERM must not report a draining replica SERVING again.
+#[derive(Clone)]
+struct ServingStatuses {
+    reporter: HealthReporter,
+    /// Whether the stop signal came; behind the lock both writers take, so that no check's
+    /// status lands after the signal's NOT_SERVING.
+    stopping: Arc<tokio::sync::Mutex<bool>>,
+}
+
+impl ServingStatuses {
+    fn new(reporter: HealthReporter) -> Self {
+        Self {
+            reporter,
+            stopping: Arc::new(tokio::sync::Mutex::new(false)),
+        }
+    }
+
+    async fn write(&self, status: ServingStatus) {
+        self.reporter.set_service_status("", status).await;
+        self.reporter.set_service_status(SERVICE_NAME, status).await;
+    }
+
+    /// Sets `status` unless the replica is stopping; false if it is.
+    async fn set(&self, status: ServingStatus) -> bool {
+        let stopping = self.stopping.lock().await;
+        if !*stopping {
+            self.write(status).await;
+        }
+        !*stopping
+    }
+
+    /// NOT_SERVING from now on.
+    async fn stop(&self) {
+        let mut stopping = self.stopping.lock().await;
+        *stopping = true;
+        self.write(ServingStatus::NotServing).await;
+    }
+}
+
 /// SERVING only while the database answers: a replica that can't reach Postgres can't hand
 /// out tokens safely, and Kubernetes should route around it.
-async fn report_health(vault: Vault, reporter: HealthReporter, stop: CancellationToken) {
+async fn report_health(vault: Vault, statuses: ServingStatuses, stop: CancellationToken) {
     let mut last = None;
     loop {
         let ok = vault.store().ping().await.is_ok();
@@ -447,8 +490,10 @@ async fn report_health(vault: Vault, reporter: HealthReporter, stop: Cancellatio
             } else {
                 ServingStatus::NotServing
             };
-            reporter.set_service_status("", status).await;
-            reporter.set_service_status(SERVICE_NAME, status).await;
+            if !statuses.set(status).await {
+                // Stopping: NOT_SERVING stays, whatever the database says.
+                return;
+            }
             if ok {
                 tracing::info!("database reachable: SERVING");
             } else {
@@ -657,4 +702,34 @@ fn check_client_secrets(providers: &mut Vec<ProviderClient>) -> BoxFuture<'_, ()
             provider.reload_client_secrets();
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_health::pb::{health_server::Health, HealthCheckRequest};
+
+    use super::*;
+
+    async fn checked(reporter: &HealthReporter, service: &str) -> i32 {
+        let health = tonic_health::server::HealthService::from_health_reporter(reporter.clone());
+        let request = tonic::Request::new(HealthCheckRequest {
+            service: service.into(),
+        });
+        health.check(request).await.unwrap().into_inner().status
+    }
+
+    /// A database check that lands after the stop signal (the database came back, or the first
+    /// ping answered, just after SIGTERM) must not report the draining replica SERVING.
+    #[tokio::test]
+    async fn once_stopping_the_statuses_stay_not_serving() {
+        let reporter = HealthReporter::new();
+        let statuses = ServingStatuses::new(reporter.clone());
+        assert!(statuses.set(ServingStatus::Serving).await);
+        assert_eq!(checked(&reporter, SERVICE_NAME).await, ServingStatus::Serving as i32);
+        statuses.stop().await;
+        assert!(!statuses.set(ServingStatus::Serving).await, "refused once stopping");
+        for service in ["", SERVICE_NAME] {
+            assert_eq!(checked(&reporter, service).await, ServingStatus::NotServing as i32);
+        }
+    }
 }

@@ -7,13 +7,15 @@
 //! [`CancellationToken`] that `startup` cancels when the grace period ends; the server's
 //! graceful shutdown then ends on its own once those answers are out.
 //!
-//! The race costs a call that answers on its first poll (a cached token) one reference count:
-//! the token's waiter is registered only when the call has to wait (a database read, a
-//! refresh), because that registration takes the token's lock, shared by every call in flight.
+//! The race costs a call that answers on its first poll (a cached token) one reference count
+//! of an `Arc`: a [`CancellationToken`]'s own clone and drop, and the registration of a waiter
+//! on it, take the token's lock, shared by every call in flight, so they happen only when the
+//! call has to wait (a database read, a refresh).
 
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{ready, Context, Poll},
 };
 
@@ -21,18 +23,17 @@ use pin_project_lite::pin_project;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::{Layer, Service};
 
-use super::status::{code, to_status, CallError};
-use crate::vault::VaultError;
+use super::status::shutting_down;
 
 /// Answers the calls still in flight once `cut` is cancelled.
 #[derive(Clone)]
 pub struct CutOffLayer {
-    cut: CancellationToken,
+    cut: Arc<CancellationToken>,
 }
 
 impl CutOffLayer {
     pub fn new(cut: CancellationToken) -> Self {
-        Self { cut }
+        Self { cut: Arc::new(cut) }
     }
 }
 
@@ -47,10 +48,11 @@ impl<S> Layer<S> for CutOffLayer {
     }
 }
 
+/// Cloned for every call (hyper clones the service per request), hence the `Arc`.
 #[derive(Clone)]
 pub struct CutOff<S> {
     inner: S,
-    cut: CancellationToken,
+    cut: Arc<CancellationToken>,
 }
 
 impl<S, B> Service<http::Request<B>> for CutOff<S>
@@ -79,8 +81,8 @@ pin_project! {
     pub struct UntilCutOff<F> {
         #[pin]
         answer: F,
-        // Until the call first waits; then moved into `waiting`.
-        cut: Option<CancellationToken>,
+        // Until the call first waits; then a waiter on it is `waiting`.
+        cut: Option<Arc<CancellationToken>>,
         #[pin]
         waiting: Option<WaitForCancellationFutureOwned>,
     }
@@ -99,16 +101,15 @@ where
             return Poll::Ready(answer);
         }
         if let Some(cut) = this.cut.take() {
-            this.waiting.set(Some(cut.cancelled_owned()));
+            this.waiting.set(Some(CancellationToken::clone(&cut).cancelled_owned()));
         }
         if let Some(waiting) = this.waiting.as_pin_mut() {
             ready!(waiting.poll(cx));
         }
         // Dropping `answer` with this future ends the call's work as a caller's cancellation
         // does; what must outlive a call (a refresh, a handed-off read) runs in tasks of its own.
-        let e = CallError::Vault(VaultError::ShuttingDown);
-        crate::telemetry::record_status(code(&e));
-        Poll::Ready(Ok(to_status(e).into_http()))
+        crate::telemetry::record_status(tonic::Code::Unavailable);
+        Poll::Ready(Ok(shutting_down().into_http()))
     }
 }
 

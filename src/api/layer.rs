@@ -157,9 +157,14 @@ where
             }
             Err(denied) => {
                 let e = CallError::Denied(denied);
-                crate::telemetry::record_status(super::status::code(&e));
+                let code = super::status::code(&e);
                 let response = super::status::to_status(e).into_http();
-                Box::pin(std::future::ready(Ok(response)))
+                // Recorded in the future: tonic enters the call's span around each poll, not
+                // around `call`, where the status would land on no span.
+                Box::pin(async move {
+                    crate::telemetry::record_status(code);
+                    Ok(response)
+                })
             }
         }
     }

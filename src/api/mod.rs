@@ -28,7 +28,7 @@ use crate::{
 
 pub use cut_off::CutOffLayer;
 pub use layer::AuthLayer;
-pub use status::{code as status_code, to_status, CallError, ERROR_DOMAIN};
+pub use status::{code as status_code, shutting_down, to_status, CallError, ERROR_DOMAIN};
 
 pub struct TokenVaultService {
     vault: Vault,

@@ -76,6 +76,12 @@ fn vault_code(e: &VaultError) -> Code {
     }
 }
 
+/// UNAVAILABLE `SHUTTING_DOWN`: what a call or stream still open when this replica stops is
+/// answered, so that its client goes to another replica.
+pub fn shutting_down() -> Status {
+    to_status(CallError::Vault(VaultError::ShuttingDown))
+}
+
 pub fn to_status(e: CallError) -> Status {
     let mut metadata = HashMap::new();
     let mut details = ErrorDetails::new();

@@ -2,6 +2,13 @@
 //! probes carry none), and a Watch stream lives until the client ends it, so without a bound
 //! any peer could hold an unbounded number of them. Check, which probes use, is not limited
 //! beyond `server.call_timeout`.
+//!
+//! Watch streams also end when the replica stops: the server's graceful shutdown waits for
+//! every open stream, and a Watch never ends by itself, so one client that checks its
+//! backends' health by Watch (as gRPC clients with health checking do) would hold every
+//! shutdown for the whole grace period. Once `closing` is cancelled (after NOT_SERVING is
+//! set), each stream delivers NOT_SERVING, unless that was the last status it sent, then ends
+//! with UNAVAILABLE `SHUTTING_DOWN`.
 
 use std::{
     collections::HashMap,
@@ -11,11 +18,13 @@ use std::{
     task::{Context, Poll},
 };
 
-use futures::Stream;
+use futures::{future::BoxFuture, FutureExt, Stream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tonic_health::{
     pb::{
+        health_check_response::ServingStatus,
         health_server::{Health, HealthServer},
         HealthCheckRequest, HealthCheckResponse,
     },
@@ -33,21 +42,35 @@ pub const HEALTH_WATCH_LIMITED: &str = "HEALTH_WATCH_LIMITED";
 type ConnectionKey = (Option<SocketAddr>, Option<SocketAddr>);
 
 /// The health service for `reporter`'s statuses, allowing `total` Watch streams at once and
-/// `per_connection` on any one connection. One instance can serve several listeners.
-pub fn health_server(reporter: HealthReporter, total: u32, per_connection: u32) -> HealthServer<LimitedHealth> {
-    HealthServer::new(LimitedHealth {
-        inner: HealthService::from_health_reporter(reporter),
-        watches: Arc::new(Watches {
-            total: Arc::new(Semaphore::new(total as usize)),
-            per_connection,
-            open: Mutex::new(HashMap::new()),
-        }),
-    })
+/// `per_connection` on any one connection, and ending them when `closing` is cancelled. One
+/// instance can serve several listeners.
+pub fn health_server(
+    reporter: HealthReporter,
+    total: u32,
+    per_connection: u32,
+    closing: CancellationToken,
+) -> HealthServer<LimitedHealth> {
+    HealthServer::new(LimitedHealth::new(reporter, total, per_connection, closing))
 }
 
 pub struct LimitedHealth {
     inner: HealthService,
+    closing: CancellationToken,
     watches: Arc<Watches>,
+}
+
+impl LimitedHealth {
+    fn new(reporter: HealthReporter, total: u32, per_connection: u32, closing: CancellationToken) -> Self {
+        Self {
+            inner: HealthService::from_health_reporter(reporter),
+            closing,
+            watches: Arc::new(Watches {
+                total: Arc::new(Semaphore::new(total as usize)),
+                per_connection,
+                open: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
 }
 
 struct Watches {
@@ -122,20 +145,104 @@ impl Health for LimitedHealth {
     async fn watch(&self, request: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let slot = self.watches.take(connection(&request))?;
         let inner = self.inner.watch(request).await?.into_inner();
-        Ok(Response::new(LimitedWatch { inner, _slot: slot }))
+        Ok(Response::new(LimitedWatch {
+            inner,
+            closing: Some(self.closing.clone().cancelled_owned().boxed()),
+            last: None,
+            _slot: slot,
+        }))
     }
 }
 
-/// A Watch stream holding its place until it is dropped.
+/// A Watch stream holding its place until it is dropped, and ending when the replica stops.
 pub struct LimitedWatch {
     inner: WatchStream,
+    /// None once the stream has ended for the shutdown.
+    closing: Option<BoxFuture<'static, ()>>,
+    /// The last status sent.
+    last: Option<i32>,
     _slot: WatchSlot,
 }
 
 impl Stream for LimitedWatch {
     type Item = Result<HealthCheckResponse, Status>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.inner).poll_next(cx)
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(closing) = this.closing.as_mut() else {
+            return Poll::Ready(None);
+        };
+        // A status change first: NOT_SERVING, set before `closing` is cancelled, normally
+        // reaches the watcher from here.
+        if let Poll::Ready(update) = Pin::new(&mut this.inner).poll_next(cx) {
+            if let Some(Ok(response)) = &update {
+                this.last = Some(response.status);
+            }
+            return Poll::Ready(update);
+        }
+        if closing.poll_unpin(cx).is_ready() {
+            // The inner stream may not have yielded it yet (its receiver spends the task's
+            // cooperative budget, the closing signal does not): send it here, once.
+            let not_serving = ServingStatus::NotServing as i32;
+            if this.last != Some(not_serving) {
+                this.last = Some(not_serving);
+                return Poll::Ready(Some(Ok(HealthCheckResponse { status: not_serving })));
+            }
+            this.closing = None;
+            return Poll::Ready(Some(Err(crate::api::shutting_down())));
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    async fn watching(closing: &CancellationToken) -> (HealthReporter, LimitedWatch) {
+        let reporter = HealthReporter::new();
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        let health = LimitedHealth::new(reporter.clone(), 10, 10, closing.clone());
+        let request = Request::new(HealthCheckRequest { service: String::new() });
+        let mut watch = health.watch(request).await.unwrap().into_inner();
+        let first = watch.next().await.unwrap().unwrap();
+        assert_eq!(first.status(), ServingStatus::Serving);
+        (reporter, watch)
+    }
+
+    fn shut_down(item: Option<Result<HealthCheckResponse, Status>>) {
+        let status = item.expect("an item").expect_err("an error");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        let info = status.get_error_details().error_info().cloned().expect("ErrorInfo");
+        assert_eq!(info.reason, "SHUTTING_DOWN");
+    }
+
+    #[tokio::test]
+    async fn a_watch_gets_not_serving_from_the_reporter_then_ends() {
+        let closing = CancellationToken::new();
+        let (reporter, mut watch) = watching(&closing).await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        closing.cancel();
+        assert_eq!(watch.next().await.unwrap().unwrap().status(), ServingStatus::NotServing);
+        shut_down(watch.next().await);
+        assert!(watch.next().await.is_none(), "then the stream ends");
+    }
+
+    /// The reporter's NOT_SERVING not (yet) seen by the stream, as when its receiver is out of
+    /// cooperative budget: the stream sends NOT_SERVING itself before ending.
+    #[tokio::test]
+    async fn a_watch_ended_before_its_stream_saw_not_serving_is_told_anyway() {
+        let closing = CancellationToken::new();
+        let (_reporter, mut watch) = watching(&closing).await;
+        closing.cancel();
+        assert_eq!(watch.next().await.unwrap().unwrap().status(), ServingStatus::NotServing);
+        shut_down(watch.next().await);
+        assert!(watch.next().await.is_none(), "then the stream ends");
     }
 }

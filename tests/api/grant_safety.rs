@@ -885,3 +885,75 @@ async fn sigterm_past_the_grace_period_answers_every_waiting_call_unavailable() 
         },
     );
 }
+
+/// A rolling update with a health Watch open, as gRPC clients that check their backends'
+/// health keep one on every replica: on SIGTERM the watcher is told NOT_SERVING, its stream
+/// ends, and the process exits at once instead of waiting out the grace period for a stream
+/// that would never end by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_with_a_health_watch_open_tells_the_watcher_and_exits_at_once() {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+
+    let mut cluster = Cluster::start(
+        1,
+        TestOptions::default(),
+        None,
+        &[("TOKEN_VAULT_SERVER__SHUTDOWN_GRACE", "30s")],
+    )
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.processes[0].addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest { service: String::new() })
+        .await
+        .expect("a Watch opens")
+        .into_inner();
+    let first = watch.message().await.unwrap().expect("the current status");
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    let terminated = Instant::now();
+    cluster.terminate(0);
+    let mut seen = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(update)) => seen.push(update.status()),
+                Ok(None) => break None,
+                Err(status) => break Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the Watch ends");
+    assert_eq!(
+        seen,
+        [ServingStatus::NotServing],
+        "the watcher was told before its stream ended"
+    );
+    let ended = ended.expect("the stream ends with a status, not as if the watcher had asked");
+    assert_reason(&ended, Code::Unavailable, "SHUTTING_DOWN");
+    let status = cluster.wait_exit(0, Duration::from_secs(10)).await;
+    let exited_after = terminated.elapsed();
+    assert!(status.success(), "a drained process exits cleanly: {status:?}");
+    assert!(
+        exited_after < Duration::from_secs(5),
+        "exited {exited_after:?} after SIGTERM, not at the end of the 30 s grace period"
+    );
+    record(
+        "19-sigterm-with-a-health-watch-open",
+        FaultReport {
+            fault: "SIGTERM with a 30 s grace period while a client holds a health Watch stream open (as gRPC clients that check their backends' health do)",
+            happened: format!(
+                "the watcher got NOT_SERVING, then its stream ended; the process exited 0 {} ms after SIGTERM \
+                 (before, the stream held the graceful shutdown for the whole grace period)",
+                exited_after.as_millis()
+            ),
+            token_requests: 0,
+            tenants_lost: 0,
+            callers_saw: "the watcher: 1 × NOT_SERVING, then Unavailable SHUTTING_DOWN".into(),
+        },
+    );
+}

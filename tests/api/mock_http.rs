@@ -34,9 +34,16 @@ impl Deref for Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(server) = self.0.take() {
-            std::thread::scope(|scope| {
-                scope.spawn(move || drop(server));
-            });
+            // Read here: on the helper thread nothing is panicking, and wiremock's verify panics
+            // on an unmet expectation unless the thread is already unwinding. A second panic
+            // while this one unwinds would abort the whole test binary.
+            let unwinding = std::thread::panicking();
+            let dropped = std::thread::spawn(move || drop(server)).join();
+            if let Err(panic) = dropped {
+                if !unwinding {
+                    std::panic::resume_unwind(panic);
+                }
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::{
 
 pub struct VaultProcess {
     child: tokio::process::Child,
+    pub addr: std::net::SocketAddr,
     pub client: TokenVaultClient<Channel>,
 }
 
@@ -123,7 +124,7 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let client = connect(addr).await;
-        self.processes.push(VaultProcess { child, client });
+        self.processes.push(VaultProcess { child, addr, client });
         index
     }
 
