@@ -39,8 +39,8 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the audit writer's last write.
 const AUDIT_FINAL_WRITE: Duration = Duration::from_secs(5);
 /// How long, past the grace period, the calls answered UNAVAILABLE have to reach their callers
-/// before the connections are closed. Writing an answer takes microseconds; this only bounds a
-/// peer that stopped reading.
+/// before shutdown stops waiting for their connections (they close when the process exits).
+/// Writing an answer takes microseconds; this only bounds a peer that stopped reading.
 const CUT_OFF_ANSWERS: Duration = Duration::from_millis(500);
 
 pub struct Application {
