@@ -82,3 +82,29 @@ async fn spend_the_budget() {
         receive.recv().await;
     }
 }
+
+/// The wrapper is only a fix where it is used: every scripted server in the suites starts
+/// through it.
+#[test]
+fn no_test_starts_a_bare_mock_server() {
+    let tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut bare = Vec::new();
+    let mut dirs = vec![tests];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("api/mock_http.rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                if text.contains("MockServer::start") || text.contains("MockServer::builder") {
+                    bare.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    assert!(
+        bare.is_empty(),
+        "start scripted servers with mock_http::Server: {bare:?}"
+    );
+}
