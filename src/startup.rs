@@ -184,23 +184,18 @@ impl Application {
     /// Serves until `stop` completes, then lets in-flight calls finish (up to the configured
     /// grace period) before ending background work.
     pub async fn run_until(mut self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let reporter = HealthReporter::new();
-        let statuses = ServingStatuses::new(reporter.clone());
+        let statuses = ServingStatuses::new();
         // One service for both listeners, so the Watch limits count every stream. Its Watch
         // streams end once the stop signal has set NOT_SERVING (listener/health.rs).
-        let closing_health_watches = CancellationToken::new();
         let health_service = listener::health_server(
-            reporter.clone(),
+            statuses.reporter.clone(),
             self.settings.server.max_health_watches,
             self.settings.server.max_health_watches_per_connection,
-            closing_health_watches.clone(),
+            statuses.closing_watches.clone(),
         );
         // The reporter starts out SERVING; nothing is served before the first database check
         // says so (report_health below).
-        reporter.set_service_status("", ServingStatus::NotServing).await;
-        reporter
-            .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-            .await;
+        statuses.set(ServingStatus::NotServing).await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -326,17 +321,17 @@ impl Application {
         let refresh_budget = self.settings.refresh.lease_ttl;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<std::time::Instant>();
         let signal = {
-            let vault = self.vault.clone();
+            let (vault, statuses) = (self.vault.clone(), statuses.clone());
             async move {
                 stop.await;
                 tracing::info!("shutting down: no new calls or refreshes; finishing those in flight");
-                // Routed around at once, and nothing new reaches the provider from here.
+                // Routed around at once (health Watch streams told, then ended), and nothing
+                // new reaches the provider from here.
                 statuses.stop().await;
                 vault.stop_starting_refreshes();
-                // Event and health watches never end on their own: end them (clients resume
-                // elsewhere) so that the server's graceful shutdown is not held up by them.
+                // Event watches never end on their own: end them (clients resume elsewhere)
+                // so that the server's graceful shutdown is not held up by them.
                 vault.close_event_watches();
-                closing_health_watches.cancel();
                 let _ = stopping_tx.send(std::time::Instant::now());
             }
         };
@@ -402,7 +397,7 @@ impl Application {
                 result
             }
         };
-        reporter.set_service_status("", ServingStatus::NotServing).await;
+        statuses.stop().await;
         self.vault.close_event_watches();
         // A refresh whose provider has rotated the token must store the new one before the
         // process exits: aborting it would lose the only valid refresh token, and the next
@@ -446,13 +441,17 @@ struct ServingStatuses {
     /// Whether the stop signal came; behind the lock both writers take, so that no check's
     /// status lands after the signal's NOT_SERVING.
     stopping: Arc<tokio::sync::Mutex<bool>>,
+    /// Cancelled by [`Self::stop`] once NOT_SERVING is set, which ends the health Watch streams
+    /// (listener/health.rs) after they have been told.
+    closing_watches: CancellationToken,
 }
 
 impl ServingStatuses {
-    fn new(reporter: HealthReporter) -> Self {
+    fn new() -> Self {
         Self {
-            reporter,
+            reporter: HealthReporter::new(),
             stopping: Arc::new(tokio::sync::Mutex::new(false)),
+            closing_watches: CancellationToken::new(),
         }
     }
 
@@ -470,11 +469,12 @@ impl ServingStatuses {
         !*stopping
     }
 
-    /// NOT_SERVING from now on.
+    /// NOT_SERVING from now on, and the health Watch streams ended once told. Idempotent.
     async fn stop(&self) {
         let mut stopping = self.stopping.lock().await;
         *stopping = true;
         self.write(ServingStatus::NotServing).await;
+        self.closing_watches.cancel();
     }
 }
 
@@ -722,14 +722,21 @@ mod tests {
     /// ping answered, just after SIGTERM) must not report the draining replica SERVING.
     #[tokio::test]
     async fn once_stopping_the_statuses_stay_not_serving() {
-        let reporter = HealthReporter::new();
-        let statuses = ServingStatuses::new(reporter.clone());
+        let statuses = ServingStatuses::new();
         assert!(statuses.set(ServingStatus::Serving).await);
-        assert_eq!(checked(&reporter, SERVICE_NAME).await, ServingStatus::Serving as i32);
+        assert_eq!(
+            checked(&statuses.reporter, SERVICE_NAME).await,
+            ServingStatus::Serving as i32
+        );
+        assert!(!statuses.closing_watches.is_cancelled());
         statuses.stop().await;
+        assert!(statuses.closing_watches.is_cancelled(), "the Watch streams end");
         assert!(!statuses.set(ServingStatus::Serving).await, "refused once stopping");
         for service in ["", SERVICE_NAME] {
-            assert_eq!(checked(&reporter, service).await, ServingStatus::NotServing as i32);
+            assert_eq!(
+                checked(&statuses.reporter, service).await,
+                ServingStatus::NotServing as i32
+            );
         }
     }
 }

@@ -70,7 +70,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         UntilCutOff {
             answer: self.inner.call(request),
-            cut: Some(self.cut.clone()),
+            cut: self.cut.clone(),
             waiting: None,
         }
     }
@@ -81,8 +81,8 @@ pin_project! {
     pub struct UntilCutOff<F> {
         #[pin]
         answer: F,
-        // Until the call first waits; then a waiter on it is `waiting`.
-        cut: Option<Arc<CancellationToken>>,
+        cut: Arc<CancellationToken>,
+        // A waiter on `cut`, from the call's first wait on.
         #[pin]
         waiting: Option<WaitForCancellationFutureOwned>,
     }
@@ -100,8 +100,9 @@ where
         if let Poll::Ready(answer) = this.answer.poll(cx) {
             return Poll::Ready(answer);
         }
-        if let Some(cut) = this.cut.take() {
-            this.waiting.set(Some(CancellationToken::clone(&cut).cancelled_owned()));
+        if this.waiting.is_none() {
+            this.waiting
+                .set(Some(CancellationToken::clone(this.cut).cancelled_owned()));
         }
         if let Some(waiting) = this.waiting.as_pin_mut() {
             ready!(waiting.poll(cx));
