@@ -63,7 +63,9 @@ async fn closed_within(socket: &mut TcpStream, limit: Duration) -> bool {
     tokio::time::timeout(limit, until_closed).await.is_ok()
 }
 
-async fn watch(health: &mut HealthClient<Channel>) -> Result<Streaming<HealthCheckResponse>, tonic::Status> {
+/// A health Watch on the server's overall status, once its first message (the current
+/// status) has arrived.
+pub async fn watch(health: &mut HealthClient<Channel>) -> Result<Streaming<HealthCheckResponse>, tonic::Status> {
     let mut stream = health
         .watch(HealthCheckRequest { service: String::new() })
         .await?
