@@ -132,38 +132,54 @@ fn audit(c: &mut Criterion) {
     });
 }
 
+/// Pending on its first poll (waking itself), ready on the next: a call that waits once.
+struct WaitsOnce(bool);
+
+impl std::future::Future for WaitsOnce {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if std::mem::replace(&mut self.0, true) {
+            std::task::Poll::Ready(())
+        } else {
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    }
+}
+
+type Answer = Result<http::Response<tonic::body::Body>, std::convert::Infallible>;
+
+/// A service answering on its first poll (a cached token).
+fn answers_at_once() -> impl tower::Service<
+    http::Request<()>,
+    Response = http::Response<tonic::body::Body>,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<Output = Answer>,
+> + Clone {
+    tower::service_fn(|_: http::Request<()>| async { Ok(http::Response::new(tonic::body::Body::empty())) })
+}
+
+/// A service that waits once before answering (a database read).
+fn waits_once() -> impl tower::Service<
+    http::Request<()>,
+    Response = http::Response<tonic::body::Body>,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<Output = Answer>,
+> + Clone {
+    tower::service_fn(|_: http::Request<()>| async {
+        WaitsOnce(false).await;
+        Ok(http::Response::new(tonic::body::Body::empty()))
+    })
+}
+
 /// A call answered on its first poll (a cached token) and one that waits once (a database
 /// read), each with and without the cut-off's race in front of it.
 fn shutdown_cut_off(c: &mut Criterion) {
-    use std::{
-        convert::Infallible,
-        future::Future,
-        pin::Pin,
-        task::{Context, Poll},
-    };
     use tower::{Layer, Service};
 
-    /// Pending on its first poll (waking itself), ready on the next.
-    struct WaitsOnce(bool);
-    impl Future for WaitsOnce {
-        type Output = ();
-        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-            if std::mem::replace(&mut self.0, true) {
-                Poll::Ready(())
-            } else {
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-        }
-    }
-    let answer = || http::Response::new(tonic::body::Body::empty());
-    let at_once = tower::service_fn(move |_: http::Request<()>| async move { Ok::<_, Infallible>(answer()) });
-    let waits_once = tower::service_fn(move |_: http::Request<()>| async move {
-        WaitsOnce(false).await;
-        Ok::<_, Infallible>(answer())
-    });
+    let (at_once, waits_once) = (answers_at_once(), waits_once());
     let cut_off = token_vault::api::CutOffLayer::new(tokio_util::sync::CancellationToken::new());
-    let (raced_at_once, raced_waiting) = (cut_off.layer(at_once), cut_off.layer(waits_once));
+    let (raced_at_once, raced_waiting) = (cut_off.layer(at_once.clone()), cut_off.layer(waits_once.clone()));
     // The server clones the service for every request, so each call here does too.
     c.bench_function("call_answered_at_once", |b| {
         b.iter(|| futures::executor::block_on(at_once.clone().call(black_box(http::Request::new(())))))
@@ -179,5 +195,47 @@ fn shutdown_cut_off(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, authentication, audit, shutdown_cut_off);
+/// `server.call_timeout` as tonic's server timeout kept it, a timer made for every call (here
+/// `tokio::time::timeout`'s, made the same way: the clock read, the runtime's handle taken, the
+/// timer driver's lock taken when it is dropped), and as `listener::CallTimeoutLayer` keeps it,
+/// a timer made only once the call waits.
+fn call_timeout(c: &mut Criterion) {
+    use tower::{Layer, Service};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    // The timers need the runtime's time driver; the calls are polled on this thread.
+    let _entered = runtime.enter();
+    let limit = std::time::Duration::from_secs(60);
+    let (at_once, waits_once) = (answers_at_once(), waits_once());
+    let layer = token_vault::listener::CallTimeoutLayer::new(limit);
+    let (bounded_at_once, bounded_waiting) = (layer.layer(at_once.clone()), layer.layer(waits_once.clone()));
+    c.bench_function("call_answered_at_once_with_a_timer_per_call", |b| {
+        b.iter(|| {
+            futures::executor::block_on(tokio::time::timeout(
+                limit,
+                at_once.clone().call(black_box(http::Request::new(()))),
+            ))
+        })
+    });
+    c.bench_function("call_answered_at_once_with_call_timeout", |b| {
+        b.iter(|| futures::executor::block_on(bounded_at_once.clone().call(black_box(http::Request::new(())))))
+    });
+    c.bench_function("call_that_waits_once_with_a_timer_per_call", |b| {
+        b.iter(|| {
+            futures::executor::block_on(tokio::time::timeout(
+                limit,
+                waits_once.clone().call(black_box(http::Request::new(()))),
+            ))
+        })
+    });
+    c.bench_function("call_that_waits_once_with_call_timeout", |b| {
+        b.iter(|| futures::executor::block_on(bounded_waiting.clone().call(black_box(http::Request::new(())))))
+    });
+}
+
+criterion_group!(benches, authentication, audit, shutdown_cut_off, call_timeout);
 criterion_main!(benches);

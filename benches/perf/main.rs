@@ -148,6 +148,13 @@ impl Plan {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // A subscriber that wants nothing, so that every `tracing` callsite in tonic, hyper, h2 and
+    // sqlx is off for good. With no subscriber at all, `tracing` hands each span to the `log`
+    // crate instead (a dependency turns on its `log` feature): a profile of the gRPC floor put
+    // ~3.5 % of its CPU there, a cost the vault, which has a subscriber, does not pay, and
+    // which flattered every ratio against a floor.
+    tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default())
+        .expect("the bench's only subscriber");
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -806,8 +806,9 @@ impl Report {
              ({}), on the same machine. The vault runs \
              as its release binary in its own process, logging as in a container (JSON lines at info, \
              to /dev/null); each floor is a process serving the same proto with \
-             tonic's default server settings (the vault's HTTP/2 keep-alive, stream cap and call timeout, \
-             each with a cost per call or per frame, are not the floor's): the gRPC floor answers \
+             tonic's default server settings (the vault's HTTP/2 keep-alive, with a cost per frame, its \
+             stream cap and its call timeout, whose timer is made only for a call that waits, are not \
+             the floor's): the gRPC floor answers \
              GetAccessToken with a constant, the database \
              floor with one indexed SELECT (tenant, provider) of a sealed token row through sqlx (on Postgres, \
              in the vault's own pool, which does not ping a connection on its return); the TLS \

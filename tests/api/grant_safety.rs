@@ -948,3 +948,56 @@ async fn sigterm_with_a_health_watch_open_tells_the_watcher_and_exits_at_once() 
         },
     );
 }
+
+/// `server.call_timeout` bounds a call the database holds up: the caller, whose own deadline is
+/// far longer, is answered CANCELLED at the timeout (as tonic's own server timeout answered,
+/// which the vault's layer replaced) instead of waiting as long as the database does, and the
+/// replica serves the tenant once the database answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_held_up_past_the_call_timeout_is_cancelled_and_the_replica_serves_on() {
+    let cluster = Cluster::start(
+        1,
+        TestOptions::default(),
+        None,
+        &[
+            ("TOKEN_VAULT_VAULT__CACHE_MAX_AGE", "1ms"),
+            ("TOKEN_VAULT_SERVER__CALL_TIMEOUT", "5s"),
+            // The settings require a call timeout longer than a refresh lease, and a lease
+            // longer than a refresh may take (one attempt of 1 s here, which the settings count as 3 s).
+            ("TOKEN_VAULT_REFRESH__LEASE_TTL", "4s"),
+            ("TOKEN_VAULT_REFRESH__MAX_ATTEMPTS", "1"),
+        ],
+    )
+    .await;
+    cluster.connect_tenant("acme").await;
+    let issued = cluster.provider.newest_access_token();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let lock = TableLock::take(cluster.database_url()).await;
+
+    let mut client = cluster.client(0);
+    let started = Instant::now();
+    // A deadline far past the call timeout, so that a server without one fails this test at
+    // the assertion below instead of hanging it.
+    let mut request = tonic::Request::new(crate::helpers::token_request("acme"));
+    request.set_timeout(Duration::from_secs(30));
+    let held = client
+        .get_access_token(request)
+        .await
+        .expect_err("the read waits on the lock");
+    let waited = started.elapsed();
+    assert_eq!(
+        (held.code(), held.message()),
+        (Code::Cancelled, "Timeout expired"),
+        "{held:?}"
+    );
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(7),
+        "answered at the call timeout, after {waited:?}"
+    );
+
+    lock.release().await;
+    let served = get_token_within(&mut client, "acme", Duration::from_secs(10))
+        .await
+        .expect("served once the database answers");
+    assert_eq!(served, issued, "the tenant's stored token");
+}
