@@ -177,9 +177,9 @@ fn waits_once() -> impl tower::Service<
 fn shutdown_cut_off(c: &mut Criterion) {
     use tower::{Layer, Service};
 
-    let (at_once, waits_once) = (answers_at_once(), waits_once());
+    let (at_once, waiting) = (answers_at_once(), waits_once());
     let cut_off = token_vault::api::CutOffLayer::new(tokio_util::sync::CancellationToken::new());
-    let (raced_at_once, raced_waiting) = (cut_off.layer(at_once.clone()), cut_off.layer(waits_once.clone()));
+    let (raced_at_once, raced_waiting) = (cut_off.layer(at_once.clone()), cut_off.layer(waiting.clone()));
     // The server clones the service for every request, so each call here does too.
     c.bench_function("call_answered_at_once", |b| {
         b.iter(|| futures::executor::block_on(at_once.clone().call(black_box(http::Request::new(())))))
@@ -188,7 +188,7 @@ fn shutdown_cut_off(c: &mut Criterion) {
         b.iter(|| futures::executor::block_on(raced_at_once.clone().call(black_box(http::Request::new(())))))
     });
     c.bench_function("call_that_waits_once", |b| {
-        b.iter(|| futures::executor::block_on(waits_once.clone().call(black_box(http::Request::new(())))))
+        b.iter(|| futures::executor::block_on(waiting.clone().call(black_box(http::Request::new(())))))
     });
     c.bench_function("call_that_waits_once_with_cut_off", |b| {
         b.iter(|| futures::executor::block_on(raced_waiting.clone().call(black_box(http::Request::new(())))))
@@ -210,9 +210,9 @@ fn call_timeout(c: &mut Criterion) {
     // The timers need the runtime's time driver; the calls are polled on this thread.
     let _entered = runtime.enter();
     let limit = std::time::Duration::from_secs(60);
-    let (at_once, waits_once) = (answers_at_once(), waits_once());
+    let (at_once, waiting) = (answers_at_once(), waits_once());
     let layer = token_vault::listener::CallTimeoutLayer::new(limit);
-    let (bounded_at_once, bounded_waiting) = (layer.layer(at_once.clone()), layer.layer(waits_once.clone()));
+    let (bounded_at_once, bounded_waiting) = (layer.layer(at_once.clone()), layer.layer(waiting.clone()));
     c.bench_function("call_answered_at_once_with_a_timer_per_call", |b| {
         b.iter(|| {
             futures::executor::block_on(tokio::time::timeout(
@@ -228,7 +228,7 @@ fn call_timeout(c: &mut Criterion) {
         b.iter(|| {
             futures::executor::block_on(tokio::time::timeout(
                 limit,
-                waits_once.clone().call(black_box(http::Request::new(()))),
+                waiting.clone().call(black_box(http::Request::new(()))),
             ))
         })
     });

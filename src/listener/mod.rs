@@ -1,9 +1,9 @@
 //! Before authentication: how connections are accepted and how much each may hold before
 //! anyone knows who is calling. A connection cap and a handshake deadline (`accept`), which
-//! also describes each connection once for its requests (`auth::PeerConnection`),
-//! HTTP/2 keepalive and a stream cap per connection (the tonic builder here), a call timeout
-//! (`call_timeout`, a layer the builder adds), and bounded health Watch streams (`health`); the Prometheus scrape endpoint (`metrics`), on
-//! a plaintext HTTP/1.1 listener of its own. Every bound is a `server.*` setting; see
+//! also describes each connection once for its requests (`auth::PeerConnection`), HTTP/2
+//! keepalive and a stream cap per connection (the tonic builder here), a call timeout
+//! (`call_timeout`, a layer the builder adds), and bounded health Watch streams (`health`);
+//! the Prometheus scrape endpoint (`metrics`), on a plaintext HTTP/1.1 listener of its own. Every bound is a `server.*` setting; see
 //! config/defaults.toml for the reasons behind the defaults and docs/security.md for the whole.
 
 mod accept;
