@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! startup   operator                       wires everything (the only module that may) / the operator's commands
-//!   listener                               accepting connections: limits, TLS, health
+//!   listener                               accepting connections: limits, TLS, call timeout, health
 //!     api                                  gRPC adapters, the auth layer, Status mapping
 //!       auth    vault                      who may call / the flows
 //!         audit   keys   oauth   store   crypto
@@ -66,8 +66,9 @@ mod tests {
             ],
         ),
         // Accepts connections and serves health before any caller is known; it answers with the
-        // API's error domain.
-        ("listener", &["api", "auth", "config"]),
+        // API's error domain, and records the status of a call its call timeout ends on the
+        // call's span as the API does (telemetry).
+        ("listener", &["api", "auth", "config", "telemetry"]),
         ("auth", &["config", "connection_key", "metrics", "reload"]),
         (
             "vault",

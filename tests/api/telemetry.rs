@@ -194,6 +194,103 @@ async fn spans_and_metrics_arrive_named_by_convention_and_without_secrets() {
     }
 }
 
+/// Calls the authentication layer refuses still have their server span, with the status they
+/// were answered and marked failed: UNAUTHENTICATED for a call without credentials,
+/// PERMISSION_DENIED for a caller whose policy does not cover the tenant. The layer answers
+/// them before the service runs, so it records the status itself; before, it did so outside
+/// the call's span, and the span carried no status at all.
+#[tokio::test]
+async fn refused_calls_are_traced_with_the_status_they_were_answered() {
+    use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+
+    let collector = Collector::start(Keep::Exports).await;
+    let guard = token_vault::telemetry::init(
+        &LogSettings {
+            format: LogFormat::Text,
+            level: "warn".into(),
+        },
+        &TelemetrySettings {
+            otlp_endpoint: Some(collector.endpoint.clone()),
+            service_name: "token-vault-test".into(),
+            metrics_interval: Duration::from_millis(200),
+            connection_count_interval: Duration::from_millis(100),
+            metrics_listen: None,
+        },
+    )
+    .unwrap();
+    let team_a_hash: String = token_vault::auth::hash_token("token-team-a")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let app = spawn_app_with(TestOptions {
+        extra_toml: format!(
+            r#"
+[auth]
+mode = "enforce"
+allow_bearer_without_tls = true
+[[auth.callers]]
+name = "team-a"
+bearer_token_sha256 = ["{team_a_hash}"]
+rpcs = ["GetAccessToken"]
+providers = ["understory"]
+tenants = ["team-a-*"]
+"#
+        ),
+        ..Default::default()
+    })
+    .await;
+
+    let anonymous = app
+        .client
+        .clone()
+        .get_access_token(token_request("team-a-1"))
+        .await
+        .expect_err("no credentials");
+    assert_eq!(anonymous.code(), tonic::Code::Unauthenticated, "{anonymous:?}");
+    let mut outside_policy = Request::new(token_request("team-b-1"));
+    outside_policy
+        .metadata_mut()
+        .insert("authorization", "Bearer token-team-a".parse().unwrap());
+    let denied = app
+        .client
+        .clone()
+        .get_access_token(outside_policy)
+        .await
+        .expect_err("team-a may not read team-b's tenants");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::spawn_blocking(move || drop(guard)).await.unwrap();
+
+    let spans = spans_in(&collector.traces());
+    let rpc: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name == "tokenvault.v1.TokenVault/GetAccessToken")
+        .collect();
+    let mut codes: Vec<i64> = rpc
+        .iter()
+        .filter_map(|s| match attr(&s.attributes, "rpc.grpc.status_code") {
+            Some(Value::IntValue(c)) => Some(*c),
+            _ => None,
+        })
+        .collect();
+    codes.sort_unstable();
+    assert_eq!(
+        codes,
+        [
+            tonic::Code::PermissionDenied as i64,
+            tonic::Code::Unauthenticated as i64
+        ],
+        "one span per refused call, each with its status: {rpc:?}"
+    );
+    for span in rpc {
+        assert_eq!(
+            span.status.as_ref().map(|s| s.code),
+            Some(StatusCode::Error as i32),
+            "a refused call's span is marked failed: {span:?}"
+        );
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
