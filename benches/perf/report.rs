@@ -2436,7 +2436,7 @@ What was found and changed, in the order the work happened:
     same vault binary, alternating the bench's binary from before the subscriber (A) and the
     table's (B): A 0.945 x (pooled 0.948 x, CPU per call 1.06 x), B 0.913 x (0.942 x,
     1.09 x), A 0.961 x (0.911 x, 1.12 x), B 0.901 x (0.920 x, 1.11 x), the resolution rows
-    0.985 to 1.080 x. By the medians the subscriber took ~0.05 off the row, by the pooled
+    0.989 to 1.080 x. By the medians the subscriber took ~0.05 off the row, by the pooled
     ratios nothing; the floor's CPU per call was 21.8 us on both sides of the first pair.
     Four runs do not separate it from the machine's drift; the honest reading is 0 to 5
     hundredths off every row against the gRPC floor, which they had been credited with.
