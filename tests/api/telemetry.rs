@@ -46,10 +46,10 @@ fn attr_str<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_and_metrics_arrive_named_by_convention_and_without_secrets() {
-    let collector = Collector::start(Keep::Exports).await;
-    let guard = token_vault::telemetry::init(
+/// This test process's telemetry, exported to `collector` (one subscriber per process: each
+/// test that calls this runs in a process of its own under nextest).
+fn export_to(collector: &Collector) -> token_vault::telemetry::TelemetryGuard {
+    token_vault::telemetry::init(
         &LogSettings {
             format: LogFormat::Text,
             level: "warn".into(),
@@ -62,7 +62,13 @@ async fn spans_and_metrics_arrive_named_by_convention_and_without_secrets() {
             metrics_listen: None,
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_and_metrics_arrive_named_by_convention_and_without_secrets() {
+    let collector = Collector::start(Keep::Exports).await;
+    let guard = export_to(&collector);
 
     let app = spawn_app_with(TestOptions {
         access_ttl: 2,
@@ -204,20 +210,7 @@ async fn refused_calls_are_traced_with_the_status_they_were_answered() {
     use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 
     let collector = Collector::start(Keep::Exports).await;
-    let guard = token_vault::telemetry::init(
-        &LogSettings {
-            format: LogFormat::Text,
-            level: "warn".into(),
-        },
-        &TelemetrySettings {
-            otlp_endpoint: Some(collector.endpoint.clone()),
-            service_name: "token-vault-test".into(),
-            metrics_interval: Duration::from_millis(200),
-            connection_count_interval: Duration::from_millis(100),
-            metrics_listen: None,
-        },
-    )
-    .unwrap();
+    let guard = export_to(&collector);
     let team_a_hash: String = token_vault::auth::hash_token("token-team-a")
         .iter()
         .map(|b| format!("{b:02x}"))
