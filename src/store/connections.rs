@@ -315,7 +315,9 @@ impl Connections<'_> {
         dispatch!(self.backend, connections::list(filter, limit))
     }
 
-    /// How many connections there are in each status (for the `tokenvault.connections` gauge).
+    /// How many connections there are in each status (for the `tokenvault.connections` gauge): a
+    /// sum over the few rows the store's triggers keep, not a count of the table (migration
+    /// 20261211000001). A status whose last connection left reads 0.
     pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
         dispatch!(self.backend, connections::count_by_status())
     }

@@ -9,6 +9,7 @@ mod authorization;
 mod callers;
 mod client_crate;
 mod client_secrets;
+mod connection_counts;
 mod discovery;
 mod doctor;
 mod errors;
