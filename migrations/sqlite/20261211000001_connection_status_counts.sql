@@ -1,11 +1,12 @@
 -- The connection-count gauge (tokenvault_connections{status}) counted every connection in the
--- file every telemetry.connection_count_interval, in the vault's own process: a scan of a
--- million rows every 30 s at the benchmark's scale. As on Postgres (migrations/postgres,
+-- file every telemetry.connection_count_interval, in the vault's own process: a walk of the
+-- status index's million entries every 30 s at the benchmark's scale. As on Postgres (migrations/postgres,
 -- 20261211000001), triggers now append +1 or -1 per connection that appears, disappears or
 -- changes status, and the gauge sums these few rows (store::sqlite::connections::count_by_status
 -- folds them back to one per status). The migration's transaction holds the write lock, so no
 -- change falls between the first count and the triggers.
 CREATE TABLE connection_status_changes (
+    id     INTEGER PRIMARY KEY,
     status TEXT    NOT NULL,
     change INTEGER NOT NULL
 );

@@ -21,7 +21,7 @@ async fn a_lease_reads_a_handful_of_pages_however_stale_the_statistics() {
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
 
     // No index may take status as a key column: that is what a bitmap could AND with the
-    // unique key's. (Status stays readable as an INCLUDE column, for the gauge.)
+    // unique key's. (Status stays an INCLUDE column of the listing index, which nothing can search.)
     let searchable: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_index i
            JOIN pg_class c ON c.oid = i.indexrelid

@@ -509,25 +509,40 @@ pub(in crate::store) async fn list(
     .await
 }
 
-/// Sums the changes the migration's triggers append (20261211000001), then folds them.
+/// Sums the changes the migration's triggers append (20261211000001), then folds them if any
+/// status has more than one row.
 pub(in crate::store) async fn count_by_status(pool: &Pool) -> Result<Vec<(String, i64)>, StoreError> {
     async {
         let rows = sqlx::query!(
-            r#"SELECT status, sum(change)::bigint AS "count!" FROM connection_status_changes
+            r#"SELECT status, sum(change)::bigint AS "count!", count(*) AS "rows!" FROM connection_status_changes
                 GROUP BY status ORDER BY status"#
         )
         .fetch_all(pool)
         .await?;
-        if let Err(e) = fold_status_changes(pool).await {
-            // The sums above stand. A database that refuses writes for a while (a standby
-            // during a failover) leaves the rows to the next count.
-            tracing::warn!(error = %e, "could not fold the connection status changes; they pile up until a fold succeeds");
+        if rows.iter().any(|r| r.rows > 1) {
+            // The sums above stand either way. A database that refuses writes for a while (a
+            // standby during a failover, a synchronous standby that does not answer) leaves the
+            // rows to the next count.
+            match tokio::time::timeout(FOLD_TIMEOUT, fold_status_changes(pool)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not fold the connection status changes; they pile up until a fold succeeds");
+                }
+                Err(_) => tracing::warn!(
+                    timeout = ?FOLD_TIMEOUT,
+                    "folding the connection status changes took too long; they pile up until a fold succeeds"
+                ),
+            }
         }
         Ok(rows.into_iter().map(|r| (r.status, r.count)).collect())
     }
     .instrument(db_span!("SELECT", "connection_status_changes"))
     .await
 }
+
+/// How long a fold of the status changes may take before the count goes on without it (its
+/// transaction is then rolled back by the pool, `Pool`'s flush).
+const FOLD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Replaces the status changes by one row per status holding their sum, so that the table stays
 /// a few rows long however many connections change between two counts. One replica folds at a

@@ -743,18 +743,21 @@ pub(in crate::store) async fn list(
     .await
 }
 
-/// Sums the changes the migration's triggers append (20261211000001), then folds them.
+/// Sums the changes the migration's triggers append (20261211000001), then folds them if any
+/// status has more than one row.
 pub(in crate::store) async fn count_by_status(db: &SqlitePools) -> Result<Vec<(String, i64)>, StoreError> {
     async {
         let rows = sqlx::query!(
-            r#"SELECT status, sum(change) AS "count!: i64" FROM connection_status_changes
+            r#"SELECT status, sum(change) AS "count!: i64", count(*) AS "rows!: i64" FROM connection_status_changes
                 GROUP BY status ORDER BY status"#
         )
         .fetch_all(db.readers())
         .await?;
-        if let Err(e) = fold_status_changes(db).await {
-            // The sums above stand; a writer busy past the timeout leaves the rows to the next count.
-            tracing::warn!(error = %e, "could not fold the connection status changes; they pile up until a fold succeeds");
+        if rows.iter().any(|r| r.rows > 1) {
+            if let Err(e) = fold_status_changes(db).await {
+                // The sums above stand; a writer busy past the timeout leaves the rows to the next count.
+                tracing::warn!(error = %e, "could not fold the connection status changes; they pile up until a fold succeeds");
+            }
         }
         Ok(rows.into_iter().map(|r| (r.status, r.count)).collect())
     }
@@ -762,28 +765,43 @@ pub(in crate::store) async fn count_by_status(db: &SqlitePools) -> Result<Vec<(S
     .await
 }
 
-/// Replaces the status changes by one row per status holding their sum, under the write lock, so
-/// that the table stays a few rows long however many connections change between two counts.
+/// How many status changes one fold's transaction takes: the process's one writer is held for
+/// a batch at a time, not for a bulk import's million rows at once.
+const FOLD_BATCH: i64 = 10_000;
+
+/// Replaces the status changes by one row per status holding their sum, oldest first, a batch
+/// to a transaction, so that the table stays a few rows long however many connections change
+/// between two counts.
 async fn fold_status_changes(db: &SqlitePools) -> Result<(), StoreError> {
-    let mut tx = begin_immediate(db).await?;
-    let last = sqlx::query_scalar!(r#"SELECT max(rowid) AS "last: i64" FROM connection_status_changes"#)
+    loop {
+        let mut tx = begin_immediate(db).await?;
+        let batch = sqlx::query!(
+            r#"SELECT max(id) AS "last: i64", count(*) AS "rows!: i64", count(DISTINCT status) AS "statuses!: i64"
+                 FROM (SELECT id, status FROM connection_status_changes ORDER BY id LIMIT ?1)"#,
+            FOLD_BATCH,
+        )
         .fetch_one(&mut *tx)
         .await?;
-    if let Some(last) = last {
-        // The sums' rows take rowids above `last`, so the DELETE leaves them.
+        let Some(last) = batch.last.filter(|_| batch.rows > batch.statuses) else {
+            // Nothing that folding would shorten.
+            return Ok(());
+        };
+        // The sums' rows take ids above every existing one, so the DELETE leaves them.
         sqlx::query!(
             "INSERT INTO connection_status_changes (status, change)
-             SELECT status, sum(change) FROM connection_status_changes WHERE rowid <= ?1 GROUP BY status",
+             SELECT status, sum(change) FROM connection_status_changes WHERE id <= ?1 GROUP BY status",
             last,
         )
         .execute(&mut *tx)
         .await?;
-        sqlx::query!("DELETE FROM connection_status_changes WHERE rowid <= ?1", last)
+        sqlx::query!("DELETE FROM connection_status_changes WHERE id <= ?1", last)
             .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
+        if batch.rows < FOLD_BATCH {
+            return Ok(());
+        }
     }
-    tx.commit().await?;
-    Ok(())
 }
 
 pub(in crate::store) async fn note_refresh_outcome_unknown(
