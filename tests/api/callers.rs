@@ -207,7 +207,7 @@ fn token_request(tenant: &str) -> proto::GetAccessTokenRequest {
 }
 
 /// A vault with `callers_toml` on plaintext: bearer callers only (no certificate can be shown).
-async fn bearer_app() -> TestApp {
+pub async fn bearer_app() -> TestApp {
     spawn_app_with(TestOptions {
         extra_toml: callers_toml().replace(
             &format!("mtls_uris = [\"{BILLING_SPIFFE}\"]"),

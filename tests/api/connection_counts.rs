@@ -10,6 +10,13 @@ use token_vault::store::Store;
 
 use crate::helpers::{on_rows, Rows, TestDb};
 
+/// A migrated database of the test's own, and the test's handle on its rows.
+async fn migrated() -> (TestDb, Rows) {
+    let db = TestDb::create_migrated("tv_counts").await;
+    let rows = Rows::connect(&db.url).await;
+    (db, rows)
+}
+
 /// What `GROUP BY status` over the table says: the count the triggers must keep.
 async fn counted(rows: &Rows) -> BTreeMap<String, i64> {
     let found: Vec<(String, i64)> = on_rows!(rows, |pool| sqlx::query_as(
@@ -96,8 +103,7 @@ fn tenants(prefix: &str, n: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn the_gauge_follows_every_kind_of_change_to_the_table() {
-    let db = TestDb::create_migrated("tv_counts").await;
-    let rows = Rows::connect(&db.url).await;
+    let (db, rows) = migrated().await;
     let store = db.store(2);
     assert_eq!(gauge(&store).await, BTreeMap::new(), "an empty table counts nothing");
 
@@ -176,8 +182,7 @@ async fn the_gauge_follows_every_kind_of_change_to_the_table() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn counts_stay_exact_with_writers_and_replicas_counting_at_once() {
-    let db = TestDb::create_migrated("tv_counts").await;
-    let rows = Rows::connect(&db.url).await;
+    let (db, rows) = migrated().await;
     // Two replicas' stores, each counting (and folding) in a loop while the writers write.
     let replicas = [db.store(2), db.store(2)];
     let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -248,8 +253,7 @@ async fn counts_stay_exact_with_writers_and_replicas_counting_at_once() {
 
 #[tokio::test]
 async fn a_bulk_load_is_counted_and_folded_to_a_row_per_status() {
-    let db = TestDb::create_migrated("tv_counts").await;
-    let rows = Rows::connect(&db.url).await;
+    let (db, rows) = migrated().await;
     // More changes than one of SQLite's fold transactions takes (10,000).
     insert(&rows, &tenants("a-", 24_000), "active").await;
     insert(&rows, &tenants("r-", 1_500), "reauthorization_required").await;
@@ -300,8 +304,7 @@ async fn a_database_with_connections_before_the_migration_counts_them() {
 
 #[tokio::test]
 async fn a_database_refusing_writes_is_still_counted() {
-    let db = TestDb::create_migrated("tv_counts").await;
-    let rows = Rows::connect(&db.url).await;
+    let (db, rows) = migrated().await;
     insert(&rows, &tenants("a-", 5), "active").await;
     let Rows::Postgres(pool) = &rows else {
         unreachable!("Postgres only (.config/nextest.toml)")

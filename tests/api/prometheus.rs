@@ -526,3 +526,56 @@ fn collect_queries(value: &serde_json::Value, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+/// The connection gauge follows a connection through the vault's own statements, not only the
+/// table's rows written by hand (connection_counts.rs): connected, it is active; deleted through
+/// the API, it is disconnected, and `active` reads 0 rather than leaving the exposition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_gauge_follows_a_connection_deleted_through_the_api() {
+    let (app, _guard) = vault_with_metrics().await;
+    app.connect_tenant("acme").await;
+    let connections = |scraped: &Exposition, status: &str| -> Option<f64> {
+        scraped.families.get("tokenvault_connections").and_then(|family| {
+            family
+                .samples
+                .iter()
+                .find(|s| s.labels.get("status").map(String::as_str) == Some(status))
+                .map(|s| s.value)
+        })
+    };
+    let mut scraped = scrape(&app).await;
+    for _ in 0..100 {
+        if connections(&scraped, "active") == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        scraped = scrape(&app).await;
+    }
+    assert_eq!(
+        connections(&scraped, "active"),
+        Some(1.0),
+        "the connection, counted active"
+    );
+
+    app.client
+        .clone()
+        .delete_connection(proto::DeleteConnectionRequest {
+            tenant_id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        scraped = scrape(&app).await;
+        if connections(&scraped, "disconnected") == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        connections(&scraped, "disconnected"),
+        Some(1.0),
+        "deleted, it is disconnected"
+    );
+    assert_eq!(connections(&scraped, "active"), Some(0.0), "and active reads 0");
+}

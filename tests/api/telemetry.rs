@@ -17,6 +17,7 @@ use token_vault::{
 use tonic::Request;
 
 use crate::{
+    callers::{bearer_app, bearer_client},
     helpers::{spawn_app_with, token_from, token_request, TestOptions},
     otlp_collector::{Collector, Keep},
     replicas::Cluster,
@@ -211,27 +212,7 @@ async fn refused_calls_are_traced_with_the_status_they_were_answered() {
 
     let collector = Collector::start(Keep::Exports).await;
     let guard = export_to(&collector);
-    let team_a_hash: String = token_vault::auth::hash_token("token-team-a")
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let app = spawn_app_with(TestOptions {
-        extra_toml: format!(
-            r#"
-[auth]
-mode = "enforce"
-allow_bearer_without_tls = true
-[[auth.callers]]
-name = "team-a"
-bearer_token_sha256 = ["{team_a_hash}"]
-rpcs = ["GetAccessToken"]
-providers = ["understory"]
-tenants = ["team-a-*"]
-"#
-        ),
-        ..Default::default()
-    })
-    .await;
+    let app = bearer_app().await;
 
     let anonymous = app
         .client
@@ -240,14 +221,9 @@ tenants = ["team-a-*"]
         .await
         .expect_err("no credentials");
     assert_eq!(anonymous.code(), tonic::Code::Unauthenticated, "{anonymous:?}");
-    let mut outside_policy = Request::new(token_request("team-b-1"));
-    outside_policy
-        .metadata_mut()
-        .insert("authorization", "Bearer token-team-a".parse().unwrap());
-    let denied = app
-        .client
-        .clone()
-        .get_access_token(outside_policy)
+    let denied = bearer_client(app.addr, Some("token-team-a"))
+        .await
+        .get_access_token(token_request("team-b-1"))
         .await
         .expect_err("team-a may not read team-b's tenants");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
