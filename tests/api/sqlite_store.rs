@@ -1,9 +1,9 @@
 //! The embedded store shared by several vault processes on one machine: SQLite runs one writer
-//! at a time, and the refresh lease (taken in a `BEGIN IMMEDIATE` transaction, compared with
-//! the database's clock) still lets exactly one process refresh per expiry; several processes
-//! migrating a new file at once leave one whole schema; and the file is created only when
-//! `database.create_if_missing` says so. Runs on SQLite whichever store the rest of the suite
-//! uses.
+//! at a time, and the refresh lease (taken by one `UPDATE … RETURNING`, which SQLite begins
+//! with the write lock, compared with the database's clock) still lets exactly one process
+//! refresh per expiry; several processes migrating a new file at once leave one whole schema;
+//! and the file is created only when `database.create_if_missing` says so. Runs on SQLite
+//! whichever store the rest of the suite uses.
 
 use std::{
     path::{Path, PathBuf},
@@ -310,4 +310,136 @@ async fn concurrent_writes_of_one_process_all_commit_through_its_one_writer() {
     );
     on_rows!(rows, |pool| pool.close().await);
     store.close().await;
+}
+
+/// The lease is one `UPDATE … RETURNING` on SQLite, outside any explicit transaction: SQLite
+/// begins such a statement's transaction with the write lock, so attempts racing from two
+/// stores on one file (two writers, as two processes have) still take a lease once per
+/// generation. The winner's lease carries what the refresh needs (the current refresh token,
+/// the file's identity, the database's clock), read in the same statement; another holder
+/// gets the lease only once it has lapsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_racing_from_two_stores_on_one_file_are_taken_once() {
+    use token_vault::{
+        connection_key::ConnectionKey,
+        store::{NewTokens, Origin, RefreshCause},
+    };
+    const ATTEMPTS_PER_STORE: usize = 32;
+    let db = TestDb::create_sqlite("tv_test");
+    let (first, second) = (db.store(4), db.store(4));
+    first.migrate().await.unwrap();
+    let key = ConnectionKey::from_stored("tenant-racing", "understory");
+    let now = time::OffsetDateTime::now_utc();
+    let tokens = NewTokens {
+        generation: 1,
+        scopes: vec!["bookings".into()],
+        token_type: "bearer".into(),
+        access_token: vec![1; 64],
+        access_token_issued_at: now,
+        access_token_expires_at: now + time::Duration::hours(1),
+        refresh_token: Some(vec![7; 32]),
+        refresh_token_expires_at: None,
+        keepalive_due_at: None,
+    };
+    first
+        .connections()
+        .store_authorization(&key, None, &tokens, Origin::Authorization)
+        .await
+        .unwrap();
+    let identity = first.identity().current().await.unwrap();
+    // One refresh first, so that the connection has a superseded refresh token beside its
+    // current one: the lease must carry the current one.
+    let ttl = Duration::from_secs(2);
+    let leased = first
+        .connections()
+        .try_acquire_lease(&key, 1, uuid::Uuid::new_v4(), ttl)
+        .await
+        .unwrap()
+        .expect("a free lease");
+    let refreshed = NewTokens {
+        generation: 2,
+        access_token: vec![2; 64],
+        refresh_token: Some(vec![8; 32]),
+        ..tokens.clone()
+    };
+    first
+        .connections()
+        .store_refresh(leased.connection.id, 1, &refreshed, RefreshCause::Caller)
+        .await
+        .unwrap();
+
+    let attempts: Vec<_> = (0..2 * ATTEMPTS_PER_STORE)
+        .map(|i| {
+            let store = if i % 2 == 0 { first.clone() } else { second.clone() };
+            let (key, holder) = (key.clone(), uuid::Uuid::new_v4());
+            tokio::spawn(async move {
+                let leased = store.connections().try_acquire_lease(&key, 2, holder, ttl).await;
+                (holder, leased)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for attempt in attempts {
+        let (holder, leased) = attempt.await.unwrap();
+        if let Some(leased) = leased.expect("every attempt gets an answer, not a busy error") {
+            winners.push((holder, leased));
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "leases taken on generation 2 by {} racing attempts",
+        2 * ATTEMPTS_PER_STORE
+    );
+    let (holder, leased) = winners.pop().unwrap();
+    assert_eq!(leased.connection.generation, 2);
+    assert_eq!(leased.connection.access_token, refreshed.access_token);
+    let refresh_token = leased
+        .refresh_token
+        .expect("the lease carries the current refresh token");
+    assert_eq!((refresh_token.generation, refresh_token.token), (2, vec![8; 32]));
+    assert_eq!(
+        leased.database.identity, identity,
+        "the file's identity, read with the lease"
+    );
+    assert!(
+        (leased.database.now - time::OffsetDateTime::now_utc()).abs() < time::Duration::seconds(5),
+        "the database's clock, read with the lease: {}",
+        leased.database.now
+    );
+
+    let rows = Rows::connect(&db.url).await;
+    let recorded: (Option<Vec<u8>>,) = on_rows!(rows, |pool| sqlx::query_as(
+        "SELECT refresh_lease_holder FROM connections WHERE tenant_id = 'tenant-racing'"
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap());
+    assert_eq!(
+        recorded.0.as_deref(),
+        Some(&holder.as_bytes()[..]),
+        "the winner's lease is the one stored"
+    );
+    on_rows!(rows, |pool| pool.close().await);
+
+    let late = uuid::Uuid::new_v4();
+    assert!(
+        second
+            .connections()
+            .try_acquire_lease(&key, 2, late, ttl)
+            .await
+            .unwrap()
+            .is_none(),
+        "held: no second lease before it lapses"
+    );
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    let after = second
+        .connections()
+        .try_acquire_lease(&key, 2, late, ttl)
+        .await
+        .unwrap()
+        .expect("a lapsed lease is taken again");
+    assert_eq!(after.refresh_token.map(|t| t.generation), Some(2));
+    first.close().await;
+    second.close().await;
 }

@@ -340,9 +340,20 @@ pub(in crate::store) async fn try_acquire_lease(
     async {
         let (tenant, provider) = (key.tenant().as_str(), key.provider().as_str());
         let until = later(ttl);
-        let mut tx = begin_immediate(db).await?;
-        let row = sqlx::query_as!(
-            Row,
+        // One statement, outside any explicit transaction: SQLite begins a data-modifying
+        // statement's implicit transaction with the write lock already taken (as `BEGIN
+        // IMMEDIATE` does, waiting at the busy timeout), so the lease's check and its write
+        // are one atomic step, and the RETURNING clause's subqueries read the refresh token
+        // and the file's identity in that same transaction. Each statement is a round trip to
+        // the connection's thread; the transaction this replaces took five (BEGIN, the
+        // update, two reads, COMMIT), all with the process's one writer held.
+        //
+        // Read with `fetch_all`, never `fetch_optional`: the implicit transaction commits when
+        // the statement runs to its end. sqlx stops a statement fetched for one row after that
+        // row and resets it, which commits, but drops what the reset returns, so a failed
+        // commit would pass for a lease taken. Stepped to the end, a failed commit is the
+        // statement's error. (At most one row: (tenant_id, provider) is unique.)
+        let rows = sqlx::query!(
             r#"UPDATE connections
                   SET refresh_lease_holder = ?4,
                       refresh_lease_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?5)
@@ -355,38 +366,59 @@ pub(in crate::store) async fn try_acquire_lease(
                       access_token_issued_at AS "access_token_issued_at!: OffsetDateTime",
                       access_token_expires_at AS "access_token_expires_at!: OffsetDateTime",
                       authorized_at AS "authorized_at!: OffsetDateTime",
-                      refreshed_at AS "refreshed_at: OffsetDateTime""#,
+                      refreshed_at AS "refreshed_at: OffsetDateTime",
+                      (SELECT r.generation FROM refresh_tokens r
+                        WHERE r.connection_id = connections.id AND r.superseded_at IS NULL AND r.token IS NOT NULL
+                        ORDER BY r.generation DESC LIMIT 1) AS "refresh_generation?: i64",
+                      (SELECT r.token FROM refresh_tokens r
+                        WHERE r.connection_id = connections.id AND r.superseded_at IS NULL AND r.token IS NOT NULL
+                        ORDER BY r.generation DESC LIMIT 1) AS "refresh_token?: Vec<u8>",
+                      (SELECT s.identity FROM store_identity s) AS "identity!: String",
+                      (SELECT d.identity FROM database_identity d) AS "recorded?: String",
+                      (SELECT d.changed_at FROM database_identity d) AS "changed_at?: OffsetDateTime",
+                      strftime('%Y-%m-%dT%H:%M:%fZ', 'now') AS "now!: OffsetDateTime""#,
             tenant,
             provider,
             generation,
             holder,
             until,
         )
-        .fetch_optional(&mut *tx)
+        .fetch_all(db.writer())
         .await?;
-        let Some(row) = row else {
-            tx.commit().await?;
+        let Some(r) = rows.into_iter().next() else {
             return Ok(None);
         };
-        let refresh_token = current_on(&mut tx, row.id).await?;
-        let seen = sqlx::query!(
-            r#"SELECT s.identity AS "identity!", d.identity AS "recorded?",
-                      d.changed_at AS "changed_at?: OffsetDateTime",
-                      strftime('%Y-%m-%dT%H:%M:%fZ', 'now') AS "now!: OffsetDateTime"
-                 FROM store_identity s LEFT JOIN database_identity d ON true"#
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let refresh_token = match (r.refresh_generation, r.refresh_token) {
+            (Some(generation), Some(token)) => Some(CurrentRefreshToken { generation, token }),
+            _ => None,
+        };
+        let database = DatabaseSeen {
+            identity: r.identity,
+            recorded: r.recorded,
+            changed_at: r.changed_at,
+            now: r.now,
+        };
+        let connection = Row {
+            id: r.id,
+            tenant_id: r.tenant_id,
+            provider: r.provider,
+            status: r.status,
+            status_reason: r.status_reason,
+            status_changed_at: r.status_changed_at,
+            scopes: r.scopes,
+            generation: r.generation,
+            token_type: r.token_type,
+            access_token: r.access_token,
+            access_token_issued_at: r.access_token_issued_at,
+            access_token_expires_at: r.access_token_expires_at,
+            authorized_at: r.authorized_at,
+            refreshed_at: r.refreshed_at,
+        }
+        .into_connection()?;
         Ok(Some(Leased {
-            connection: row.into_connection()?,
+            connection,
             refresh_token,
-            database: DatabaseSeen {
-                identity: seen.identity,
-                recorded: seen.recorded,
-                changed_at: seen.changed_at,
-                now: seen.now,
-            },
+            database,
         }))
     }
     .instrument(db_span!("UPDATE", "connections"))

@@ -41,7 +41,9 @@ pub(in crate::store) async fn record_change(
 ) -> Result<OffsetDateTime, StoreError> {
     async {
         let before = earlier(grace);
-        let changed_at = sqlx::query_scalar!(
+        // Fetched to its end, so that the implicit transaction's commit is the statement's
+        // (see `connections::try_acquire_lease`).
+        let rows = sqlx::query_scalar!(
             r#"INSERT INTO database_identity (id, identity, changed_at)
                VALUES (1, ?1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
                ON CONFLICT (id) DO UPDATE
@@ -56,9 +58,11 @@ pub(in crate::store) async fn record_change(
             identity,
             before,
         )
-        .fetch_one(db.writer())
+        .fetch_all(db.writer())
         .await?;
-        Ok(changed_at)
+        rows.into_iter()
+            .next()
+            .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
     }
     .instrument(db_span!("UPSERT", "database_identity"))
     .await

@@ -1,8 +1,9 @@
 //! The SQLite store: one file, embedded (sqlx's SQLite driver with its bundled libsqlite3, so
 //! nothing is installed), for one node. Several vault processes on one machine may share the
 //! file: SQLite runs one writing transaction at a time, and every read-then-write here is a
-//! `BEGIN IMMEDIATE` transaction, which takes the write lock before its first read, so two
-//! processes can't both see a lease free and both take it.
+//! `BEGIN IMMEDIATE` transaction or a single data-modifying statement (whose implicit
+//! transaction SQLite also begins with the write lock), either of which takes the write lock
+//! before its first read, so two processes can't both see a lease free and both take it.
 //!
 //! Times are compared with the database's clock only, `strftime('%Y-%m-%dT%H:%M:%fZ', 'now')`:
 //! every process sharing the file runs on the same machine, so that is one clock, as

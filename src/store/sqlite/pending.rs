@@ -55,8 +55,11 @@ pub(in crate::store) async fn consume(
     state_hash: &[u8],
 ) -> Result<Option<PendingAuthorization>, StoreError> {
     async {
-        // One statement: two callbacks with the same state can't both get the row.
-        let row = sqlx::query!(
+        // One statement: two callbacks with the same state can't both get the row. Fetched to
+        // its end (`fetch_all`, at most one row: state_hash is unique) so that its implicit
+        // transaction's commit is part of the statement, not of sqlx's reset after the first
+        // row, whose failure sqlx drops: a failed commit must not hand the state out.
+        let rows = sqlx::query!(
             r#"DELETE FROM pending_authorizations
                 WHERE state_hash = ?1 AND consumed_at IS NULL
                   AND expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
@@ -64,19 +67,21 @@ pub(in crate::store) async fn consume(
                       redirect_uri AS "redirect_uri!", scopes AS "scopes!", pkce_verifier AS "pkce_verifier: Vec<u8>""#,
             state_hash,
         )
-        .fetch_optional(db.writer())
+        .fetch_all(db.writer())
         .await?;
-        row.map(|r| {
-            Ok(PendingAuthorization {
-                state_hash: r.state_hash,
-                tenant_id: r.tenant_id,
-                provider: r.provider,
-                redirect_uri: r.redirect_uri,
-                scopes: scopes_from(&r.scopes)?,
-                pkce_verifier: r.pkce_verifier,
+        rows.into_iter()
+            .next()
+            .map(|r| {
+                Ok(PendingAuthorization {
+                    state_hash: r.state_hash,
+                    tenant_id: r.tenant_id,
+                    provider: r.provider,
+                    redirect_uri: r.redirect_uri,
+                    scopes: scopes_from(&r.scopes)?,
+                    pkce_verifier: r.pkce_verifier,
+                })
             })
-        })
-        .transpose()
+            .transpose()
     }
     .instrument(db_span!("DELETE", "pending_authorizations"))
     .await
