@@ -883,95 +883,98 @@ const FINDINGS: &str = "
 Where the rows stand, in short (each has its bullet further down, with the runs and profiles
 behind it):
 
-- **This table** ran on commit 3e57a5c, on the `AMD EPYC` machine of the tables before it,
-  2026-12-07 15:48 to 16:22: **18 of 24 rows met**, against 12 in the table on c6264aa at
-  noon and 19 in the one on a9de961 that morning. Since c6264aa the vault takes its
-  connection gauge's numbers from a few rows its store's triggers keep instead of counting
-  the table every 30 s, which at a million connections was a parallel scan of it
-  (3e57a5c; 0e62cc3 after the table changes only when and how those rows are folded, not a
-  call's work; the bullet \"The connection gauge's count\"). Each throughput comparison is 21
+- **This table** ran on commit 1d77a0e, on the `AMD EPYC` machine of the tables before it,
+  2026-12-07 18:30 to 19:04: **15 of 24 rows met**, against 18 in the table on 3e57a5c the
+  same afternoon (15:48 to 16:22) and 12 in the one on c6264aa at noon. The one change to
+  the vault since 3e57a5c is SQLite's refresh lease, one statement instead of a
+  five-statement transaction (the bullet \"Refresh latency on SQLite: the lease in one
+  statement\"); none of the rows that changed sides runs it. Each throughput comparison is 21
   pairs of 1.5 s slices. 24 rows have a target; the two resolution rows, the two bounds and
   crypto's two have none.
-- **The resolution rows:** the second floor process in the vault's place 0.986 x (middle
-  half 0.919 to 1.035; pooled 0.993 x), the places swapped 1.003 x (0.914 to 1.104; pooled
-  1.001 x). A row within ~5 % of its target is still not decided by one table.
-- **Missed in this table (6):**
-  - the hot path 0.883 x (pooled 0.889 x, middle half 0.828 to 0.918), CPU per call 1.14 x
-    the floor's;
-  - every call's trace exported 0.725 x (CPU per call 1.49 x);
-  - **the cold cache on Postgres 0.850 x** (pooled 0.870 x; the vault's side first 1.000 x,
-    the floor's first 0.789 x; p99 1.15 x, within its target), while against the design's own
-    work it made 0.959 x (pooled 0.940 x, p99 1.04 x) and that work's bound 0.951 x;
-  - refresh throughput 924 refreshes/s (below 1,000/s), 0.829 x its bare client (1,114/s;
+- **The resolution rows:** the second floor process in the vault's place 0.978 x (middle
+  half 0.887 to 1.034; pooled 0.957 x), the places swapped 1.002 x (0.923 to 1.086; pooled
+  1.011 x). A row within ~5 % of its target is still not decided by one table: h2load's
+  five pairs in this run fell from 0.937 to 0.772 x in run order.
+- **Missed in this table (9):**
+  - bearer authentication and audit 0.880 x (pooled 0.896 x), 0.961 x in the table before;
+  - h2load's cross-check 0.858 x (pairs in run order 0.937, 0.912, 0.858, 0.822, 0.772);
+  - every call's trace exported 0.734 x (CPU per call 1.42 x the floor's), and 1 % of calls
+    traced 0.882 x (pooled 0.898 x; CPU per call 1.14 x, against the untraced hot path's
+    1.07 x);
+  - **the cold cache on Postgres 0.866 x** (pooled 0.858 x; p99 1.19 x, within its
+    target), against the design's own work 0.930 x and that work's bound 0.859 x (pooled
+    0.923 x);
+  - refresh throughput 936 refreshes/s (below 1,000/s), 0.822 x its bare client (1,139/s;
     the ratio met);
-  - refresh latency on SQLite 1.24 and 1.26 x its bare statements.
-- **Met (18):** bearer authentication and audit 0.961 x (pooled 0.940 x); h2load's
-  cross-check 0.911 x; 1 % of calls traced 0.912 x (pooled 0.900 x, CPU per call 1.14 x);
-  mutual TLS 0.926 x; a new mutual-TLS connection one at a time 0.997 x and in bursts of 64
-  0.863 x; the cold cache on Postgres against the design's own work 0.959 x; refresh latency
-  on Postgres 0.99 and 0.95 x its bare statements; refresh throughput against the vault's
-  own statements 0.921 x; the stampede (slowest caller 28.9 ms over the delay, budget
-  85.6 ms, one provider request per burst); the keeper's claim (p50 9.5 ms, p99 74.2 ms
-  among 1,050,705 connections, an index scan); the hot path while the keeper refreshes
-  0.911 x; on SQLite the hot path 0.902 x, the cold cache 0.984 x and against the design's
-  own work 0.910 x (p99 1.12 x); memory per cached token, 469 bytes beyond the token; the
+  - the hot path while the keeper refreshes 0.884 x (0.911 x in the table before);
+  - refresh latency on SQLite 1.31 and 1.28 x its bare statements.
+- **Met (15):** the hot path 0.946 x (pooled 0.954 x, CPU per call 1.07 x); mutual TLS
+  0.930 x; a new mutual-TLS connection one at a time 1.001 x and in bursts of 64 0.973 x;
+  the cold cache on Postgres against the design's own work 0.930 x; refresh latency on
+  Postgres 1.02 and 0.99 x its bare statements; refresh throughput against the vault's own
+  statements 0.899 x; the stampede (slowest caller 29.1 ms over the delay, budget 106.6 ms,
+  one provider request per burst); the keeper's claim (p50 11.3 ms, p99 34.2 ms among
+  1,050,705 connections, an index scan); on SQLite the hot path 0.915 x, the cold cache
+  0.928 x and against the design's own work 0.930 x (p99 1.11 x); memory per cached token,
+  260 bytes beyond the token (469 in the table before: the row's spread, same code); the
   scale row.
-- **The table before, on c6264aa** (12:28 to 13:00 the same day, same machine kind), met 12
-  of 24: its hot path 0.860 x ran in a slow stretch of the machine (the bullet \"This table,
-  the floors' subscriber and the call timeout\"), bearer 0.895 x, 1 % traced 0.853 x, the
-  cold cache on Postgres 0.850 x and 0.873 x against the design's work, refresh throughput
-  972/s, the keeper's hot path 0.882 x, SQLite's hot path 0.891 x, its cold cache against the
-  design's work 0.917 x with p99 1.27 x. **The one on a9de961** (05:44 to 06:17) met 19.
+- **The table before, on 3e57a5c**, met 18 of 24: it missed the hot path 0.883 x, every
+  call traced 0.725 x, the cold cache on Postgres 0.850 x, refresh throughput 924/s and
+  refresh latency on SQLite 1.24 and 1.26 x. **The one on c6264aa** (12:28 to 13:00) met
+  12, **the one on a9de961** (05:44 to 06:17) 19.
 - **Runs on another machine:** between the tables on a9de961 and c6264aa the sessions'
   machine was an `Intel(R) Xeon(R) Processor` whose gRPC floor is nearly twice as fast.
   There the rows against the gRPC floor fell by 4 to 13 hundredths (the hot path 0.859 x),
   the shutdown's cut-off measured at no cost, and a bullet says where the vault's extra
   goes (\"Another machine, and what the shutdown's cut-off costs\").
-- **What it means for the work.** Over the eight full runs before this one (4656fa0,
-  c44d9d9, 666991b, 1e5c479, 8774fde, 7cffc7c, a9de961 and c6264aa; this one's figures
-  follow each list in brackets):
-  - **The cold cache on Postgres** missed in all eight: 0.860, 0.868, 0.868, 0.836, 0.827,
-    0.851, 0.876, 0.850 x. Its bound made 0.935, 0.930, 0.939 and 0.998 x in the last four,
-    and the vault 0.963, 0.906, 0.973 and 0.873 x the design's work, whose products (0.900,
-    0.843, 0.914, 0.871 x) the row fell short of or matched (0.827, 0.851, 0.876, 0.850 x):
-    the three comparisons run minutes apart on a machine whose speed drifts [this run:
-    0.850 x, the design's work 0.959 x, its bound 0.951 x, product 0.912 x]. The bullet
-    \"The cold cache on Postgres: CPU per call, process and database\" splits the CPU of a
-    call on each side, the Postgres backends' included. Per call the backends serving the
-    vault used as much CPU as the vault's process (75.1 against 70.7 us in one run), and
-    1.26 x the database floor's backends, 15.5 us more: the audit trail's rows and the
-    vault's wider read cost Postgres ~10.5 us of those 15.5 (the design's-work floor's
-    backends pay them too), and 1.5 to 4.3 us more were not explained then. A sampler of
-    the database's activity later found the gauge's count of the whole table among them
-    (the bullet \"The connection gauge's count\"); in this run the vault's backends used 1.02
-    x the design's-work floor's (109.2 against 107.0 us a call). The per-tenant index of
-    `audit_events` is 1.5 to 4 us a call (a scratch timing, and two runs of the bench); one
-    run without it made 0.904 x (pooled 0.885 x). It stays: it is what answers \"who got
-    this tenant's token\" (that bullet). Since the table on a9de961 a window's rows are
-    written in that index's order, about 2 us less of Postgres's time a row on a scratch
-    table (that bullet again).
-  - **Refresh throughput** made 927, 874, 972, 1,028, 941, 924, 1,020 and 972 refreshes/s;
-    its bare client 1,145, 1,193, 1,165, 1,132, 1,173 and 1,150/s in the last six. The
-    absolute figure follows the machine's hour; the ratio target is met in all eight, the
-    1,000/s in two [this run: 924/s, its bare client 1,114/s, 0.829 x].
+- **What it means for the work.** Over the nine full runs before this one (4656fa0,
+  c44d9d9, 666991b, 1e5c479, 8774fde, 7cffc7c, a9de961, c6264aa and 3e57a5c; this one's
+  figures follow each list in brackets):
+  - **The cold cache on Postgres** missed in all nine: 0.860, 0.868, 0.868, 0.836, 0.827,
+    0.851, 0.876, 0.850, 0.850 x. Its bound made 0.935, 0.930, 0.939, 0.998 and 0.951 x in
+    the last five, and the vault 0.963, 0.906, 0.973, 0.873 and 0.959 x the design's work,
+    whose products (0.900, 0.843, 0.914, 0.871, 0.912 x) the row fell short of or matched
+    (0.827, 0.851, 0.876, 0.850, 0.850 x): the three comparisons run minutes apart on a
+    machine whose speed drifts [this run: 0.866 x, the design's work 0.930 x, its bound
+    0.859 x, product 0.799 x, which the row beat]. The bullet \"The cold cache on Postgres:
+    CPU per call, process and database\" splits the CPU of a call on each side, the Postgres
+    backends' included. Per call the backends serving the vault used as much CPU as the
+    vault's process (75.1 against 70.7 us in one run), and 1.26 x the database floor's
+    backends, 15.5 us more: the audit trail's rows and the vault's wider read cost Postgres
+    ~10.5 us of those 15.5 (the design's-work floor's backends pay them too), and 1.5 to
+    4.3 us more were not explained then. A sampler of the database's activity later found
+    the gauge's count of the whole table among them (the bullet \"The connection gauge's
+    count\"); in the table on 3e57a5c the vault's backends used 1.02 x the design's-work
+    floor's (109.2 against 107.0 us a call) [this run: 1.11 x, 93.8 against 84.5 us]. The
+    per-tenant index of `audit_events` is 1.5 to 4 us a call (a scratch timing, and two
+    runs of the bench); one run without it made 0.904 x (pooled 0.885 x). It stays: it is
+    what answers \"who got this tenant's token\" (that bullet). Since the table on a9de961 a
+    window's rows are written in that index's order, about 2 us less of Postgres's time a
+    row on a scratch table (that bullet again).
+  - **Refresh throughput** made 927, 874, 972, 1,028, 941, 924, 1,020, 972 and 924
+    refreshes/s; its bare client 1,145, 1,193, 1,165, 1,132, 1,173, 1,150 and 1,114/s in
+    the last seven. The absolute figure follows the machine's hour; the ratio target is met
+    in all nine, the 1,000/s in two [this run: 936/s, its bare client 1,139/s, 0.822 x].
   - **The traced rows.** With every call sampled 0.737, 0.854, 0.766, 0.738, 0.776, 0.722,
-    0.781, 0.744 x: every span is built and exported there, as the SDK's default asks, and
-    no step of it is more than a few percent (the bullet \"Sampling decided where a trace
-    starts\"). The README and the chart's values say to sample a fraction on a busy replica.
-    At 1 %: 0.822, 0.803, 0.853, 0.873 x before sampling was decided where a trace starts,
-    0.917, 0.882 and 0.853 x since [this run: every call 0.725 x, 1 % 0.912 x, CPU per call
-    1.49 and 1.14 x].
+    0.781, 0.744, 0.725 x: every span is built and exported there, as the SDK's default
+    asks, and no step of it is more than a few percent (the bullet \"Sampling decided where
+    a trace starts\"). The README and the chart's values say to sample a fraction on a busy
+    replica. At 1 %: 0.822, 0.803, 0.853, 0.873 x before sampling was decided where a trace
+    starts, 0.917, 0.882, 0.853 and 0.912 x since [this run: every call 0.734 x, 1 %
+    0.882 x, CPU per call 1.42 and 1.14 x].
   - Rows that changed sides between runs, in run order: bearer authentication 1.017,
-    0.879, 0.910, 0.903, 0.926, 0.973, 0.928, 0.895 x; mutual TLS 0.842, 0.915, 0.968,
-    0.948, 0.938, 0.970, 0.919, 0.903 x; h2load 0.946, 1.037, 0.860, 0.877, 1.027, 0.936,
-    0.927, 0.970 x; refresh latency on SQLite 1.29/1.26, 1.11/1.14, 1.13/1.10, 1.25/1.28,
-    1.23/1.24, 1.28/1.29, 1.25/1.24, 1.25/1.21 x; the cold cache on SQLite 0.986, 0.872 (p99
-    1.38), 0.988, 0.994, 0.962, 1.035, 1.005, 0.992 x; against the design's own work on
-    SQLite 0.873, 0.862, 0.915, 0.964, 0.917 x in the last five; the new mutual-TLS
-    connection in bursts 0.978, 1.207, 0.961, 0.928 x in the last four; the hot path 0.936
-    and 0.860 x in the last two [this run: bearer 0.961 x, mutual TLS 0.926 x, h2load
-    0.911 x, refresh latency on SQLite 1.24/1.26 x, its cold cache 0.984 x and against the
-    design's work 0.910 x, the new connection in bursts 0.863 x, the hot path 0.883 x].
+    0.879, 0.910, 0.903, 0.926, 0.973, 0.928, 0.895, 0.961 x; mutual TLS 0.842, 0.915,
+    0.968, 0.948, 0.938, 0.970, 0.919, 0.903, 0.926 x; h2load 0.946, 1.037, 0.860, 0.877,
+    1.027, 0.936, 0.927, 0.970, 0.911 x; refresh latency on SQLite 1.29/1.26, 1.11/1.14,
+    1.13/1.10, 1.25/1.28, 1.23/1.24, 1.28/1.29, 1.25/1.24, 1.25/1.21, 1.24/1.26 x; the cold
+    cache on SQLite 0.986, 0.872 (p99 1.38), 0.988, 0.994, 0.962, 1.035, 1.005, 0.992,
+    0.984 x; against the design's own work on SQLite 0.873, 0.862, 0.915, 0.964, 0.917,
+    0.910 x in the last six; the new mutual-TLS connection in bursts 0.978, 1.207, 0.961,
+    0.928, 0.863 x in the last five; the hot path 0.936, 0.860 and 0.883 x in the last three;
+    the hot path while the keeper refreshes 0.882 and 0.911 x in the last two [this run:
+    bearer 0.880 x, mutual TLS 0.930 x, h2load 0.858 x, refresh latency on SQLite 1.31/1.28
+    x, its cold cache 0.928 x and against the design's work 0.930 x, the new connection in
+    bursts 0.973 x, the hot path 0.946 x, with the keeper 0.884 x].
 
 What was found and changed, in the order the work happened:
 
@@ -2501,6 +2504,44 @@ What was found and changed, in the order the work happened:
     design's work at 0.959 x, one run. The change is for the fleet the issue describes more
     than for a row: ~2 s of database CPU per replica every 30 s at a million connections,
     now a fraction of a millisecond.
+- **Refresh latency on SQLite: the lease in one statement (2026-12-07, commit 1d77a0e).** On
+  SQLite the lease was a `BEGIN IMMEDIATE` transaction of five statements (BEGIN, the
+  update, the refresh token's read, the file identity's read, COMMIT), each a round trip to
+  the writer connection's thread, all with the process's one writer held. It is now one
+  `UPDATE … RETURNING`: SQLite begins a data-modifying statement's implicit transaction with
+  the write lock, as `BEGIN IMMEDIATE` does, so the check and the write stay one atomic step,
+  and the RETURNING clause's subqueries read the current refresh token and the identity in
+  that transaction. A new test races 64 lease attempts from two stores on one file (two
+  writers, as two processes have) and gets one lease, carrying the current refresh token and
+  not the superseded one.
+  - Found on the way: sqlx (sqlx-sqlite 0.8.6) stops a statement fetched for one row
+    (`fetch_optional`, `fetch_one`) after that row and resets it. For a write outside a
+    transaction the reset is what commits (checked with Python's sqlite3: after the first row
+    of an `UPDATE … RETURNING` the change is not visible and the write lock is held until the
+    reset), and sqlx drops the reset's result, so a failed commit would pass for a success.
+    The lease, the pending authorization's `DELETE … RETURNING` (a callback's state handed
+    out once) and the identity's upsert are now fetched to their end (`fetch_all`), where a
+    failed commit is the statement's error.
+  - Measured, `./scripts/bench --only sqlite`, the old code, the new, the old again (17:38
+    to 18:16; medians of 200 samples each, in ms):
+
+    | run | code | bare lease, stale / not cached | vault's own time against the bare statements, stale | not cached | one-at-a-time lease and store (write-burst note) |
+    |---|---|---|---|---|---|
+    | 17:38 to 17:47 | 1297aa4 | 0.99 / 0.87 | 2.96 against 2.15 (1.38 x) | 3.41 against 2.37 (1.44 x) | p50 0.82 |
+    | 17:58 to 18:06 | 1d77a0e | 0.86 / 0.72 | 2.49 against 1.95 (1.28 x) | 2.69 against 2.08 (1.30 x) | p50 0.89 |
+    | 18:07 to 18:16 | 1297aa4 | 0.92 / 0.78 | 2.52 against 1.96 (1.29 x) | 2.58 against 2.10 (1.23 x) | p50 1.07 |
+
+  - What it says: the lease got 0.06 to 0.15 ms cheaper, about what four round trips of
+    10 to 35 us predict, within what the machine drifted between the runs. The vault's own
+    time moved with its bare statements, and the ratio stayed where it was (1.28 and 1.30 x
+    new, 1.29 and 1.23 x in the old run beside it; the first old run was the slowest of the
+    three). So the round trips to SQLite's connection thread, which the bare client pays as
+    the vault does, are not where the vault's ~0.5 ms beyond its statements goes; the
+    split in the bullet \"Refresh latency on SQLite\" (the gRPC call after idle, the hand-off
+    to the refresh task, the steps between statements) stands. The change stays for what it
+    does: one round trip instead of five with the one writer held, and a failed commit seen.
+    The full table on 1d77a0e then gave 2.46 against 1.88 ms and 2.61 against 2.04 ms (1.31
+    and 1.28 x), within the rows' run-to-run range (1.10 to 1.31 x over the last ten tables).
 ";
 
 /// Cargo's target folder: `CARGO_TARGET_DIR` when set, else `target/` in the repository.

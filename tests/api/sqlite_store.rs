@@ -317,7 +317,7 @@ async fn concurrent_writes_of_one_process_all_commit_through_its_one_writer() {
 /// stores on one file (two writers, as two processes have) still take a lease once per
 /// generation. The winner's lease carries what the refresh needs (the current refresh token,
 /// the file's identity, the database's clock), read in the same statement; another holder
-/// gets the lease only once it has lapsed.
+/// gets it only once it is released or has lapsed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leases_racing_from_two_stores_on_one_file_are_taken_once() {
     use token_vault::{
@@ -347,9 +347,11 @@ async fn leases_racing_from_two_stores_on_one_file_are_taken_once() {
         .await
         .unwrap();
     let identity = first.identity().current().await.unwrap();
+    first.identity().record_first(&identity).await.unwrap();
     // One refresh first, so that the connection has a superseded refresh token beside its
-    // current one: the lease must carry the current one.
-    let ttl = Duration::from_secs(2);
+    // current one: the lease must carry the current one. Leases here outlast the test's
+    // steps however slow the machine; only the last one is let lapse.
+    let ttl = Duration::from_secs(60);
     let leased = first
         .connections()
         .try_acquire_lease(&key, 1, uuid::Uuid::new_v4(), ttl)
@@ -402,6 +404,12 @@ async fn leases_racing_from_two_stores_on_one_file_are_taken_once() {
         leased.database.identity, identity,
         "the file's identity, read with the lease"
     );
+    assert_eq!(
+        leased.database.recorded.as_deref(),
+        Some(identity.as_str()),
+        "the identity last recorded, read with the lease"
+    );
+    assert!(leased.database.changed_at.is_some(), "and when it was recorded");
     assert!(
         (leased.database.now - time::OffsetDateTime::now_utc()).abs() < time::Duration::seconds(5),
         "the database's clock, read with the lease: {}",
@@ -430,12 +438,34 @@ async fn leases_racing_from_two_stores_on_one_file_are_taken_once() {
             .await
             .unwrap()
             .is_none(),
-        "held: no second lease before it lapses"
+        "held: no second lease while the winner's runs"
     );
-    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
-    let after = second
+    first
         .connections()
-        .try_acquire_lease(&key, 2, late, ttl)
+        .release_lease(leased.connection.id, holder)
+        .await
+        .unwrap();
+    let brief = Duration::from_secs(2);
+    second
+        .connections()
+        .try_acquire_lease(&key, 2, late, brief)
+        .await
+        .unwrap()
+        .expect("a released lease is free");
+    let next = uuid::Uuid::new_v4();
+    assert!(
+        first
+            .connections()
+            .try_acquire_lease(&key, 2, next, ttl)
+            .await
+            .unwrap()
+            .is_none(),
+        "held again"
+    );
+    tokio::time::sleep(brief + Duration::from_millis(200)).await;
+    let after = first
+        .connections()
+        .try_acquire_lease(&key, 2, next, ttl)
         .await
         .unwrap()
         .expect("a lapsed lease is taken again");

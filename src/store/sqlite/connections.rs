@@ -1,7 +1,8 @@
 //! SQLite: connections and their refresh-token history, the refresh lease and the fenced
 //! writes (the statements behind `store::connections`). What Postgres does in one statement
 //! with data-modifying CTEs is one `BEGIN IMMEDIATE` transaction here: the same reads and
-//! writes, with the write lock held from the first read.
+//! writes, with the write lock held from the first read. The lease, one `UPDATE` whose
+//! RETURNING reads the rest, is a single statement here too.
 
 use std::time::Duration;
 
@@ -352,7 +353,10 @@ pub(in crate::store) async fn try_acquire_lease(
         // the statement runs to its end. sqlx stops a statement fetched for one row after that
         // row and resets it, which commits, but drops what the reset returns, so a failed
         // commit would pass for a lease taken. Stepped to the end, a failed commit is the
-        // statement's error. (At most one row: (tenant_id, provider) is unique.)
+        // statement's error. (At most one row: (tenant_id, provider) is unique.) As on
+        // Postgres, a lease whose statement ran is taken: if what follows fails (a row that
+        // does not decode) or the refresh task is dropped with its runtime, it lapses after
+        // `lease_ttl` instead of being rolled back.
         let rows = sqlx::query!(
             r#"UPDATE connections
                   SET refresh_lease_holder = ?4,
