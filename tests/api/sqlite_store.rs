@@ -473,3 +473,67 @@ async fn leases_racing_from_two_stores_on_one_file_are_taken_once() {
     first.close().await;
     second.close().await;
 }
+
+/// The keeper's claim among many connections is a range scan of its partial index, due order
+/// included, not a read of every connection of the provider and a sort: the claim holds the
+/// write lock while it runs. SQLite's planner took an equality on `provider` or `status` over
+/// that index's range; the statement names its index (`INDEXED BY`), and no index may be
+/// searched by status first (the migration that dropped one says why). Checked on the
+/// statement's own file, on a fleet with no planner statistics, as the vault's files are
+/// (nothing runs `ANALYZE`; with statistics the planner found the index by itself).
+#[tokio::test]
+async fn the_keepers_claim_reads_its_partial_index_in_due_order() {
+    use sqlx::{Connection, SqliteConnection};
+    let db = TestDb::create_sqlite("tv_test");
+    let store = db.store(4);
+    store.migrate().await.unwrap();
+    store.close().await;
+    let mut conn = SqliteConnection::connect(&db.url).await.unwrap();
+
+    let led_by_status: Vec<(String,)> = sqlx::query_as(
+        "SELECT il.name FROM pragma_index_list('connections') il
+          WHERE (SELECT ii.name FROM pragma_index_info(il.name) ii WHERE ii.seqno = 0) = 'status'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(
+        led_by_status.is_empty(),
+        "indexes searched by status first: {led_by_status:?}"
+    );
+
+    // A fleet, one in a hundred due.
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 1999)
+         INSERT INTO connections (tenant_id, provider, status, scopes, generation, token_type, access_token,
+                                  access_token_issued_at, access_token_expires_at, authorized_at, keepalive_due_at)
+         SELECT printf('tenant-%04d', i), 'understory', 'active', '[]', 1, 'bearer', zeroblob(900),
+                '2026-12-07T00:00:00.000Z', '2026-12-07T01:00:00.000Z', '2026-12-07T00:00:00.000Z',
+                CASE WHEN i % 100 = 0 THEN '2026-12-07T00:00:00.000Z' ELSE '2999-01-01T00:00:00.000Z' END
+           FROM n",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let claim = include_str!("../../src/store/sqlite/keepalive_claim.sql");
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(&format!("EXPLAIN QUERY PLAN {claim}"))
+        .bind(200_i64)
+        .bind("+30.000 seconds")
+        .bind(r#"["understory"]"#)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    let steps: Vec<&str> = plan.iter().map(|(_, _, _, detail)| detail.as_str()).collect();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.starts_with("SEARCH connections USING INDEX connections_keepalive_due (keepalive_due_at")),
+        "the due connections are found by a range of the partial index: {steps:?}"
+    );
+    assert!(
+        !steps.iter().any(|s| s.contains("TEMP B-TREE")),
+        "and come in due order from it, unsorted: {steps:?}"
+    );
+    conn.close().await.unwrap();
+}

@@ -19,28 +19,9 @@ pub(in crate::store) async fn claim(
     async {
         let until = later(ttl);
         let providers = json_array(providers);
-        let rows = sqlx::query!(
-            r#"UPDATE connections
-                  SET keepalive_claimed_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2)
-                WHERE id IN (
-                      SELECT id FROM connections
-                       WHERE status = 'active' AND keepalive_due_at IS NOT NULL
-                         AND keepalive_due_at <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-                         AND (keepalive_claimed_until IS NULL
-                              OR keepalive_claimed_until <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-                         AND (refresh_lease_until IS NULL
-                              OR refresh_lease_until <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-                         AND provider IN (SELECT value FROM json_each(?3))
-                       ORDER BY keepalive_due_at
-                       LIMIT ?1)
-            RETURNING id AS "id!", tenant_id AS "tenant_id!", provider AS "provider!", generation AS "generation!",
-                      keepalive_claimed_until AS "claimed_until!: OffsetDateTime""#,
-            limit,
-            until,
-            providers,
-        )
-        .fetch_all(db.writer())
-        .await?;
+        let rows = sqlx::query_file!("src/store/sqlite/keepalive_claim.sql", limit, until, providers)
+            .fetch_all(db.writer())
+            .await?;
         let claimed_until = rows.first().map(|r| r.claimed_until);
         Ok(Claim {
             connections: rows
