@@ -888,7 +888,10 @@ behind it):
   same afternoon (15:48 to 16:22) and 12 in the one on c6264aa at noon. The one change to
   the vault since 3e57a5c is SQLite's refresh lease, one statement instead of a
   five-statement transaction (the bullet \"Refresh latency on SQLite: the lease in one
-  statement\"); none of the rows that changed sides runs it. Each throughput comparison is 21
+  statement\"); none of the rows that changed sides runs it. After the table, the keeper's
+  claim on SQLite, a read of every connection as SQLite planned it (0.8 s a claim at
+  1,000,000 connections), became a range of its index (ee80f1a; the bullet \"The keeper's
+  claim on SQLite read every connection\"); no row of the table runs it. Each throughput comparison is 21
   pairs of 1.5 s slices. 24 rows have a target; the two resolution rows, the two bounds and
   crypto's two have none.
 - **The resolution rows:** the second floor process in the vault's place 0.978 x (middle
@@ -2542,6 +2545,30 @@ What was found and changed, in the order the work happened:
     does: one round trip instead of five with the one writer held, and a failed commit seen.
     The full table on 1d77a0e then gave 2.46 against 1.88 ms and 2.61 against 2.04 ms (1.31
     and 1.28 x), within the rows' run-to-run range (1.10 to 1.31 x over the last ten tables).
+- **The keeper's claim on SQLite read every connection (2026-12-07, commit ee80f1a).**
+  Found while checking what the SQLite index on status alone still served, after the
+  gauge stopped counting through it. The keeper's claim (due active connections of the
+  configured providers, in due order, 200 at a time) was planned by SQLite, which has no
+  statistics on the vault's files (nothing runs `ANALYZE`), as a search of that index for
+  `status = 'active'`, every active connection read and then sorted, inside an `UPDATE`
+  that holds the file's write lock. Timed with Python's sqlite3 (SQLite 3.40) on the
+  migrated schema, claims of 200 among connections one in 50 of which are due, five each:
+  - 1,000,000 connections (~1 KB rows): 853, 915, 761, 772 and 835 ms a claim as planned;
+    0.8, 0.3, 0.2, 0.2 and 0.2 ms through the partial index `connections_keepalive_due`;
+  - 200,000 connections, one in 100 due: 103 to 117 ms against 0.1 to 0.5 ms.
+
+  With the status index dropped, the vault's bundled SQLite (3.46) took the equality on
+  `provider` instead (`connections_provider_tenant`, then a temporary B-tree for the
+  order): the same whole read. The statement now names its index (`INDEXED BY
+  connections_keepalive_due`, in `src/store/sqlite/keepalive_claim.sql`), which also makes
+  SQLite refuse to prepare it, rather than scan, if that index can no longer serve it; and
+  migration 20261212000001 drops the status index, the same lure Postgres lost in
+  20261210000001. A test plans the statement's own file on a fleet with no statistics
+  (`sqlite_store::the_keepers_claim_reads_its_partial_index_in_due_order`: a range of the
+  partial index, no temporary B-tree; with the hint removed from the planned text it fails
+  on `connections_provider_tenant (provider=?)` and `USE TEMP B-TREE FOR ORDER BY`). The
+  keeper row of the table runs on Postgres only; a SQLite keeper row is not in the bench
+  yet, so these timings are the scratch ones above, not the table's.
 ";
 
 /// Cargo's target folder: `CARGO_TARGET_DIR` when set, else `target/` in the repository.
