@@ -2,7 +2,7 @@
 """Checks that the Docker build context (.dockerignore, an allowlist) holds what `cargo build`
 reads, without a Docker engine: every file the workspace's manifests declare (benches, examples,
 build scripts) and every file the code embeds at compile time (`include_str!`, `include_bytes!`,
-`sqlx::migrate!`). A file left out of the allowlist fails the image build only inside Docker,
+`sqlx::migrate!`, sqlx's `query_file!` family). A file left out of the allowlist fails the image build only inside Docker,
 which CI cannot run; this finds it here.
 
 The context is materialised the way the allowlist reads: `*` excludes everything, and each
@@ -20,7 +20,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EMBED = re.compile(r'(include_str|include_bytes)!\(\s*"([^"]+)"\s*\)|sqlx::migrate!\(\s*"([^"]+)"\s*\)')
+EMBED = re.compile(
+    r'(include_str|include_bytes)!\(\s*"([^"]+)"\s*\)'
+    r'|sqlx::(?:migrate|query_file|query_file_scalar)(?:_unchecked)?!\(\s*"([^"]+)"'
+    r'|sqlx::query_file_as(?:_unchecked)?!\(\s*[\w:]+\s*,\s*"([^"]+)"'
+)
 
 
 def allowlist() -> list[str]:
@@ -79,8 +83,8 @@ def main() -> int:
     embedded = 0
     for source in sorted((ROOT / "src").rglob("*.rs")):
         for match in EMBED.finditer(source.read_text()):
-            relative = match.group(2) or match.group(3)
-            # include_str! is relative to the file; sqlx::migrate! to the manifest directory.
+            relative = match.group(2) or match.group(3) or match.group(4)
+            # include_str! is relative to the file; sqlx's macros to the manifest directory.
             base = source.parent if match.group(2) else ROOT
             path = (base / relative).resolve().relative_to(ROOT)
             embedded += 1

@@ -1,10 +1,12 @@
 -- The keeper's claim (store::sqlite::keepalive::claim): due active connections in due order,
--- claimed in the same statement. INDEXED BY: without it SQLite's planner takes the equality on
--- provider (connections_provider_tenant), or on status while that index existed, over the
--- partial index's range, and reads every connection of the provider, then sorts them, all
--- while holding the write lock (with the status index: 100 ms a claim among 200,000 connections,
--- against 0.1 ms through the partial index). If that index can no longer serve the statement,
--- SQLite refuses to prepare it rather than scan. tests/api/sqlite_store.rs checks this file's plan.
+-- claimed in the same statement. INDEXED BY: without planner statistics (nothing runs ANALYZE
+-- on the vault's files) SQLite took an equality over the partial index's range: on status
+-- while an index on it existed (every active connection), else on provider
+-- (connections_provider_tenant: every connection of the provider), then sorted them all, while
+-- the claim held the write lock. The lookup alone, 200 among 1,000,000 connections: 0.76 to
+-- 0.91 s that way, 0.2 to 0.8 ms through the partial index (docs/performance.md). If that
+-- index can no longer serve the statement, SQLite refuses to prepare it rather than scan.
+-- tests/api/sqlite_store.rs checks this file's plan.
 UPDATE connections
       SET keepalive_claimed_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2)
     WHERE id IN (
