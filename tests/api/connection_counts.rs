@@ -97,6 +97,15 @@ async fn set_status(rows: &Rows, prefix: &str, status: &str) -> u64 {
         .rows_affected())
 }
 
+/// Runs `sql` on the test's database; the rows it touched.
+async fn execute(rows: &Rows, sql: &str) -> u64 {
+    on_rows!(rows, |pool| sqlx::query(sql)
+        .execute(pool)
+        .await
+        .unwrap()
+        .rows_affected())
+}
+
 fn tenants(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i:05}")).collect()
 }
@@ -122,13 +131,7 @@ async fn the_gauge_follows_every_kind_of_change_to_the_table() {
     // (as every refresh does): neither appends a change.
     let kept = changes_kept(&rows).await;
     assert_eq!(set_status(&rows, "d-", "disconnected").await, 3);
-    let touched = on_rows!(rows, |pool| sqlx::query(
-        "UPDATE connections SET generation = generation + 1"
-    )
-    .execute(pool)
-    .await
-    .unwrap()
-    .rows_affected());
+    let touched = execute(&rows, "UPDATE connections SET generation = generation + 1").await;
     assert_eq!(touched, 50);
     assert_eq!(
         changes_kept(&rows).await,
@@ -147,13 +150,11 @@ async fn the_gauge_follows_every_kind_of_change_to_the_table() {
     assert_eq!(gauge(&store).await, expected);
 
     // Deletes, then a status none is left in.
-    let deleted = on_rows!(rows, |pool| sqlx::query(
-        "DELETE FROM connections WHERE status = 'reauthorization_required' OR tenant_id = 'a-00030'"
+    let deleted = execute(
+        &rows,
+        "DELETE FROM connections WHERE status = 'reauthorization_required' OR tenant_id = 'a-00030'",
     )
-    .execute(pool)
-    .await
-    .unwrap()
-    .rows_affected());
+    .await;
     assert_eq!(deleted, 11);
     let reported = store.connections().count_by_status().await.unwrap();
     assert!(
@@ -171,11 +172,7 @@ async fn the_gauge_follows_every_kind_of_change_to_the_table() {
 
     // Emptied all at once (TRUNCATE fires no row trigger on Postgres; SQLite has none).
     let empty = rows.sql("TRUNCATE connections CASCADE", "DELETE FROM connections");
-    on_rows!(rows, |pool| sqlx::query(empty)
-        .execute(pool)
-        .await
-        .unwrap()
-        .rows_affected());
+    execute(&rows, empty).await;
     assert_eq!(gauge(&store).await, BTreeMap::new(), "an emptied table counts nothing");
     store.close().await;
 }

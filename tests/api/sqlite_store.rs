@@ -11,6 +11,8 @@ use std::{
     time::Duration,
 };
 
+use token_vault::store::NewTokens;
+
 use crate::{
     helpers::{on_rows, settings_toml, Rows, TestDb, TestOptions},
     provider::Fault,
@@ -237,40 +239,25 @@ async fn processes_migrating_a_new_sqlite_file_at_once_all_succeed_and_apply_eac
 async fn concurrent_writes_of_one_process_all_commit_through_its_one_writer() {
     use token_vault::{
         connection_key::ConnectionKey,
-        store::{NewTokens, Origin, RefreshCause},
+        store::{Origin, RefreshCause},
     };
     const READERS: u32 = 4;
     const CONNECTIONS: usize = 64;
     let db = TestDb::create_sqlite("tv_test");
     let store = db.store(READERS);
     store.migrate().await.unwrap();
-    let tokens = |generation: i64| {
-        let now = time::OffsetDateTime::now_utc();
-        NewTokens {
-            generation,
-            scopes: vec!["bookings".into()],
-            token_type: "bearer".into(),
-            // The store keeps what it is given; sealing is not what this test is about.
-            access_token: vec![generation as u8; 64],
-            access_token_issued_at: now,
-            access_token_expires_at: now + time::Duration::hours(1),
-            refresh_token: Some(vec![generation as u8; 32]),
-            refresh_token_expires_at: None,
-            keepalive_due_at: None,
-        }
-    };
     let key = |i: usize| ConnectionKey::from_stored(&format!("tenant-{i:02}"), "understory");
     for i in 0..CONNECTIONS {
         store
             .connections()
-            .store_authorization(&key(i), None, &tokens(1), Origin::Authorization)
+            .store_authorization(&key(i), None, &stored_tokens(1), Origin::Authorization)
             .await
             .unwrap();
     }
 
     let refreshes: Vec<_> = (0..CONNECTIONS)
         .map(|i| {
-            let (store, key, tokens) = (store.clone(), key(i), tokens(2));
+            let (store, key, tokens) = (store.clone(), key(i), stored_tokens(2));
             tokio::spawn(async move {
                 let leased = store
                     .connections()
@@ -322,28 +309,16 @@ async fn concurrent_writes_of_one_process_all_commit_through_its_one_writer() {
 async fn leases_racing_from_two_stores_on_one_file_are_taken_once() {
     use token_vault::{
         connection_key::ConnectionKey,
-        store::{NewTokens, Origin, RefreshCause},
+        store::{Origin, RefreshCause},
     };
     const ATTEMPTS_PER_STORE: usize = 32;
     let db = TestDb::create_sqlite("tv_test");
     let (first, second) = (db.store(4), db.store(4));
     first.migrate().await.unwrap();
     let key = ConnectionKey::from_stored("tenant-racing", "understory");
-    let now = time::OffsetDateTime::now_utc();
-    let tokens = NewTokens {
-        generation: 1,
-        scopes: vec!["bookings".into()],
-        token_type: "bearer".into(),
-        access_token: vec![1; 64],
-        access_token_issued_at: now,
-        access_token_expires_at: now + time::Duration::hours(1),
-        refresh_token: Some(vec![7; 32]),
-        refresh_token_expires_at: None,
-        keepalive_due_at: None,
-    };
     first
         .connections()
-        .store_authorization(&key, None, &tokens, Origin::Authorization)
+        .store_authorization(&key, None, &stored_tokens(1), Origin::Authorization)
         .await
         .unwrap();
     let identity = first.identity().current().await.unwrap();
@@ -352,18 +327,20 @@ async fn leases_racing_from_two_stores_on_one_file_are_taken_once() {
     // current one: the lease must carry the current one. Leases here outlast the test's
     // steps however slow the machine; only the last one is let lapse.
     let ttl = Duration::from_secs(60);
-    let leased = first
-        .connections()
-        .try_acquire_lease(&key, 1, uuid::Uuid::new_v4(), ttl)
+    let lease = |store: &token_vault::store::Store, generation: i64, holder: uuid::Uuid, ttl: Duration| {
+        let (store, key) = (store.clone(), key.clone());
+        async move {
+            store
+                .connections()
+                .try_acquire_lease(&key, generation, holder, ttl)
+                .await
+        }
+    };
+    let leased = lease(&first, 1, uuid::Uuid::new_v4(), ttl)
         .await
         .unwrap()
         .expect("a free lease");
-    let refreshed = NewTokens {
-        generation: 2,
-        access_token: vec![2; 64],
-        refresh_token: Some(vec![8; 32]),
-        ..tokens.clone()
-    };
+    let refreshed = stored_tokens(2);
     first
         .connections()
         .store_refresh(leased.connection.id, 1, &refreshed, RefreshCause::Caller)
@@ -372,12 +349,10 @@ async fn leases_racing_from_two_stores_on_one_file_are_taken_once() {
 
     let attempts: Vec<_> = (0..2 * ATTEMPTS_PER_STORE)
         .map(|i| {
-            let store = if i % 2 == 0 { first.clone() } else { second.clone() };
-            let (key, holder) = (key.clone(), uuid::Uuid::new_v4());
-            tokio::spawn(async move {
-                let leased = store.connections().try_acquire_lease(&key, 2, holder, ttl).await;
-                (holder, leased)
-            })
+            let store = if i % 2 == 0 { &first } else { &second };
+            let holder = uuid::Uuid::new_v4();
+            let attempt = lease(store, 2, holder, ttl);
+            tokio::spawn(async move { (holder, attempt.await) })
         })
         .collect();
     let mut winners = Vec::new();
@@ -399,7 +374,7 @@ async fn leases_racing_from_two_stores_on_one_file_are_taken_once() {
     let refresh_token = leased
         .refresh_token
         .expect("the lease carries the current refresh token");
-    assert_eq!((refresh_token.generation, refresh_token.token), (2, vec![8; 32]));
+    assert_eq!((refresh_token.generation, refresh_token.token), (2, vec![2; 32]));
     assert_eq!(
         leased.database.identity, identity,
         "the file's identity, read with the lease"
@@ -432,12 +407,7 @@ async fn leases_racing_from_two_stores_on_one_file_are_taken_once() {
 
     let late = uuid::Uuid::new_v4();
     assert!(
-        second
-            .connections()
-            .try_acquire_lease(&key, 2, late, ttl)
-            .await
-            .unwrap()
-            .is_none(),
+        lease(&second, 2, late, ttl).await.unwrap().is_none(),
         "held: no second lease while the winner's runs"
     );
     first
@@ -446,26 +416,14 @@ async fn leases_racing_from_two_stores_on_one_file_are_taken_once() {
         .await
         .unwrap();
     let brief = Duration::from_secs(2);
-    second
-        .connections()
-        .try_acquire_lease(&key, 2, late, brief)
+    lease(&second, 2, late, brief)
         .await
         .unwrap()
         .expect("a released lease is free");
     let next = uuid::Uuid::new_v4();
-    assert!(
-        first
-            .connections()
-            .try_acquire_lease(&key, 2, next, ttl)
-            .await
-            .unwrap()
-            .is_none(),
-        "held again"
-    );
+    assert!(lease(&first, 2, next, ttl).await.unwrap().is_none(), "held again");
     tokio::time::sleep(brief + Duration::from_millis(200)).await;
-    let after = first
-        .connections()
-        .try_acquire_lease(&key, 2, next, ttl)
+    let after = lease(&first, 2, next, ttl)
         .await
         .unwrap()
         .expect("a lapsed lease is taken again");
@@ -536,4 +494,21 @@ async fn the_keepers_claim_reads_its_partial_index_in_due_order() {
         "and come in due order from it, unsorted: {steps:?}"
     );
     conn.close().await.unwrap();
+}
+
+/// Tokens at `generation` as the store keeps them (bytes standing for sealed tokens: sealing is
+/// not what these tests are about), each byte the generation.
+fn stored_tokens(generation: i64) -> NewTokens {
+    let now = time::OffsetDateTime::now_utc();
+    NewTokens {
+        generation,
+        scopes: vec!["bookings".into()],
+        token_type: "bearer".into(),
+        access_token: vec![generation as u8; 64],
+        access_token_issued_at: now,
+        access_token_expires_at: now + time::Duration::hours(1),
+        refresh_token: Some(vec![generation as u8; 32]),
+        refresh_token_expires_at: None,
+        keepalive_due_at: None,
+    }
 }

@@ -302,4 +302,28 @@ mod tests {
         assert_eq!(ts(read), ts(t));
         assert_eq!(read.unix_timestamp_nanos(), 1_800_000_000_123_000_000);
     }
+
+    /// A write outside a transaction commits when its statement ends. sqlx stops a statement
+    /// fetched for one row (`fetch_optional`, `fetch_one`) after that row and resets it, which
+    /// commits but drops the reset's result, so a failed commit would pass for a success
+    /// (`connections::try_acquire_lease`). Such writes are fetched to their end: no statement
+    /// sent to the writer pool itself, outside a transaction, is fetched for one row.
+    #[test]
+    fn no_write_outside_a_transaction_is_fetched_for_one_row() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/sqlite");
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                let code: String = std::fs::read_to_string(&path).unwrap().split_whitespace().collect();
+                // Put together here, so that this file does not hold what it looks for.
+                for call in ["fetch_optional", "fetch_one"].map(|fetch| format!("{fetch}(db.writer())")) {
+                    if code.contains(&call) {
+                        found.push(format!("{}: {call}", path.display()));
+                    }
+                }
+            }
+        }
+        assert!(found.is_empty(), "{found:?}");
+    }
 }
