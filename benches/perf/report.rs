@@ -307,9 +307,12 @@ impl Report {
     }
 
     /// The keeper's claim statement among `indexed` connections with `due` due: its latency
-    /// per batch (µs, sorted) and whether its plan is a scan of the partial index.
+    /// per batch (µs, sorted) and whether its plan is a scan of the partial index. `keeper`:
+    /// the row's name ("keeper", or with the store it ran on).
+    #[allow(clippy::too_many_arguments)]
     pub fn keeper_claim_row(
         &mut self,
+        keeper: &str,
         indexed: i64,
         due: u64,
         batch: i64,
@@ -319,7 +322,7 @@ impl Report {
     ) {
         let at = |q| quantile(claim_us, q).map_or(0.0, |us| f64::from(us) / 1000.0);
         self.push(Row {
-            scenario: format!("keeper: claim {batch} due among {indexed} connections ({due} due)"),
+            scenario: format!("{keeper}: claim {batch} due among {indexed} connections ({due} due)"),
             vault: format!(
                 "p50 {} p99 {} per claim ({} claims)",
                 ms(at(0.5)),
@@ -336,7 +339,7 @@ impl Report {
             met: Some(index_scan),
         });
         self.note(format!(
-            "keeper claim plan: {}",
+            "{keeper} claim plan: {}",
             plan.join(" / ").split_whitespace().collect::<Vec<_>>().join(" ")
         ));
     }

@@ -127,6 +127,53 @@ pub async fn keepalive(pool: &PgPool, keyring: &Keyring, due: u64) {
     sqlx::query("ANALYZE connections").execute(pool).await.expect("analyze");
 }
 
+/// As [`keepalive`], into the embedded store's SQLite file: the first `due` seeded tenants get
+/// a sealed refresh token (5,000 to a transaction) and a keep-alive due now, most overdue first
+/// and a second apart; every other seeded tenant one due over the next 30 days, spread by a
+/// multiplicative hash of its number (SQLite has no `hashtext`).
+pub async fn keepalive_sqlite(pool: &SqlitePool, keyring: &Keyring, due: u64) {
+    const BATCH: u64 = 5_000;
+    let mut start = 0;
+    while start < due {
+        let end = (start + BATCH).min(due);
+        let mut tx = pool.begin().await.expect("a transaction");
+        for i in start..end {
+            let t = tenant(i);
+            let aad = Aad::for_generation(Purpose::RefreshToken, &t, "understory", 1);
+            let sealed = keyring
+                .seal(&aad, format!("ory_rt_seeded_{t}").as_bytes())
+                .expect("sealing works");
+            sqlx::query(
+                r#"INSERT INTO refresh_tokens (connection_id, generation, token, source)
+                   SELECT id, 1, ?2, 'authorization_code' FROM connections
+                    WHERE tenant_id = ?1 AND provider = 'understory'"#,
+            )
+            .bind(&t)
+            .bind(sealed)
+            .execute(&mut *tx)
+            .await
+            .expect("seeding refresh tokens works");
+        }
+        tx.commit().await.expect("the batch commits");
+        start = end;
+    }
+    sqlx::query(
+        r#"UPDATE connections
+              SET keepalive_due_at = CASE WHEN tenant_id < ?1
+                      THEN strftime('%Y-%m-%dT%H:%M:%fZ', 'now',
+                                    printf('-%d seconds', ?2 - CAST(substr(tenant_id, 3) AS INTEGER)))
+                      ELSE strftime('%Y-%m-%dT%H:%M:%fZ', 'now',
+                                    printf('+%d seconds', (CAST(substr(tenant_id, 3) AS INTEGER) * 2654435761) % (30 * 86400))) END,
+                  refresh_token_expires_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+30 days')
+            WHERE provider = 'understory' AND tenant_id LIKE 't-%'"#,
+    )
+    .bind(tenant(due))
+    .bind(due as i64)
+    .execute(pool)
+    .await
+    .expect("seeding keep-alive moments works");
+}
+
 /// Connections `{prefix}-00000..` whose access tokens expired a minute ago, each with a sealed
 /// refresh token of its own: a fleet that must all refresh, as after an outage.
 pub async fn expired(pool: &PgPool, keyring: &Keyring, prefix: &str, count: usize) -> Vec<String> {
