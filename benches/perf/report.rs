@@ -919,8 +919,9 @@ behind it):
   - on SQLite the hot path 0.863 x and the cold cache 0.898 x (pooled 0.892 x);
   - refresh latency on SQLite 1.24 and 1.17 x its bare statements (2.09 against 1.68 ms
     and 2.18 against 1.86 ms); a run after the table ruled out the idle before the
-    vault's statements (the bullet \"Refresh latency on SQLite: not the idle before the
-    statements\").
+    vault's statements, and its own spans put most of the gap in the store's transaction,
+    ~0.4 to 0.55 ms slower in the vault than from the bare client (the bullet \"Refresh
+    latency on SQLite: not the idle before the statements\").
 - **Met (13):** h2load's cross-check 0.904 x; a new mutual-TLS connection one at a time
   1.025 x and in bursts of 64 1.112 x; refresh latency on Postgres 1.00 and 0.82 x its
   bare statements; **refresh throughput 1,066 refreshes/s, 0.899 x its bare client
@@ -2622,10 +2623,34 @@ What was found and changed, in the order the work happened:
   The vault's own time in that run was 2.12 and 2.20 ms on SQLite (1.24 and 1.30 x) and
   2.69 and 2.64 ms on Postgres (1.05 and 0.95 x). The idle moves the bare statements by
   0.15 ms at most, so it is not the vault's ~0.45 ms beyond them on SQLite, and the rows
-  keep their protocol (the variant was not committed). What stays unexplained is where
-  in the vault's process those ~0.45 ms go on SQLite and not on Postgres. The next step is
-  the vault's own spans: its statements are traced (`db_span!`), so a run with every call
-  exported would split each refresh into its statements and the time between them.
+  keep their protocol (the variant was not committed). The vault's own spans then
+  split a refresh. Two more `--only sqlite` runs (23:43 and 23:51, not committed either)
+  started the SQLite vault of the refresh rows with every call traced to the bench's
+  collector (`tests/support/otlp_collector.rs`, keeping the exports) and read each
+  refresh's trace: the RPC span, the refresh task's, the statements' (`db_span!`, each
+  from the pool's acquire to its last row) and the token request's. Medians over 200
+  refreshes on each path, the second run (stale in the cache; not cached):
+  - the lease: 0.52 and 0.38 ms in the vault, against the bare client's 0.58 and 0.48 ms
+    in the same run: no slower;
+  - **the store's transaction: 1.19 and 1.41 ms in the vault, against the bare client's
+    0.82 and 0.85 ms** (p90 2.43 and 2.36 ms; one trace in the first run's twelve read
+    0.62 ms, another 3.45 ms);
+  - the vault's code between them, inside the RPC span: 0.29 and 0.31 ms in all (before
+    the refresh task starts 0.08 and 0.11 ms, the task to its lease 0.02 ms, lease to
+    token request 0.04 and 0.03 ms, token request to store 0.03 ms, store to the task's
+    end 0.05 ms, the task's end to the answer 0.06 ms), with tracing's own cost in it.
+
+  So most of the gap is in the store, the same `store_refresh` the bare client runs on
+  the same file, taking ~0.4 to 0.55 ms longer in the vault's process; the rest is the
+  vault's own ~0.3 ms, which against SQLite's ~1.4 ms of statements is ~20 % by itself
+  (against Postgres's ~2.5 to 3 ms, ~10 %). Why the same transaction is slower in the
+  vault was not found. The two differences at that moment: the vault's store runs just
+  after its process handled the token response, while other threads of both processes on
+  the machine's two cores are still busy (the provider's, the vault's HTTP client's, the
+  exporter's), where the bare client's store runs after a quiet sleep; and each of the
+  transaction's six round trips is a hop to the writer's thread. Counting the store's
+  hops that wait for a core (`perf sched`, or the writer thread's run-queue latency in
+  `/proc/<pid>/task/*/schedstat`) is the next step.
 - **A bench run that hung in its seed (2026-12-07, commit 51f920b).** The first start of
   the table on 51f920b stopped making progress 10 minutes in, while seeding the 1,000,000
   Postgres connections: 510,300 rows were in, the pool's connection showed its last
