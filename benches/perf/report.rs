@@ -2648,9 +2648,17 @@ What was found and changed, in the order the work happened:
   after its process handled the token response, while other threads of both processes on
   the machine's two cores are still busy (the provider's, the vault's HTTP client's, the
   exporter's), where the bare client's store runs after a quiet sleep; and each of the
-  transaction's six round trips is a hop to the writer's thread. Counting the store's
-  hops that wait for a core (`perf sched`, or the writer thread's run-queue latency in
-  `/proc/<pid>/task/*/schedstat`) is the next step.
+  transaction's six round trips is a hop to the writer's thread. A third uncommitted
+  run (00:21) tested the first: the bare client's store, on alternate pairs of samples,
+  came after a real token request to the bench's provider (the same server, the same
+  50 ms delay) instead of a sleep. Medians over 100 each, after the sleep against after
+  the request: stale 1.40 against 1.48 ms, not cached 1.53 against 1.27 ms. No
+  consistent effect, so the moment after the token response does not slow a store by
+  itself. In that run every statement was slower than in the runs before it (the bare
+  lease 1.07 ms against 0.58 ms), a reminder of how much this machine's speed drifts
+  within the hour. Counting the vault's store's hops that wait for a core (`perf sched`,
+  or the writer thread's run-queue latency in `/proc/<pid>/task/*/schedstat`) is the next
+  step.
 - **A bench run that hung in its seed (2026-12-07, commit 51f920b).** The first start of
   the table on 51f920b stopped making progress 10 minutes in, while seeding the 1,000,000
   Postgres connections: 510,300 rows were in, the pool's connection showed its last
