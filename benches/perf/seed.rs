@@ -1,7 +1,7 @@
 //! Bulk seeding of connections straight into the database, sealed exactly as the vault seals
 //! them (same keyring, same associated data), so the vault can open every one.
 
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{PgPool, SqliteConnection, SqlitePool};
 use token_vault::crypto::{Aad, Keyring, Purpose};
 
 pub fn tenant(i: u64) -> String {
@@ -11,6 +11,33 @@ pub fn tenant(i: u64) -> String {
 /// The length of every seeded access token: the tenant id, a dot and 880 bytes of filler.
 pub const ACCESS_TOKEN_BYTES: usize = 9 + 1 + FILLER_BYTES;
 const FILLER_BYTES: usize = 880;
+
+/// `text` sealed for `tenant`'s connection at generation 1, as the vault seals it.
+fn sealed(keyring: &Keyring, purpose: Purpose, tenant: &str, text: &str) -> Vec<u8> {
+    let aad = Aad::for_generation(purpose, tenant, "understory", 1);
+    keyring.seal(&aad, text.as_bytes()).expect("sealing works")
+}
+
+/// The refresh token every seeded connection that holds one holds.
+fn refresh_token(tenant: &str) -> String {
+    format!("ory_rt_seeded_{tenant}")
+}
+
+/// Runs `insert` for each seeded tenant `0..count` on the SQLite file, 5,000 to a transaction:
+/// SQLite binds no arrays, so its seeds insert a row per statement and batch the commits.
+async fn in_sqlite_batches(pool: &SqlitePool, count: u64, mut insert: impl AsyncFnMut(&mut SqliteConnection, String)) {
+    const BATCH: u64 = 5_000;
+    let mut start = 0;
+    while start < count {
+        let end = (start + BATCH).min(count);
+        let mut tx = pool.begin().await.expect("a transaction");
+        for i in start..end {
+            insert(&mut tx, tenant(i)).await;
+        }
+        tx.commit().await.expect("the batch commits");
+        start = end;
+    }
+}
 
 /// Inserts tenants `0..count` with access tokens valid for a day.
 pub async fn connections(pool: &PgPool, keyring: &Keyring, count: u64) {
@@ -22,12 +49,7 @@ pub async fn connections(pool: &PgPool, keyring: &Keyring, count: u64) {
         let tenants: Vec<String> = (start..end).map(tenant).collect();
         let tokens: Vec<Vec<u8>> = tenants
             .iter()
-            .map(|t| {
-                let aad = Aad::for_generation(Purpose::AccessToken, t, "understory", 1);
-                keyring
-                    .seal(&aad, format!("{t}.{filler}").as_bytes())
-                    .expect("sealing works")
-            })
+            .map(|t| sealed(keyring, Purpose::AccessToken, t, &format!("{t}.{filler}")))
             .collect();
         sqlx::query(
             r#"INSERT INTO connections (tenant_id, provider, status, scopes, generation, token_type, access_token,
@@ -49,34 +71,22 @@ pub async fn connections(pool: &PgPool, keyring: &Keyring, count: u64) {
 /// As [`connections`], into the embedded store's SQLite file: rows in the form its statements
 /// write (scopes as JSON, times as fixed-width UTC text), 5,000 to a transaction.
 pub async fn connections_sqlite(pool: &SqlitePool, keyring: &Keyring, count: u64) {
-    const BATCH: u64 = 5_000;
     let filler = "b".repeat(FILLER_BYTES);
-    let mut start = 0;
-    while start < count {
-        let end = (start + BATCH).min(count);
-        let mut tx = pool.begin().await.expect("a transaction");
-        for i in start..end {
-            let t = tenant(i);
-            let aad = Aad::for_generation(Purpose::AccessToken, &t, "understory", 1);
-            let sealed = keyring
-                .seal(&aad, format!("{t}.{filler}").as_bytes())
-                .expect("sealing works");
-            sqlx::query(
-                r#"INSERT INTO connections (tenant_id, provider, status, scopes, generation, token_type, access_token,
-                                            access_token_issued_at, access_token_expires_at, authorized_at)
-                   VALUES (?1, 'understory', 'active', '["offline","booking.read"]', 1, 'bearer', ?2,
-                           strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+1 day'),
-                           strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"#,
-            )
-            .bind(&t)
-            .bind(sealed)
-            .execute(&mut *tx)
-            .await
-            .expect("seeding works");
-        }
-        tx.commit().await.expect("the batch commits");
-        start = end;
-    }
+    in_sqlite_batches(pool, count, async |tx, t| {
+        sqlx::query(
+            r#"INSERT INTO connections (tenant_id, provider, status, scopes, generation, token_type, access_token,
+                                        access_token_issued_at, access_token_expires_at, authorized_at)
+               VALUES (?1, 'understory', 'active', '["offline","booking.read"]', 1, 'bearer', ?2,
+                       strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+1 day'),
+                       strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"#,
+        )
+        .bind(&t)
+        .bind(sealed(keyring, Purpose::AccessToken, &t, &format!("{t}.{filler}")))
+        .execute(tx)
+        .await
+        .expect("seeding works");
+    })
+    .await;
     sqlx::query("ANALYZE").execute(pool).await.expect("analyze");
 }
 
@@ -91,12 +101,7 @@ pub async fn keepalive(pool: &PgPool, keyring: &Keyring, due: u64) {
         let tenants: Vec<String> = (start..end).map(tenant).collect();
         let tokens: Vec<Vec<u8>> = tenants
             .iter()
-            .map(|t| {
-                let aad = Aad::for_generation(Purpose::RefreshToken, t, "understory", 1);
-                keyring
-                    .seal(&aad, format!("ory_rt_seeded_{t}").as_bytes())
-                    .expect("sealing works")
-            })
+            .map(|t| sealed(keyring, Purpose::RefreshToken, t, &refresh_token(t)))
             .collect();
         sqlx::query(
             r#"INSERT INTO refresh_tokens (connection_id, generation, token, source)
@@ -132,31 +137,19 @@ pub async fn keepalive(pool: &PgPool, keyring: &Keyring, due: u64) {
 /// and a second apart; every other seeded tenant one due over the next 30 days, spread by a
 /// multiplicative hash of its number (SQLite has no `hashtext`).
 pub async fn keepalive_sqlite(pool: &SqlitePool, keyring: &Keyring, due: u64) {
-    const BATCH: u64 = 5_000;
-    let mut start = 0;
-    while start < due {
-        let end = (start + BATCH).min(due);
-        let mut tx = pool.begin().await.expect("a transaction");
-        for i in start..end {
-            let t = tenant(i);
-            let aad = Aad::for_generation(Purpose::RefreshToken, &t, "understory", 1);
-            let sealed = keyring
-                .seal(&aad, format!("ory_rt_seeded_{t}").as_bytes())
-                .expect("sealing works");
-            sqlx::query(
-                r#"INSERT INTO refresh_tokens (connection_id, generation, token, source)
-                   SELECT id, 1, ?2, 'authorization_code' FROM connections
-                    WHERE tenant_id = ?1 AND provider = 'understory'"#,
-            )
-            .bind(&t)
-            .bind(sealed)
-            .execute(&mut *tx)
-            .await
-            .expect("seeding refresh tokens works");
-        }
-        tx.commit().await.expect("the batch commits");
-        start = end;
-    }
+    in_sqlite_batches(pool, due, async |tx, t| {
+        sqlx::query(
+            r#"INSERT INTO refresh_tokens (connection_id, generation, token, source)
+               SELECT id, 1, ?2, 'authorization_code' FROM connections
+                WHERE tenant_id = ?1 AND provider = 'understory'"#,
+        )
+        .bind(&t)
+        .bind(sealed(keyring, Purpose::RefreshToken, &t, &refresh_token(&t)))
+        .execute(tx)
+        .await
+        .expect("seeding refresh tokens works");
+    })
+    .await;
     sqlx::query(
         r#"UPDATE connections
               SET keepalive_due_at = CASE WHEN tenant_id < ?1
@@ -180,17 +173,13 @@ pub async fn expired(pool: &PgPool, keyring: &Keyring, prefix: &str, count: usiz
     let tenants: Vec<String> = (0..count).map(|i| format!("{prefix}-{i:05}")).collect();
     let filler = "e".repeat(FILLER_BYTES);
     for chunk in tenants.chunks(5_000) {
-        let seal = |purpose, t: &String, text: String| {
-            let aad = Aad::for_generation(purpose, t, "understory", 1);
-            keyring.seal(&aad, text.as_bytes()).expect("sealing works")
-        };
         let access: Vec<Vec<u8>> = chunk
             .iter()
-            .map(|t| seal(Purpose::AccessToken, t, format!("{t}.{filler}")))
+            .map(|t| sealed(keyring, Purpose::AccessToken, t, &format!("{t}.{filler}")))
             .collect();
         let refresh: Vec<Vec<u8>> = chunk
             .iter()
-            .map(|t| seal(Purpose::RefreshToken, t, format!("ory_rt_seeded_{t}")))
+            .map(|t| sealed(keyring, Purpose::RefreshToken, t, &refresh_token(t)))
             .collect();
         sqlx::query(
             r#"WITH inserted AS (
